@@ -1,0 +1,1 @@
+//! The xdplb node agent: desired state -> diff -> dataplane.

@@ -1,0 +1,53 @@
+//! Map names and sizes: the single place either side spells them.
+//!
+//! User space overrides the `*_DEFAULT` capacities at load time from its configuration;
+//! the kernel programs never assume more than the map reports.
+
+/// `(vip, port, proto)` -> [`crate::types::ServiceValue`].
+pub const SERVICES: &str = "SERVICES";
+/// vip -> [`crate::types::VipValue`]: every address this cluster load-balances.
+pub const VIPS: &str = "VIPS";
+/// Ring slot -> [`crate::types::NodeRing`]: weighted Maglev table over backend nodes.
+pub const NODE_RINGS: &str = "NODE_RINGS";
+/// Ring slot -> [`crate::types::PodRing`]: Maglev table over this node's local pods.
+pub const POD_RINGS: &str = "POD_RINGS";
+/// Backend (node or pod) address -> [`crate::types::BackendValue`]: liveness for cached flows.
+pub const BACKENDS: &str = "BACKENDS";
+/// Peer node address -> [`crate::types::PeerValue`]: the only sources IPIP is accepted from.
+pub const PEERS: &str = "PEERS";
+/// Client flow -> chosen backend (LRU, per-CPU LRU lists).
+pub const FLOWS: &str = "FLOWS";
+/// Pod-side reply tuple -> VIP tuple, written by XDP on DNAT, read by TC egress (LRU).
+pub const REPLY_FLOWS: &str = "REPLY_FLOWS";
+/// Single entry: [`crate::types::DataplaneConfig`].
+pub const CONFIG: &str = "CONFIG";
+/// Per-CPU counters indexed by [`crate::reasons`].
+pub const REASON_STATS: &str = "REASON_STATS";
+/// Per-CPU [`crate::types::VipStats`] indexed by [`crate::types::VipValue::stats_index`].
+pub const VIP_STATS: &str = "VIP_STATS";
+/// Per-CPU [`crate::types::BackendStats`] keyed by backend address (LRU).
+pub const BACKEND_STATS: &str = "BACKEND_STATS";
+/// Per-CPU token bucket for ICMP replies generated in XDP.
+pub const ICMP_RATE: &str = "ICMP_RATE";
+
+/// Prime Maglev table size for the node level: >= 100 x nodes for clusters up to 163 nodes.
+pub const NODE_RING_SIZE: usize = 16381;
+/// Prime Maglev table size for the pod level: >= 100 x local pods for up to 40 pods per node.
+pub const POD_RING_SIZE: usize = 4093;
+
+/// Default number of load-balanced Services (each owns one ring slot).
+pub const MAX_SERVICES_DEFAULT: u32 = 256;
+/// Spare ring slots: a changed ring is written to a free slot, then services flip to it.
+pub const RING_SPARE_SLOTS: u32 = 8;
+/// Default `(vip, port, proto)` entries.
+pub const MAX_SERVICE_PORTS_DEFAULT: u32 = 1024;
+/// Default distinct VIP addresses.
+pub const MAX_VIPS_DEFAULT: u32 = 256;
+/// Default backend (nodes + local pods) entries.
+pub const MAX_BACKENDS_DEFAULT: u32 = 4096;
+/// Peer node entries.
+pub const MAX_PEERS: u32 = 256;
+/// Default flow-cache entries (LRU: a flood evicts old flows, never fails inserts).
+pub const MAX_FLOWS_DEFAULT: u32 = 65536;
+/// Default reply-flow entries (LRU).
+pub const MAX_REPLY_FLOWS_DEFAULT: u32 = 65536;

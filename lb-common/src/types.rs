@@ -1,0 +1,228 @@
+//! Keys and values of the BPF maps.
+//!
+//! Rules for every type here: `#[repr(C)]`, explicit `_pad` fields so no byte is
+//! implicit, only fixed-width integers (no bool/enum/Option), and a size assertion.
+//! Addresses and ports are stored in network byte order (the bytes as on the wire), so
+//! the kernel compares them with packet fields without conversions.
+
+use crate::maps::{NODE_RING_SIZE, POD_RING_SIZE};
+
+/// Protocol numbers as in the IPv4 header.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// [`VipValue::flags`]: drop traffic to ports of this VIP that no service listens on
+/// (otherwise it is passed to the node's own stack).
+pub const VIP_F_DROP_UNKNOWN_PORTS: u32 = 1;
+
+/// [`ServiceValue::flags`]: `externalTrafficPolicy: Local`, deliver only to this node's
+/// pods and never tunnel.
+pub const SERVICE_F_LOCAL_ONLY: u16 = 1;
+
+/// [`BackendValue::state`]: takes new flows.
+pub const BACKEND_ACTIVE: u32 = 1;
+/// [`BackendValue::state`]: keeps its existing flows, takes no new ones (terminating).
+pub const BACKEND_DRAINING: u32 = 2;
+
+/// A ring slot holding this address means "no backend".
+pub const RING_EMPTY: u32 = 0;
+
+/// Key of [`crate::maps::SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub vip: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`crate::maps::SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Index into [`crate::maps::NODE_RINGS`] and [`crate::maps::POD_RINGS`].
+    pub ring_slot: u32,
+    /// Port on the pod (network byte order).
+    pub target_port: u16,
+    /// `SERVICE_F_*`.
+    pub flags: u16,
+}
+
+/// Value of [`crate::maps::VIPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// Index into [`crate::maps::VIP_STATS`].
+    pub stats_index: u32,
+    /// `VIP_F_*`.
+    pub flags: u32,
+}
+
+/// Value of [`crate::maps::NODE_RINGS`]: backend node addresses, [`RING_EMPTY`] if none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeRing {
+    pub backends: [u32; NODE_RING_SIZE],
+}
+
+/// Value of [`crate::maps::POD_RINGS`]: local pod addresses, [`RING_EMPTY`] if none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodRing {
+    pub backends: [u32; POD_RING_SIZE],
+}
+
+/// Value of [`crate::maps::BACKENDS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    /// `BACKEND_*`.
+    pub state: u32,
+}
+
+/// Value of [`crate::maps::PEERS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerValue {
+    /// Reserved; presence in the map is what admits a peer.
+    pub flags: u32,
+}
+
+/// Key of [`crate::maps::FLOWS`]: the client's view of a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: u32,
+    pub vip: u32,
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`crate::maps::FLOWS`]. Each level fills its own field lazily: the node that
+/// receives from the LAN records the backend node, the backend node records the pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub node: u32,
+    pub pod: u32,
+}
+
+/// Key of [`crate::maps::REPLY_FLOWS`]: a reply as the pod sends it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    pub pod: u32,
+    pub client: u32,
+    pub pod_port: u16,
+    pub client_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`crate::maps::REPLY_FLOWS`]: what the reply's source becomes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyValue {
+    pub vip: u32,
+    pub vip_port: u16,
+    pub _pad: u16,
+    /// Index into [`crate::maps::VIP_STATS`] for reply counters.
+    pub stats_index: u32,
+}
+
+/// Value of [`crate::maps::CONFIG`] (one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// This node's LAN address: outer source of IPIP.
+    pub node_addr: u32,
+    /// LAN interface MTU (host byte order).
+    pub mtu: u32,
+    /// ICMP replies generated in XDP per second and CPU (host byte order).
+    pub icmp_rate_per_sec: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`crate::maps::VIP_STATS`] (per CPU; host byte order counters).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub encapsulated: u64,
+    pub delivered_local: u64,
+    pub dropped: u64,
+    pub icmp_replies: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+/// Value of [`crate::maps::BACKEND_STATS`] (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Value of [`crate::maps::ICMP_RATE`] (per CPU token bucket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub last_ns: u64,
+    pub tokens: u64,
+}
+
+const _: () = {
+    assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<ServiceValue>() == 8);
+    assert!(size_of::<VipValue>() == 8);
+    assert!(size_of::<NodeRing>() == 4 * NODE_RING_SIZE);
+    assert!(size_of::<PodRing>() == 4 * POD_RING_SIZE);
+    assert!(size_of::<BackendValue>() == 4);
+    assert!(size_of::<PeerValue>() == 4);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<FlowValue>() == 8);
+    assert!(size_of::<ReplyKey>() == 16);
+    assert!(size_of::<ReplyValue>() == 12);
+    assert!(size_of::<DataplaneConfig>() == 16);
+    assert!(size_of::<VipStats>() == 64);
+    assert!(size_of::<BackendStats>() == 16);
+    assert!(size_of::<RateState>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    macro_rules! impl_pod {
+        ($($t:ty),+ $(,)?) => {$(
+            // SAFETY: `$t` is `#[repr(C)]`, made only of integers and integer arrays, with
+            // every padding byte an explicit field, so any bit pattern is a valid value.
+            unsafe impl aya::Pod for $t {}
+        )+};
+    }
+
+    impl_pod!(
+        ServiceKey,
+        ServiceValue,
+        VipValue,
+        NodeRing,
+        PodRing,
+        BackendValue,
+        PeerValue,
+        FlowKey,
+        FlowValue,
+        ReplyKey,
+        ReplyValue,
+        DataplaneConfig,
+        VipStats,
+        BackendStats,
+        RateState,
+    );
+}

@@ -1,0 +1,66 @@
+//! Map definitions. Each static's name is the map name from `lb_common::maps`; the
+//! `tests` crate checks that every name there exists in the built object.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+};
+use lb_common::{
+    maps::{
+        MAX_BACKENDS_DEFAULT, MAX_FLOWS_DEFAULT, MAX_PEERS, MAX_REPLY_FLOWS_DEFAULT,
+        MAX_SERVICE_PORTS_DEFAULT, MAX_SERVICES_DEFAULT, MAX_VIPS_DEFAULT, RING_SPARE_SLOTS,
+    },
+    reasons,
+    types::{
+        BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NodeRing, PeerValue,
+        PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats, VipValue,
+    },
+};
+
+const RING_SLOTS: u32 = MAX_SERVICES_DEFAULT + RING_SPARE_SLOTS;
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICE_PORTS_DEFAULT, 0);
+
+#[map]
+pub static VIPS: HashMap<u32, VipValue> = HashMap::with_max_entries(MAX_VIPS_DEFAULT, 0);
+
+#[map]
+pub static NODE_RINGS: Array<NodeRing> = Array::with_max_entries(RING_SLOTS, 0);
+
+#[map]
+pub static POD_RINGS: Array<PodRing> = Array::with_max_entries(RING_SLOTS, 0);
+
+#[map]
+pub static BACKENDS: HashMap<u32, BackendValue> =
+    HashMap::with_max_entries(MAX_BACKENDS_DEFAULT, 0);
+
+#[map]
+pub static PEERS: HashMap<u32, PeerValue> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Per-CPU LRU lists (Katran's pattern): no cross-CPU lock on the hot path.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(MAX_FLOWS_DEFAULT, BPF_F_NO_COMMON_LRU);
+
+#[map]
+pub static REPLY_FLOWS: LruHashMap<ReplyKey, ReplyValue> =
+    LruHashMap::with_max_entries(MAX_REPLY_FLOWS_DEFAULT, 0);
+
+#[map]
+pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reasons::COUNT, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS_DEFAULT, 0);
+
+#[map]
+pub static BACKEND_STATS: LruPerCpuHashMap<u32, BackendStats> =
+    LruPerCpuHashMap::with_max_entries(MAX_BACKENDS_DEFAULT, 0);
+
+#[map]
+pub static ICMP_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
