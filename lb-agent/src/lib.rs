@@ -1,1 +1,3 @@
 //! The xdplb node agent: desired state -> diff -> dataplane.
+
+pub mod dataplane;

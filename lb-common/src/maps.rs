@@ -51,3 +51,8 @@ pub const MAX_PEERS: u32 = 256;
 pub const MAX_FLOWS_DEFAULT: u32 = 65536;
 /// Default reply-flow entries (LRU).
 pub const MAX_REPLY_FLOWS_DEFAULT: u32 = 65536;
+
+/// The XDP program attached to the LAN interface.
+pub const XDP_PROGRAM: &str = "xdp_lb";
+/// The TC egress classifier attached to the LAN interface.
+pub const TC_PROGRAM: &str = "tc_reply";

@@ -1,1 +1,3 @@
-//! Helpers for the privileged tests.
+//! Helpers for the privileged tests: network namespaces and packet building.
+
+pub mod netns;

@@ -1,0 +1,265 @@
+//! Typed wrappers over every BPF map. This is the only module that names a map; everyone
+//! else calls these methods with lb-common's key and value types.
+
+use aya::{
+    Ebpf, Pod,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+};
+use lb_common::{
+    maps as names, reasons,
+    types::{
+        BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NodeRing, PeerValue,
+        PodRing, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats, VipValue,
+    },
+};
+
+/// A map operation failed; `map` names the map for logs and metric labels.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("BPF map {map} is missing from the loaded object")]
+    Missing { map: &'static str },
+    #[error("BPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+impl MapsError {
+    /// Short label for metrics.
+    pub fn map(&self) -> &'static str {
+        match self {
+            Self::Missing { map } | Self::Map { map, .. } => map,
+        }
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, MapsError> {
+    ebpf.take_map(name).ok_or(MapsError::Missing { map: name })
+}
+
+fn convert<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| MapsError::Map { map: name, source })
+}
+
+fn failed(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Map { map: name, source }
+}
+
+/// A hash (or LRU hash) map with typed keys and values.
+pub struct TypedHash<K: Pod, V: Pod> {
+    name: &'static str,
+    map: HashMap<MapData, K, V>,
+}
+
+impl<K: Pod, V: Pod> TypedHash<K, V> {
+    fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, MapsError> {
+        Ok(Self {
+            name,
+            map: convert(name, take(ebpf, name)?)?,
+        })
+    }
+
+    pub fn get(&self, key: &K) -> Result<Option<V>, MapsError> {
+        match self.map.get(key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(failed(self.name)(source)),
+        }
+    }
+
+    pub fn insert(&mut self, key: &K, value: &V) -> Result<(), MapsError> {
+        self.map.insert(key, value, 0).map_err(failed(self.name))
+    }
+
+    /// Removes `key`; a key that is already gone is not an error.
+    pub fn remove(&mut self, key: &K) -> Result<(), MapsError> {
+        match self.map.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(failed(self.name)(source)),
+        }
+    }
+
+    /// Every entry; entries that vanish while iterating (LRU eviction) are skipped.
+    pub fn entries(&self) -> Result<Vec<(K, V)>, MapsError> {
+        let mut out = Vec::new();
+        for item in self.map.iter() {
+            match item {
+                Ok(entry) => out.push(entry),
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(failed(self.name)(source)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An array map with typed values.
+pub struct TypedArray<V: Pod> {
+    name: &'static str,
+    map: Array<MapData, V>,
+}
+
+impl<V: Pod> TypedArray<V> {
+    fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, MapsError> {
+        Ok(Self {
+            name,
+            map: convert(name, take(ebpf, name)?)?,
+        })
+    }
+
+    pub fn len(&self) -> u32 {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    pub fn get(&self, index: u32) -> Result<V, MapsError> {
+        self.map.get(&index, 0).map_err(failed(self.name))
+    }
+
+    pub fn set(&mut self, index: u32, value: &V) -> Result<(), MapsError> {
+        self.map.set(index, value, 0).map_err(failed(self.name))
+    }
+}
+
+/// Counter values summed over CPUs.
+pub trait Accumulate: Pod + Default {
+    fn accumulate(&mut self, other: &Self);
+}
+
+impl Accumulate for u64 {
+    fn accumulate(&mut self, other: &Self) {
+        *self = self.wrapping_add(*other);
+    }
+}
+
+impl Accumulate for VipStats {
+    fn accumulate(&mut self, other: &Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.encapsulated = self.encapsulated.wrapping_add(other.encapsulated);
+        self.delivered_local = self.delivered_local.wrapping_add(other.delivered_local);
+        self.dropped = self.dropped.wrapping_add(other.dropped);
+        self.icmp_replies = self.icmp_replies.wrapping_add(other.icmp_replies);
+        self.reply_packets = self.reply_packets.wrapping_add(other.reply_packets);
+        self.reply_bytes = self.reply_bytes.wrapping_add(other.reply_bytes);
+    }
+}
+
+impl Accumulate for BackendStats {
+    fn accumulate(&mut self, other: &Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+fn sum<V: Accumulate>(values: &PerCpuValues<V>) -> V {
+    values.iter().fold(V::default(), |mut total, cpu| {
+        total.accumulate(cpu);
+        total
+    })
+}
+
+/// A per-CPU array of counters, read as sums.
+pub struct CounterArray<V: Accumulate> {
+    name: &'static str,
+    map: PerCpuArray<MapData, V>,
+}
+
+impl<V: Accumulate> CounterArray<V> {
+    fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, MapsError> {
+        Ok(Self {
+            name,
+            map: convert(name, take(ebpf, name)?)?,
+        })
+    }
+
+    pub fn total(&self, index: u32) -> Result<V, MapsError> {
+        let values = self.map.get(&index, 0).map_err(failed(self.name))?;
+        Ok(sum(&values))
+    }
+
+    /// Zeroes one index on every CPU (a VIP's statistics slot being reused).
+    pub fn reset(&mut self, index: u32) -> Result<(), MapsError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| failed(self.name)(MapError::IoError(error)))?;
+        let zeros = PerCpuValues::try_from(vec![V::default(); cpus])
+            .map_err(|error| failed(self.name)(MapError::IoError(error)))?;
+        self.map.set(index, zeros, 0).map_err(failed(self.name))
+    }
+}
+
+/// A per-CPU (LRU) hash of counters, read as sums.
+pub struct CounterHash<K: Pod, V: Accumulate> {
+    name: &'static str,
+    map: PerCpuHashMap<MapData, K, V>,
+}
+
+impl<K: Pod, V: Accumulate> CounterHash<K, V> {
+    fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, MapsError> {
+        Ok(Self {
+            name,
+            map: convert(name, take(ebpf, name)?)?,
+        })
+    }
+
+    /// The summed counters of `key`, zero if the kernel never counted it.
+    pub fn total(&self, key: &K) -> Result<V, MapsError> {
+        match self.map.get(key, 0) {
+            Ok(values) => Ok(sum(&values)),
+            Err(MapError::KeyNotFound) => Ok(V::default()),
+            Err(source) => Err(failed(self.name)(source)),
+        }
+    }
+}
+
+/// Every map of the data path, typed.
+pub struct Maps {
+    pub services: TypedHash<ServiceKey, ServiceValue>,
+    pub vips: TypedHash<u32, VipValue>,
+    pub node_rings: TypedArray<NodeRing>,
+    pub pod_rings: TypedArray<PodRing>,
+    pub backends: TypedHash<u32, BackendValue>,
+    pub peers: TypedHash<u32, PeerValue>,
+    pub flows: TypedHash<FlowKey, FlowValue>,
+    pub reply_flows: TypedHash<ReplyKey, ReplyValue>,
+    pub config: TypedArray<DataplaneConfig>,
+    pub reason_stats: CounterArray<u64>,
+    pub vip_stats: CounterArray<VipStats>,
+    pub backend_stats: CounterHash<u32, BackendStats>,
+}
+
+impl Maps {
+    /// Takes every map out of a loaded object (the programs keep their references).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        Ok(Self {
+            services: TypedHash::open(ebpf, names::SERVICES)?,
+            vips: TypedHash::open(ebpf, names::VIPS)?,
+            node_rings: TypedArray::open(ebpf, names::NODE_RINGS)?,
+            pod_rings: TypedArray::open(ebpf, names::POD_RINGS)?,
+            backends: TypedHash::open(ebpf, names::BACKENDS)?,
+            peers: TypedHash::open(ebpf, names::PEERS)?,
+            flows: TypedHash::open(ebpf, names::FLOWS)?,
+            reply_flows: TypedHash::open(ebpf, names::REPLY_FLOWS)?,
+            config: TypedArray::open(ebpf, names::CONFIG)?,
+            reason_stats: CounterArray::open(ebpf, names::REASON_STATS)?,
+            vip_stats: CounterArray::open(ebpf, names::VIP_STATS)?,
+            backend_stats: CounterHash::open(ebpf, names::BACKEND_STATS)?,
+        })
+    }
+
+    /// Every reason counter, summed over CPUs, indexed by `lb_common::reasons`.
+    pub fn reason_totals(&self) -> Result<[u64; reasons::COUNT as usize], MapsError> {
+        let mut totals = [0u64; reasons::COUNT as usize];
+        for (index, total) in (0u32..).zip(totals.iter_mut()) {
+            *total = self.reason_stats.total(index)?;
+        }
+        Ok(totals)
+    }
+}
