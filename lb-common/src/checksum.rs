@@ -2,7 +2,13 @@
 //!
 //! Checksums are handled as the 16-bit value stored in the header, in network byte
 //! order loaded as a native `u16`; one's-complement arithmetic is byte-order independent,
-//! so the kernel can feed header fields in without swapping.
+//! so the kernel can feed header fields in without swapping. A 32-bit field (an address)
+//! is passed as loaded natively from its four bytes: its two halves are then exactly the
+//! two header words.
+//!
+//! Eqn. 3 is used rather than RFC 1141's `HC + m + ~m'` because the latter yields -0
+//! (`0xffff`) where recomputation from scratch yields `0x0000`. With eqn. 3 the result is
+//! `0xffff` only if the old checksum already was, which a correct checksum never is.
 
 /// Folds a 32-bit one's-complement sum into 16 bits.
 #[inline(always)]
@@ -22,16 +28,36 @@ pub const fn replace_u16(check: u16, old: u16, new: u16) -> u16 {
 /// [`replace_u16`] for a changed 32-bit field (two words).
 #[inline(always)]
 pub const fn replace_u32(check: u16, old: u32, new: u32) -> u16 {
-    let sum = (!check) as u32
-        + (!(old >> 16) & 0xffff)
-        + (!old & 0xffff)
-        + (new >> 16)
-        + (new & 0xffff);
+    let sum =
+        (!check) as u32 + (!(old >> 16) & 0xffff) + (!old & 0xffff) + (new >> 16) + (new & 0xffff);
     !fold(sum)
 }
 
+/// [`replace_u16`] for a UDP checksum: `0` means the sender computed none and must stay
+/// `0`, and a computed `0` is sent as `0xffff` (RFC 768).
+#[inline(always)]
+pub const fn udp_replace_u16(check: u16, old: u16, new: u16) -> u16 {
+    udp_result(check, replace_u16(check, old, new))
+}
+
+/// [`replace_u32`] for a UDP checksum, with the rules of [`udp_replace_u16`].
+#[inline(always)]
+pub const fn udp_replace_u32(check: u16, old: u32, new: u32) -> u16 {
+    udp_result(check, replace_u32(check, old, new))
+}
+
+#[inline(always)]
+const fn udp_result(check: u16, updated: u16) -> u16 {
+    match (check, updated) {
+        (0, _) => 0,
+        (_, 0) => 0xffff,
+        (_, updated) => updated,
+    }
+}
+
 /// One's-complement sum of `data` read as native-order 16-bit words (odd tail padded
-/// with zero), not yet folded or inverted.
+/// with zero), not yet folded or inverted. For user space and tests: it loops over a
+/// slice of any length, which the BPF verifier would not accept.
 pub fn sum_words(data: &[u8], initial: u32) -> u32 {
     let mut sum = initial as u64;
     let mut chunks = data.chunks_exact(2);
