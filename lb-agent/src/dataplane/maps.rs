@@ -188,7 +188,8 @@ impl<V: Accumulate> CounterArray<V> {
 
     /// Zeroes one index on every CPU (a VIP's statistics slot being reused).
     pub fn reset(&mut self, index: u32) -> Result<(), MapsError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, error)| failed(self.name)(MapError::IoError(error)))?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, error)| failed(self.name)(MapError::IoError(error)))?;
         let zeros = PerCpuValues::try_from(vec![V::default(); cpus])
             .map_err(|error| failed(self.name)(MapError::IoError(error)))?;
         self.map.set(index, zeros, 0).map_err(failed(self.name))

@@ -1,0 +1,260 @@
+//! Checks that need more than one field: names that must match, duplicates, ranges.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, btree_map::Entry},
+    net::Ipv4Addr,
+};
+
+use super::{
+    CapacitiesConfig, Config, EndpointConfig, PeerConfig, ServiceConfig,
+    locate::{FieldPath, Problem},
+};
+use crate::model::{Node, Protocol};
+
+const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65535;
+/// Linux's IFNAMSIZ less the terminating NUL.
+const MAX_INTERFACE_NAME: usize = 15;
+const MAX_NAME: usize = 253;
+
+/// Peer name -> address.
+type Peers<'a> = BTreeMap<&'a str, Ipv4Addr>;
+
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn report(&mut self, path: FieldPath, message: String) {
+        self.problems.push(Problem { path, message });
+    }
+
+    fn name(&mut self, path: FieldPath, name: &str) {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_NAME
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/'));
+        if !valid {
+            self.report(
+                path,
+                format!("`{name}` is not a valid name: use 1 to {MAX_NAME} letters, digits, `-`, `.`, `_` or `/`"),
+            );
+        }
+    }
+
+    fn interface(&mut self, path: FieldPath, interface: &str) {
+        let valid = !interface.is_empty()
+            && interface.len() <= MAX_INTERFACE_NAME
+            && interface != "."
+            && interface != ".."
+            && !interface
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace());
+        if !valid {
+            self.report(
+                path,
+                format!("`{interface}` is not a Linux interface name (1 to {MAX_INTERFACE_NAME} characters, no `/`, `:` or spaces)"),
+            );
+        }
+    }
+
+    /// The address of node `name`, reporting a name that is not a peer.
+    fn node_address(&mut self, path: FieldPath, name: &str, peers: &Peers<'_>) -> Option<Ipv4Addr> {
+        let address = peers.get(name).copied();
+        if address.is_none() {
+            let names: Vec<&str> = peers.keys().copied().collect();
+            self.report(
+                path,
+                format!("`{name}` is not one of `peers` ({})", names.join(", ")),
+            );
+        }
+        address
+    }
+
+    fn peers<'a>(&mut self, path: FieldPath, peers: &'a [PeerConfig]) -> Peers<'a> {
+        let mut by_name = Peers::new();
+        let mut by_address = BTreeMap::new();
+        for (index, peer) in peers.iter().enumerate() {
+            let at = path.index(index);
+            self.name(at.key("name"), &peer.name);
+            if by_name.insert(peer.name.as_str(), peer.address).is_some() {
+                self.report(
+                    at.key("name"),
+                    format!("duplicate peer name `{}`", peer.name),
+                );
+            }
+            if let Some(first) = by_address.insert(peer.address, &peer.name) {
+                self.report(
+                    at.key("address"),
+                    format!("{} is already the address of `{first}`", peer.address),
+                );
+            }
+        }
+        by_name
+    }
+
+    fn mtu(&mut self, path: FieldPath, mtu: Option<u32>) {
+        if let Some(mtu) = mtu.filter(|mtu| !MTU_RANGE.contains(mtu)) {
+            self.report(
+                path,
+                format!(
+                    "MTU {mtu} is outside {}-{}",
+                    MTU_RANGE.start(),
+                    MTU_RANGE.end()
+                ),
+            );
+        }
+    }
+
+    fn capacities(&mut self, path: FieldPath, capacities: &CapacitiesConfig) {
+        let entries = [
+            ("services", capacities.services),
+            ("servicePorts", capacities.service_ports),
+            ("vips", capacities.vips),
+            ("backends", capacities.backends),
+            ("flows", capacities.flows),
+            ("replyFlows", capacities.reply_flows),
+        ];
+        for (key, value) in entries {
+            if value == 0 {
+                self.report(path.key(key), "must be at least 1".to_owned());
+            }
+        }
+    }
+
+    fn endpoints(&mut self, path: FieldPath, endpoints: &[EndpointConfig], peers: &Peers<'_>) {
+        let mut addresses = BTreeSet::new();
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            let at = path.index(index);
+            if !addresses.insert(endpoint.address) {
+                self.report(
+                    at.key("address"),
+                    format!("duplicate endpoint address {}", endpoint.address),
+                );
+            }
+            self.node_address(at.key("node"), &endpoint.node, peers);
+        }
+    }
+}
+
+/// What services have claimed so far, across the whole file.
+#[derive(Default)]
+struct Claims<'a> {
+    names: BTreeSet<&'a str>,
+    /// `(vip, port, protocol)` -> path of the first port entry using it.
+    ports: BTreeMap<(Ipv4Addr, u16, Protocol), FieldPath>,
+    /// VIP -> its owner as first named.
+    owners: BTreeMap<Ipv4Addr, &'a str>,
+}
+
+impl Checker {
+    fn service<'a>(
+        &mut self,
+        at: FieldPath,
+        service: &'a ServiceConfig,
+        peers: &Peers<'_>,
+        claims: &mut Claims<'a>,
+    ) {
+        self.name(at.key("name"), &service.name);
+        if !claims.names.insert(&service.name) {
+            self.report(
+                at.key("name"),
+                format!("duplicate service name `{}`", service.name),
+            );
+        }
+        if let Some((node, _)) = peers.iter().find(|(_, address)| **address == service.vip) {
+            self.report(
+                at.key("vip"),
+                format!(
+                    "{} is the address of node `{node}`; a VIP must be an address of its own",
+                    service.vip
+                ),
+            );
+        }
+        if let Some(owner) = &service.owner {
+            self.owner(at.key("owner"), service.vip, owner, peers, claims);
+        }
+        if service.ports.is_empty() {
+            self.report(
+                at.key("ports"),
+                "a service needs at least one port".to_owned(),
+            );
+        }
+        for (index, port) in service.ports.iter().enumerate() {
+            let path = at.key("ports").index(index);
+            match claims.ports.entry((service.vip, port.port, port.protocol)) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(path);
+                }
+                Entry::Occupied(first) => {
+                    let message = format!(
+                        "{}:{}/{} is already used by {}",
+                        service.vip,
+                        port.port,
+                        port.protocol,
+                        first.get()
+                    );
+                    self.report(path, message);
+                }
+            }
+        }
+        self.endpoints(at.key("endpoints"), &service.endpoints, peers);
+    }
+
+    fn owner<'a>(
+        &mut self,
+        path: FieldPath,
+        vip: Ipv4Addr,
+        owner: &'a str,
+        peers: &Peers<'_>,
+        claims: &mut Claims<'a>,
+    ) {
+        if self.node_address(path.clone(), owner, peers).is_none() {
+            return;
+        }
+        match claims.owners.entry(vip) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(owner);
+            }
+            Entry::Occupied(first) if *first.get() != owner => {
+                let message = format!(
+                    "VIP {vip} is owned by `{}` in an earlier service; services sharing a VIP share its owner",
+                    first.get()
+                );
+                self.report(path, message);
+            }
+            Entry::Occupied(_) => {}
+        }
+    }
+}
+
+/// Every problem of `config`, or this node as the peers describe it.
+pub fn validate(config: &Config) -> Result<Node, Vec<Problem>> {
+    let root = FieldPath::default();
+    let mut checker = Checker::default();
+    checker.name(root.key("node"), &config.node);
+    checker.interface(root.key("interface"), &config.interface);
+    let peers = checker.peers(root.key("peers"), &config.peers);
+    let node = checker
+        .node_address(root.key("node"), &config.node, &peers)
+        .map(|address| Node {
+            name: config.node.clone(),
+            address,
+        });
+    checker.mtu(root.key("mtu"), config.mtu);
+    checker.capacities(root.key("capacities"), &config.capacities);
+    let mut claims = Claims::default();
+    for (index, service) in config.services.iter().enumerate() {
+        checker.service(
+            root.key("services").index(index),
+            service,
+            &peers,
+            &mut claims,
+        );
+    }
+    match node {
+        Some(node) if checker.problems.is_empty() => Ok(node),
+        _ => Err(checker.problems),
+    }
+}

@@ -1,0 +1,350 @@
+//! The update logic shared by every [`MapStore`]: in which order entries are written,
+//! how a service switches to new tables, and which statistics slot a VIP uses.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use lb_common::maps::{MAX_PEERS, SERVICES};
+
+use super::{Dataplane, DataplaneError, MapStore, loader::Capacities, wire};
+use crate::{
+    diff::{Changes, Delta},
+    model::{PortKey, PortTarget, Rings, State, Vip},
+};
+
+/// Free indices of an array map, lowest first.
+#[derive(Debug)]
+struct IndexPool {
+    free: BTreeSet<u32>,
+}
+
+impl IndexPool {
+    fn new(size: u32) -> Self {
+        Self {
+            free: (0..size).collect(),
+        }
+    }
+
+    fn take(&mut self) -> Option<u32> {
+        self.free.pop_first()
+    }
+
+    fn put(&mut self, index: u32) {
+        self.free.insert(index);
+    }
+}
+
+/// Entries `delta` leaves in a table that holds `current`.
+fn count_after<'a, K: Ord + 'a, V>(
+    current: impl Iterator<Item = &'a K>,
+    delta: &Delta<K, V>,
+) -> usize {
+    let kept = current
+        .filter(|key| !delta.remove.contains(*key) && !delta.upsert.contains_key(*key))
+        .count();
+    kept + delta.upsert.len()
+}
+
+/// A dataplane over `S`. It remembers what it wrote (ports, which ring slot each service
+/// uses, which statistics slot each VIP uses) so updates never need to read the maps.
+#[derive(Debug)]
+pub struct Engine<S> {
+    store: S,
+    capacities: Capacities,
+    ring_pool: IndexPool,
+    stats_pool: IndexPool,
+    /// Service name -> ring slot its ports point at.
+    slots: BTreeMap<String, u32>,
+    /// VIP -> statistics slot.
+    stats: BTreeMap<Ipv4Addr, u32>,
+    ports: BTreeMap<PortKey, PortTarget>,
+    backends: BTreeSet<Ipv4Addr>,
+    peers: BTreeSet<Ipv4Addr>,
+}
+
+impl<S: MapStore> Engine<S> {
+    /// An engine over maps that hold nothing yet, sized by `capacities`.
+    pub fn with_store(store: S, capacities: Capacities) -> Self {
+        Self {
+            store,
+            ring_pool: IndexPool::new(capacities.ring_slots()),
+            stats_pool: IndexPool::new(capacities.vips),
+            capacities,
+            slots: BTreeMap::new(),
+            stats: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            backends: BTreeSet::new(),
+            peers: BTreeSet::new(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    pub fn capacities(&self) -> &Capacities {
+        &self.capacities
+    }
+
+    /// The ring slot `service`'s ports point at.
+    pub fn ring_slot(&self, service: &str) -> Option<u32> {
+        self.slots.get(service).copied()
+    }
+
+    /// The `VIP_STATS` index of `vip`.
+    pub fn stats_index(&self, vip: Ipv4Addr) -> Option<u32> {
+        self.stats.get(&vip).copied()
+    }
+
+    /// Refuses changes that would overflow a map before writing any of them.
+    fn check_capacities(&self, changes: &Changes) -> Result<(), DataplaneError> {
+        let limits = &self.capacities;
+        let checks = [
+            (
+                "VIPs",
+                count_after(self.stats.keys(), &changes.vips),
+                limits.vips,
+            ),
+            (
+                "service ports",
+                count_after(self.ports.keys(), &changes.ports),
+                limits.service_ports,
+            ),
+            (
+                "services",
+                count_after(self.slots.keys(), &changes.rings),
+                limits.services,
+            ),
+            (
+                "backends",
+                count_after(self.backends.iter(), &changes.backends),
+                limits.backends,
+            ),
+            (
+                "peers",
+                count_after(self.peers.iter(), &changes.peers),
+                MAX_PEERS,
+            ),
+        ];
+        match checks
+            .into_iter()
+            .find(|(_, needed, capacity)| *needed > *capacity as usize)
+        {
+            Some((what, needed, capacity)) => Err(DataplaneError::Capacity {
+                what,
+                needed,
+                capacity,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn upsert_vip(&mut self, vip: Ipv4Addr, value: &Vip) -> Result<(), DataplaneError> {
+        let index = match self.stats.get(&vip) {
+            Some(index) => *index,
+            None => {
+                let index = self.stats_pool.take().ok_or(DataplaneError::Capacity {
+                    what: "VIPs",
+                    needed: self.stats.len() + 1,
+                    capacity: self.capacities.vips,
+                })?;
+                // A reused slot still holds the counters of the VIP that had it.
+                if let Err(error) = self.store.reset_vip_stats(index) {
+                    self.stats_pool.put(index);
+                    return Err(error);
+                }
+                self.stats.insert(vip, index);
+                index
+            }
+        };
+        self.store
+            .insert_vip(wire::addr(vip), &wire::vip_value(value, index))
+    }
+
+    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), DataplaneError> {
+        self.store.remove_vip(wire::addr(vip))?;
+        if let Some(index) = self.stats.remove(&vip) {
+            self.stats_pool.put(index);
+        }
+        Ok(())
+    }
+
+    /// Writes `rings` into a free slot, points the service's ports at it, then frees the
+    /// slot they used: packets see the old tables or the new ones, never a mix.
+    fn replace_rings(&mut self, service: &str, rings: &Rings) -> Result<(), DataplaneError> {
+        let slot = self
+            .ring_pool
+            .take()
+            .ok_or(DataplaneError::NoFreeRingSlot {
+                slots: self.capacities.ring_slots(),
+            })?;
+        let written = self.store.write_rings(
+            slot,
+            &wire::node_ring(&rings.node),
+            &wire::pod_ring(&rings.pod),
+        );
+        if let Err(error) = written {
+            self.ring_pool.put(slot);
+            return Err(error);
+        }
+        let previous = self.slots.insert(service.to_owned(), slot);
+        for (key, target) in self
+            .ports
+            .iter()
+            .filter(|(_, target)| target.service == service)
+        {
+            // On failure the previous slot stays allocated: entries may still use it.
+            self.store
+                .insert_service(&wire::service_key(key), &wire::service_value(target, slot))?;
+        }
+        if let Some(previous) = previous {
+            self.ring_pool.put(previous);
+        }
+        Ok(())
+    }
+
+    fn upsert_port(&mut self, key: &PortKey, target: &PortTarget) -> Result<(), DataplaneError> {
+        let slot =
+            self.ring_slot(&target.service)
+                .ok_or_else(|| DataplaneError::UnknownService {
+                    port: key.to_string(),
+                    service: target.service.clone(),
+                })?;
+        self.store
+            .insert_service(&wire::service_key(key), &wire::service_value(target, slot))?;
+        self.ports.insert(*key, target.clone());
+        Ok(())
+    }
+
+    fn remove_port(&mut self, key: &PortKey) -> Result<(), DataplaneError> {
+        self.store.remove_service(&wire::service_key(key))?;
+        self.ports.remove(key);
+        Ok(())
+    }
+
+    /// Frees the ring slots of removed services that no port uses any more.
+    fn release_idle_rings(&mut self, removed: &BTreeSet<String>) {
+        for service in removed {
+            if self.ports.values().any(|target| &target.service == service) {
+                continue;
+            }
+            if let Some(slot) = self.slots.remove(service) {
+                self.ring_pool.put(slot);
+            }
+        }
+    }
+
+    fn read_ports(&self) -> Result<BTreeMap<PortKey, PortTarget>, DataplaneError> {
+        let names: BTreeMap<u32, &String> = self
+            .slots
+            .iter()
+            .map(|(name, slot)| (*slot, name))
+            .collect();
+        let mut ports = BTreeMap::new();
+        for (key, value) in self.store.services()? {
+            let key = wire::port_key(&key)?;
+            let service = names
+                .get(&value.ring_slot)
+                .ok_or_else(|| DataplaneError::Foreign {
+                    map: SERVICES,
+                    detail: format!("{key} points at unused ring slot {}", value.ring_slot),
+                })?;
+            ports.insert(key, wire::port_target(&value, (*service).clone()));
+        }
+        Ok(ports)
+    }
+
+    fn read_rings(&self) -> Result<BTreeMap<String, Rings>, DataplaneError> {
+        let mut rings = BTreeMap::new();
+        for (name, slot) in &self.slots {
+            let node = wire::table(&self.store.node_ring(*slot)?.backends);
+            let pod = wire::table(&self.store.pod_ring(*slot)?.backends);
+            rings.insert(name.clone(), Rings { node, pod });
+        }
+        Ok(rings)
+    }
+}
+
+impl<S: MapStore> Dataplane for Engine<S> {
+    /// Order: node settings, peers and backends first (tables name them), VIPs (ports
+    /// count into their statistics), removed ports, tables, new ports; then what nothing
+    /// refers to any more: tables of removed services, VIPs, backends, peers.
+    fn apply(&mut self, changes: &Changes) -> Result<(), DataplaneError> {
+        self.check_capacities(changes)?;
+        if let Some(node) = &changes.node {
+            self.store.set_config(&wire::config(node))?;
+        }
+        for peer in changes.peers.upsert.keys() {
+            self.store.insert_peer(wire::addr(*peer))?;
+            self.peers.insert(*peer);
+        }
+        for (address, state) in &changes.backends.upsert {
+            self.store
+                .insert_backend(wire::addr(*address), &wire::backend_value(*state))?;
+            self.backends.insert(*address);
+        }
+        for (vip, value) in &changes.vips.upsert {
+            self.upsert_vip(*vip, value)?;
+        }
+        for key in &changes.ports.remove {
+            self.remove_port(key)?;
+        }
+        // Early, so a batch replacing many services needs few spare slots.
+        self.release_idle_rings(&changes.rings.remove);
+        for (service, rings) in &changes.rings.upsert {
+            self.replace_rings(service, rings)?;
+        }
+        for (key, target) in &changes.ports.upsert {
+            self.upsert_port(key, target)?;
+        }
+        self.release_idle_rings(&changes.rings.remove);
+        if let Some(service) = changes
+            .rings
+            .remove
+            .iter()
+            .find(|service| self.slots.contains_key(*service))
+        {
+            return Err(DataplaneError::StillReferenced {
+                service: service.clone(),
+            });
+        }
+        for vip in &changes.vips.remove {
+            self.remove_vip(*vip)?;
+        }
+        for address in &changes.backends.remove {
+            self.store.remove_backend(wire::addr(*address))?;
+            self.backends.remove(address);
+        }
+        for peer in &changes.peers.remove {
+            self.store.remove_peer(wire::addr(*peer))?;
+            self.peers.remove(peer);
+        }
+        Ok(())
+    }
+
+    fn read(&self) -> Result<State, DataplaneError> {
+        let mut backends = BTreeMap::new();
+        for (address, value) in self.store.backends()? {
+            backends.insert(wire::ip(address), wire::backend_state(address, &value)?);
+        }
+        Ok(State {
+            node: wire::node_config(&self.store.config()?),
+            vips: self
+                .store
+                .vips()?
+                .iter()
+                .map(|(vip, value)| (wire::ip(*vip), wire::vip(value)))
+                .collect(),
+            ports: self.read_ports()?,
+            rings: self.read_rings()?,
+            backends,
+            peers: self.store.peers()?.into_iter().map(wire::ip).collect(),
+        })
+    }
+}

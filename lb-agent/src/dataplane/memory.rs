@@ -1,0 +1,272 @@
+//! The data-path maps as in-memory tables, for host tests of the agent's core.
+//!
+//! Besides storing entries, every update is checked against what a concurrently running
+//! XDP program could observe: a write that would let a packet see a table being
+//! rewritten, a table naming an unknown backend, or a port without its VIP fails with
+//! [`DataplaneError::Hazard`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lb_common::{
+    maps::{NODE_RING_SIZE, POD_RING_SIZE, VIP_STATS},
+    types::{
+        BackendValue, DataplaneConfig, NodeRing, PodRing, RING_EMPTY, ServiceKey, ServiceValue,
+        VipStats, VipValue,
+    },
+};
+
+use super::{DataplaneError, Engine, MapStore, loader::Capacities, wire};
+
+/// A dataplane over [`MemoryMaps`].
+pub type MemoryDataplane = Engine<MemoryMaps>;
+
+impl MemoryDataplane {
+    pub fn new(capacities: Capacities) -> Self {
+        Engine::with_store(MemoryMaps::new(&capacities), capacities)
+    }
+}
+
+#[derive(Debug)]
+pub struct MemoryMaps {
+    config: DataplaneConfig,
+    peers: BTreeSet<u32>,
+    backends: BTreeMap<u32, BackendValue>,
+    vips: BTreeMap<u32, VipValue>,
+    /// One CPU's worth of counters per statistics slot.
+    vip_stats: Vec<VipStats>,
+    ring_slots: u32,
+    node_rings: BTreeMap<u32, Box<NodeRing>>,
+    pod_rings: BTreeMap<u32, Box<PodRing>>,
+    services: BTreeMap<ServiceKey, ServiceValue>,
+}
+
+fn hazard(detail: String) -> DataplaneError {
+    DataplaneError::Hazard(detail)
+}
+
+impl MemoryMaps {
+    pub fn new(capacities: &Capacities) -> Self {
+        Self {
+            config: DataplaneConfig::default(),
+            peers: BTreeSet::new(),
+            backends: BTreeMap::new(),
+            vips: BTreeMap::new(),
+            vip_stats: vec![VipStats::default(); capacities.vips as usize],
+            ring_slots: capacities.ring_slots(),
+            node_rings: BTreeMap::new(),
+            pod_rings: BTreeMap::new(),
+            services: BTreeMap::new(),
+        }
+    }
+
+    /// The counters of a statistics slot, as the kernel program would update them.
+    pub fn vip_stats_mut(&mut self, index: u32) -> Option<&mut VipStats> {
+        self.vip_stats.get_mut(index as usize)
+    }
+
+    pub fn vip_stats(&self, index: u32) -> Option<&VipStats> {
+        self.vip_stats.get(index as usize)
+    }
+
+    fn users_of_slot(&self, slot: u32) -> impl Iterator<Item = &ServiceKey> {
+        self.services
+            .iter()
+            .filter(move |(_, value)| value.ring_slot == slot)
+            .map(|(key, _)| key)
+    }
+
+    /// Ring slots some port points at.
+    fn live_slots(&self) -> BTreeSet<u32> {
+        self.services
+            .values()
+            .map(|value| value.ring_slot)
+            .collect()
+    }
+
+    fn check_ring_slot(&self, slot: u32) -> Result<(), DataplaneError> {
+        if slot >= self.ring_slots {
+            return Err(DataplaneError::OutOfRange {
+                map: lb_common::maps::NODE_RINGS,
+                index: slot,
+            });
+        }
+        if let Some(key) = self.users_of_slot(slot).next() {
+            let port = wire::port_key(key)?;
+            return Err(hazard(format!(
+                "ring slot {slot} rewritten while {port} points at it"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_members(&self, slot: u32, members: &[u32]) -> Result<(), DataplaneError> {
+        match members
+            .iter()
+            .find(|member| **member != RING_EMPTY && !self.backends.contains_key(member))
+        {
+            Some(member) => Err(hazard(format!(
+                "ring slot {slot} names {} before BACKENDS has it",
+                wire::ip(*member)
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn slot_names(&self, slot: u32, address: u32) -> bool {
+        let in_node = self
+            .node_rings
+            .get(&slot)
+            .is_some_and(|ring| ring.backends.contains(&address));
+        let in_pod = self
+            .pod_rings
+            .get(&slot)
+            .is_some_and(|ring| ring.backends.contains(&address));
+        in_node || in_pod
+    }
+}
+
+impl MapStore for MemoryMaps {
+    fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
+        self.config = *config;
+        Ok(())
+    }
+
+    fn config(&self) -> Result<DataplaneConfig, DataplaneError> {
+        Ok(self.config)
+    }
+
+    fn insert_peer(&mut self, address: u32) -> Result<(), DataplaneError> {
+        self.peers.insert(address);
+        Ok(())
+    }
+
+    fn remove_peer(&mut self, address: u32) -> Result<(), DataplaneError> {
+        self.peers.remove(&address);
+        Ok(())
+    }
+
+    fn peers(&self) -> Result<Vec<u32>, DataplaneError> {
+        Ok(self.peers.iter().copied().collect())
+    }
+
+    fn insert_backend(&mut self, address: u32, value: &BackendValue) -> Result<(), DataplaneError> {
+        self.backends.insert(address, *value);
+        Ok(())
+    }
+
+    fn remove_backend(&mut self, address: u32) -> Result<(), DataplaneError> {
+        if let Some(slot) = self
+            .live_slots()
+            .into_iter()
+            .find(|slot| self.slot_names(*slot, address))
+        {
+            return Err(hazard(format!(
+                "backend {} removed while ring slot {slot} in use names it",
+                wire::ip(address)
+            )));
+        }
+        self.backends.remove(&address);
+        Ok(())
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, BackendValue)>, DataplaneError> {
+        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn insert_vip(&mut self, vip: u32, value: &VipValue) -> Result<(), DataplaneError> {
+        if value.stats_index as usize >= self.vip_stats.len() {
+            return Err(DataplaneError::OutOfRange {
+                map: VIP_STATS,
+                index: value.stats_index,
+            });
+        }
+        self.vips.insert(vip, *value);
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, vip: u32) -> Result<(), DataplaneError> {
+        if let Some(key) = self.services.keys().find(|key| key.vip == vip) {
+            let port = wire::port_key(key)?;
+            return Err(hazard(format!("VIP removed while {port} still exists")));
+        }
+        self.vips.remove(&vip);
+        Ok(())
+    }
+
+    fn vips(&self) -> Result<Vec<(u32, VipValue)>, DataplaneError> {
+        Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn reset_vip_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
+        let stats = self
+            .vip_stats
+            .get_mut(index as usize)
+            .ok_or(DataplaneError::OutOfRange {
+                map: VIP_STATS,
+                index,
+            })?;
+        *stats = VipStats::default();
+        Ok(())
+    }
+
+    fn write_rings(
+        &mut self,
+        slot: u32,
+        node: &NodeRing,
+        pod: &PodRing,
+    ) -> Result<(), DataplaneError> {
+        self.check_ring_slot(slot)?;
+        self.check_members(slot, &node.backends)?;
+        self.check_members(slot, &pod.backends)?;
+        self.node_rings.insert(slot, Box::new(*node));
+        self.pod_rings.insert(slot, Box::new(*pod));
+        Ok(())
+    }
+
+    fn node_ring(&self, slot: u32) -> Result<Box<NodeRing>, DataplaneError> {
+        Ok(self.node_rings.get(&slot).cloned().unwrap_or_else(|| {
+            Box::new(NodeRing {
+                backends: [RING_EMPTY; NODE_RING_SIZE],
+            })
+        }))
+    }
+
+    fn pod_ring(&self, slot: u32) -> Result<Box<PodRing>, DataplaneError> {
+        Ok(self.pod_rings.get(&slot).cloned().unwrap_or_else(|| {
+            Box::new(PodRing {
+                backends: [RING_EMPTY; POD_RING_SIZE],
+            })
+        }))
+    }
+
+    fn insert_service(
+        &mut self,
+        key: &ServiceKey,
+        value: &ServiceValue,
+    ) -> Result<(), DataplaneError> {
+        let port = wire::port_key(key)?;
+        if !self.node_rings.contains_key(&value.ring_slot) {
+            return Err(hazard(format!(
+                "{port} points at ring slot {} before it is written",
+                value.ring_slot
+            )));
+        }
+        if !self.vips.contains_key(&key.vip) {
+            return Err(hazard(format!("{port} inserted before its VIP")));
+        }
+        self.services.insert(*key, *value);
+        Ok(())
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        self.services.remove(key);
+        Ok(())
+    }
+
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, DataplaneError> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

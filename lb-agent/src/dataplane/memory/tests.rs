@@ -1,0 +1,306 @@
+use lb_common::types::{NodeRing, PodRing, ServiceValue, VipValue};
+
+use super::*;
+use crate::{
+    dataplane::Dataplane,
+    diff::{Changes, diff},
+    fixtures::{endpoint, example, example_as, ip, port},
+    model::{Inputs, PortKey, PortTarget, Protocol, Service, State, TrafficPolicy, desired_state},
+};
+
+fn small() -> Capacities {
+    Capacities {
+        services: 8,
+        service_ports: 32,
+        vips: 8,
+        backends: 64,
+        flows: 1024,
+        reply_flows: 1024,
+    }
+}
+
+fn fresh(state: &State) -> MemoryDataplane {
+    let mut dataplane = MemoryDataplane::new(small());
+    dataplane
+        .apply(&diff(&State::default(), state))
+        .expect("fresh apply");
+    dataplane
+}
+
+fn edited(edit: impl FnOnce(&mut Inputs)) -> State {
+    let mut inputs = example();
+    edit(&mut inputs);
+    desired_state(&inputs)
+}
+
+fn ssh_service() -> Service {
+    Service {
+        name: "ssh".into(),
+        vip: ip("172.16.200.22"),
+        ports: vec![port(22, Protocol::Tcp, 22)],
+        endpoints: vec![endpoint("10.42.0.9", "node1")],
+        traffic_policy: TrafficPolicy::Local,
+        drop_unknown_ports: true,
+    }
+}
+
+/// States that differ from the example in every way a source can change it.
+fn variants() -> Vec<(&'static str, State)> {
+    vec![
+        ("example", desired_state(&example())),
+        (
+            "web+pod",
+            edited(|inputs| {
+                inputs.services[0]
+                    .endpoints
+                    .push(endpoint("10.42.0.8", "node1"))
+            }),
+        ),
+        (
+            "web pod terminating",
+            edited(|inputs| {
+                inputs.services[0].endpoints[0].ready = false;
+                inputs.services[0].endpoints[0].terminating = true;
+            }),
+        ),
+        ("no dns", edited(|inputs| inputs.services.truncate(1))),
+        (
+            "dns renamed",
+            edited(|inputs| inputs.services[1].name = "coredns".into()),
+        ),
+        (
+            "dns moved ports",
+            edited(|inputs| {
+                inputs.services[1].ports[0].port = 5353;
+                inputs.services[1].traffic_policy = TrafficPolicy::Local;
+            }),
+        ),
+        (
+            "ssh added",
+            edited(|inputs| inputs.services.push(ssh_service())),
+        ),
+        ("no services", edited(|inputs| inputs.services.clear())),
+        ("node2's view", desired_state(&example_as("node2"))),
+    ]
+}
+
+#[test]
+fn fresh_apply_reads_back_the_state() {
+    let state = desired_state(&example());
+    assert_eq!(fresh(&state).read().expect("read"), state);
+}
+
+#[test]
+fn every_transition_equals_a_fresh_apply() {
+    let variants = variants();
+    for (from_name, from) in &variants {
+        for (to_name, to) in &variants {
+            let mut dataplane = fresh(from);
+            dataplane
+                .apply(&diff(from, to))
+                .unwrap_or_else(|error| panic!("{from_name} -> {to_name}: {error}"));
+            assert_eq!(
+                dataplane.read().expect("read"),
+                fresh(to).read().expect("read"),
+                "{from_name} -> {to_name}"
+            );
+            assert_eq!(
+                &dataplane.read().expect("read"),
+                to,
+                "{from_name} -> {to_name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_ring_change_moves_the_service_to_another_slot() {
+    let first = desired_state(&example());
+    let mut dataplane = fresh(&first);
+    let web_before = dataplane.ring_slot("web").expect("web slot");
+    let dns_before = dataplane.ring_slot("dns").expect("dns slot");
+
+    let second = edited(|inputs| {
+        inputs.services[0]
+            .endpoints
+            .push(endpoint("10.42.0.8", "node1"))
+    });
+    dataplane.apply(&diff(&first, &second)).expect("apply");
+    let web_after = dataplane.ring_slot("web").expect("web slot");
+    assert_ne!(web_after, web_before);
+    assert_eq!(dataplane.ring_slot("dns"), Some(dns_before));
+    let slots: Vec<u32> = dataplane
+        .store()
+        .services()
+        .expect("services")
+        .iter()
+        .map(|(_, value)| value.ring_slot)
+        .collect();
+    assert!(!slots.contains(&web_before), "no port left on the old slot");
+
+    // The released slot is the lowest free one again.
+    dataplane.apply(&diff(&second, &first)).expect("apply back");
+    assert_eq!(dataplane.ring_slot("web"), Some(web_before));
+}
+
+#[test]
+fn a_reused_stats_slot_starts_from_zero() {
+    let first = desired_state(&example());
+    let mut dataplane = fresh(&first);
+    let web = dataplane.stats_index(ip("172.16.200.20")).expect("web");
+    let dns = dataplane.stats_index(ip("172.16.200.53")).expect("dns");
+    assert_ne!(web, dns);
+    for index in [web, dns] {
+        dataplane
+            .store_mut()
+            .vip_stats_mut(index)
+            .expect("slot")
+            .packets = 42;
+    }
+
+    let without_dns = edited(|inputs| inputs.services.truncate(1));
+    dataplane
+        .apply(&diff(&first, &without_dns))
+        .expect("remove dns");
+    assert_eq!(dataplane.stats_index(ip("172.16.200.53")), None);
+
+    let with_ssh = edited(|inputs| {
+        inputs.services.truncate(1);
+        inputs.services.push(ssh_service());
+    });
+    dataplane
+        .apply(&diff(&without_dns, &with_ssh))
+        .expect("add ssh");
+    assert_eq!(dataplane.stats_index(ip("172.16.200.22")), Some(dns));
+    assert_eq!(dataplane.store().vip_stats(dns).expect("slot").packets, 0);
+    assert_eq!(dataplane.store().vip_stats(web).expect("slot").packets, 42);
+    assert_eq!(dataplane.stats_index(ip("172.16.200.20")), Some(web));
+}
+
+#[test]
+fn changes_beyond_a_capacity_are_refused_before_any_write() {
+    let state = desired_state(&example());
+    for (limits, what) in [
+        (Capacities { vips: 1, ..small() }, "VIPs"),
+        (
+            Capacities {
+                services: 1,
+                ..small()
+            },
+            "services",
+        ),
+        (
+            Capacities {
+                service_ports: 3,
+                ..small()
+            },
+            "service ports",
+        ),
+        (
+            Capacities {
+                backends: 2,
+                ..small()
+            },
+            "backends",
+        ),
+    ] {
+        let mut dataplane = MemoryDataplane::new(limits);
+        let error = dataplane
+            .apply(&diff(&State::default(), &state))
+            .expect_err("over capacity");
+        assert!(
+            matches!(error, DataplaneError::Capacity { what: w, .. } if w == what),
+            "{error}"
+        );
+        assert_eq!(error.metric_label(), "capacity");
+        assert_eq!(dataplane.read().expect("read"), State::default(), "{what}");
+    }
+}
+
+#[test]
+fn a_port_of_an_unknown_service_is_refused() {
+    let mut dataplane = MemoryDataplane::new(small());
+    let mut changes = Changes::default();
+    changes
+        .vips
+        .upsert
+        .insert(ip("172.16.200.20"), Default::default());
+    changes.ports.upsert.insert(
+        PortKey {
+            vip: ip("172.16.200.20"),
+            port: 80,
+            protocol: Protocol::Tcp,
+        },
+        PortTarget {
+            service: "ghost".into(),
+            target_port: 80,
+            local_only: false,
+        },
+    );
+    let error = dataplane.apply(&changes).expect_err("unknown service");
+    assert_eq!(error.metric_label(), "unknown_service");
+}
+
+fn empty_rings() -> (Box<NodeRing>, Box<PodRing>) {
+    (wire::node_ring(&[]), wire::pod_ring(&[]))
+}
+
+fn web_key() -> ServiceKey {
+    wire::service_key(&PortKey {
+        vip: ip("172.16.200.20"),
+        port: 80,
+        protocol: Protocol::Tcp,
+    })
+}
+
+fn vip_value() -> VipValue {
+    VipValue {
+        stats_index: 0,
+        flags: 0,
+    }
+}
+
+#[test]
+fn the_memory_maps_catch_unsafe_orders() {
+    let mut maps = MemoryMaps::new(&small());
+    let (node, pod) = empty_rings();
+    let key = web_key();
+    let value = ServiceValue {
+        ring_slot: 3,
+        target_port: 80u16.to_be(),
+        flags: 0,
+    };
+    maps.insert_vip(key.vip, &vip_value()).expect("vip");
+    let early = maps
+        .insert_service(&key, &value)
+        .expect_err("unwritten slot");
+    assert_eq!(early.metric_label(), "hazard");
+
+    maps.write_rings(3, &node, &pod).expect("rings");
+    maps.insert_service(&key, &value).expect("service");
+    let rewrite = maps.write_rings(3, &node, &pod).expect_err("slot in use");
+    assert!(rewrite.to_string().contains("ring slot 3"), "{rewrite}");
+    let orphan = maps.remove_vip(key.vip).expect_err("port still there");
+    assert_eq!(orphan.metric_label(), "hazard");
+
+    let stranger = wire::node_ring(&[ip("10.0.0.99")]);
+    let unknown = maps
+        .write_rings(4, &stranger, &pod)
+        .expect_err("unknown backend");
+    assert!(unknown.to_string().contains("10.0.0.99"), "{unknown}");
+    maps.insert_backend(wire::addr(ip("10.0.0.99")), &Default::default())
+        .expect("backend");
+    maps.write_rings(4, &stranger, &pod).expect("rings");
+    maps.insert_service(
+        &key,
+        &ServiceValue {
+            ring_slot: 4,
+            ..value
+        },
+    )
+    .expect("flip");
+    let in_use = maps
+        .remove_backend(wire::addr(ip("10.0.0.99")))
+        .expect_err("ring names it");
+    assert_eq!(in_use.metric_label(), "hazard");
+}
