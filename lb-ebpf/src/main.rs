@@ -1,22 +1,33 @@
 #![no_std]
 #![no_main]
 
+mod encap;
+mod icmp;
 mod maps;
+mod nat;
+mod parse;
+mod ratelimit;
+mod select;
+mod stats;
+mod tc;
+mod verdict;
+mod xdp;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 
+/// Load balancing on the LAN interface's receive path.
 #[xdp]
-pub fn xdp_lb(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+pub fn xdp_lb(ctx: XdpContext) -> u32 {
+    xdp::run(&ctx)
 }
 
+/// Reply rewrite on the LAN interface's egress path.
 #[classifier]
-pub fn tc_reply(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+pub fn tc_reply(ctx: TcContext) -> i32 {
+    tc::run(&ctx)
 }
 
 #[cfg(target_arch = "bpf")]

@@ -75,7 +75,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Ok(output) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(output) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

@@ -1,0 +1,110 @@
+//! IPv4-in-IPv4 between nodes: encapsulation towards the backend node with the next hop
+//! from the kernel FIB, and removal of the outer header on the backend node.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use lb_common::{reasons, types::PROTO_IPIP};
+
+use crate::{
+    parse::{self, EthHdr, IP_DF, IPV4_HLEN, Ipv4Hdr},
+    verdict::{Outcome, Verdict},
+};
+
+const AF_INET: u8 = 2;
+const OUTER_TTL: u8 = 64;
+
+/// Grows (negative `delta`) or shrinks the frame at its head.
+#[inline(always)]
+pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), Verdict> {
+    // SAFETY: the helper only moves `data`; every packet pointer is re-derived afterwards.
+    match unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } {
+        0 => Ok(()),
+        // No headroom or a frame too short: nothing sane can be sent.
+        _ => Err(Verdict::drop(reasons::DROP_MAP_ERROR)),
+    }
+}
+
+/// Wraps the IPv4 packet at `l3` in an outer header from `own_addr` to `node` and picks
+/// the way out. The L2 header (with its VLAN tag) moves to the new front.
+#[inline(always)]
+pub fn encapsulate(ctx: &XdpContext, l3: usize, own_addr: u32, node: u32) -> Outcome {
+    let malformed = Verdict::drop(reasons::DROP_MALFORMED);
+    let inner: Ipv4Hdr = parse::read(ctx, l3).ok_or(malformed)?;
+    adjust_head(ctx, -(IPV4_HLEN as i32))?;
+    if !parse::copy_l2(ctx, l3, IPV4_HLEN, 0, false) {
+        return Err(malformed);
+    }
+    let mut outer = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: inner.tos,
+        tot_len: (inner.total_len() + IPV4_HLEN as u16).to_be(),
+        id: 0,
+        // DF travels outwards so path MTU discovery keeps working through the tunnel.
+        frag_off: (inner.frag_bits() & IP_DF).to_be(),
+        ttl: OUTER_TTL,
+        proto: PROTO_IPIP,
+        check: 0,
+        saddr: own_addr,
+        daddr: node,
+    };
+    outer.check = outer.computed_check();
+    if !parse::write(ctx, l3, outer) {
+        return Err(malformed);
+    }
+    Ok(route(ctx, &outer))
+}
+
+/// Next hop from the FIB. Without a usable answer (e.g. no neighbour entry yet) the
+/// packet goes to the kernel, which forwards it and resolves the neighbour. Both need
+/// `forwarding=1` on the LAN interface, and that fallback also `accept_local=1`: the
+/// outer source is this node's own address, a martian to the input path otherwise.
+#[inline(always)]
+fn route(ctx: &XdpContext, outer: &Ipv4Hdr) -> Verdict {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: `bpf_fib_lookup` params are plain integers; all-zero is a valid value.
+    let mut params: FibParams = unsafe { zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = PROTO_IPIP;
+    params.__bindgen_anon_1.tot_len = u16::from_be(outer.tot_len);
+    params.__bindgen_anon_2.tos = outer.tos;
+    params.__bindgen_anon_3.ipv4_src = outer.saddr;
+    params.__bindgen_anon_4.ipv4_dst = outer.daddr;
+    params.ifindex = ingress;
+    // SAFETY: `params` is a live, correctly sized `bpf_fib_lookup` on the stack.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0) };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return Verdict::pass(reasons::PASS_FIB_FALLBACK);
+    }
+    let Some(eth) = parse::ptr_at::<EthHdr>(ctx, 0) else {
+        return Verdict::pass(reasons::PASS_FIB_FALLBACK);
+    };
+    // SAFETY: `ptr_at` checked the Ethernet header lies inside the frame.
+    unsafe {
+        (*eth).dst = params.dmac;
+        (*eth).src = params.smac;
+    }
+    if params.ifindex == ingress {
+        return Verdict::tx(reasons::TX_ENCAP);
+    }
+    // SAFETY: bpf_redirect only records the target interface for after the program.
+    let action = unsafe { bpf_redirect(params.ifindex, 0) };
+    Verdict {
+        action: action as u32,
+        reason: reasons::TX_ENCAP,
+    }
+}
+
+/// Removes the outer IPv4 header behind the L2 header at `l3`.
+#[inline(always)]
+pub fn decapsulate(ctx: &XdpContext, l3: usize) -> Result<(), Verdict> {
+    if !parse::copy_l2(ctx, l3, 0, IPV4_HLEN, false) {
+        return Err(Verdict::drop(reasons::DROP_MALFORMED));
+    }
+    adjust_head(ctx, IPV4_HLEN as i32)
+}

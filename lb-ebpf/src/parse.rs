@@ -1,0 +1,195 @@
+//! Wire headers and bounds-checked access to XDP packet memory.
+//!
+//! Multi-byte fields stay in network byte order, exactly as on the wire: map keys are
+//! stored that way too, and the checksum helpers are byte-order independent.
+
+use core::mem::size_of;
+
+use aya_ebpf::{helpers::bpf_xdp_get_buff_len, programs::XdpContext};
+
+pub const ETH_HLEN: usize = size_of::<EthHdr>();
+pub const VLAN_HLEN: usize = size_of::<VlanHdr>();
+/// Length of an IPv4 header without options: the only kind VIP traffic may carry.
+pub const IPV4_HLEN: usize = size_of::<Ipv4Hdr>();
+pub const ICMP_HLEN: usize = size_of::<IcmpHdr>();
+pub const UDP_HLEN: usize = 8;
+pub const TCP_HLEN: usize = 20;
+
+pub const ETH_P_IP: u16 = 0x0800u16.to_be();
+pub const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+
+/// `frag_off` bits in host order.
+pub const IP_DF: u16 = 0x4000;
+pub const IP_MF_OFFSET: u16 = 0x3fff;
+
+/// Offsets inside the L4 header.
+pub const L4_DPORT_OFF: usize = 2;
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VlanHdr {
+    pub tci: u16,
+    pub proto: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+impl Ipv4Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.version_ihl >> 4
+    }
+
+    #[inline(always)]
+    pub fn ihl(&self) -> u8 {
+        self.version_ihl & 0x0f
+    }
+
+    /// `tot_len` in host order.
+    #[inline(always)]
+    pub fn total_len(&self) -> u16 {
+        u16::from_be(self.tot_len)
+    }
+
+    /// `frag_off` (flags and offset) in host order.
+    #[inline(always)]
+    pub fn frag_bits(&self) -> u16 {
+        u16::from_be(self.frag_off)
+    }
+
+    /// The header checksum this header should carry (its own `check` is ignored).
+    #[inline(always)]
+    pub fn computed_check(&self) -> u16 {
+        // SAFETY: `Ipv4Hdr` is 20 bytes of plain integers with no padding, so viewing it
+        // as ten u16 words is sound (alignment 4 >= 2).
+        let words: &[u16; 10] = unsafe { &*(self as *const Self).cast() };
+        let mut sum = 0u32;
+        for (i, word) in words.iter().enumerate() {
+            // Word 5 is the checksum field itself.
+            if i != 5 {
+                sum += u32::from(*word);
+            }
+        }
+        !lb_common::checksum::fold(sum)
+    }
+}
+
+/// ICMP header: `rest` is the id/sequence of echo messages or the unused/next-hop-MTU
+/// words of destination-unreachable.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
+    pub rest: [u16; 2],
+}
+
+/// Source and destination port, the first four bytes of both TCP and UDP.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
+
+/// A pointer to a `T` at `offset` from the start of the frame, if the frame is long
+/// enough. The comparison against `data_end` is what lets the verifier accept the access.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// A copy of the `T` at `offset`.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: `ptr_at` checked that the whole `T` lies inside the frame.
+    ptr_at::<T>(ctx, offset).map(|ptr| unsafe { *ptr })
+}
+
+/// Writes `value` at `offset`; false when the frame is too short.
+#[inline(always)]
+pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> bool {
+    match ptr_at::<T>(ctx, offset) {
+        // SAFETY: `ptr_at` checked that the whole `T` lies inside the frame.
+        Some(ptr) => unsafe {
+            *ptr = value;
+            true
+        },
+        None => false,
+    }
+}
+
+/// Length of the frame. From the helper rather than `data_end - data`: LLVM reorders
+/// that subtraction into pointer arithmetic the verifier rejects, and would use length
+/// checks against `data_end` to drop later `ptr_at` checks the verifier needs.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    // SAFETY: the helper only reads the context it is given.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) as usize }
+}
+
+/// Offset of the IPv4 header: after Ethernet and at most one 802.1Q tag. `None` for
+/// anything that is not IPv4 (or too short to tell).
+#[inline(always)]
+pub fn ipv4_offset(ctx: &XdpContext) -> Option<usize> {
+    let eth: EthHdr = read(ctx, 0)?;
+    if eth.proto == ETH_P_IP {
+        return Some(ETH_HLEN);
+    }
+    if eth.proto != ETH_P_8021Q {
+        return None;
+    }
+    let vlan: VlanHdr = read(ctx, ETH_HLEN)?;
+    (vlan.proto == ETH_P_IP).then_some(ETH_HLEN + VLAN_HLEN)
+}
+
+/// Copies the L2 header (Ethernet and the optional VLAN tag, `l3` bytes in all) from
+/// `from` to `to` without overlap, optionally swapping the MAC addresses.
+#[inline(always)]
+pub fn copy_l2(ctx: &XdpContext, l3: usize, from: usize, to: usize, swap_macs: bool) -> bool {
+    let Some(mut eth) = read::<EthHdr>(ctx, from) else {
+        return false;
+    };
+    if swap_macs {
+        core::mem::swap(&mut eth.src, &mut eth.dst);
+    }
+    if !write(ctx, to, eth) {
+        return false;
+    }
+    if l3 == ETH_HLEN {
+        return true;
+    }
+    match read::<VlanHdr>(ctx, from + ETH_HLEN) {
+        Some(vlan) => write(ctx, to + ETH_HLEN, vlan),
+        None => false,
+    }
+}

@@ -1,0 +1,294 @@
+//! `xdp_lb`: classifies every frame on the LAN interface and dispatches VIP traffic to
+//! the reply, tunnel or local-delivery paths. Non-VIP traffic leaves after at most one
+//! hash lookup, untouched.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    reasons,
+    types::{
+        DataplaneConfig, FlowKey, PROTO_ICMP, PROTO_IPIP, PROTO_TCP, PROTO_UDP, ServiceKey,
+        ServiceValue, VIP_F_DROP_UNKNOWN_PORTS, VipValue,
+    },
+};
+
+use crate::{
+    encap,
+    icmp::{self, Message},
+    maps::{CONFIG, PEERS, SERVICES, VIPS},
+    nat,
+    parse::{self, IP_MF_OFFSET, IPV4_HLEN, Ipv4Hdr, Ports, TCP_HLEN, UDP_HLEN},
+    select::{self, Target},
+    stats,
+    verdict::{Outcome, Verdict},
+};
+
+/// How a VIP packet reached this node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// From a client on the LAN: this node owns the VIP.
+    Lan,
+    /// Decapsulated from a peer that chose this node as the flow's backend.
+    Tunnel,
+}
+
+impl Path {
+    #[inline(always)]
+    const fn delivered(self) -> u32 {
+        match self {
+            Path::Lan => reasons::PASS_LOCAL_DNAT,
+            Path::Tunnel => reasons::PASS_DECAP_DNAT,
+        }
+    }
+}
+
+/// What a forwarded VIP packet carries, which decides how it is DNATed.
+#[derive(Clone, Copy)]
+enum Payload {
+    Transport,
+    IcmpError,
+}
+
+/// Everything a forwarding decision needs about one VIP flow. Plain values only: the
+/// verifier rejects the pointer packing LLVM does for returned structs of references.
+#[derive(Clone, Copy)]
+struct Flow {
+    key: FlowKey,
+    service: ServiceValue,
+    stats_index: u32,
+    node_addr: u32,
+    path: Path,
+}
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let verdict = match classify(ctx) {
+        Ok(verdict) | Err(verdict) => verdict,
+    };
+    stats::count(verdict.reason);
+    verdict.action
+}
+
+#[inline(always)]
+fn malformed() -> Verdict {
+    Verdict::drop(reasons::DROP_MALFORMED)
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Outcome {
+    let l3 = parse::ipv4_offset(ctx).ok_or(Verdict::pass(reasons::PASS_NOT_IPV4))?;
+    // Too short to tell the destination: not ours to judge.
+    let ip: Ipv4Hdr = parse::read(ctx, l3).ok_or(Verdict::pass(reasons::PASS_NOT_VIP))?;
+    if ip.proto == PROTO_IPIP {
+        return tunnel(ctx, l3, &ip, &config());
+    }
+    let vip = lookup_vip(ip.daddr).ok_or(Verdict::pass(reasons::PASS_NOT_VIP))?;
+    vip_traffic(ctx, l3, &vip, &config(), Path::Lan)
+}
+
+#[inline(always)]
+fn config() -> DataplaneConfig {
+    CONFIG.get(0).copied().unwrap_or_default()
+}
+
+#[inline(always)]
+fn lookup_vip(addr: u32) -> Option<VipValue> {
+    // SAFETY: the value is copied out at once.
+    unsafe { VIPS.get(addr) }.copied()
+}
+
+/// IPIP addressed to this node: accepted only from peers and only around VIP traffic.
+#[inline(always)]
+fn tunnel(ctx: &XdpContext, l3: usize, outer: &Ipv4Hdr, config: &DataplaneConfig) -> Outcome {
+    if config.node_addr == 0 || outer.daddr != config.node_addr {
+        return Err(Verdict::pass(reasons::PASS_NOT_VIP));
+    }
+    if PEERS.get_ptr(outer.saddr).is_none() {
+        return Err(Verdict::drop(reasons::DROP_IPIP_STRANGER));
+    }
+    check_header(ctx, l3)?;
+    let inner: Ipv4Hdr = parse::read(ctx, l3 + IPV4_HLEN).ok_or_else(malformed)?;
+    let vip = (inner.version() == 4)
+        .then(|| lookup_vip(inner.daddr))
+        .flatten()
+        .ok_or(Verdict::drop(reasons::DROP_IPIP_NOT_VIP))?;
+    encap::decapsulate(ctx, l3)?;
+    vip_traffic(ctx, l3, &vip, config, Path::Tunnel)
+}
+
+/// Counts a VIP packet and its drop, if it ends in one.
+#[inline(always)]
+fn vip_traffic(
+    ctx: &XdpContext,
+    l3: usize,
+    vip: &VipValue,
+    config: &DataplaneConfig,
+    path: Path,
+) -> Outcome {
+    let bytes = parse::frame_len(ctx) as u64;
+    stats::vip(vip.stats_index, |stats| {
+        stats.packets += 1;
+        stats.bytes += bytes;
+    });
+    let verdict = match dispatch(ctx, l3, vip, config, path) {
+        Ok(verdict) | Err(verdict) => verdict,
+    };
+    if verdict.is_drop() {
+        stats::vip(vip.stats_index, |stats| stats.dropped += 1);
+    }
+    Ok(verdict)
+}
+
+#[inline(always)]
+fn dispatch(
+    ctx: &XdpContext,
+    l3: usize,
+    vip: &VipValue,
+    config: &DataplaneConfig,
+    path: Path,
+) -> Outcome {
+    let ip = check_header(ctx, l3)?;
+    match ip.proto {
+        PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, vip, config, path),
+        PROTO_ICMP => icmp_to_vip(ctx, l3, &ip, vip, config, path),
+        _ => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
+    }
+}
+
+/// The IPv4 sanity checks VIP traffic must pass: no options, no fragments, a total
+/// length that fits the frame.
+#[inline(always)]
+fn check_header(ctx: &XdpContext, l3: usize) -> Result<Ipv4Hdr, Verdict> {
+    let ip: Ipv4Hdr = parse::read(ctx, l3).ok_or_else(malformed)?;
+    if ip.version() != 4 || ip.ihl() < 5 {
+        return Err(malformed());
+    }
+    if ip.ihl() > 5 {
+        return Err(Verdict::drop(reasons::DROP_IP_OPTIONS));
+    }
+    if ip.frag_bits() & IP_MF_OFFSET != 0 {
+        return Err(Verdict::drop(reasons::DROP_FRAGMENT));
+    }
+    let len = usize::from(ip.total_len());
+    if len < IPV4_HLEN || l3 + len > parse::frame_len(ctx) {
+        return Err(malformed());
+    }
+    Ok(ip)
+}
+
+#[inline(always)]
+fn transport(
+    ctx: &XdpContext,
+    l3: usize,
+    ip: &Ipv4Hdr,
+    vip: &VipValue,
+    config: &DataplaneConfig,
+    path: Path,
+) -> Outcome {
+    let l4_len = if ip.proto == PROTO_TCP {
+        TCP_HLEN
+    } else {
+        UDP_HLEN
+    };
+    // With `check_header`'s length check this puts the whole L4 header in the frame.
+    if usize::from(ip.total_len()) < IPV4_HLEN + l4_len {
+        return Err(malformed());
+    }
+    let ports: Ports = parse::read(ctx, l3 + IPV4_HLEN).ok_or_else(malformed)?;
+    if path == Path::Lan {
+        icmp::check_fits(ctx, l3, ip, config, vip.stats_index)?;
+    }
+    let key = FlowKey {
+        client: ip.saddr,
+        vip: ip.daddr,
+        client_port: ports.src,
+        vip_port: ports.dst,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    let flow = resolve(key, vip, config, path)?;
+    forward(ctx, l3, &flow, Payload::Transport)
+}
+
+#[inline(always)]
+fn icmp_to_vip(
+    ctx: &XdpContext,
+    l3: usize,
+    ip: &Ipv4Hdr,
+    vip: &VipValue,
+    config: &DataplaneConfig,
+    path: Path,
+) -> Outcome {
+    match icmp::classify(ctx, l3, ip)? {
+        Message::EchoRequest if path == Path::Lan => {
+            icmp::echo_reply(ctx, l3, config, vip.stats_index)
+        }
+        // The owner answers pings itself; a tunnelled one is not ours to answer.
+        Message::EchoRequest => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
+        Message::Error(key) => {
+            let flow = resolve(key, vip, config, path)?;
+            let verdict = forward(ctx, l3, &flow, Payload::IcmpError)?;
+            stats::count(reasons::ICMP_ERROR_STEERED);
+            Ok(verdict)
+        }
+    }
+}
+
+/// The service a flow addresses; unknown ports pass or drop per the VIP's flag.
+#[inline(always)]
+fn resolve(
+    key: FlowKey,
+    vip: &VipValue,
+    config: &DataplaneConfig,
+    path: Path,
+) -> Result<Flow, Verdict> {
+    let service_key = ServiceKey {
+        vip: key.vip,
+        port: key.vip_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    match unsafe { SERVICES.get(service_key) }.copied() {
+        Some(service) => Ok(Flow {
+            key,
+            service,
+            stats_index: vip.stats_index,
+            node_addr: config.node_addr,
+            path,
+        }),
+        None if vip.flags & VIP_F_DROP_UNKNOWN_PORTS != 0 => {
+            Err(Verdict::drop(reasons::DROP_UNKNOWN_PORT))
+        }
+        None => Err(Verdict::pass(reasons::PASS_UNKNOWN_PORT)),
+    }
+}
+
+/// Sends the flow's packet to its backend node, or delivers it here.
+#[inline(always)]
+fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload) -> Outcome {
+    let target = match flow.path {
+        Path::Lan => select::node(&flow.key, &flow.service, flow.node_addr)?,
+        // The sender already chose this node: never tunnel twice.
+        Path::Tunnel => Target::Local,
+    };
+    let bytes = parse::frame_len(ctx) as u64;
+    match target {
+        Target::Remote(node) => {
+            let verdict = encap::encapsulate(ctx, l3, flow.node_addr, node)?;
+            stats::backend(node, bytes);
+            stats::vip(flow.stats_index, |stats| stats.encapsulated += 1);
+            Ok(verdict)
+        }
+        Target::Local => {
+            let pod = select::pod(&flow.key, &flow.service)?;
+            let port = flow.service.target_port;
+            match payload {
+                Payload::Transport => nat::dnat(ctx, l3, &flow.key, pod, port, flow.stats_index)?,
+                Payload::IcmpError => icmp::dnat_error(ctx, l3, &flow.key, pod, port)?,
+            }
+            stats::backend(pod, bytes);
+            stats::vip(flow.stats_index, |stats| stats.delivered_local += 1);
+            Ok(Verdict::pass(flow.path.delivered()))
+        }
+    }
+}

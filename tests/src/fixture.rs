@@ -1,0 +1,380 @@
+//! A freshly loaded data plane for the packet fixtures: its own maps, a private network
+//! namespace for the FIB lookups, BPF_PROG_TEST_RUN on both programs, and counter
+//! deltas per step.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Result, ensure};
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use lb_agent::dataplane::{
+    loader::{self, Capacities},
+    maps::Maps,
+};
+use lb_common::{
+    maglev::{self, Backend},
+    maps::{NODE_RING_SIZE, POD_RING_SIZE},
+    reasons,
+    types::{
+        BACKEND_ACTIVE, BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NodeRing,
+        PROTO_TCP, PROTO_UDP, PeerValue, PodRing, ReplyKey, ReplyValue, ServiceKey, ServiceValue,
+        VipStats, VipValue,
+    },
+};
+
+use crate::netns::Netns;
+
+/// XDP verdicts (`enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+/// `TC_ACT_OK`.
+pub const TC_ACT_OK: u32 = 0;
+
+/// This node's LAN address.
+pub const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// Another node: a tunnel peer and backend node.
+pub const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// A third node.
+pub const PEER2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 8, 240);
+pub const VIP_STATS_INDEX: u32 = 3;
+pub const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 50), 40000);
+/// A local pod behind the services.
+pub const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+pub const POD2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+pub const MTU: u32 = 1500;
+pub const ICMP_RATE: u32 = 100;
+/// TCP 443 -> 8443 (ring slot 0) and UDP 53 -> 5353 (ring slot 1) on [`VIP`].
+pub const HTTPS: u16 = 443;
+pub const HTTPS_TARGET: u16 = 8443;
+pub const DNS: u16 = 53;
+pub const DNS_TARGET: u16 = 5353;
+pub const HTTPS_SLOT: u32 = 0;
+pub const DNS_SLOT: u32 = 1;
+
+/// Room for any frame the programs can produce from a test input.
+const OUT_LEN: usize = 4096;
+
+/// An address as the maps store it: the packet's bytes.
+pub fn wire(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// A port as the maps store it: the packet's bytes.
+pub fn wire_port(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// A VIP service socket.
+pub fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, port)
+}
+
+/// The flow-cache key of a client flow to a VIP socket.
+pub fn flow_key(client: SocketAddrV4, vip: SocketAddrV4, proto: u8) -> FlowKey {
+    FlowKey {
+        client: wire(*client.ip()),
+        vip: wire(*vip.ip()),
+        client_port: wire_port(client.port()),
+        vip_port: wire_port(vip.port()),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// One program run: its verdict and the frame as it left.
+#[derive(Debug)]
+pub struct Run {
+    pub action: u32,
+    pub frame: Vec<u8>,
+}
+
+/// A loaded object with its maps and a network namespace of its own.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    pub netns: Netns,
+    seen: [u64; reasons::COUNT as usize],
+}
+
+impl Dataplane {
+    /// A loaded data plane with empty maps.
+    pub fn empty() -> Result<Self> {
+        let netns = Netns::new("fx")?;
+        let mut ebpf = loader::load(&Capacities::default())?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            netns,
+            seen: [0; reasons::COUNT as usize],
+        })
+    }
+
+    /// This node ([`NODE`]) serving [`VIP`]: HTTPS and DNS, both delivered to [`POD`] here.
+    pub fn with_services() -> Result<Self> {
+        let mut dataplane = Self::empty()?;
+        dataplane.configure(MTU, ICMP_RATE)?;
+        dataplane.add_vip(VIP, 0)?;
+        dataplane.add_service(vip(HTTPS), PROTO_TCP, HTTPS_TARGET, HTTPS_SLOT, 0)?;
+        dataplane.add_service(vip(DNS), PROTO_UDP, DNS_TARGET, DNS_SLOT, 0)?;
+        for slot in [HTTPS_SLOT, DNS_SLOT] {
+            dataplane.set_node_ring(slot, &[NODE])?;
+            dataplane.set_pod_ring(slot, &[POD])?;
+        }
+        Ok(dataplane)
+    }
+
+    pub fn configure(&mut self, mtu: u32, icmp_rate_per_sec: u32) -> Result<()> {
+        let config = DataplaneConfig {
+            node_addr: wire(NODE),
+            mtu,
+            icmp_rate_per_sec,
+            _pad: 0,
+        };
+        Ok(self.maps.config.set(0, &config)?)
+    }
+
+    pub fn add_vip(&mut self, addr: Ipv4Addr, flags: u32) -> Result<()> {
+        let value = VipValue {
+            stats_index: VIP_STATS_INDEX,
+            flags,
+        };
+        Ok(self.maps.vips.insert(&wire(addr), &value)?)
+    }
+
+    pub fn add_service(
+        &mut self,
+        socket: SocketAddrV4,
+        proto: u8,
+        target_port: u16,
+        ring_slot: u32,
+        flags: u16,
+    ) -> Result<()> {
+        let key = ServiceKey {
+            vip: wire(*socket.ip()),
+            port: wire_port(socket.port()),
+            proto,
+            _pad: 0,
+        };
+        let value = ServiceValue {
+            ring_slot,
+            target_port: wire_port(target_port),
+            flags,
+        };
+        Ok(self.maps.services.insert(&key, &value)?)
+    }
+
+    /// Fills a node ring (equal weights) and marks its nodes active.
+    pub fn set_node_ring(&mut self, slot: u32, nodes: &[Ipv4Addr]) -> Result<()> {
+        let table = self.ring(nodes, NODE_RING_SIZE)?;
+        let ring = NodeRing {
+            backends: table.try_into().expect("table of NODE_RING_SIZE"),
+        };
+        Ok(self.maps.node_rings.set(slot, &ring)?)
+    }
+
+    /// Fills a pod ring (equal weights) and marks its pods active.
+    pub fn set_pod_ring(&mut self, slot: u32, pods: &[Ipv4Addr]) -> Result<()> {
+        let table = self.ring(pods, POD_RING_SIZE)?;
+        let ring = PodRing {
+            backends: table.try_into().expect("table of POD_RING_SIZE"),
+        };
+        Ok(self.maps.pod_rings.set(slot, &ring)?)
+    }
+
+    fn ring(&mut self, addrs: &[Ipv4Addr], size: usize) -> Result<Vec<u32>> {
+        let ids: Vec<[u8; 4]> = addrs.iter().map(Ipv4Addr::octets).collect();
+        let backends: Vec<Backend<'_>> = addrs
+            .iter()
+            .zip(&ids)
+            .map(|(addr, id)| Backend {
+                id,
+                addr: wire(*addr),
+                weight: 1,
+            })
+            .collect();
+        for addr in addrs {
+            self.set_backend(*addr, BACKEND_ACTIVE)?;
+        }
+        Ok(maglev::build(&backends, size))
+    }
+
+    pub fn set_backend(&mut self, addr: Ipv4Addr, state: u32) -> Result<()> {
+        Ok(self
+            .maps
+            .backends
+            .insert(&wire(addr), &BackendValue { state })?)
+    }
+
+    pub fn remove_backend(&mut self, addr: Ipv4Addr) -> Result<()> {
+        Ok(self.maps.backends.remove(&wire(addr))?)
+    }
+
+    pub fn add_peer(&mut self, addr: Ipv4Addr) -> Result<()> {
+        Ok(self
+            .maps
+            .peers
+            .insert(&wire(addr), &PeerValue { flags: 0 })?)
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
+        Ok(self.maps.flows.get(key)?)
+    }
+
+    pub fn vip_stats(&self) -> Result<VipStats> {
+        Ok(self.maps.vip_stats.total(VIP_STATS_INDEX)?)
+    }
+
+    pub fn backend_stats(&self, addr: Ipv4Addr) -> Result<BackendStats> {
+        Ok(self.maps.backend_stats.total(&wire(addr))?)
+    }
+
+    /// Runs `xdp_lb` on `frame` as received by the namespace's loopback device.
+    pub fn xdp(&mut self, frame: &[u8]) -> Result<Run> {
+        self.run_xdp(frame, None)
+    }
+
+    /// Runs `xdp_lb` on `frame` as received by interface `ifindex` of the namespace.
+    pub fn xdp_on(&mut self, frame: &[u8], ifindex: u32) -> Result<Run> {
+        self.run_xdp(frame, Some(ifindex))
+    }
+
+    fn run_xdp(&mut self, frame: &[u8], ifindex: Option<u32>) -> Result<Run> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let ctx: Option<Vec<u8>> = ifindex.map(|ifindex| {
+            let len = u32::try_from(frame.len()).expect("test frame length");
+            [0, len, 0, ifindex, 0, 0]
+                .iter()
+                .flat_map(|field: &u32| field.to_ne_bytes())
+                .collect()
+        });
+        let mut out = vec![0u8; OUT_LEN];
+        // The FIB lookups happen in the namespace of the calling thread.
+        let _inside = self.netns.enter()?;
+        let program = loader::xdp_program(&mut self.ebpf)?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: ctx.as_deref(),
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(Run {
+            action: result.return_value,
+            frame: out,
+        })
+    }
+
+    /// Runs `tc_reply` on `frame`.
+    pub fn tc(&mut self, frame: &[u8]) -> Result<Run> {
+        let mut out = vec![0u8; OUT_LEN];
+        let program = loader::tc_program(&mut self.ebpf)?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(Run {
+            action: result.return_value,
+            frame: out,
+        })
+    }
+
+    /// Checks that exactly `expected` (reason, count) were counted since the last check;
+    /// every other reason must not have moved.
+    pub fn expect_reasons(&mut self, expected: &[(u32, u64)]) -> Result<()> {
+        let totals = self.maps.reason_totals()?;
+        let moved: Vec<(&str, u64)> = totals
+            .iter()
+            .zip(&self.seen)
+            .zip(reasons::NAMES)
+            .filter(|((now, before), _)| now != before)
+            .map(|((now, before), name)| (name, now - before))
+            .collect();
+        self.seen = totals;
+        let mut wanted: Vec<(u32, u64)> = expected.to_vec();
+        wanted.sort_unstable();
+        let wanted: Vec<(&str, u64)> = wanted
+            .iter()
+            .map(|(reason, count)| (reasons::NAMES[*reason as usize], *count))
+            .collect();
+        ensure!(
+            moved == wanted,
+            "reason counters moved {moved:?}, expected {wanted:?}"
+        );
+        Ok(())
+    }
+
+    /// Adds a veth pair (`name` up with `addr/24`, its peer up), so `peer_ip` is
+    /// reachable through it; with `peer_mac`, a permanent neighbour entry for it too.
+    /// Returns the interface index of `name`.
+    pub fn add_link(
+        &self,
+        name: &str,
+        addr: Ipv4Addr,
+        peer_ip: Ipv4Addr,
+        peer_mac: Option<[u8; 6]>,
+    ) -> Result<u32> {
+        self.netns.run(&format!(
+            "ip link add {name} type veth peer name {name}p && \
+             ip addr add {addr}/24 dev {name} && \
+             ip link set {name} up && ip link set {name}p up && \
+             sysctl -qw net.ipv4.conf.{name}.forwarding=1"
+        ))?;
+        if let Some(mac) = peer_mac {
+            let mac = mac.map(|byte| format!("{byte:02x}")).join(":");
+            self.netns.run(&format!(
+                "ip neigh replace {peer_ip} lladdr {mac} dev {name} nud permanent"
+            ))?;
+        }
+        Ok(self
+            .netns
+            .run(&format!("cat /sys/class/net/{name}/ifindex"))?
+            .trim()
+            .parse()?)
+    }
+
+    /// The MAC address of interface `name` in the namespace.
+    pub fn mac(&self, name: &str) -> Result<[u8; 6]> {
+        let text = self
+            .netns
+            .run(&format!("cat /sys/class/net/{name}/address"))?;
+        let bytes: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|byte| u8::from_str_radix(byte, 16))
+            .collect::<Result<_, _>>()?;
+        bytes
+            .try_into()
+            .map_err(|bytes| anyhow::anyhow!("not a MAC address: {bytes:?}"))
+    }
+}
+
+/// The REPLY_FLOWS key of replies from `pod` to `client`.
+pub fn reply_key(pod: SocketAddrV4, client: SocketAddrV4, proto: u8) -> ReplyKey {
+    ReplyKey {
+        pod: wire(*pod.ip()),
+        client: wire(*client.ip()),
+        pod_port: wire_port(pod.port()),
+        client_port: wire_port(client.port()),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The REPLY_FLOWS value that turns replies back into ones from `vip`.
+pub fn reply_value(vip: SocketAddrV4) -> ReplyValue {
+    ReplyValue {
+        vip: wire(*vip.ip()),
+        vip_port: wire_port(vip.port()),
+        _pad: 0,
+        stats_index: VIP_STATS_INDEX,
+    }
+}

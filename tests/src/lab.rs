@@ -1,0 +1,307 @@
+//! A homelab LAN built from network namespaces, shared by the end-to-end tests and the lab.
+//!
+//! ```text
+//!   client (10.0.0.100)     node1 (10.0.0.11)        nodeN (10.0.0.10+N)
+//!        eth0                    eth0   ... pods         eth0   ... pods
+//!         |                       |                        |
+//!   lan:  c0 ----------- br0 ---- n1 ----------- ... ----- nN
+//! ```
+//!
+//! - `lan` holds the bridge `br0`; the client and every node plug into it with a veth whose
+//!   inside end is `eth0` (10.0.0.0/24).
+//! - Pods of node i live in 10.42.(i-1).0/24, each in its own namespace behind a
+//!   point-to-point veth (CNI `ptp` style): the node end `v<last octet>` carries the
+//!   gateway 10.42.(i-1).1/32 with the pod as its peer, so the node has a /32 route per pod;
+//!   the pod's only route off-link is 10.0.0.0/24 via that gateway. Nodes forward IPv4.
+//! - No namespace has a default route and nothing is connected to the host's interfaces,
+//!   so no packet can leave the lab. IPv6 is disabled everywhere: the lab is IPv4-only and
+//!   captures stay free of router solicitations.
+//! - The client's `eth0` has TX checksum offload off, so its frames carry complete
+//!   checksums as frames on a real LAN do (veth would otherwise hand over CHECKSUM_PARTIAL
+//!   packets with only a pseudo-header sum).
+//! - XDP_TX on a node's `eth0` hands the frame to the peer veth's receive queue
+//!   (`veth_xdp_xmit`), which exists only while that peer runs NAPI; without it the kernel
+//!   drops the frame and counts it in the sender's `rx_queue_*_xdp_tx_errors`
+//!   (`ethtool -S`). A veth runs NAPI when it has an XDP program of its own or when GRO is
+//!   enabled on it (Linux 5.13+), so GRO is switched on for every bridge-side end.
+//!
+//! Everything is torn down when the [`Lab`] drops: each namespace guard kills the
+//! processes inside it and deletes it, which destroys its interfaces.
+
+mod capture;
+mod services;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+pub use self::capture::{Capture, Packet};
+use crate::netns::{Netns, veth};
+
+/// The client's address on the LAN.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+/// The LAN interface of the client and of every node.
+pub const LAN_IFACE: &str = "eth0";
+const LAN_CIDR: &str = "10.0.0.0/24";
+const LAN_PREFIX_LEN: u8 = 24;
+const BRIDGE: &str = "br0";
+
+/// Address of node `index` (1-based): 10.0.0.(10 + index).
+pub fn node_addr(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 10 + octet(index))
+}
+
+/// The node end of every pod veth on node `index`: 10.42.(index - 1).1.
+pub fn pod_gateway(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 42, octet(index) - 1, 1)
+}
+
+fn octet(index: usize) -> u8 {
+    u8::try_from(index)
+        .ok()
+        .filter(|index| (1..=89).contains(index))
+        .expect("node indices run from 1 to 89 so addresses stay below the client's")
+}
+
+/// The client, the nodes with their pods, and the bridge between them.
+///
+/// Field order is drop order: processes die with their namespace, bridge last.
+#[derive(Debug)]
+pub struct Lab {
+    pub client: Netns,
+    pub nodes: Vec<Node>,
+    lan: Netns,
+}
+
+/// A node: `eth0` on the LAN, forwarding to its pods.
+#[derive(Debug)]
+pub struct Node {
+    /// `node<index>`, the name agents use in their configuration.
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub netns: Netns,
+    pub pods: Vec<Pod>,
+    /// The node's port on the bridge, in the `lan` namespace.
+    switch_port: String,
+}
+
+/// A pod: a namespace with one `eth0` towards its node.
+#[derive(Debug)]
+pub struct Pod {
+    pub addr: Ipv4Addr,
+    pub netns: Netns,
+}
+
+impl Lab {
+    /// Builds a LAN with one node per entry of `pods`, node i (1-based) getting the pods
+    /// listed at `pods[i - 1]` (addresses inside 10.42.(i-1).0/24).
+    pub fn new(pods: &[&[Ipv4Addr]]) -> anyhow::Result<Self> {
+        let lan = namespace("lan")?;
+        lan.run(&format!(
+            "ip link add {BRIDGE} type bridge && ip link set {BRIDGE} up"
+        ))?;
+        let client = namespace("client")?;
+        plug(&lan, &client, "c0", CLIENT_ADDR)?;
+        client.run(&format!("ethtool -K {LAN_IFACE} tx off >/dev/null"))?;
+        let mut lab = Self {
+            client,
+            nodes: Vec::with_capacity(pods.len()),
+            lan,
+        };
+        for (slot, node_pods) in pods.iter().enumerate() {
+            let node = Node::new(&lab.lan, slot + 1, node_pods)?;
+            lab.nodes.push(node);
+        }
+        Ok(lab)
+    }
+
+    /// The node called `name` (`node1`, …).
+    pub fn node(&self, name: &str) -> anyhow::Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|node| node.name == name)
+            .with_context(|| format!("no node {name} in the lab"))
+    }
+
+    /// The pod with address `addr`, on whichever node.
+    pub fn pod(&self, addr: Ipv4Addr) -> anyhow::Result<&Pod> {
+        self.nodes
+            .iter()
+            .flat_map(|node| &node.pods)
+            .find(|pod| pod.addr == addr)
+            .with_context(|| format!("no pod {addr} in the lab"))
+    }
+
+    /// The node hosting the pod with address `addr`.
+    pub fn node_of(&self, addr: Ipv4Addr) -> anyhow::Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|node| node.pods.iter().any(|pod| pod.addr == addr))
+            .with_context(|| format!("no pod {addr} in the lab"))
+    }
+
+    /// Makes the client send traffic for `cidr` onto the LAN and resolve each of `vips`
+    /// to `owner`'s MAC with a permanent neighbour entry (no ARP needed from the owner).
+    pub fn route_vips(&self, cidr: &str, vips: &[Ipv4Addr], owner: &Node) -> anyhow::Result<()> {
+        let mac = owner.mac()?;
+        self.client
+            .run(&format!("ip route add {cidr} dev {LAN_IFACE}"))?;
+        for vip in vips {
+            self.client.run(&format!(
+                "ip neigh replace {vip} lladdr {mac} dev {LAN_IFACE} nud permanent"
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Captures what crosses `node`'s bridge port: every frame on the node's wire, seen
+    /// from the switch, so neither the node's XDP nor its TC programs can hide packets
+    /// from it (a capture on the node's own eth0 misses XDP_TX frames and sees ingress
+    /// only after XDP).
+    pub fn capture_switch_port(
+        &self,
+        node: &Node,
+        filter: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Capture> {
+        Capture::start(
+            &self.lan,
+            &node.switch_port,
+            filter,
+            dir,
+            &format!("{}-port", node.name),
+        )
+    }
+}
+
+impl Node {
+    fn new(lan: &Netns, index: usize, pods: &[Ipv4Addr]) -> anyhow::Result<Self> {
+        let name = format!("node{index}");
+        let addr = node_addr(index);
+        let netns = namespace(&name)?;
+        let switch_port = format!("n{index}");
+        plug(lan, &netns, &switch_port, addr)?;
+        netns.run("echo 1 > /proc/sys/net/ipv4/ip_forward")?;
+        let pods = pods
+            .iter()
+            .map(|&pod| Pod::new(&netns, &name, index, pod))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            name,
+            addr,
+            netns,
+            pods,
+            switch_port,
+        })
+    }
+
+    /// MAC address of the node's LAN interface.
+    pub fn mac(&self) -> anyhow::Result<String> {
+        let mac = self
+            .netns
+            .run(&format!("cat /sys/class/net/{LAN_IFACE}/address"))?;
+        Ok(mac.trim().to_owned())
+    }
+
+    /// Whether an XDP program is attached to the node's LAN interface.
+    pub fn has_xdp(&self) -> anyhow::Result<bool> {
+        let link = self
+            .netns
+            .run(&format!("ip -d link show dev {LAN_IFACE}"))?;
+        Ok(link.contains("prog/xdp"))
+    }
+}
+
+impl Pod {
+    fn new(node: &Netns, node_name: &str, index: usize, addr: Ipv4Addr) -> anyhow::Result<Self> {
+        let gateway = pod_gateway(index);
+        let [a, b, c, host] = addr.octets();
+        ensure!(
+            [a, b, c] == gateway.octets()[..3] && host != 0 && host != 1 && host != 255,
+            "pod {addr} must be a host address in {gateway}/24 other than the gateway"
+        );
+        let netns = namespace(&format!("{node_name}-pod{host}"))?;
+        let node_if = format!("v{host}");
+        veth(node, &node_if, &netns, LAN_IFACE)?;
+        node.run(&format!(
+            "ip addr add {gateway}/32 peer {addr}/32 dev {node_if}"
+        ))?;
+        netns.run(&format!(
+            "ip addr add {addr}/32 peer {gateway}/32 dev {LAN_IFACE} \
+             && ip route add {LAN_CIDR} via {gateway} dev {LAN_IFACE}"
+        ))?;
+        Ok(Self { addr, netns })
+    }
+}
+
+/// A namespace with IPv6 off (before any interface exists, so none gets an address).
+fn namespace(prefix: &str) -> anyhow::Result<Netns> {
+    let netns = Netns::new(prefix)?;
+    netns.run(
+        "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 \
+         && echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+    )?;
+    Ok(netns)
+}
+
+/// Connects `host` to the bridge: `eth0` inside with `addr`/24, `port` on the bridge
+/// with GRO on (NAPI for XDP_TX, see the module docs).
+fn plug(lan: &Netns, host: &Netns, port: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+    veth(host, LAN_IFACE, lan, port)?;
+    lan.run(&format!(
+        "ip link set {port} master {BRIDGE} && ethtool -K {port} gro on >/dev/null"
+    ))?;
+    host.run(&format!(
+        "ip addr add {addr}/{LAN_PREFIX_LEN} dev {LAN_IFACE}"
+    ))?;
+    Ok(())
+}
+
+/// Polls `check` every 100 ms until it yields a value; fails after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    const INTERVAL: Duration = Duration::from_millis(100);
+    let attempts = timeout.as_millis().div_ceil(INTERVAL.as_millis()).max(1);
+    for _ in 0..attempts {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        thread::sleep(INTERVAL);
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// A binary of this workspace built into the same target directory as the running
+/// executable (tests run from `target/<profile>/deps/`, binaries live in
+/// `target/<profile>/`).
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .collect();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{name} not found (looked at {candidates:?}); build it first: cargo build --bins"
+            )
+        })
+}
+
+/// `text` as one word for `sh -c`.
+fn shell_quote(text: impl std::fmt::Display) -> String {
+    format!("'{}'", text.to_string().replace('\'', r"'\''"))
+}

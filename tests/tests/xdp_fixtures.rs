@@ -1,0 +1,891 @@
+//! Katran-style BPF_PROG_TEST_RUN fixtures for `xdp_lb`: an input frame, the verdict,
+//! the frame as it leaves (decoded, every checksum verified) and the reason counters
+//! that moved. Privileged (root); run with `--test-threads=1`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::Result;
+use etherparse::{
+    IcmpEchoHeader, Icmpv4Type, IpDscp, IpFragOffset, IpNumber, Ipv4Options,
+    icmpv4::DestUnreachableHeader,
+};
+use lb_common::{
+    reasons::*,
+    types::{
+        BACKEND_DRAINING, FlowValue, PROTO_TCP, PROTO_UDP, SERVICE_F_LOCAL_ONLY,
+        VIP_F_DROP_UNKNOWN_PORTS,
+    },
+};
+use nix::{
+    sched::{CpuSet, sched_getaffinity, sched_setaffinity},
+    unistd::Pid,
+};
+use tests::{
+    fixture::*,
+    packets::{self, Decoded, L2, NODE_MAC, decode, quoted_ports},
+};
+
+/// MAC address of the next hop the static neighbour entries point at.
+const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x02];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x02];
+/// A LAN router that reports errors about our replies.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n";
+
+fn https_packet(client: SocketAddrV4) -> Vec<u8> {
+    packets::tcp(client, vip(HTTPS), REQUEST)
+}
+
+fn https_frame(client: SocketAddrV4) -> Vec<u8> {
+    L2::LAN.ipv4(&https_packet(client))
+}
+
+fn client_port(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(*CLIENT.ip(), port)
+}
+
+/// `inner` tunnelled from `from` to this node, as a peer sends it.
+fn tunnelled(l2: L2, from: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    l2.ipv4(&packets::ipip(from, NODE, inner))
+}
+
+const FROM_PEER: L2 = L2 {
+    src: PEER_MAC,
+    dst: NODE_MAC,
+    vlan: None,
+};
+
+/// A router's "fragmentation needed" about the reply `VIP:443 -> client`.
+fn error_about_reply(client: SocketAddrV4) -> Vec<u8> {
+    let reply = packets::tcp(vip(HTTPS), client, b"a reply that was too big");
+    let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1400,
+    });
+    packets::icmp(ROUTER, VIP, kind, &reply)
+}
+
+/// The destination a VIP packet left with: the pod after DNAT, the node after encap.
+fn outer_dst(run: &Run) -> Result<Ipv4Addr> {
+    Ok(decode(&run.frame)?.ip.dst())
+}
+
+fn assert_untouched(run: &Run, input: &[u8]) {
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(
+        run.frame, input,
+        "a passed frame must leave bit for bit unchanged"
+    );
+}
+
+/// Asserts a TCP packet DNATed to `pod:port`, everything else as sent by `client`.
+fn assert_dnat_tcp(out: &Decoded, client: SocketAddrV4, pod: Ipv4Addr, port: u16) -> Result<()> {
+    assert_eq!((out.ip.src(), out.ip.dst()), (*client.ip(), pod));
+    let (tcp, payload) = out.ip.tcp()?;
+    assert_eq!(
+        (tcp.source_port, tcp.destination_port),
+        (client.port(), port)
+    );
+    assert_eq!(payload, REQUEST);
+    Ok(())
+}
+
+// --- Traffic that is not ours leaves untouched -------------------------------------
+
+#[test]
+fn arp_passes_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let input = packets::arp_request(*CLIENT.ip(), VIP);
+    assert_untouched(&lb.xdp(&input)?, &input);
+    lb.expect_reasons(&[(PASS_NOT_IPV4, 1)])
+}
+
+#[test]
+fn ipv6_passes_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let input = packets::ipv6_udp_frame(L2::LAN, b"query");
+    assert_untouched(&lb.xdp(&input)?, &input);
+    lb.expect_reasons(&[(PASS_NOT_IPV4, 1)])
+}
+
+#[test]
+fn non_vip_ipv4_passes_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let ssh = SocketAddrV4::new(NODE, 22);
+    let input = L2::LAN.ipv4(&packets::tcp(CLIENT, ssh, b"SSH-2.0"));
+    assert_untouched(&lb.xdp(&input)?, &input);
+    lb.expect_reasons(&[(PASS_NOT_VIP, 1)])?;
+    assert_eq!(lb.vip_stats()?.packets, 0);
+    Ok(())
+}
+
+#[test]
+fn vlan_tagged_non_vip_passes_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let dns = SocketAddrV4::new(ROUTER, 53);
+    let input = L2::LAN
+        .tagged(42)
+        .ipv4(&packets::udp(CLIENT, dns, b"query"));
+    assert_untouched(&lb.xdp(&input)?, &input);
+    lb.expect_reasons(&[(PASS_NOT_VIP, 1)])
+}
+
+#[test]
+fn vlan_tagged_non_ipv4_and_double_tags_pass_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let tagged_v6 = packets::ipv6_udp_frame(L2::LAN.tagged(42), b"query");
+    assert_untouched(&lb.xdp(&tagged_v6)?, &tagged_v6);
+    // Q-in-Q around a VIP packet: only one tag is parsed, so it is not IPv4 to us.
+    let mut inner_tag = vec![0x00, 0x07, 0x08, 0x00];
+    inner_tag.extend_from_slice(&https_packet(CLIENT));
+    let double = L2::LAN
+        .tagged(42)
+        .frame(etherparse::EtherType::VLAN_TAGGED_FRAME, &inner_tag);
+    assert_untouched(&lb.xdp(&double)?, &double);
+    lb.expect_reasons(&[(PASS_NOT_IPV4, 2)])
+}
+
+#[test]
+fn truncated_ipv4_header_passes_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let packet = https_packet(CLIENT);
+    // Ten bytes of IPv4 header: the destination cannot be read.
+    let input = L2::LAN.ipv4(&packet[..10]);
+    assert_untouched(&lb.xdp(&input)?, &input);
+    let bare = L2::LAN.ipv4(&[]);
+    assert_untouched(&lb.xdp(&bare)?, &bare);
+    lb.expect_reasons(&[(PASS_NOT_VIP, 2)])
+}
+
+// --- Sanity checks on VIP traffic -----------------------------------------------------
+
+#[test]
+fn vip_packet_cut_short_is_dropped_as_malformed() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let mut input = https_frame(CLIENT);
+    // The IPv4 total length now claims more than the frame holds.
+    input.truncate(14 + 20 + 10);
+    let run = lb.xdp(&input)?;
+    assert_eq!(run.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_MALFORMED, 1)])?;
+    let stats = lb.vip_stats()?;
+    assert_eq!((stats.packets, stats.dropped), (1, 1));
+    Ok(())
+}
+
+#[test]
+fn total_length_short_of_the_l4_header_is_malformed() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    // The frame carries a full TCP header, the IPv4 header claims only 10 bytes of it.
+    let packet = packets::edit_ipv4(&https_packet(CLIENT), |ip| ip.total_len = 30);
+    assert_eq!(lb.xdp(&L2::LAN.ipv4(&packet))?.action, XDP_DROP);
+    let udp = packets::edit_ipv4(&packets::udp(CLIENT, vip(DNS), b"q"), |ip| {
+        ip.total_len = 24
+    });
+    assert_eq!(lb.xdp(&L2::LAN.ipv4(&udp))?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_MALFORMED, 2)])
+}
+
+#[test]
+fn ip_options_are_dropped() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let packet = packets::edit_ipv4(&https_packet(CLIENT), |ip| {
+        ip.options = Ipv4Options::try_from(&[1u8, 1, 1, 0][..]).expect("four option bytes");
+    });
+    assert_eq!(lb.xdp(&L2::LAN.ipv4(&packet))?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_IP_OPTIONS, 1)])?;
+    assert_eq!(lb.vip_stats()?.dropped, 1);
+    Ok(())
+}
+
+#[test]
+fn fragments_are_dropped() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let first = packets::edit_ipv4(&https_packet(CLIENT), |ip| {
+        ip.dont_fragment = false;
+        ip.more_fragments = true;
+    });
+    assert_eq!(lb.xdp(&L2::LAN.ipv4(&first))?.action, XDP_DROP);
+    let later = packets::edit_ipv4(&https_packet(CLIENT), |ip| {
+        ip.dont_fragment = false;
+        ip.fragment_offset = IpFragOffset::try_new(185).expect("offset");
+    });
+    assert_eq!(lb.xdp(&L2::LAN.ipv4(&later))?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_FRAGMENT, 2)])
+}
+
+#[test]
+fn unknown_port_passes_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let input = L2::LAN.ipv4(&packets::tcp(CLIENT, vip(8080), b"x"));
+    assert_untouched(&lb.xdp(&input)?, &input);
+    lb.expect_reasons(&[(PASS_UNKNOWN_PORT, 1)])?;
+    assert_eq!(lb.vip_stats()?.packets, 1);
+    Ok(())
+}
+
+#[test]
+fn unknown_port_is_dropped_when_the_vip_says_so() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_vip(VIP, VIP_F_DROP_UNKNOWN_PORTS)?;
+    let input = L2::LAN.ipv4(&packets::udp(CLIENT, vip(5353), b"x"));
+    assert_eq!(lb.xdp(&input)?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_UNKNOWN_PORT, 1)])?;
+    assert_eq!(lb.vip_stats()?.dropped, 1);
+    // A known port of the same VIP is still served.
+    assert_eq!(lb.xdp(&https_frame(CLIENT))?.action, XDP_PASS);
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])
+}
+
+#[test]
+fn other_protocols_to_a_vip_are_dropped() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let gre = packets::ipv4(*CLIENT.ip(), VIP, 47, &[0; 16]);
+    assert_eq!(lb.xdp(&L2::LAN.ipv4(&gre))?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_UNSUPPORTED_PROTO, 1)])
+}
+
+#[test]
+fn other_icmp_to_a_vip_is_dropped() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let timestamp = Icmpv4Type::Unknown {
+        type_u8: 13,
+        code_u8: 0,
+        bytes5to8: [0, 1, 0, 1],
+    };
+    let input = L2::LAN.ipv4(&packets::icmp(*CLIENT.ip(), VIP, timestamp, &[0; 12]));
+    assert_eq!(lb.xdp(&input)?.action, XDP_DROP);
+    // An error quoting a packet the VIP did not send is not ours to steer.
+    let other = Ipv4Addr::new(192, 168, 8, 241);
+    let foreign = packets::tcp(SocketAddrV4::new(other, HTTPS), CLIENT, b"x");
+    let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+    let error = L2::LAN.ipv4(&packets::icmp(ROUTER, VIP, kind, &foreign));
+    assert_eq!(lb.xdp(&error)?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_UNSUPPORTED_PROTO, 2)])?;
+    assert_eq!(lb.vip_stats()?.dropped, 2);
+    Ok(())
+}
+
+// --- ICMP answered in XDP ----------------------------------------------------------
+
+fn ping(l2: L2, seq: u16) -> Vec<u8> {
+    l2.ipv4(&packets::echo_request(
+        *CLIENT.ip(),
+        VIP,
+        0x4242,
+        seq,
+        b"are you there?",
+    ))
+}
+
+fn assert_echo_reply(run: &Run, l2: L2, seq: u16) -> Result<()> {
+    assert_eq!(run.action, XDP_TX);
+    let out = decode(&run.frame)?;
+    assert_eq!(
+        out.l2(),
+        L2 {
+            src: l2.dst,
+            dst: l2.src,
+            vlan: l2.vlan
+        }
+    );
+    assert_eq!((out.ip.src(), out.ip.dst()), (VIP, *CLIENT.ip()));
+    assert_eq!(out.ip.header.time_to_live, 64);
+    let (icmp, payload) = out.ip.icmp()?;
+    assert_eq!(
+        icmp.icmp_type,
+        Icmpv4Type::EchoReply(IcmpEchoHeader { id: 0x4242, seq })
+    );
+    assert_eq!(payload, b"are you there?");
+    Ok(())
+}
+
+#[test]
+fn echo_request_to_a_vip_is_answered() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let run = lb.xdp(&ping(L2::LAN, 1))?;
+    assert_echo_reply(&run, L2::LAN, 1)?;
+    lb.expect_reasons(&[(TX_ICMP_ECHO_REPLY, 1)])?;
+    let stats = lb.vip_stats()?;
+    assert_eq!(
+        (stats.packets, stats.icmp_replies, stats.dropped),
+        (1, 1, 0)
+    );
+    Ok(())
+}
+
+#[test]
+fn echo_reply_keeps_the_vlan_tag() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let l2 = L2::LAN.tagged(300);
+    assert_echo_reply(&lb.xdp(&ping(l2, 9))?, l2, 9)?;
+    lb.expect_reasons(&[(TX_ICMP_ECHO_REPLY, 1)])
+}
+
+/// Pins the calling thread to one CPU (the token bucket is per CPU) until dropped.
+struct OnOneCpu {
+    original: CpuSet,
+}
+
+impl OnOneCpu {
+    fn pin() -> Result<Self> {
+        let original = sched_getaffinity(Pid::from_raw(0))?;
+        let cpu = (0..CpuSet::count())
+            .find(|cpu| original.is_set(*cpu).unwrap_or(false))
+            .expect("the thread may run somewhere");
+        let mut only = CpuSet::new();
+        only.set(cpu)?;
+        sched_setaffinity(Pid::from_raw(0), &only)?;
+        Ok(Self { original })
+    }
+}
+
+impl Drop for OnOneCpu {
+    fn drop(&mut self) {
+        let _ = sched_setaffinity(Pid::from_raw(0), &self.original);
+    }
+}
+
+#[test]
+fn echo_replies_are_rate_limited() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    // Three a second: five back-to-back pings (well under a millisecond apart, far
+    // less than the 333 ms a new token takes) get three answers.
+    lb.configure(MTU, 3)?;
+    let _pinned = OnOneCpu::pin()?;
+    let actions: Vec<u32> = (0..5)
+        .map(|seq| lb.xdp(&ping(L2::LAN, seq)).map(|run| run.action))
+        .collect::<Result<_>>()?;
+    assert_eq!(actions, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
+    lb.expect_reasons(&[(TX_ICMP_ECHO_REPLY, 3), (DROP_ICMP_RATE_LIMITED, 2)])?;
+    let stats = lb.vip_stats()?;
+    assert_eq!((stats.icmp_replies, stats.dropped), (3, 2));
+    Ok(())
+}
+
+fn oversized(df: bool) -> Vec<u8> {
+    // 1500 bytes of IPv4: 20 more would exceed the 1500-byte LAN MTU.
+    let packet = packets::tcp(CLIENT, vip(HTTPS), &[0xab; 1460]);
+    packets::edit_ipv4(&packet, |ip| ip.dont_fragment = df)
+}
+
+fn assert_frag_needed(run: &Run, l2: L2, original: &[u8]) -> Result<()> {
+    assert_eq!(run.action, XDP_TX);
+    assert_eq!(run.frame.len(), l2.header_len() + 20 + 8 + 20 + 8);
+    let out = decode(&run.frame)?;
+    assert_eq!(
+        out.l2(),
+        L2 {
+            src: l2.dst,
+            dst: l2.src,
+            vlan: l2.vlan
+        }
+    );
+    assert_eq!((out.ip.src(), out.ip.dst()), (VIP, *CLIENT.ip()));
+    let (icmp, _) = out.ip.icmp()?;
+    let expected = DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: (MTU - 20) as u16,
+    };
+    assert_eq!(icmp.icmp_type, Icmpv4Type::DestinationUnreachable(expected));
+    let (quoted, first) = out.ip.quote()?;
+    assert_eq!(quoted.to_bytes().as_slice(), &original[..20]);
+    assert_eq!(first, original[20..28]);
+    Ok(())
+}
+
+#[test]
+fn oversized_df_packet_gets_fragmentation_needed() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let original = oversized(true);
+    let run = lb.xdp(&L2::LAN.ipv4(&original))?;
+    assert_frag_needed(&run, L2::LAN, &original)?;
+    lb.expect_reasons(&[(TX_ICMP_FRAG_NEEDED, 1)])?;
+    assert_eq!(lb.vip_stats()?.icmp_replies, 1);
+    Ok(())
+}
+
+#[test]
+fn fragmentation_needed_keeps_the_vlan_tag() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let original = oversized(true);
+    let l2 = L2::LAN.tagged(12);
+    assert_frag_needed(&lb.xdp(&l2.ipv4(&original))?, l2, &original)?;
+    lb.expect_reasons(&[(TX_ICMP_FRAG_NEEDED, 1)])
+}
+
+#[test]
+fn oversized_packet_without_df_is_dropped() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    assert_eq!(lb.xdp(&L2::LAN.ipv4(&oversized(false)))?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_TOO_BIG, 1)])?;
+    assert_eq!(lb.vip_stats()?.dropped, 1);
+    Ok(())
+}
+
+#[test]
+fn packet_that_fits_the_tunnel_exactly_is_forwarded() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let packet = packets::tcp(CLIENT, vip(HTTPS), &[0xab; 1440]);
+    assert_eq!(packet.len() as u32, MTU - 20);
+    assert_eq!(lb.xdp(&L2::LAN.ipv4(&packet))?.action, XDP_PASS);
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])
+}
+
+// --- Local delivery ------------------------------------------------------------------
+
+#[test]
+fn tcp_to_a_local_pod_is_dnatted_and_recorded() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let input = https_frame(CLIENT);
+    let run = lb.xdp(&input)?;
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(run.frame.len(), input.len());
+    let out = decode(&run.frame)?;
+    assert_eq!(out.l2(), L2::LAN);
+    assert_dnat_tcp(&out, CLIENT, POD, HTTPS_TARGET)?;
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])?;
+
+    let reply = reply_key(SocketAddrV4::new(POD, HTTPS_TARGET), CLIENT, PROTO_TCP);
+    assert_eq!(
+        lb.maps.reply_flows.get(&reply)?,
+        Some(reply_value(vip(HTTPS)))
+    );
+    let flow = lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?;
+    assert_eq!(
+        flow,
+        Some(FlowValue {
+            node: wire(NODE),
+            pod: wire(POD)
+        })
+    );
+    let backend = lb.backend_stats(POD)?;
+    assert_eq!((backend.packets, backend.bytes), (1, input.len() as u64));
+    let stats = lb.vip_stats()?;
+    assert_eq!(
+        (
+            stats.packets,
+            stats.bytes,
+            stats.delivered_local,
+            stats.encapsulated
+        ),
+        (1, input.len() as u64, 1, 0)
+    );
+    Ok(())
+}
+
+#[test]
+fn udp_to_a_local_pod_is_dnatted_with_its_checksum() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let input = L2::LAN.ipv4(&packets::udp(CLIENT, vip(DNS), b"\x12\x34 query"));
+    let run = lb.xdp(&input)?;
+    assert_eq!(run.action, XDP_PASS);
+    let out = decode(&run.frame)?;
+    assert_eq!(out.ip.dst(), POD);
+    let (udp, payload) = out.ip.udp()?;
+    assert_ne!(udp.checksum, 0);
+    assert_eq!(
+        (udp.source_port, udp.destination_port),
+        (CLIENT.port(), DNS_TARGET)
+    );
+    assert_eq!(payload, b"\x12\x34 query");
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])?;
+    let reply = reply_key(SocketAddrV4::new(POD, DNS_TARGET), CLIENT, PROTO_UDP);
+    assert_eq!(
+        lb.maps.reply_flows.get(&reply)?,
+        Some(reply_value(vip(DNS)))
+    );
+    Ok(())
+}
+
+#[test]
+fn udp_without_checksum_keeps_none() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let input = L2::LAN.ipv4(&packets::udp_no_checksum(CLIENT, vip(DNS), b"query"));
+    let run = lb.xdp(&input)?;
+    assert_eq!(run.action, XDP_PASS);
+    let (udp, _) = decode(&run.frame)?.ip.udp()?;
+    assert_eq!((udp.destination_port, udp.checksum), (DNS_TARGET, 0));
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])
+}
+
+#[test]
+fn target_port_zero_keeps_the_service_port() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_service(vip(HTTPS), PROTO_TCP, 0, HTTPS_SLOT, 0)?;
+    let out = decode(&lb.xdp(&https_frame(CLIENT))?.frame)?;
+    assert_dnat_tcp(&out, CLIENT, POD, HTTPS)?;
+    let reply = reply_key(SocketAddrV4::new(POD, HTTPS), CLIENT, PROTO_TCP);
+    assert_eq!(
+        lb.maps.reply_flows.get(&reply)?,
+        Some(reply_value(vip(HTTPS)))
+    );
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])
+}
+
+#[test]
+fn local_only_service_is_delivered_here_and_never_tunnelled() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_service(
+        vip(HTTPS),
+        PROTO_TCP,
+        HTTPS_TARGET,
+        HTTPS_SLOT,
+        SERVICE_F_LOCAL_ONLY,
+    )?;
+    // The node ring would send the flow elsewhere; externalTrafficPolicy Local wins.
+    lb.set_node_ring(HTTPS_SLOT, &[PEER])?;
+    let run = lb.xdp(&https_frame(CLIENT))?;
+    assert_eq!(run.action, XDP_PASS);
+    assert_dnat_tcp(&decode(&run.frame)?, CLIENT, POD, HTTPS_TARGET)?;
+    lb.expect_reasons(&[(PASS_LOCAL_DNAT, 1)])
+}
+
+#[test]
+fn empty_rings_drop_with_no_backend() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.set_node_ring(HTTPS_SLOT, &[])?;
+    assert_eq!(lb.xdp(&https_frame(CLIENT))?.action, XDP_DROP);
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (DROP_NO_BACKEND, 1)])?;
+    // This node chosen, but no local pod.
+    lb.set_node_ring(HTTPS_SLOT, &[NODE])?;
+    lb.set_pod_ring(HTTPS_SLOT, &[])?;
+    assert_eq!(lb.xdp(&https_frame(client_port(40001)))?.action, XDP_DROP);
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (DROP_NO_BACKEND, 1)])?;
+    assert_eq!(lb.vip_stats()?.dropped, 2);
+    Ok(())
+}
+
+#[test]
+fn pod_choice_survives_a_pod_ring_change() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, POD);
+    lb.set_pod_ring(HTTPS_SLOT, &[POD2])?;
+    // The established flow stays on its pod, a new one follows the new ring.
+    assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, POD);
+    assert_eq!(outer_dst(&lb.xdp(&https_frame(client_port(40001)))?)?, POD2);
+    lb.expect_reasons(&[
+        (FLOW_CACHE_HIT, 1),
+        (FLOW_CACHE_MISS, 2),
+        (PASS_LOCAL_DNAT, 3),
+    ])
+}
+
+// --- Tunnelling to the backend node --------------------------------------------------
+
+/// The data plane with HTTPS flows going to `PEER`, reachable on `lan0` through a
+/// static neighbour entry. Returns `lan0`'s index.
+fn towards_peer() -> Result<(Dataplane, u32)> {
+    let mut lb = Dataplane::with_services()?;
+    lb.set_node_ring(HTTPS_SLOT, &[PEER])?;
+    let lan = lb.add_link("lan0", NODE, PEER, Some(NEXT_HOP_MAC))?;
+    Ok((lb, lan))
+}
+
+/// Asserts `inner` wrapped in IPIP from this node to `node`, the outer header built
+/// from the inner one.
+fn assert_encapsulated(out: &Decoded, node: Ipv4Addr, inner: &[u8]) -> Result<()> {
+    let outer = &out.ip.header;
+    let inner_header = packets::Ip::decode(inner)?.header;
+    assert_eq!((out.ip.src(), out.ip.dst()), (NODE, node));
+    assert_eq!(outer.protocol, IpNumber::IPV4);
+    assert_eq!(outer.time_to_live, 64);
+    assert_eq!(outer.header_len(), 20);
+    assert_eq!(usize::from(outer.total_len), inner.len() + 20);
+    assert_eq!(outer.dont_fragment, inner_header.dont_fragment);
+    assert_eq!(outer.dscp, inner_header.dscp);
+    assert_eq!(
+        out.ip.payload, inner,
+        "the inner packet travels bit for bit"
+    );
+    Ok(())
+}
+
+#[test]
+fn remote_flow_is_encapsulated_and_sent_back_out() -> Result<()> {
+    let (mut lb, lan) = towards_peer()?;
+    let inner = packets::edit_ipv4(&https_packet(CLIENT), |ip| {
+        ip.dscp = IpDscp::try_new(46).expect("EF");
+    });
+    let input = L2::LAN.ipv4(&inner);
+    let run = lb.xdp_on(&input, lan)?;
+    assert_eq!(run.action, XDP_TX);
+    let out = decode(&run.frame)?;
+    assert_eq!(
+        out.l2(),
+        L2 {
+            src: lb.mac("lan0")?,
+            dst: NEXT_HOP_MAC,
+            vlan: None
+        }
+    );
+    assert_encapsulated(&out, PEER, &inner)?;
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (TX_ENCAP, 1)])?;
+    let backend = lb.backend_stats(PEER)?;
+    assert_eq!((backend.packets, backend.bytes), (1, input.len() as u64));
+    let stats = lb.vip_stats()?;
+    assert_eq!((stats.encapsulated, stats.delivered_local), (1, 0));
+    let flow = lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?;
+    assert_eq!(
+        flow,
+        Some(FlowValue {
+            node: wire(PEER),
+            pod: 0
+        })
+    );
+    Ok(())
+}
+
+#[test]
+fn encapsulation_keeps_the_vlan_tag() -> Result<()> {
+    let (mut lb, lan) = towards_peer()?;
+    let inner = https_packet(CLIENT);
+    let run = lb.xdp_on(&L2::LAN.tagged(99).ipv4(&inner), lan)?;
+    assert_eq!(run.action, XDP_TX);
+    let out = decode(&run.frame)?;
+    assert_eq!(
+        out.l2(),
+        L2 {
+            src: lb.mac("lan0")?,
+            dst: NEXT_HOP_MAC,
+            vlan: Some(99)
+        }
+    );
+    assert_encapsulated(&out, PEER, &inner)?;
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (TX_ENCAP, 1)])
+}
+
+#[test]
+fn node_behind_another_interface_is_redirected() -> Result<()> {
+    let (mut lb, lan) = towards_peer()?;
+    let far_node = Ipv4Addr::new(10, 1, 0, 2);
+    lb.add_link(
+        "lan1",
+        Ipv4Addr::new(10, 1, 0, 1),
+        far_node,
+        Some(NEXT_HOP_MAC),
+    )?;
+    lb.set_node_ring(HTTPS_SLOT, &[far_node])?;
+    let inner = https_packet(CLIENT);
+    let run = lb.xdp_on(&L2::LAN.ipv4(&inner), lan)?;
+    assert_eq!(run.action, XDP_REDIRECT);
+    let out = decode(&run.frame)?;
+    assert_eq!(
+        out.l2(),
+        L2 {
+            src: lb.mac("lan1")?,
+            dst: NEXT_HOP_MAC,
+            vlan: None
+        }
+    );
+    assert_encapsulated(&out, far_node, &inner)?;
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (TX_ENCAP, 1)])
+}
+
+#[test]
+fn without_a_neighbour_the_kernel_forwards_the_encapsulated_packet() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.set_node_ring(HTTPS_SLOT, &[PEER])?;
+    let lan = lb.add_link("lan0", NODE, PEER, None)?;
+    let inner = https_packet(CLIENT);
+    let run = lb.xdp_on(&L2::LAN.ipv4(&inner), lan)?;
+    assert_eq!(run.action, XDP_PASS);
+    let out = decode(&run.frame)?;
+    assert_eq!(out.l2(), L2::LAN, "the original MACs stay for the kernel");
+    assert_encapsulated(&out, PEER, &inner)?;
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_FIB_FALLBACK, 1)])?;
+    assert_eq!(lb.vip_stats()?.encapsulated, 1);
+    Ok(())
+}
+
+#[test]
+fn flow_stays_on_its_node_after_the_ring_changes() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.set_node_ring(HTTPS_SLOT, &[PEER])?;
+    assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, PEER);
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_FIB_FALLBACK, 1)])?;
+    lb.set_node_ring(HTTPS_SLOT, &[PEER2])?;
+    assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, PEER);
+    lb.expect_reasons(&[(FLOW_CACHE_HIT, 1), (PASS_FIB_FALLBACK, 1)])?;
+    assert_eq!(
+        outer_dst(&lb.xdp(&https_frame(client_port(40001)))?)?,
+        PEER2
+    );
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_FIB_FALLBACK, 1)])
+}
+
+#[test]
+fn draining_node_keeps_its_flows_until_it_is_gone() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.set_node_ring(HTTPS_SLOT, &[PEER])?;
+    assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, PEER);
+    lb.set_node_ring(HTTPS_SLOT, &[PEER2])?;
+    lb.set_backend(PEER, BACKEND_DRAINING)?;
+    assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, PEER);
+    lb.expect_reasons(&[
+        (FLOW_CACHE_MISS, 1),
+        (FLOW_CACHE_HIT, 1),
+        (PASS_FIB_FALLBACK, 2),
+    ])?;
+    lb.remove_backend(PEER)?;
+    assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, PEER2);
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_FIB_FALLBACK, 1)])?;
+    let flow = lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?;
+    assert_eq!(flow.map(|flow| flow.node), Some(wire(PEER2)));
+    Ok(())
+}
+
+// --- Receiving from the tunnel -------------------------------------------------------
+
+#[test]
+fn ipip_from_a_stranger_is_dropped() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_peer(PEER)?;
+    let stranger = Ipv4Addr::new(10, 0, 0, 66);
+    let input = tunnelled(FROM_PEER, stranger, &https_packet(CLIENT));
+    assert_eq!(lb.xdp(&input)?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_IPIP_STRANGER, 1)])?;
+    assert_eq!(lb.vip_stats()?.packets, 0);
+    Ok(())
+}
+
+#[test]
+fn ipip_for_another_address_passes_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_peer(PEER)?;
+    let input = L2::LAN.ipv4(&packets::ipip(PEER, PEER2, &https_packet(CLIENT)));
+    assert_untouched(&lb.xdp(&input)?, &input);
+    lb.expect_reasons(&[(PASS_NOT_VIP, 1)])
+}
+
+#[test]
+fn ipip_around_non_vip_traffic_is_dropped() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_peer(PEER)?;
+    let web = SocketAddrV4::new(ROUTER, 80);
+    let input = tunnelled(FROM_PEER, PEER, &packets::tcp(CLIENT, web, b"x"));
+    assert_eq!(lb.xdp(&input)?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_IPIP_NOT_VIP, 1)])
+}
+
+#[test]
+fn tunnelled_flow_is_decapsulated_and_dnatted_here() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_peer(PEER)?;
+    // Even if this node's own ring points elsewhere, a tunnelled packet is never
+    // tunnelled again.
+    lb.set_node_ring(HTTPS_SLOT, &[PEER2])?;
+    for l2 in [FROM_PEER, FROM_PEER.tagged(5)] {
+        let input = tunnelled(l2, PEER, &https_packet(CLIENT));
+        let run = lb.xdp(&input)?;
+        assert_eq!(run.action, XDP_PASS);
+        assert_eq!(run.frame.len(), input.len() - 20);
+        let out = decode(&run.frame)?;
+        assert_eq!(out.l2(), l2);
+        assert_dnat_tcp(&out, CLIENT, POD, HTTPS_TARGET)?;
+    }
+    lb.expect_reasons(&[(PASS_DECAP_DNAT, 2)])?;
+    let reply = reply_key(SocketAddrV4::new(POD, HTTPS_TARGET), CLIENT, PROTO_TCP);
+    assert_eq!(
+        lb.maps.reply_flows.get(&reply)?,
+        Some(reply_value(vip(HTTPS)))
+    );
+    let flow = lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?;
+    assert_eq!(
+        flow,
+        Some(FlowValue {
+            node: 0,
+            pod: wire(POD)
+        })
+    );
+    let stats = lb.vip_stats()?;
+    assert_eq!((stats.packets, stats.delivered_local), (2, 2));
+    Ok(())
+}
+
+#[test]
+fn tunnelled_packets_pass_the_same_sanity_checks() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_peer(PEER)?;
+    let fragment = packets::edit_ipv4(&https_packet(CLIENT), |ip| {
+        ip.dont_fragment = false;
+        ip.more_fragments = true;
+    });
+    assert_eq!(
+        lb.xdp(&tunnelled(FROM_PEER, PEER, &fragment))?.action,
+        XDP_DROP
+    );
+    let gre = packets::ipv4(*CLIENT.ip(), VIP, 47, &[0; 16]);
+    assert_eq!(lb.xdp(&tunnelled(FROM_PEER, PEER, &gre))?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_FRAGMENT, 1), (DROP_UNSUPPORTED_PROTO, 1)])
+}
+
+// --- ICMP errors about our replies ---------------------------------------------------
+
+/// Asserts an ICMP error DNATed to `pod`: the outer destination and the quoted reply's
+/// source address and port.
+fn assert_steered_error(run: &Run, pod: Ipv4Addr) -> Result<()> {
+    assert_eq!(run.action, XDP_PASS);
+    let out = decode(&run.frame)?;
+    assert_eq!((out.ip.src(), out.ip.dst()), (ROUTER, pod));
+    let (quoted, first) = out.ip.quote()?;
+    assert_eq!(
+        (
+            Ipv4Addr::from(quoted.source),
+            Ipv4Addr::from(quoted.destination)
+        ),
+        (pod, *CLIENT.ip())
+    );
+    assert_eq!(quoted_ports(&first), (HTTPS_TARGET, CLIENT.port()));
+    Ok(())
+}
+
+#[test]
+fn icmp_error_about_a_reply_reaches_the_flows_pod() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.set_pod_ring(HTTPS_SLOT, &[POD, POD2])?;
+    let pod = outer_dst(&lb.xdp(&https_frame(CLIENT))?)?;
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])?;
+    let run = lb.xdp(&L2::LAN.ipv4(&error_about_reply(CLIENT)))?;
+    assert_steered_error(&run, pod)?;
+    lb.expect_reasons(&[
+        (FLOW_CACHE_HIT, 1),
+        (PASS_LOCAL_DNAT, 1),
+        (ICMP_ERROR_STEERED, 1),
+    ])
+}
+
+#[test]
+fn icmp_error_follows_its_flow_to_the_backend_node() -> Result<()> {
+    let (mut lb, lan) = towards_peer()?;
+    let error = error_about_reply(CLIENT);
+    let run = lb.xdp_on(&L2::LAN.ipv4(&error), lan)?;
+    assert_eq!(run.action, XDP_TX);
+    assert_encapsulated(&decode(&run.frame)?, PEER, &error)?;
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (TX_ENCAP, 1), (ICMP_ERROR_STEERED, 1)])?;
+    // The forward flow hashes to the same cache entry.
+    assert_eq!(lb.xdp_on(&https_frame(CLIENT), lan)?.action, XDP_TX);
+    lb.expect_reasons(&[(FLOW_CACHE_HIT, 1), (TX_ENCAP, 1)])
+}
+
+#[test]
+fn tunnelled_icmp_error_is_dnatted_to_the_pod() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_peer(PEER)?;
+    let input = tunnelled(FROM_PEER, PEER, &error_about_reply(CLIENT));
+    let run = lb.xdp(&input)?;
+    assert_steered_error(&run, POD)?;
+    assert_eq!(decode(&run.frame)?.l2(), FROM_PEER);
+    lb.expect_reasons(&[(PASS_DECAP_DNAT, 1), (ICMP_ERROR_STEERED, 1)])
+}
+
+#[test]
+fn icmp_error_to_an_unknown_port_follows_the_vip_flag() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let reply = packets::udp(vip(9999), CLIENT, b"x");
+    let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+    let input = L2::LAN.ipv4(&packets::icmp(ROUTER, VIP, kind, &reply));
+    assert_untouched(&lb.xdp(&input)?, &input);
+    lb.expect_reasons(&[(PASS_UNKNOWN_PORT, 1)])?;
+    lb.add_vip(VIP, VIP_F_DROP_UNKNOWN_PORTS)?;
+    assert_eq!(lb.xdp(&input)?.action, XDP_DROP);
+    lb.expect_reasons(&[(DROP_UNKNOWN_PORT, 1)])
+}
