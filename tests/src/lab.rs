@@ -19,20 +19,28 @@
 //! - The client's `eth0` has TX checksum offload off, so its frames carry complete
 //!   checksums as frames on a real LAN do (veth would otherwise hand over CHECKSUM_PARTIAL
 //!   packets with only a pseudo-header sum).
-//! - XDP_TX on a node's `eth0` hands the frame to the peer veth's receive queue
-//!   (`veth_xdp_xmit`), which exists only while that peer runs NAPI; without it the kernel
-//!   drops the frame and counts it in the sender's `rx_queue_*_xdp_tx_errors`
-//!   (`ethtool -S`). A veth runs NAPI when it has an XDP program of its own or when GRO is
-//!   enabled on it (Linux 5.13+), so GRO is switched on for every bridge-side end.
+//! - XDP_TX on a node's `eth0` puts the frame into the XDP ring of the peer veth (the
+//!   node's bridge port), which exists only while that peer runs NAPI (an XDP program or
+//!   GRO on it); otherwise the kernel drops the frame and counts it in the sender's
+//!   `rx_queue_*_xdp_tx_errors` (`ethtool -S`). Even with the ring present, the sender
+//!   only schedules the peer's NAPI when the peer has an XDP program of its own
+//!   (`veth_xdp_flush`): with GRO alone, XDP_TX frames are counted as sent but wait in
+//!   the ring until unrelated traffic wakes the port (seen here: `xdp_tx` rising on a
+//!   node while its bridge port received nothing). So every node's bridge port runs a
+//!   pass-through XDP program ([`port_xdp`]), and GRO, which attaching XDP switches on,
+//!   is switched off again so the bridge forwards frames as they were sent rather than
+//!   TCP segments merged into GSO packets.
 //!
 //! Everything is torn down when the [`Lab`] drops: each namespace guard kills the
 //! processes inside it and deletes it, which destroys its interfaces.
 
 mod capture;
+mod port_xdp;
 mod services;
 
 use std::{
     net::Ipv4Addr,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     thread,
     time::Duration,
@@ -88,6 +96,8 @@ pub struct Node {
     pub pods: Vec<Pod>,
     /// The node's port on the bridge, in the `lan` namespace.
     switch_port: String,
+    /// Keeps the pass-through XDP program on `switch_port` attached.
+    _port_xdp: OwnedFd,
 }
 
 /// A pod: a namespace with one `eth0` towards its node.
@@ -186,6 +196,11 @@ impl Node {
         let netns = namespace(&name)?;
         let switch_port = format!("n{index}");
         plug(lan, &netns, &switch_port, addr)?;
+        let port_xdp = {
+            let _in_lan = lan.enter()?;
+            port_xdp::attach_pass(&switch_port)?
+        };
+        lan.run(&format!("ethtool -K {switch_port} gro off >/dev/null"))?;
         netns.run("echo 1 > /proc/sys/net/ipv4/ip_forward")?;
         let pods = pods
             .iter()
@@ -197,6 +212,7 @@ impl Node {
             netns,
             pods,
             switch_port,
+            _port_xdp: port_xdp,
         })
     }
 
@@ -249,13 +265,10 @@ fn namespace(prefix: &str) -> anyhow::Result<Netns> {
     Ok(netns)
 }
 
-/// Connects `host` to the bridge: `eth0` inside with `addr`/24, `port` on the bridge
-/// with GRO on (NAPI for XDP_TX, see the module docs).
+/// Connects `host` to the bridge: `eth0` inside with `addr`/24, `port` on the bridge.
 fn plug(lan: &Netns, host: &Netns, port: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
     veth(host, LAN_IFACE, lan, port)?;
-    lan.run(&format!(
-        "ip link set {port} master {BRIDGE} && ethtool -K {port} gro on >/dev/null"
-    ))?;
+    lan.run(&format!("ip link set {port} master {BRIDGE}"))?;
     host.run(&format!(
         "ip addr add {addr}/{LAN_PREFIX_LEN} dev {LAN_IFACE}"
     ))?;

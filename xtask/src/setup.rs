@@ -153,9 +153,10 @@ fn installed_components(toolchain: Option<&str>) -> Option<Vec<String>> {
 /// Components are listed with their target triple (`clippy-x86_64-…`) except
 /// target-independent ones (`rust-src`).
 fn has_component(installed: &[String], component: &str) -> bool {
+    let with_target = format!("{component}-");
     installed
         .iter()
-        .any(|name| name == component || name.starts_with(&format!("{component}-x86_64")))
+        .any(|name| name == component || name.starts_with(&with_target))
 }
 
 fn bpf_linker() -> anyhow::Result<Option<String>> {

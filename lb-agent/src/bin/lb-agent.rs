@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use lb_agent::{
     config::{self, Standalone},
-    dataplane::{Dataplane as _, kernel::KernelDataplane, loader},
+    dataplane::{Dataplane as _, kernel::KernelDataplane, loader, sysctl},
     diff::diff,
     model::{State, desired_state},
     summary,
@@ -127,6 +127,11 @@ async fn run(standalone: &Standalone) -> anyhow::Result<()> {
     dataplane
         .apply(&diff(&State::default(), &state))
         .context("writing the BPF maps")?;
+    let changed = sysctl::prepare_interface(interface)
+        .with_context(|| format!("preparing interface {interface}"))?;
+    if !changed.is_empty() {
+        tracing::info!(%interface, settings = ?changed, "enabled IPv4 settings the data path needs");
+    }
     let attachment = loader::attach(&mut ebpf, interface)
         .with_context(|| format!("attaching to interface {interface}"))?;
     tracing::info!(

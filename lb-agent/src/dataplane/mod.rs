@@ -11,6 +11,7 @@ pub mod loader;
 pub mod maps;
 pub mod memory;
 pub mod store;
+pub mod sysctl;
 mod wire;
 
 pub use engine::Engine;

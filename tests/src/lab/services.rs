@@ -2,7 +2,7 @@
 //! Each start returns once the process is ready, and fails early, with its log, if the
 //! process dies while starting.
 
-use std::{fs, path::Path, time::Duration};
+use std::{fs, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::bail;
 
@@ -32,7 +32,7 @@ impl Pod {
     pub fn serve_dns(
         &self,
         port: u16,
-        records: &[(&str, std::net::Ipv4Addr)],
+        records: &[(&str, Ipv4Addr)],
         log: &Path,
     ) -> anyhow::Result<Process> {
         let records: String = records
