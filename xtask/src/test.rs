@@ -19,10 +19,43 @@ pub struct Options {
     host_only: bool,
 }
 
-type TierFn = fn(&Path) -> anyhow::Result<()>;
+/// Test counts over every `cargo test` run, from libtest's `test result:` lines.
+#[derive(Debug, Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds the counts of a line like
+    /// `test result: ok. 39 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+type TierFn = fn(&Path, &mut Totals) -> anyhow::Result<()>;
 
 const TIERS: [(&str, TierFn); 4] = [
-    ("setup", |_| setup::run()),
+    ("setup", |_, _| setup::run()),
     ("lint", lint),
     ("host", host),
     ("privileged", privileged),
@@ -39,6 +72,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut summary = Vec::new();
     let mut failure = None;
+    let mut totals = Totals::default();
     for (name, tier) in TIERS {
         if failure.is_some() {
             summary.push(format!("{name:<10} not run"));
@@ -50,7 +84,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         }
         eprintln!("== tier {name}");
         let tier_started = Instant::now();
-        let result = tier(&root);
+        let result = tier(&root, &mut totals);
         let seconds = tier_started.elapsed().as_secs_f64();
         let verdict = if result.is_ok() { "ok" } else { "FAILED" };
         summary.push(format!("{name:<10} {verdict} in {seconds:.1}s"));
@@ -63,10 +97,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         println!("{line}");
     }
     println!("total      {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     failure.map_or(Ok(()), Err)
 }
 
-fn lint(root: &Path) -> anyhow::Result<()> {
+fn lint(root: &Path, _: &mut Totals) -> anyhow::Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"])?;
     cargo(
         root,
@@ -83,9 +121,10 @@ fn lint(root: &Path) -> anyhow::Result<()> {
 
 /// lb-ebpf is a `no_main` BPF binary that cannot link for the host; its code is
 /// exercised through BPF_PROG_TEST_RUN in the privileged tier.
-fn host(root: &Path) -> anyhow::Result<()> {
-    cargo(
+fn host(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
+    cargo_test(
         root,
+        totals,
         &[
             "test",
             "--workspace",
@@ -98,9 +137,19 @@ fn host(root: &Path) -> anyhow::Result<()> {
 }
 
 /// The end-to-end tests run the agent binary, so the binaries are built first.
-fn privileged(root: &Path) -> anyhow::Result<()> {
+fn privileged(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     cargo(root, &["build", "--bins"])?;
-    cargo(root, &["test", "-p", "tests", "--", "--test-threads=1"])
+    cargo_test(
+        root,
+        totals,
+        &["test", "-p", "tests", "--", "--test-threads=1"],
+    )
+}
+
+fn cargo_test(root: &Path, totals: &mut Totals, args: &[&str]) -> anyhow::Result<()> {
+    cmd::run_observed(Command::new("cargo").args(args).current_dir(root), |line| {
+        totals.add_line(line)
+    })
 }
 
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -112,4 +161,20 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn totals_add_up_libtest_result_lines() {
+        let mut totals = Totals::default();
+        totals.add_line("test result: ok. 39 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.84s");
+        totals.add_line(
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        totals.add_line("running 3 tests");
+        assert_eq!((totals.passed, totals.failed, totals.ignored), (42, 1, 2));
+    }
 }
