@@ -3,10 +3,12 @@
 //!
 //! ```yaml
 //! node: node1                 # this node; one of the peers
-//! interface: eth0             # LAN interface the programs attach to
+//! interface: eth0             # LAN interface (default: the default route's)
 //! peers:                      # every node, this one included
 //!   - { name: node1, address: 10.0.0.11 }
 //!   - { name: node2, address: 10.0.0.12 }
+//! gossip:                     # membership and failover (see `GossipConfig`)
+//!   keyFile: /etc/xdplb/gossip.key
 //! services:
 //!   - name: web
 //!     vip: 172.16.200.20
@@ -30,12 +32,18 @@
 //!
 //! Every key is documented on the struct field that holds it ([`Config`],
 //! [`PeerConfig`], [`ServiceConfig`], [`PortConfig`], [`EndpointConfig`],
-//! [`CapacitiesConfig`]). Keys are spelled as in Kubernetes (camelCase); unknown keys are
+//! [`CapacitiesConfig`], [`GossipConfig`], [`ArpConfig`], [`ApiConfig`]). Keys are spelled as in Kubernetes (camelCase); unknown keys are
 //! errors, so a typo never silently falls back to a default. To use a default, leave the
 //! key out (`~`/`null` is not accepted as "default").
 //!
-//! Every node gets the same file except for `node` (and possibly `interface` and `mtu`);
-//! agents given the same peers, services and endpoints compute the same tables.
+//! Every node gets the same file except for `node` (and possibly `interface`, `mtu`,
+//! `pinDir` and `api`); agents given the same peers, services and endpoints compute the
+//! same tables and elect the same VIP owners.
+//!
+//! The running agent re-reads the file on SIGHUP and when it changes on disk; a file
+//! that fails these checks is logged and ignored, and the agent keeps running what it
+//! has. `interface`, `pinDir`, `capacities`, `gossip`, `arp` and `api` are read at start
+//! only: changing them needs a restart (the agent says so in its log).
 //!
 //! [`parse`] rejects an invalid file before anything touches the kernel, with the line
 //! and the field path of each problem, e.g.
@@ -45,7 +53,13 @@
 mod locate;
 mod validate;
 
-use std::{collections::BTreeMap, fmt, io, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt, io,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use marked_yaml::{LoadError, LoaderOptions, Marker};
 use serde::{Deserialize, Deserializer, de::Error as _};
@@ -62,12 +76,15 @@ pub struct Config {
     /// `node` (required): the name of the node this agent runs on. It must be the `name`
     /// of one of `peers`; the agent takes its own address from there.
     pub node: String,
-    /// `interface` (required): the LAN interface VIP traffic arrives on, e.g. `eth0`,
-    /// `enp1s0` or a bridge such as `vmbr0`. The XDP program and the TC reply program
-    /// are attached to it.
-    pub interface: String,
+    /// `interface` (default: the interface of the IPv4 default route): the LAN interface
+    /// VIP traffic arrives on, e.g. `eth0`, `enp1s0` or a bridge such as `vmbr0`. The XDP
+    /// program and the TC reply program are attached to it, and ARP is announced on it
+    /// unless `arp.interface` names another. Bridge or bond members, NOARP links and CNI
+    /// interfaces are refused, configured or not.
+    #[serde(default)]
+    pub interface: Option<String>,
     /// `peers` (required): every node of the cluster, this one included. Tunnelled
-    /// traffic is accepted only from these addresses.
+    /// traffic is accepted only from these addresses, and gossip only from these nodes.
     pub peers: Vec<PeerConfig>,
     /// `services` (default: none): the load-balanced services.
     #[serde(default)]
@@ -83,12 +100,172 @@ pub struct Config {
     #[serde(default = "default_icmp_rate")]
     pub icmp_rate_per_second: u32,
     /// `capacities` (default: every entry at its default): sizes of the kernel tables.
+    /// They are fixed when the maps are created: a restarted agent refuses different
+    /// capacities than its pinned maps have, and `lb-agent cleanup` (which drops every
+    /// cached flow) is needed before a change.
     #[serde(default)]
     pub capacities: CapacitiesConfig,
+    /// `gossip` (default: none): membership by authenticated SWIM gossip, which makes
+    /// VIPs fail over. Without it every peer is taken as alive forever (static
+    /// membership): VIP owners never change, which suits a single node or a test.
+    #[serde(default)]
+    pub gossip: Option<GossipConfig>,
+    /// `arp` (default: every entry at its default): announcing owned VIPs.
+    #[serde(default)]
+    pub arp: ArpConfig,
+    /// `api` (default: every entry at its default): the local API and metrics.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// `pinDir` (default `/sys/fs/bpf/xdplb`): where maps and program links are pinned
+    /// (on a BPF filesystem), so a restarted or upgraded agent adopts them without
+    /// dropping traffic. Agents sharing a host (a lab) need one each. If the default's
+    /// `/sys/fs/bpf` is not a BPF filesystem yet, the agent mounts one there.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
 }
 
 fn default_icmp_rate() -> u32 {
     100
+}
+
+/// Where maps and links are pinned unless `pinDir` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+
+/// `gossip`: SWIM membership over UDP on the nodes' LAN addresses. Every datagram is
+/// authenticated with HMAC-SHA256 under a key all nodes share, and replays are refused.
+///
+/// The defaults detect a failed node in about half a second and at worst
+/// `2(N−1)·probeIntervalMs + suspicionMs + 100 ms` for `N` nodes (800 ms for three);
+/// see [`crate::membership`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GossipConfig {
+    /// `port` (default 7947, beside MetalLB's 7946): the UDP port on every node.
+    #[serde(default = "default_gossip_port", deserialize_with = "port")]
+    pub port: u16,
+    /// `keyFile` (required): a file holding the shared key, at least 16 bytes (trailing
+    /// whitespace ignored), the same on every node, e.g. made with
+    /// `head -c 32 /dev/urandom | base64`. Keep it readable by root only.
+    pub key_file: PathBuf,
+    /// `probeIntervalMs` (default 100): each node probes one peer this often.
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_ms: u32,
+    /// `probeTimeoutMs` (default 40, below `probeIntervalMs`): how long to wait for a
+    /// probe's answer before asking other nodes to probe too; above the LAN's round trip.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout_ms: u32,
+    /// `suspicionMs` (default 300): how long a node that missed a probe has to refute
+    /// before it is declared down and its VIPs move.
+    #[serde(default = "default_suspicion")]
+    pub suspicion_ms: u32,
+    /// `joinTimeoutMs` (default 1000): how long a starting agent waits to hear from every
+    /// peer before it claims VIPs on what it knows.
+    #[serde(default = "default_join_timeout")]
+    pub join_timeout_ms: u32,
+}
+
+fn default_gossip_port() -> u16 {
+    7947
+}
+
+fn default_probe_interval() -> u32 {
+    100
+}
+
+fn default_probe_timeout() -> u32 {
+    40
+}
+
+fn default_suspicion() -> u32 {
+    300
+}
+
+fn default_join_timeout() -> u32 {
+    1000
+}
+
+impl GossipConfig {
+    pub fn timing(&self) -> crate::membership::Timing {
+        let ms = |value: u32| Duration::from_millis(u64::from(value));
+        crate::membership::Timing {
+            probe_interval: ms(self.probe_interval_ms),
+            probe_timeout: ms(self.probe_timeout_ms),
+            suspicion: ms(self.suspicion_ms),
+            join_timeout: ms(self.join_timeout_ms),
+            ..crate::membership::Timing::default()
+        }
+    }
+}
+
+/// `arp`: answering ARP for the VIPs this node owns, and gratuitous ARP.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ArpConfig {
+    /// `interface` (default: the top-level `interface`): where ARP is answered.
+    pub interface: Option<String>,
+    /// `garpRepeats` (default 3): gratuitous ARP rounds after the first one when this
+    /// node takes a VIP over.
+    pub garp_repeats: u32,
+    /// `garpIntervalMs` (default 500): time between those rounds.
+    pub garp_interval_ms: u32,
+    /// `refreshSeconds` (default 60, `0` turns it off): re-announce every owned VIP this
+    /// often. With direct server return the owner rarely sends frames itself, so
+    /// switches would otherwise age its port out and flood the VIP's traffic.
+    pub refresh_seconds: u32,
+}
+
+impl ArpConfig {
+    /// Gratuitous ARP timing.
+    pub fn settings(&self) -> crate::arp::Settings {
+        crate::arp::Settings {
+            garp_repeats: self.garp_repeats,
+            garp_interval: Duration::from_millis(u64::from(self.garp_interval_ms)),
+            refresh: (self.refresh_seconds > 0)
+                .then(|| Duration::from_secs(u64::from(self.refresh_seconds))),
+        }
+    }
+}
+
+impl Default for ArpConfig {
+    fn default() -> Self {
+        Self {
+            interface: None,
+            garp_repeats: 3,
+            garp_interval_ms: 500,
+            refresh_seconds: 60,
+        }
+    }
+}
+
+/// Where the local API listens unless `api.socket` says otherwise.
+pub const DEFAULT_API_SOCKET: &str = "/run/xdplb/agent.sock";
+/// Where metrics and health checks are served unless `api.listen` says otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9477";
+
+/// `api`: the local status API (`lbctl`) and the HTTP endpoint for `/metrics`,
+/// `/healthz` and `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ApiConfig {
+    /// `socket` (default `/run/xdplb/agent.sock`): the Unix socket `lbctl` talks to
+    /// (mode 0600). Agents sharing a host need one each.
+    pub socket: PathBuf,
+    /// `listen` (default `0.0.0.0:9477`): address and port of the HTTP endpoint.
+    #[serde(deserialize_with = "socket_address")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_API_SOCKET),
+            listen: DEFAULT_METRICS_LISTEN.parse().expect("valid default"),
+        }
+    }
 }
 
 /// One entry of `peers`.
@@ -99,9 +276,14 @@ pub struct PeerConfig {
     /// `.`, `_`). Endpoints and `node` refer to it; it also seeds the node's place in
     /// the consistent-hash tables, so renaming a node moves some flows.
     pub name: String,
-    /// `address` (required): the node's IPv4 address on the LAN.
+    /// `address` (required): the node's IPv4 address on the LAN. Gossip binds to it.
     #[serde(deserialize_with = "unicast")]
     pub address: Ipv4Addr,
+    /// `labels` (default: none): node labels, as Kubernetes would have them. A node
+    /// labelled `node.kubernetes.io/exclude-from-external-load-balancers` (any value)
+    /// never owns a VIP.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One entry of `services`.
@@ -116,10 +298,10 @@ pub struct ServiceConfig {
     /// on any interface: the agent handles it in XDP.
     #[serde(deserialize_with = "unicast")]
     pub vip: Ipv4Addr,
-    /// `owner` (optional): the node clients are pointed at, the one that will answer ARP
-    /// for the VIP. Must be one of `peers`; services sharing a VIP must name the same
-    /// owner. Until ARP and election arrive, every node forwards any VIP packet it
-    /// receives, so this is informational.
+    /// `owner` (optional): the preferred owner of the VIP, the node that answers ARP for
+    /// it whenever it is eligible (alive, not excluded, and for `Local` services with a
+    /// ready endpoint); otherwise the election picks one. Must be one of `peers`;
+    /// services sharing a VIP must name the same owner.
     #[serde(default)]
     pub owner: Option<String>,
     /// `ports` (required, at least one): what the service listens on. A
@@ -269,6 +451,15 @@ fn optional_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u1
     port(deserializer).map(Some)
 }
 
+fn socket_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        D::Error::custom(format!(
+            "`{text}` is not an address and port such as `0.0.0.0:9477`"
+        ))
+    })
+}
+
 /// Where in the file a problem is (1-based).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Location {
@@ -403,19 +594,15 @@ pub struct Standalone {
 
 /// Parses and validates a configuration file's text.
 pub fn parse(text: &str) -> Result<Standalone, ConfigError> {
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
-    let document = marked_yaml::parse_yaml_with_options(0, text, options)
-        .map_err(|error| ConfigError::Syntax(load_issue(&error)))?;
+    let document = document(text)?;
     if document.as_mapping().is_some_and(|top| top.is_empty()) {
         return Err(ConfigError::Syntax(Issue {
             location: Some(Location { line: 1, column: 1 }),
             field: None,
-            message: "the file is empty; it needs at least `node`, `interface` and `peers`"
-                .to_owned(),
+            message: "the file is empty; it needs at least `node` and `peers`".to_owned(),
         }));
     }
-    let config: Config = marked_yaml::from_node(&document)
-        .map_err(|error| ConfigError::Schema(schema_issue(&error)))?;
+    let config: Config = typed(&document)?;
     match validate::validate(&config) {
         Ok(node) => Ok(Standalone { config, node }),
         Err(problems) => {
@@ -427,6 +614,22 @@ pub fn parse(text: &str) -> Result<Standalone, ConfigError> {
             Err(ConfigError::Invalid(issues))
         }
     }
+}
+
+fn document(text: &str) -> Result<marked_yaml::Node, ConfigError> {
+    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    marked_yaml::parse_yaml_with_options(0, text, options)
+        .map_err(|error| ConfigError::Syntax(load_issue(&error)))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(document: &marked_yaml::Node) -> Result<T, ConfigError> {
+    marked_yaml::from_node(document).map_err(|error| ConfigError::Schema(schema_issue(&error)))
+}
+
+/// Parses another YAML file of the agent (the Kubernetes mode's settings) with this
+/// file's error reporting: the line, column and field path of each problem.
+pub fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    typed(&document(text)?)
 }
 
 /// Reads and validates a configuration file.
@@ -447,6 +650,43 @@ impl Standalone {
 
     pub fn capacities(&self) -> Capacities {
         self.config.capacities.into()
+    }
+
+    /// The configured LAN interface, if any.
+    pub fn interface(&self) -> Option<&str> {
+        self.config.interface.as_deref()
+    }
+
+    /// The interface ARP is announced on, if configured.
+    pub fn arp_interface(&self) -> Option<&str> {
+        self.config.arp.interface.as_deref().or(self.interface())
+    }
+
+    /// Gratuitous ARP timing.
+    pub fn arp_settings(&self) -> crate::arp::Settings {
+        self.config.arp.settings()
+    }
+
+    /// Labels of `node`, empty for an unknown node.
+    pub fn labels(&self, node: &str) -> BTreeMap<String, String> {
+        self.config
+            .peers
+            .iter()
+            .find(|peer| peer.name == node)
+            .map(|peer| peer.labels.clone())
+            .unwrap_or_default()
+    }
+
+    /// The gossip peers (this node included): every node's address on the gossip port.
+    pub fn gossip_peers(&self, port: u16) -> Vec<crate::membership::Peer> {
+        self.config
+            .peers
+            .iter()
+            .map(|peer| crate::membership::Peer {
+                name: peer.name.clone(),
+                addr: std::net::SocketAddrV4::new(peer.address, port),
+            })
+            .collect()
     }
 
     /// The configured owner of each VIP that names one.
@@ -480,7 +720,79 @@ impl Standalone {
                 .collect(),
             mtu,
             icmp_rate_per_sec: self.config.icmp_rate_per_second,
+            down: std::collections::BTreeSet::new(),
         }
+    }
+}
+
+/// Why a changed file cannot be applied without a restart.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadRefusal {
+    #[error("`node` changed from {from} to {to}: restart the agent to apply the new file")]
+    NodeRenamed { from: String, to: String },
+    #[error(
+        "this node's address changed from {from} to {to}: restart the agent to apply the new file"
+    )]
+    AddressChanged { from: Ipv4Addr, to: Ipv4Addr },
+}
+
+impl Standalone {
+    /// `new` as the running agent can apply it: the settings read at start only are
+    /// kept from `self`, and listed (by key) when `new` changes them. A new node name or
+    /// address cannot be applied at all.
+    pub fn reloaded(
+        &self,
+        new: Standalone,
+    ) -> Result<(Standalone, Vec<&'static str>), ReloadRefusal> {
+        if new.node.name != self.node.name {
+            return Err(ReloadRefusal::NodeRenamed {
+                from: self.node.name.clone(),
+                to: new.node.name,
+            });
+        }
+        if new.node.address != self.node.address {
+            return Err(ReloadRefusal::AddressChanged {
+                from: self.node.address,
+                to: new.node.address,
+            });
+        }
+        let (running, mut config) = (&self.config, new.config);
+        let gossip_peers = |config: &Config| {
+            config
+                .peers
+                .iter()
+                .map(|peer| (peer.name.clone(), peer.address))
+                .collect::<Vec<_>>()
+        };
+        let mut kept = Vec::new();
+        if running.gossip.is_some() && gossip_peers(running) != gossip_peers(&config) {
+            // The data path takes the new peers; the gossip keeps its list until then.
+            kept.push("peers (gossip)");
+        }
+        let mut keep = |key: &'static str, differs: bool| {
+            if differs {
+                kept.push(key);
+            }
+        };
+        keep("interface", config.interface != running.interface);
+        keep("pinDir", config.pin_dir != running.pin_dir);
+        keep("capacities", config.capacities != running.capacities);
+        keep("gossip", config.gossip != running.gossip);
+        keep("arp", config.arp != running.arp);
+        keep("api", config.api != running.api);
+        config.interface.clone_from(&running.interface);
+        config.pin_dir.clone_from(&running.pin_dir);
+        config.capacities = running.capacities;
+        config.gossip.clone_from(&running.gossip);
+        config.arp.clone_from(&running.arp);
+        config.api.clone_from(&running.api);
+        Ok((
+            Standalone {
+                config,
+                node: new.node,
+            },
+            kept,
+        ))
     }
 }
 

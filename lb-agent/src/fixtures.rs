@@ -1,7 +1,7 @@
 //! Inputs shared by the unit tests: the example file's content, built by hand so the
 //! model's tests do not depend on the config parser.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use crate::model::{Endpoint, Inputs, Node, Protocol, Service, ServicePort, TrafficPolicy};
 
@@ -71,6 +71,7 @@ pub fn example_as(node_name: &str) -> Inputs {
         ],
         mtu: 1500,
         icmp_rate_per_sec: 100,
+        down: BTreeSet::new(),
     }
 }
 

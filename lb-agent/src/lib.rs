@@ -1,13 +1,25 @@
 //! The xdplb node agent: a source's inputs -> desired state -> diff -> dataplane.
 //!
-//! [`config`] is today's only source (the standalone file); [`model::desired_state`] and
-//! [`diff::diff`] are pure; [`dataplane`] writes the result into the BPF maps.
+//! The sources are [`config`] (the standalone file) and [`k8s`] (the Kubernetes API), both
+//! feeding [`runtime`]; [`model::desired_state`] and [`diff::diff`] are pure;
+//! [`dataplane`] writes the result into the BPF maps.
 
+pub mod api;
+pub mod arp;
 pub mod config;
 pub mod dataplane;
 pub mod diff;
+pub mod election;
+pub mod explain;
+pub mod ipam;
+pub mod k8s;
+pub mod membership;
+pub mod migrate;
 pub mod model;
+pub mod runtime;
+pub mod status;
 pub mod summary;
+pub mod telemetry;
 
 #[cfg(test)]
 mod fixtures;

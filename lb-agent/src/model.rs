@@ -4,6 +4,10 @@
 //! [`desired_state`] is a pure function: every agent given the same [`Inputs`] computes
 //! the same node rings, which is what lets a VIP move between owners without breaking
 //! established flows.
+//!
+//! Liveness comes in as [`Inputs::down`], the nodes the gossip declared down: they leave
+//! every node ring at once (no new flows) and `BACKENDS` (flows cached on them pick a
+//! node again). Suspect nodes are not down: a missed probe moves no traffic.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,10 +20,10 @@ use lb_common::{
     maps::{NODE_RING_SIZE, POD_RING_SIZE},
     types::{PROTO_TCP, PROTO_UDP},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Transport protocol of a service port, spelled as in Kubernetes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Protocol {
     #[serde(rename = "TCP")]
     Tcp,
@@ -55,7 +59,7 @@ impl fmt::Display for Protocol {
 }
 
 /// Kubernetes' `externalTrafficPolicy`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TrafficPolicy {
     /// Any node with ready endpoints may serve; the receiving node tunnels to it.
     #[default]
@@ -83,6 +87,9 @@ pub struct Inputs {
     pub mtu: u32,
     /// ICMP replies the data path may generate per second and CPU.
     pub icmp_rate_per_sec: u32,
+    /// Nodes the membership reports down (left, failed, or never heard from). Their
+    /// endpoints get no traffic through the node rings; their own local pods are theirs.
+    pub down: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,8 +215,9 @@ pub struct NodeShare {
     pub draining: u32,
 }
 
-/// Every node hosting an endpoint of `service`, by name. Endpoints on nodes the inputs do
-/// not know have no address to tunnel to and are left out.
+/// Every live node hosting an endpoint of `service`, by name. Endpoints on nodes the
+/// inputs do not know have no address to tunnel to, and endpoints on down nodes cannot
+/// be reached: both are left out.
 pub fn node_shares<'a>(inputs: &'a Inputs, service: &'a Service) -> BTreeMap<&'a str, NodeShare> {
     let addresses: BTreeMap<&str, Ipv4Addr> = inputs
         .peers
@@ -222,6 +230,9 @@ pub fn node_shares<'a>(inputs: &'a Inputs, service: &'a Service) -> BTreeMap<&'a
         let Some(address) = addresses.get(endpoint.node.as_str()) else {
             continue;
         };
+        if inputs.down.contains(&endpoint.node) {
+            continue;
+        }
         let share = shares.entry(endpoint.node.as_str()).or_insert(NodeShare {
             address: *address,
             serving: 0,
@@ -254,18 +265,14 @@ fn table(backends: &[Backend<'_>], size: usize) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-fn rings(inputs: &Inputs, service: &Service) -> Rings {
-    let shares = node_shares(inputs, service);
-    let nodes: Vec<Backend<'_>> = shares
+/// The pod-level table `node` builds for `service` from its own serving endpoints. Every
+/// agent can compute any node's table, which is how `lbctl explain` follows a flow to
+/// the pod on another node.
+pub fn pod_ring(service: &Service, node: &str) -> Vec<Ipv4Addr> {
+    let pod_ids: Vec<(Ipv4Addr, [u8; 4])> = service
+        .endpoints
         .iter()
-        .map(|(name, share)| Backend {
-            id: name.as_bytes(),
-            addr: u32::from(share.address),
-            weight: share.serving,
-        })
-        .collect();
-    let pod_ids: Vec<(Ipv4Addr, [u8; 4])> = local_endpoints(inputs, service)
-        .filter(|endpoint| endpoint.serving())
+        .filter(|endpoint| endpoint.node == node && endpoint.serving())
         .map(|endpoint| (endpoint.address, endpoint.address.octets()))
         .collect();
     let pods: Vec<Backend<'_>> = pod_ids
@@ -276,9 +283,22 @@ fn rings(inputs: &Inputs, service: &Service) -> Rings {
             weight: 1,
         })
         .collect();
+    table(&pods, POD_RING_SIZE)
+}
+
+fn rings(inputs: &Inputs, service: &Service) -> Rings {
+    let shares = node_shares(inputs, service);
+    let nodes: Vec<Backend<'_>> = shares
+        .iter()
+        .map(|(name, share)| Backend {
+            id: name.as_bytes(),
+            addr: u32::from(share.address),
+            weight: share.serving,
+        })
+        .collect();
     Rings {
         node: table(&nodes, NODE_RING_SIZE),
-        pod: table(&pods, POD_RING_SIZE),
+        pod: pod_ring(service, &inputs.node.name),
     }
 }
 

@@ -30,25 +30,44 @@
 //!   pass-through XDP program ([`port_xdp`]), and GRO, which attaching XDP switches on,
 //!   is switched off again so the bridge forwards frames as they were sent rather than
 //!   TCP segments merged into GSO packets.
+//! - A node sees only frames addressed to its MAC, broadcast or multicast, as behind a
+//!   real NIC: the bridge floods no unknown unicast to node ports and knows each node's
+//!   MAC from a static entry. A veth has no MAC filter, so without this a frame for a
+//!   node whose port went down (a failed VIP owner) would be flooded into the other
+//!   nodes' XDP programs, which would forward it before any ARP takeover and make
+//!   failover look faster than it is on a switch.
 //!
 //! Everything is torn down when the [`Lab`] drops: each namespace guard kills the
 //! processes inside it and deletes it, which destroys its interfaces.
 
+mod bpffs;
 mod capture;
+mod cluster;
 mod port_xdp;
+mod probe;
 mod services;
 
 use std::{
     net::Ipv4Addr,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail, ensure};
 
-pub use self::capture::{Capture, Packet};
+pub use self::{
+    bpffs::BpfFs,
+    capture::mac_text,
+    capture::{ArpFrame, Capture, Packet},
+    cluster::{
+        App, Binaries, Cluster, DNS_NAME, DNS_VIP, FailoverReport, Failure, Service, VIP_CIDR,
+        WEB_VIP,
+    },
+    probe::{Attempt, EchoReport, Pace, Requests, echo_during, requests_during},
+};
 use crate::netns::{Netns, veth};
 
 /// The client's address on the LAN.
@@ -58,6 +77,32 @@ pub const LAN_IFACE: &str = "eth0";
 const LAN_CIDR: &str = "10.0.0.0/24";
 const LAN_PREFIX_LEN: u8 = 24;
 const BRIDGE: &str = "br0";
+/// The client's port on the bridge.
+const CLIENT_PORT: &str = "c0";
+
+/// Set by the lab program's Ctrl-C handler: every [`wait_for`] then stops at once, so
+/// the guards clean the lab up without waiting for timeouts.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes every running and future [`wait_for`] fail (async-signal-safe: one atomic store).
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// True (after saying why) when the caller is not root: privileged tests call this first
+/// and return early, so a non-root `cargo test` reports them as passed-by-skipping.
+pub fn skip_unless_root(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("skipping {test}: network namespaces and BPF need root");
+    }
+    !root
+}
 
 /// Address of node `index` (1-based): 10.0.0.(10 + index).
 pub fn node_addr(index: usize) -> Ipv4Addr {
@@ -116,7 +161,7 @@ impl Lab {
             "ip link add {BRIDGE} type bridge && ip link set {BRIDGE} up"
         ))?;
         let client = namespace("client")?;
-        plug(&lan, &client, "c0", CLIENT_ADDR)?;
+        plug(&lan, &client, CLIENT_PORT, CLIENT_ADDR)?;
         client.run(&format!("ethtool -K {LAN_IFACE} tx off >/dev/null"))?;
         let mut lab = Self {
             client,
@@ -169,6 +214,19 @@ impl Lab {
         Ok(())
     }
 
+    /// Makes the client send traffic for `cidr` onto the LAN, resolving each address by
+    /// ARP as any LAN host would.
+    pub fn route_to_lan(&self, cidr: &str) -> anyhow::Result<()> {
+        self.client
+            .run(&format!("ip route add {cidr} dev {LAN_IFACE}"))
+            .map(drop)
+    }
+
+    /// Captures what crosses the client's bridge port.
+    pub fn capture_client_port(&self, filter: &str, dir: &Path) -> anyhow::Result<Capture> {
+        Capture::start(&self.lan, CLIENT_PORT, filter, dir, "client-port")
+    }
+
     /// Captures what crosses `node`'s bridge port: every frame on the node's wire, seen
     /// from the switch, so neither the node's XDP nor its TC programs can hide packets
     /// from it (a capture on the node's own eth0 misses XDP_TX frames and sees ingress
@@ -201,6 +259,12 @@ impl Node {
             port_xdp::attach_pass(&switch_port)?
         };
         lan.run(&format!("ethtool -K {switch_port} gro off >/dev/null"))?;
+        let mac = netns.run(&format!("cat /sys/class/net/{LAN_IFACE}/address"))?;
+        lan.run(&format!(
+            "bridge link set dev {switch_port} flood off \
+             && bridge fdb replace {} dev {switch_port} master static",
+            mac.trim()
+        ))?;
         netns.run("echo 1 > /proc/sys/net/ipv4/ip_forward")?;
         let pods = pods
             .iter()
@@ -222,6 +286,15 @@ impl Node {
             .netns
             .run(&format!("cat /sys/class/net/{LAN_IFACE}/address"))?;
         Ok(mac.trim().to_owned())
+    }
+
+    /// Sets the node's LAN interface administratively up or down (a pulled cable, seen
+    /// from the node; the switch port loses carrier).
+    pub fn set_link(&self, up: bool) -> anyhow::Result<()> {
+        let state = if up { "up" } else { "down" };
+        self.netns
+            .run(&format!("ip link set {LAN_IFACE} {state}"))
+            .map(drop)
     }
 
     /// Whether an XDP program is attached to the node's LAN interface.
@@ -284,6 +357,9 @@ pub fn wait_for<T>(
     const INTERVAL: Duration = Duration::from_millis(100);
     let attempts = timeout.as_millis().div_ceil(INTERVAL.as_millis()).max(1);
     for _ in 0..attempts {
+        if interrupted() {
+            bail!("interrupted while waiting for {what}");
+        }
         if let Some(value) = check()? {
             return Ok(value);
         }

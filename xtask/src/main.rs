@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's build and test entry points.
 
 mod cmd;
+mod lab;
 mod setup;
 mod test;
 
@@ -20,11 +21,17 @@ enum Task {
     Setup,
     /// Run setup, then every test tier: lint, host, privileged (root).
     Test(test::Options),
+    /// Run setup, build, then the lab (as root, through sudo if needed): a homelab LAN
+    /// in network namespaces with a client and three nodes running lb-agent; shows the
+    /// VIP owners, `lbctl status`, requests spread over pods, and a measured failover
+    /// when the web VIP's owner goes away. Everything is removed at the end.
+    Lab,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test(options) => test::run(&options),
+        Task::Lab => lab::run(&test::workspace_root()),
     }
 }

@@ -156,7 +156,7 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     cmd::run(Command::new("cargo").args(args).current_dir(root))
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the workspace root")

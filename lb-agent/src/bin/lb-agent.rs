@@ -1,21 +1,31 @@
-//! `lb-agent`: the xdplb node agent, standalone mode.
+//! `lb-agent`: the xdplb node agent, standalone (a file) or Kubernetes mode.
 
-use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
+use std::{
+    collections::BTreeMap,
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use lb_agent::{
     config::{self, Standalone},
-    dataplane::{Dataplane as _, kernel::KernelDataplane, loader, sysctl},
-    diff::diff,
-    model::{State, desired_state},
+    dataplane::loader::{self, PinDir},
+    k8s::{
+        ipam_controller, lease::LeaseSettings, settings::KubernetesSettings, source::KubeSource,
+    },
+    membership::{GossipKey, View},
+    runtime::{self, Cluster, FileSource, Settings, reconcile::plan},
     summary,
 };
-use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 /// Exit status for a configuration file that cannot be used.
 const EXIT_BAD_CONFIG: u8 = 2;
+/// How long a stopping agent waits for the IPAM to release its Lease.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// xdplb node agent: load-balances traffic to service VIPs in XDP, with direct server
 /// return.
@@ -24,23 +34,61 @@ const EXIT_BAD_CONFIG: u8 = 2;
 /// program (replies) to the LAN interface and fills their tables from the configuration
 /// file: which VIPs and ports exist and which endpoints serve them. Packets to a VIP are
 /// spread over the nodes with ready endpoints and tunnelled there; replies go straight
-/// back to the client from the serving node. Other traffic is not touched.
+/// back to the client from the serving node. Other traffic is not touched. Agents gossip
+/// (when `gossip` is configured) to elect one owner per VIP, which answers ARP for it.
 ///
-/// Needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON). Stop it with Ctrl-C or
-/// SIGTERM; the programs are detached on exit. Logs go to stderr; set RUST_LOG (e.g.
-/// RUST_LOG=debug) for more or less detail.
+/// Needs root (or CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_PERFMON). SIGHUP, or
+/// saving the file, reloads the configuration. SIGTERM or Ctrl-C hand over: the node
+/// leaves the gossip so others take its VIPs, and the programs stay attached (pinned) so
+/// traffic keeps flowing until the next agent adopts them; `lb-agent cleanup` removes
+/// them. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more or less detail.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
     /// The standalone configuration file (YAML): this node, its peers, the services with
     /// their VIPs, ports and endpoints. See lb-agent/examples/standalone.yaml.
-    #[arg(long, short, env = "XDPLB_CONFIG", value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, short, env = "XDPLB_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
 
     /// Only check the file and print what each VIP would do, then exit. Exit status 2
     /// means the file is invalid; nothing is loaded into the kernel.
     #[arg(long)]
     check: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Detach the programs and remove every pinned map and link (uninstall), from the
+    /// `pinDir` of --config or from --pin-dir. Stop the agent first.
+    Cleanup {
+        /// The pin directory, instead of the one --config names.
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Run as a Kubernetes DaemonSet: nodes, Services, EndpointSlices and AddressPools
+    /// come from the API (in-cluster config, or a kubeconfig as kubectl finds it), and
+    /// the agent holding the `xdplb-ipam` Lease assigns the Services' addresses.
+    Kubernetes(KubernetesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct KubernetesArgs {
+    /// The settings file (node-local keys of the standalone file, plus
+    /// `defaultClass`), usually mounted from a ConfigMap.
+    #[arg(long, env = "XDPLB_SETTINGS", value_name = "FILE")]
+    settings: PathBuf,
+    /// This node's name (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The agent's namespace, where the IPAM Lease lives.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// This pod's name: the agent's identity in the Lease (default: node and PID).
+    #[arg(long, env = "POD_NAME")]
+    pod: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -53,20 +101,77 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let standalone = match config::load(&args.config) {
+    let cleanup_requested = match args.command {
+        Some(Command::Cleanup {
+            pin_dir: Some(pin_dir),
+        }) => return finish(cleanup(pin_dir)),
+        Some(Command::Kubernetes(kubernetes)) => return kubernetes_mode(kubernetes).await,
+        Some(Command::Cleanup { pin_dir: None }) => true,
+        None => false,
+    };
+    let Some(path) = args.config.clone() else {
+        eprintln!("error: --config FILE is required (or set XDPLB_CONFIG)");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    };
+    let standalone = match config::load(&path) {
         Ok(standalone) => standalone,
-        Err(error) => {
-            for line in error.to_string().lines() {
-                eprintln!("error: {}: {line}", args.config.display());
-            }
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+        Err(error) => return bad_config(&path, &error),
     };
-    let outcome = if args.check {
-        check(&standalone)
-    } else {
-        run(&standalone).await
+    finish(match (cleanup_requested, args.check) {
+        (true, _) => cleanup(standalone.config().pin_dir.clone()),
+        (false, true) => check(&standalone),
+        (false, false) => runtime::run(FileSource::new(path, standalone))
+            .await
+            .map_err(anyhow::Error::from),
+    })
+}
+
+fn bad_config(path: &Path, error: &config::ConfigError) -> ExitCode {
+    for line in error.to_string().lines() {
+        eprintln!("error: {}: {line}", path.display());
+    }
+    ExitCode::from(EXIT_BAD_CONFIG)
+}
+
+async fn kubernetes_mode(args: KubernetesArgs) -> ExitCode {
+    let settings = match KubernetesSettings::load(&args.settings) {
+        Ok(settings) => settings,
+        Err(error) => return bad_config(&args.settings, &error),
     };
+    let identity = args
+        .pod
+        .unwrap_or_else(|| format!("{}-{}", args.node, std::process::id()));
+    let lease = LeaseSettings::new(args.namespace, identity);
+    finish(kubernetes(settings, args.node, lease).await)
+}
+
+/// The agent on the Kubernetes API, with the IPAM beside it; on SIGTERM both stop and
+/// the IPAM Lease is released for an immediate handover.
+async fn kubernetes(
+    settings: KubernetesSettings,
+    node: String,
+    lease: LeaseSettings,
+) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ipam = tokio::spawn(ipam_controller::run(
+        client.clone(),
+        settings.class_policy(),
+        lease,
+        stopped,
+    ));
+    let source = KubeSource::start(client, &settings, node);
+    let result = runtime::run(source).await;
+    stop.send_replace(true);
+    if tokio::time::timeout(RELEASE_TIMEOUT, ipam).await.is_err() {
+        tracing::warn!("the IPAM did not stop in time; its Lease expires on its own");
+    }
+    result.map_err(anyhow::Error::from)
+}
+
+fn finish(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -76,90 +181,51 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The MTU from the file, else the interface's.
-fn mtu(standalone: &Standalone) -> anyhow::Result<u32> {
-    let config = standalone.config();
-    if let Some(mtu) = config.mtu {
-        return Ok(mtu);
-    }
-    let path = format!("/sys/class/net/{}/mtu", config.interface);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading the MTU of {} from {path} (set `mtu:` in the file to skip this)",
-            config.interface
-        )
-    })?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("{path} holds {text:?}, not an MTU"))
-}
-
-fn vip_lines(standalone: &Standalone, mtu: u32) -> Vec<String> {
-    summary::vip_lines(&standalone.inputs(mtu), &standalone.owners())
+fn cleanup(pin_dir: PathBuf) -> anyhow::Result<()> {
+    let removed = loader::cleanup(&PinDir::new(&pin_dir))
+        .with_context(|| format!("cleaning up {}", pin_dir.display()))?;
+    tracing::info!(
+        pin_dir = %pin_dir.display(),
+        links = removed.links,
+        maps = removed.maps,
+        "removed the pinned data path; the programs are detached"
+    );
+    Ok(())
 }
 
 fn check(standalone: &Standalone) -> anyhow::Result<()> {
     let config = standalone.config();
-    let mtu = mtu(standalone)?;
+    let cluster = Cluster::from_standalone(standalone);
+    let interface = runtime::lan_interface(&Settings::from_standalone(standalone))?;
+    let mtu = runtime::mtu(&cluster, &interface)?;
+    if let Some(gossip) = &config.gossip {
+        let key = GossipKey::from_file(&gossip.key_file)?;
+        println!(
+            "ok: gossip on port {} with key {}, failure detection within {:?} for {} nodes",
+            gossip.port,
+            key.fingerprint(),
+            gossip.timing().worst_case_detection(config.peers.len()),
+            config.peers.len()
+        );
+    }
     let node = standalone.node();
     println!(
-        "ok: node {} ({}) on {}, MTU {mtu}, {} peers, {} services",
+        "ok: node {} ({}) on {interface}, MTU {mtu}, {} peers, {} services",
         node.name,
         node.address,
-        config.interface,
         config.peers.len(),
         config.services.len()
     );
-    for line in vip_lines(standalone, mtu) {
+    // Owners with every node alive, as a settled cluster would elect them.
+    let everyone = View::all_alive(&node.name, &cluster.gossip_peers(0));
+    let elected = plan(&cluster, &everyone, mtu, None);
+    let owners: BTreeMap<_, &str> = elected
+        .elections
+        .iter()
+        .filter_map(|(vip, election)| Some((*vip, election.owner.as_deref()?)))
+        .collect();
+    for line in summary::vip_lines(&elected.inputs, &owners) {
         println!("{line}");
-    }
-    Ok(())
-}
-
-async fn run(standalone: &Standalone) -> anyhow::Result<()> {
-    let interface = &standalone.config().interface;
-    let mtu = mtu(standalone)?;
-    let state = desired_state(&standalone.inputs(mtu));
-    let capacities = standalone.capacities();
-    let mut ebpf = loader::load(&capacities).context("loading the BPF programs")?;
-    let mut dataplane = KernelDataplane::open(&mut ebpf, capacities)?;
-    // Tables first, then attach: the first packet already sees the whole configuration.
-    dataplane
-        .apply(&diff(&State::default(), &state))
-        .context("writing the BPF maps")?;
-    let changed = sysctl::prepare_interface(interface)
-        .with_context(|| format!("preparing interface {interface}"))?;
-    if !changed.is_empty() {
-        tracing::info!(%interface, settings = ?changed, "enabled IPv4 settings the data path needs");
-    }
-    let attachment = loader::attach(&mut ebpf, interface)
-        .with_context(|| format!("attaching to interface {interface}"))?;
-    tracing::info!(
-        %interface,
-        xdp_mode = ?attachment.xdp_mode,
-        node = %standalone.node().name,
-        address = %standalone.node().address,
-        mtu,
-        "data path attached"
-    );
-    for line in vip_lines(standalone, mtu) {
-        tracing::info!("{line}");
-    }
-    shutdown_signal().await?;
-    tracing::info!("shutting down; the programs detach as the object is dropped");
-    drop(dataplane);
-    drop(ebpf);
-    Ok(())
-}
-
-/// Waits for SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
     }
     Ok(())
 }

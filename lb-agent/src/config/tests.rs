@@ -247,6 +247,81 @@ fn bad_files() -> Vec<Bad> {
             "services[0].name",
             "`web site` is not a valid name",
         ),
+        bad(
+            append("gossip:\n  port: 7946\n"),
+            26,
+            "gossip",
+            "missing field `keyFile`",
+        ),
+        bad(
+            append("gossip:\n  keyFile: /etc/xdplb/key\n  port: 0\n"),
+            27,
+            "gossip.port",
+            "`0` is not a port number",
+        ),
+        bad(
+            append("gossip:\n  keyFile: /etc/xdplb/key\n  probeTimeoutMs: 150\n"),
+            27,
+            "gossip.probeTimeoutMs",
+            "150 ms must be shorter than probeIntervalMs (100 ms)",
+        ),
+        bad(
+            append("gossip:\n  keyFile: /etc/xdplb/key\n  suspicionMs: 0\n"),
+            27,
+            "gossip.suspicionMs",
+            "must be at least 1",
+        ),
+        bad(
+            append("gossip:\n  keyFile: gossip.key\n"),
+            26,
+            "gossip.keyFile",
+            "`gossip.key` must be an absolute path",
+        ),
+        bad(
+            append("gossip:\n  keyFile: /k\n  probeMs: 5\n"),
+            27,
+            "gossip.probeMs",
+            "Unknown field `probeMs`",
+        ),
+        bad(
+            append("arp:\n  garpRepeats: many\n"),
+            26,
+            "arp.garpRepeats",
+            "expected a whole number",
+        ),
+        bad(
+            append("arp:\n  interface: eth0/1\n"),
+            26,
+            "arp.interface",
+            "is not a Linux interface name",
+        ),
+        bad(
+            append("api:\n  listen: localhost\n"),
+            26,
+            "api.listen",
+            "`localhost` is not an address and port",
+        ),
+        bad(
+            append("api:\n  socket: agent.sock\n"),
+            26,
+            "api.socket",
+            "must be an absolute path",
+        ),
+        bad(
+            append("pinDir: xdplb\n"),
+            25,
+            "pinDir",
+            "`xdplb` must be an absolute path",
+        ),
+        bad(
+            edit(
+                "{ name: node2, address: 10.0.0.12 }",
+                "{ name: node2, address: 10.0.0.12, labels: [edge] }",
+            ),
+            5,
+            "peers[1].labels",
+            "invalid type: sequence, expected a map",
+        ),
         bad_document(String::new(), 1, "the file is empty"),
         bad_document("# nothing yet\n\n".to_owned(), 1, "the file is empty"),
         bad_document(
@@ -327,17 +402,19 @@ fn the_example_parses_into_the_expected_structure() {
     let standalone = parse(EXAMPLE).expect("example is valid");
     let config = standalone.config();
     assert_eq!(config.node, "node1");
-    assert_eq!(config.interface, "eth0");
+    assert_eq!(config.interface.as_deref(), Some("eth0"));
     assert_eq!(
         config.peers,
         [
             PeerConfig {
                 name: "node1".into(),
-                address: ip("10.0.0.11")
+                address: ip("10.0.0.11"),
+                labels: BTreeMap::new(),
             },
             PeerConfig {
                 name: "node2".into(),
-                address: ip("10.0.0.12")
+                address: ip("10.0.0.12"),
+                labels: BTreeMap::new(),
             },
         ]
     );
@@ -439,4 +516,61 @@ fn optional_keys_are_honoured() {
     assert_eq!(web.ports[1].protocol, Protocol::Tcp);
     assert!(!web.endpoints[2].ready);
     assert!(web.endpoints[2].terminating);
+}
+
+#[test]
+fn runtime_sections_have_documented_defaults() {
+    let standalone = parse(EXAMPLE).expect("example is valid");
+    let config = standalone.config();
+    assert_eq!(config.gossip, None);
+    assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
+    assert_eq!(config.api.socket, Path::new(DEFAULT_API_SOCKET));
+    assert_eq!(config.api.listen.to_string(), DEFAULT_METRICS_LISTEN);
+    assert_eq!(standalone.arp_interface(), Some("eth0"));
+    let arp = standalone.arp_settings();
+    assert_eq!(arp.garp_repeats, 3);
+    assert_eq!(arp.garp_interval, Duration::from_millis(500));
+    assert_eq!(arp.refresh, Some(Duration::from_secs(60)));
+    assert!(standalone.labels("node1").is_empty());
+}
+
+#[test]
+fn runtime_sections_are_honoured() {
+    let text = edit("interface: eth0\n", "")
+        .replacen(
+            "{ name: node2, address: 10.0.0.12 }",
+            "{ name: node2, address: 10.0.0.12, labels: { node.kubernetes.io/exclude-from-external-load-balancers: \"\" } }",
+            1,
+        )
+        + "gossip:\n  keyFile: /etc/xdplb/gossip.key\n  port: 7000\n  probeIntervalMs: 200\n  probeTimeoutMs: 80\n  suspicionMs: 500\n  joinTimeoutMs: 2000\n"
+        + "arp:\n  interface: vmbr0\n  garpRepeats: 5\n  garpIntervalMs: 1100\n  refreshSeconds: 0\n"
+        + "api:\n  socket: /run/xdplb/node1.sock\n  listen: 127.0.0.1:9100\n"
+        + "pinDir: /sys/fs/bpf/lab/node1\n";
+    let standalone = parse(&text).expect("valid");
+    let config = standalone.config();
+    assert_eq!(standalone.interface(), None);
+    assert_eq!(standalone.arp_interface(), Some("vmbr0"));
+    let gossip = config.gossip.as_ref().expect("gossip");
+    assert_eq!(gossip.port, 7000);
+    assert_eq!(gossip.key_file, Path::new("/etc/xdplb/gossip.key"));
+    let timing = gossip.timing();
+    assert_eq!(timing.probe_interval, Duration::from_millis(200));
+    assert_eq!(timing.probe_timeout, Duration::from_millis(80));
+    assert_eq!(timing.suspicion, Duration::from_millis(500));
+    assert_eq!(timing.join_timeout, Duration::from_secs(2));
+    let arp = standalone.arp_settings();
+    assert_eq!(arp.garp_repeats, 5);
+    assert_eq!(arp.garp_interval, Duration::from_millis(1100));
+    assert_eq!(arp.refresh, None);
+    assert_eq!(config.api.socket, Path::new("/run/xdplb/node1.sock"));
+    assert_eq!(config.api.listen.to_string(), "127.0.0.1:9100");
+    assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/lab/node1"));
+    assert!(
+        standalone
+            .labels("node2")
+            .contains_key(crate::election::EXCLUDE_LABEL)
+    );
+    let peers = standalone.gossip_peers(gossip.port);
+    assert_eq!(peers[1].name, "node2");
+    assert_eq!(peers[1].addr.to_string(), "10.0.0.12:7000");
 }

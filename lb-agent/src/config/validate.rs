@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::{
-    CapacitiesConfig, Config, EndpointConfig, PeerConfig, ServiceConfig,
+    CapacitiesConfig, Config, EndpointConfig, GossipConfig, PeerConfig, ServiceConfig,
     locate::{FieldPath, Problem},
 };
 use crate::model::{Node, Protocol};
@@ -90,8 +90,44 @@ impl Checker {
                     format!("{} is already the address of `{first}`", peer.address),
                 );
             }
+            if peer.labels.keys().any(String::is_empty) {
+                self.report(at.key("labels"), "label names must not be empty".to_owned());
+            }
         }
         by_name
+    }
+
+    fn absolute(&mut self, path: FieldPath, value: &std::path::Path) {
+        if !value.is_absolute() {
+            self.report(
+                path,
+                format!("`{}` must be an absolute path", value.display()),
+            );
+        }
+    }
+
+    fn gossip(&mut self, path: FieldPath, gossip: &GossipConfig) {
+        let durations = [
+            ("probeIntervalMs", gossip.probe_interval_ms),
+            ("probeTimeoutMs", gossip.probe_timeout_ms),
+            ("suspicionMs", gossip.suspicion_ms),
+            ("joinTimeoutMs", gossip.join_timeout_ms),
+        ];
+        for (key, value) in durations {
+            if value == 0 {
+                self.report(path.key(key), "must be at least 1".to_owned());
+            }
+        }
+        if gossip.probe_timeout_ms >= gossip.probe_interval_ms {
+            self.report(
+                path.key("probeTimeoutMs"),
+                format!(
+                    "{} ms must be shorter than probeIntervalMs ({} ms)",
+                    gossip.probe_timeout_ms, gossip.probe_interval_ms
+                ),
+            );
+        }
+        self.absolute(path.key("keyFile"), &gossip.key_file);
     }
 
     fn mtu(&mut self, path: FieldPath, mtu: Option<u32>) {
@@ -234,7 +270,17 @@ pub fn validate(config: &Config) -> Result<Node, Vec<Problem>> {
     let root = FieldPath::default();
     let mut checker = Checker::default();
     checker.name(root.key("node"), &config.node);
-    checker.interface(root.key("interface"), &config.interface);
+    if let Some(interface) = &config.interface {
+        checker.interface(root.key("interface"), interface);
+    }
+    if let Some(interface) = &config.arp.interface {
+        checker.interface(root.key("arp").key("interface"), interface);
+    }
+    if let Some(gossip) = &config.gossip {
+        checker.gossip(root.key("gossip"), gossip);
+    }
+    checker.absolute(root.key("pinDir"), &config.pin_dir);
+    checker.absolute(root.key("api").key("socket"), &config.api.socket);
     let peers = checker.peers(root.key("peers"), &config.peers);
     let node = checker
         .node_address(root.key("node"), &config.node, &peers)

@@ -34,6 +34,35 @@ impl IndexPool {
     fn put(&mut self, index: u32) {
         self.free.insert(index);
     }
+
+    /// Marks `index` used; false if it is out of range or already used.
+    fn claim(&mut self, index: u32) -> bool {
+        self.free.remove(&index)
+    }
+}
+
+/// Prefix of the names given to adopted ring slots that no desired service claims; a
+/// configured name never starts with it, so the next diff removes them.
+const ADOPTED_SLOT: &str = "~adopted-slot-";
+
+/// The service a ring slot found in the maps belongs to: the one `desired` gives all of
+/// the slot's ports, if that is unambiguous and not taken yet.
+fn slot_name(
+    slot: u32,
+    ports: &[(PortKey, lb_common::types::ServiceValue)],
+    desired: &State,
+    taken: &BTreeSet<String>,
+) -> String {
+    let mut names = ports
+        .iter()
+        .map(|(key, _)| desired.ports.get(key).map(|target| &target.service));
+    let first = names.next().flatten();
+    match first {
+        Some(name) if names.all(|other| other == Some(name)) && !taken.contains(name) => {
+            name.clone()
+        }
+        _ => format!("{ADOPTED_SLOT}{slot}"),
+    }
 }
 
 /// Entries `delta` leaves in a table that holds `current`.
@@ -78,6 +107,71 @@ impl<S: MapStore> Engine<S> {
             backends: BTreeSet::new(),
             peers: BTreeSet::new(),
         }
+    }
+
+    /// An engine over maps a previous agent filled (a restart or upgrade): which ring
+    /// slot each service uses and which statistics slot each VIP uses are rebuilt from
+    /// the maps, so [`Dataplane::read`] returns what they hold and the diff against
+    /// `desired` rewrites only what changed. A slot's service name comes from `desired`
+    /// (the ports pointing at it name it); slots `desired` does not explain get a
+    /// placeholder name and are replaced by the next apply.
+    pub fn adopt(
+        store: S,
+        capacities: Capacities,
+        desired: &State,
+    ) -> Result<Self, DataplaneError> {
+        let mut engine = Self::with_store(store, capacities);
+        for (vip, value) in engine.store.vips()? {
+            if !engine.stats_pool.claim(value.stats_index) {
+                return Err(DataplaneError::Foreign {
+                    map: lb_common::maps::VIPS,
+                    detail: format!(
+                        "{} uses statistics slot {}, out of range or shared",
+                        wire::ip(vip),
+                        value.stats_index
+                    ),
+                });
+            }
+            engine.stats.insert(wire::ip(vip), value.stats_index);
+        }
+        let mut by_slot: BTreeMap<u32, Vec<(PortKey, lb_common::types::ServiceValue)>> =
+            BTreeMap::new();
+        for (key, value) in engine.store.services()? {
+            by_slot
+                .entry(value.ring_slot)
+                .or_default()
+                .push((wire::port_key(&key)?, value));
+        }
+        let mut taken = BTreeSet::new();
+        for (slot, ports) in by_slot {
+            if !engine.ring_pool.claim(slot) {
+                return Err(DataplaneError::OutOfRange {
+                    map: lb_common::maps::NODE_RINGS,
+                    index: slot,
+                });
+            }
+            let name = slot_name(slot, &ports, desired, &taken);
+            taken.insert(name.clone());
+            for (key, value) in &ports {
+                engine
+                    .ports
+                    .insert(*key, wire::port_target(value, name.clone()));
+            }
+            engine.slots.insert(name, slot);
+        }
+        let backends = engine.store.backends()?;
+        engine.backends = backends
+            .into_iter()
+            .map(|(address, _)| wire::ip(address))
+            .collect();
+        let peers = engine.store.peers()?;
+        engine.peers = peers.into_iter().map(wire::ip).collect();
+        Ok(engine)
+    }
+
+    /// Gives the maps back (e.g. to adopt them in another engine).
+    pub fn into_store(self) -> S {
+        self.store
     }
 
     pub fn store(&self) -> &S {

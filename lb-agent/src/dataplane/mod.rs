@@ -12,7 +12,7 @@ pub mod maps;
 pub mod memory;
 pub mod store;
 pub mod sysctl;
-mod wire;
+pub(crate) mod wire;
 
 pub use engine::Engine;
 pub use store::MapStore;

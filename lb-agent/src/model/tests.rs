@@ -227,3 +227,44 @@ fn protocol_numbers_round_trip() {
     }
     assert_eq!(Protocol::from_number(1), None);
 }
+
+#[test]
+fn a_down_node_leaves_the_node_rings_and_backends_at_once() {
+    let mut inputs = example();
+    inputs.down.insert("node2".into());
+    let state = desired_state(&inputs);
+    for name in ["web", "dns"] {
+        assert_eq!(
+            count(&state.rings[name].node, "10.0.0.12"),
+            0,
+            "{name} still sends to node2"
+        );
+    }
+    // web keeps its node1 endpoint; dns has no live endpoint left.
+    assert_eq!(count(&state.rings["web"].node, "10.0.0.11"), NODE_RING_SIZE);
+    assert_eq!(count(&state.rings["dns"].node, "0.0.0.0"), NODE_RING_SIZE);
+    assert!(!state.backends.contains_key(&ip("10.0.0.12")));
+    assert_eq!(state.backends[&ip("10.0.0.11")], BackendState::Active);
+    // Tunnels from it are still accepted: its in-flight packets are not dropped.
+    assert_eq!(state.peers, BTreeSet::from([ip("10.0.0.12")]));
+}
+
+#[test]
+fn a_node_coming_back_gets_the_same_ring_as_before() {
+    let before = desired_state(&example());
+    let mut inputs = example();
+    inputs.down.insert("node2".into());
+    assert_ne!(desired_state(&inputs).rings, before.rings);
+    inputs.down.clear();
+    assert_eq!(desired_state(&inputs), before);
+}
+
+#[test]
+fn this_node_down_keeps_its_pods_but_leaves_the_node_rings() {
+    let mut inputs = example();
+    inputs.down.insert("node1".into());
+    let state = desired_state(&inputs);
+    assert_eq!(count(&state.rings["web"].node, "10.0.0.11"), 0);
+    assert_eq!(count(&state.rings["web"].pod, "10.42.0.7"), POD_RING_SIZE);
+    assert_eq!(state.backends[&ip("10.42.0.7")], BackendState::Active);
+}

@@ -1,5 +1,6 @@
-//! Packet captures with tcpdump inside a namespace, read back as parsed IPv4 headers so
-//! tests can assert where packets did (and did not) go.
+//! Packet captures with tcpdump inside a namespace, read back as parsed IPv4 headers, ARP
+//! frames or raw frames, so tests can assert where packets did (and did not) go and
+//! replay what they saw.
 
 use std::{
     fs,
@@ -79,11 +80,7 @@ impl Capture {
 
     /// Stops the capture and returns every IPv4 packet it saw.
     pub fn stop(mut self) -> anyhow::Result<Vec<Packet>> {
-        thread::sleep(GRACE);
-        self.process.signal(Signal::SIGINT)?;
-        wait_for("tcpdump to exit", STOP, || {
-            Ok(self.process.has_exited()?.then_some(()))
-        })?;
+        self.finish()?;
         let output = Command::new("tcpdump")
             .args(["-n", "-q", "-t", "-r"])
             .arg(&self.pcap)
@@ -101,6 +98,116 @@ impl Capture {
             .filter_map(Packet::parse)
             .collect())
     }
+
+    /// Stops the capture and returns every frame it saw, Ethernet header first.
+    pub fn stop_frames(mut self) -> anyhow::Result<Vec<Vec<u8>>> {
+        self.finish()?;
+        let pcap =
+            fs::read(&self.pcap).with_context(|| format!("reading {}", self.pcap.display()))?;
+        pcap_frames(&pcap).with_context(|| format!("parsing {}", self.pcap.display()))
+    }
+
+    /// Stops the capture and returns every ARP frame it saw.
+    pub fn stop_arp(self) -> anyhow::Result<Vec<ArpFrame>> {
+        Ok(self
+            .stop_frames()?
+            .iter()
+            .filter_map(|frame| ArpFrame::parse(frame))
+            .collect())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        thread::sleep(GRACE);
+        self.process.signal(Signal::SIGINT)?;
+        wait_for("tcpdump to exit", STOP, || {
+            Ok(self.process.has_exited()?.then_some(()))
+        })
+    }
+}
+
+/// An Ethernet/IPv4 ARP frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpFrame {
+    /// Ethernet source.
+    pub from: [u8; 6],
+    /// `true` for a reply (operation 2), `false` for a request.
+    pub reply: bool,
+    pub sender_mac: [u8; 6],
+    pub sender_ip: Ipv4Addr,
+    pub target_ip: Ipv4Addr,
+}
+
+impl ArpFrame {
+    const ETHERTYPE: [u8; 2] = [0x08, 0x06];
+    /// Hardware Ethernet, protocol IPv4, lengths 6 and 4.
+    const IPV4_OVER_ETHERNET: [u8; 6] = [0, 1, 0x08, 0x00, 6, 4];
+
+    /// `None` for anything but an untagged Ethernet/IPv4 ARP request or reply.
+    pub fn parse(frame: &[u8]) -> Option<Self> {
+        let (ethernet, arp) = frame.split_at_checked(14)?;
+        if ethernet[12..14] != Self::ETHERTYPE || arp.get(..6)? != Self::IPV4_OVER_ETHERNET {
+            return None;
+        }
+        let arp = arp.get(..28)?;
+        let reply = match arp[6..8] {
+            [0, 1] => false,
+            [0, 2] => true,
+            _ => return None,
+        };
+        let ip = |at: usize| Ipv4Addr::new(arp[at], arp[at + 1], arp[at + 2], arp[at + 3]);
+        Some(Self {
+            from: ethernet[6..12].try_into().ok()?,
+            reply,
+            sender_mac: arp[8..14].try_into().ok()?,
+            sender_ip: ip(14),
+            target_ip: ip(24),
+        })
+    }
+
+    /// The sender MAC as `ip link` prints it.
+    pub fn sender_mac_text(&self) -> String {
+        mac_text(self.sender_mac)
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
+}
+
+/// The frames of a classic pcap file (either byte order, micro- or nanosecond stamps)
+/// with Ethernet link type, which is what tcpdump writes for a veth.
+fn pcap_frames(pcap: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    const HEADER: usize = 24;
+    const RECORD: usize = 16;
+    const LINKTYPE_ETHERNET: u32 = 1;
+    let magic = pcap.get(..4).context("shorter than a pcap header")?;
+    let read: fn([u8; 4]) -> u32 = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => u32::from_le_bytes,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => u32::from_be_bytes,
+        _ => bail!("not a pcap file (magic {magic:02x?})"),
+    };
+    let word = |at: usize| -> anyhow::Result<u32> {
+        let bytes = pcap.get(at..at + 4).context("truncated pcap")?;
+        Ok(read(bytes.try_into()?))
+    };
+    ensure!(
+        word(20)? == LINKTYPE_ETHERNET,
+        "link type {} is not Ethernet",
+        word(20)?
+    );
+    let mut frames = Vec::new();
+    let mut at = HEADER;
+    while at < pcap.len() {
+        let captured = usize::try_from(word(at + 8)?)?;
+        let start = at + RECORD;
+        let frame = pcap
+            .get(start..start + captured)
+            .context("truncated pcap record")?;
+        frames.push(frame.to_vec());
+        at = start + captured;
+    }
+    Ok(frames)
 }
 
 impl Packet {
@@ -165,6 +272,40 @@ mod tests {
             Some((Ipv4Addr::new(10, 0, 0, 11), Ipv4Addr::new(10, 0, 0, 12)))
         );
     }
+
+    #[test]
+    fn reads_arp_frames_from_a_pcap_file() {
+        // A little-endian microsecond pcap holding one ARP reply: 02:..:02 says
+        // 172.16.200.20 is at its MAC, to 02:..:01 (10.0.0.100).
+        let mut pcap = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+        pcap.extend([0; 8]);
+        pcap.extend(65535u32.to_le_bytes());
+        pcap.extend(1u32.to_le_bytes());
+        let local = [2, 0, 0, 0, 0, 1];
+        let owner = [2, 0, 0, 0, 0, 2];
+        let mut frame = [local, owner].concat();
+        frame.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+        frame.extend(owner);
+        frame.extend([172, 16, 200, 20]);
+        frame.extend(local);
+        frame.extend([10, 0, 0, 100]);
+        pcap.extend([0; 8]);
+        pcap.extend((frame.len() as u32).to_le_bytes());
+        pcap.extend((frame.len() as u32).to_le_bytes());
+        pcap.extend(&frame);
+
+        let frames = pcap_frames(&pcap).unwrap();
+        assert_eq!(frames, vec![frame]);
+        let arp = ArpFrame::parse(&frames[0]).unwrap();
+        assert!(arp.reply);
+        assert_eq!(arp.from, owner);
+        assert_eq!(arp.sender_mac_text(), "02:00:00:00:00:02");
+        assert_eq!(arp.sender_ip, Ipv4Addr::new(172, 16, 200, 20));
+        assert_eq!(arp.target_ip, CLIENT);
+        assert!(ArpFrame::parse(&frames[0][..30]).is_none());
+    }
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 
     #[test]
     fn parses_portless_protocols_and_skips_non_ip() {

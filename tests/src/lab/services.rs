@@ -1,6 +1,6 @@
-//! Long-running processes of the lab: HTTP and DNS servers in pods, agents on nodes.
-//! Each start returns once the process is ready, and fails early, with its log, if the
-//! process dies while starting.
+//! Long-running processes of the lab: HTTP, DNS and echo servers in pods, agents on
+//! nodes. Each start returns once the process is ready, and fails early, with its log,
+//! if the process dies while starting.
 
 use std::{fs, net::Ipv4Addr, path::Path, time::Duration};
 
@@ -11,6 +11,23 @@ use crate::netns::{Netns, Process};
 
 const SERVER_START: Duration = Duration::from_secs(10);
 const AGENT_START: Duration = Duration::from_secs(30);
+
+/// A line echo server: every line a client sends comes back prefixed with the pod's
+/// address, so the client knows which pod holds its connection. One thread per
+/// connection; each accepted connection is logged as `connection from ADDR:PORT`.
+const ECHO_SERVER: &str = r#"
+import socketserver, sys
+pod, port = sys.argv[1], int(sys.argv[2])
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        print(f"connection from {self.client_address[0]}:{self.client_address[1]}", flush=True)
+        for line in self.rfile:
+            self.wfile.write(pod.encode() + b" " + line)
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+Server((pod, port), Echo).serve_forever()
+"#;
 
 impl Pod {
     /// Serves the files under `root` over HTTP on `port` (python's http.server, HTTP/1.0,
@@ -50,6 +67,17 @@ impl Pod {
         let process = spawn_logged(&self.netns, &command, log)?;
         wait_listening(&self.netns, process, &[("u", port), ("t", port)], log)
     }
+
+    /// Serves [`ECHO_SERVER`] on TCP `port`, logging connections to `log`.
+    pub fn serve_echo(&self, port: u16, log: &Path) -> anyhow::Result<Process> {
+        let command = format!(
+            "python3 -u -c {} {} {port}",
+            shell_quote(ECHO_SERVER),
+            self.addr
+        );
+        let process = spawn_logged(&self.netns, &command, log)?;
+        wait_listening(&self.netns, process, &[("t", port)], log)
+    }
 }
 
 impl Node {
@@ -75,7 +103,7 @@ impl Node {
 }
 
 /// Runs `command` in `netns` with stdout and stderr appended to `log`.
-fn spawn_logged(netns: &Netns, command: &str, log: &Path) -> anyhow::Result<Process> {
+pub(super) fn spawn_logged(netns: &Netns, command: &str, log: &Path) -> anyhow::Result<Process> {
     // exec keeps the guard's pid the server's own, so dropping the guard kills it.
     let script = format!("exec {command} >>{} 2>&1", shell_quote(log.display()));
     netns.spawn("sh", &["-c", &script])
@@ -102,7 +130,7 @@ fn wait_listening(
     Ok(process)
 }
 
-fn ensure_running(process: &mut Process, log: &Path) -> anyhow::Result<()> {
+pub(super) fn ensure_running(process: &mut Process, log: &Path) -> anyhow::Result<()> {
     if process.has_exited()? {
         let output = fs::read_to_string(log).unwrap_or_default();
         bail!(

@@ -1,0 +1,51 @@
+//! `lbctl migrate metallb FILE...`: reads the files, converts, and returns the YAML;
+//! warnings also go to stderr, so they are seen when the output is piped to kubectl.
+
+use std::{
+    io::{self, Read as _},
+    path::PathBuf,
+};
+
+use lb_agent::migrate::{self, Object};
+
+use crate::{EXIT_AGENT_ERROR, Failure};
+
+fn read(path: &PathBuf) -> Result<(String, String), Failure> {
+    let failed = |error: io::Error| {
+        Failure::new(
+            EXIT_AGENT_ERROR,
+            format!("cannot read {}: {error}", path.display()),
+        )
+    };
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        io::stdin().read_to_string(&mut text).map_err(failed)?;
+        return Ok(("<stdin>".to_owned(), text));
+    }
+    let text = std::fs::read_to_string(path).map_err(failed)?;
+    Ok((path.display().to_string(), text))
+}
+
+pub fn metallb(files: &[PathBuf]) -> Result<String, Failure> {
+    let convert_failed =
+        |error: migrate::MigrateError| Failure::new(EXIT_AGENT_ERROR, error.to_string());
+    let mut objects: Vec<Object> = Vec::new();
+    for path in files {
+        let (name, text) = read(path)?;
+        objects.extend(migrate::parse(&name, &text).map_err(convert_failed)?);
+    }
+    let migration = migrate::convert(&objects).map_err(convert_failed)?;
+    let warnings = migration
+        .warnings
+        .iter()
+        .chain(migration.pools.iter().flat_map(|pool| &pool.warnings));
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    migration.to_yaml().map_err(|error| {
+        Failure::new(
+            EXIT_AGENT_ERROR,
+            format!("writing the pools as YAML: {error}"),
+        )
+    })
+}

@@ -1,0 +1,24 @@
+//! Address management for `LoadBalancer` Services: pure decisions over plain values, so
+//! the Kubernetes controller and the tests share them.
+//!
+//! - [`addresses`]: a pool's CIDRs and ranges as one ordered set.
+//! - [`pool`]: an `AddressPool` compiled for use, who may use it, overlaps.
+//! - [`request`]: what a Service asks for, from its spec and annotations.
+//! - [`allocator`]: who holds which address, choosing new ones, rebuilding after a
+//!   restart, per-pool counts.
+
+pub mod addresses;
+pub mod allocator;
+pub mod pool;
+pub mod request;
+
+pub use addresses::{AddressError, AddressProblem, AddressRange, AddressSet, InvalidAddresses};
+pub use allocator::{Allocation, AllocationError, Allocator, PoolUsage, RebuildConflict};
+pub use pool::{Labels, Overlap, Pool, PoolError, Refusal, overlaps};
+pub use request::{
+    ClassPolicy, LOAD_BALANCER_CLASS, Locality, PortSpec, Request, RequestError, Responsibility,
+    ServiceKey, Sourced, status_addresses,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,451 @@
+//! What a Service asks of the IPAM: whether it is ours at all, which address or pool it
+//! wants, whom it may share an address with, and on which ports.
+//!
+//! The annotations of xdplb and both generations of MetalLB's are read, so Services
+//! written for MetalLB keep working unchanged. Several sources asking for the same thing
+//! must agree; otherwise the request names both.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use k8s_openapi::api::core::v1::Service;
+
+use super::pool::Labels;
+use crate::model::Protocol;
+
+/// `spec.loadBalancerClass` of the Services the agent serves.
+pub const LOAD_BALANCER_CLASS: &str = "xdplb.io/lb";
+
+/// The annotations the agent reads, in precedence order within each group (the order
+/// only decides which source a conflict message names first).
+pub mod annotations {
+    /// Comma-separated addresses; one IPv4 address until dual-stack lands.
+    pub const IPS: &str = "xdplb.io/ips";
+    pub const POOL: &str = "xdplb.io/pool";
+    pub const SHARING_KEY: &str = "xdplb.io/sharing-key";
+    pub const METALLB_IPS: &str = "metallb.io/loadBalancerIPs";
+    pub const METALLB_POOL: &str = "metallb.io/address-pool";
+    pub const METALLB_SHARING_KEY: &str = "metallb.io/allow-shared-ip";
+    pub const METALLB_LEGACY_IPS: &str = "metallb.universe.tf/loadBalancerIPs";
+    pub const METALLB_LEGACY_POOL: &str = "metallb.universe.tf/address-pool";
+    pub const METALLB_LEGACY_SHARING_KEY: &str = "metallb.universe.tf/allow-shared-ip";
+
+    pub const ADDRESS_SOURCES: [&str; 3] = [IPS, METALLB_IPS, METALLB_LEGACY_IPS];
+    pub const POOL_SOURCES: [&str; 3] = [POOL, METALLB_POOL, METALLB_LEGACY_POOL];
+    pub const SHARING_SOURCES: [&str; 3] =
+        [SHARING_KEY, METALLB_SHARING_KEY, METALLB_LEGACY_SHARING_KEY];
+}
+
+/// The request field that competes with the address annotations.
+pub const SPEC_LOAD_BALANCER_IP: &str = "spec.loadBalancerIP";
+
+/// Which Services without a `loadBalancerClass` the agent takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassPolicy {
+    /// The agent is the cluster's default load balancer: it also serves `LoadBalancer`
+    /// Services that name no class.
+    pub default_class: bool,
+}
+
+/// Who assigns a Service's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Responsibility {
+    /// A `LoadBalancer` Service of our class.
+    Ours,
+    /// A `LoadBalancer` Service another implementation (e.g. MetalLB) serves: its
+    /// addresses are off limits, but not ours to manage.
+    OtherClass,
+    /// Not a `LoadBalancer` Service: it holds no address.
+    NotLoadBalancer,
+}
+
+impl ClassPolicy {
+    pub fn responsibility(&self, service: &Service) -> Responsibility {
+        let spec = service.spec.as_ref();
+        if spec.and_then(|spec| spec.type_.as_deref()) != Some("LoadBalancer") {
+            return Responsibility::NotLoadBalancer;
+        }
+        match spec.and_then(|spec| spec.load_balancer_class.as_deref()) {
+            Some(LOAD_BALANCER_CLASS) => Responsibility::Ours,
+            None if self.default_class => Responsibility::Ours,
+            _ => Responsibility::OtherClass,
+        }
+    }
+}
+
+/// A Service's identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `None` for a Service without a name (never one the API server returns).
+    pub fn of(service: &Service) -> Option<Self> {
+        let name = service.metadata.name.clone()?;
+        let namespace = service.metadata.namespace.clone().unwrap_or_default();
+        Some(Self { namespace, name })
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One port of a Service as the address sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortSpec {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol)
+    }
+}
+
+/// What Services sharing an address must agree on besides the sharing key: with
+/// `externalTrafficPolicy: Local` only nodes with a local endpoint may own the address,
+/// so every Service on it must select the same pods (as MetalLB requires).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Locality {
+    Cluster,
+    /// The Service's pod selector, as `key=value` pairs joined by commas.
+    Local {
+        selector: String,
+    },
+}
+
+/// A requested value and where it was asked for (an annotation or a spec field).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub source: &'static str,
+}
+
+/// What a Service of ours asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub service: ServiceKey,
+    /// The Service's labels, for pools' `serviceSelector`.
+    pub labels: Labels,
+    pub address: Option<Sourced<Ipv4Addr>>,
+    pub pool: Option<Sourced<String>>,
+    /// Services with the same key may share an address; `None` never shares.
+    pub sharing_key: Option<Sourced<String>>,
+    pub ports: BTreeSet<PortSpec>,
+    pub locality: Locality,
+}
+
+/// A request that cannot be served as written; the Service's event and condition.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the Service has no name")]
+    Unnamed,
+    #[error("{field}: `{value}` {problem}")]
+    Invalid {
+        /// The annotation or spec field.
+        field: &'static str,
+        value: String,
+        problem: String,
+    },
+    #[error("{first} asks for `{first_value}` but {second} asks for `{second_value}`; keep one")]
+    Conflicting {
+        first: &'static str,
+        first_value: String,
+        second: &'static str,
+        second_value: String,
+    },
+    #[error("{what}: IPv6 is not supported yet")]
+    Ipv6Unsupported { what: String },
+    #[error("port {port}/{protocol}: only TCP and UDP are supported")]
+    UnsupportedProtocol { port: i32, protocol: String },
+}
+
+impl RequestError {
+    /// The event's and condition's `reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unnamed => "InvalidService",
+            Self::Invalid { field, .. } if *field == SPEC_LOAD_BALANCER_IP => {
+                "InvalidLoadBalancerIP"
+            }
+            Self::Invalid { field, .. } if field.starts_with("spec.") => "InvalidService",
+            Self::Invalid { .. } => "InvalidAnnotation",
+            Self::Conflicting { .. } => "ConflictingRequest",
+            Self::Ipv6Unsupported { .. } => "IPv6Unsupported",
+            Self::UnsupportedProtocol { .. } => "UnsupportedProtocol",
+        }
+    }
+}
+
+impl Request {
+    /// The request of a Service of ours (see [`ClassPolicy::responsibility`]).
+    pub fn from_service(service: &Service) -> Result<Self, RequestError> {
+        let key = ServiceKey::of(service).ok_or(RequestError::Unnamed)?;
+        check_ip_families(service)?;
+        Ok(Self {
+            service: key,
+            labels: service.metadata.labels.clone().unwrap_or_default(),
+            address: requested_address(service)?,
+            pool: requested_pool(service)?,
+            sharing_key: sharing_key(service)?,
+            ports: ports(service)?,
+            locality: locality(service),
+        })
+    }
+
+    /// What a Service's current address commits it to, read leniently: rebuilding from
+    /// Service statuses must record every address in use even when the Service's
+    /// request has since become invalid (the allocator reports that problem later).
+    /// Ports other than TCP and UDP are left out; the first sharing key wins.
+    pub fn holding(service: &Service) -> Option<Self> {
+        let key = ServiceKey::of(service)?;
+        let sharing_key = annotations::SHARING_SOURCES.iter().find_map(|&source| {
+            annotation(service, source).and_then(|value| {
+                non_empty(value).map(|value| Sourced {
+                    value: value.to_owned(),
+                    source,
+                })
+            })
+        });
+        let ports = service_ports(service)
+            .filter_map(|(port, protocol)| port_spec(port, protocol).ok())
+            .collect();
+        Some(Self {
+            service: key,
+            labels: service.metadata.labels.clone().unwrap_or_default(),
+            address: None,
+            pool: None,
+            sharing_key,
+            ports,
+            locality: locality(service),
+        })
+    }
+}
+
+/// The IPv4 addresses `status.loadBalancer.ingress` lists.
+pub fn status_addresses(service: &Service) -> Vec<Ipv4Addr> {
+    service
+        .status
+        .as_ref()
+        .and_then(|status| status.load_balancer.as_ref())
+        .and_then(|balancer| balancer.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|ingress| ingress.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
+fn annotation<'a>(service: &'a Service, key: &str) -> Option<&'a str> {
+    service
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+fn non_empty(value: &str) -> Option<&str> {
+    let value = value.trim();
+    (!value.is_empty()).then_some(value)
+}
+
+fn check_ip_families(service: &Service) -> Result<(), RequestError> {
+    let Some(spec) = service.spec.as_ref() else {
+        return Ok(());
+    };
+    if spec.ip_family_policy.as_deref() == Some("RequireDualStack") {
+        return Err(RequestError::Ipv6Unsupported {
+            what: "spec.ipFamilyPolicy: RequireDualStack".to_owned(),
+        });
+    }
+    // PreferDualStack with IPv4 first is served with an IPv4 address alone.
+    match spec.ip_families.as_deref() {
+        Some([first, ..]) if first == "IPv6" => Err(RequestError::Ipv6Unsupported {
+            what: "spec.ipFamilies: IPv6 first".to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Merges the value `source` asks for into `found`, refusing a different value.
+fn agree<T: PartialEq>(
+    found: &mut Option<(Sourced<T>, String)>,
+    candidate: Sourced<T>,
+    raw: &str,
+) -> Result<(), RequestError> {
+    match found {
+        Some((existing, existing_raw)) if existing.value != candidate.value => {
+            Err(RequestError::Conflicting {
+                first: existing.source,
+                first_value: existing_raw.clone(),
+                second: candidate.source,
+                second_value: raw.to_owned(),
+            })
+        }
+        Some(_) => Ok(()),
+        None => {
+            *found = Some((candidate, raw.to_owned()));
+            Ok(())
+        }
+    }
+}
+
+fn requested_address(service: &Service) -> Result<Option<Sourced<Ipv4Addr>>, RequestError> {
+    let annotated = annotations::ADDRESS_SOURCES
+        .iter()
+        .filter_map(|&source| annotation(service, source).map(|raw| (source, raw)));
+    let spec = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.load_balancer_ip.as_deref())
+        .filter(|raw| !raw.trim().is_empty())
+        .map(|raw| (SPEC_LOAD_BALANCER_IP, raw));
+    let mut found = None;
+    for (source, raw) in annotated.chain(spec) {
+        let value = parse_address_list(source, raw)?;
+        agree(&mut found, Sourced { value, source }, raw)?;
+    }
+    Ok(found.map(|(sourced, _)| sourced))
+}
+
+/// The one IPv4 address of a comma-separated list.
+fn parse_address_list(source: &'static str, raw: &str) -> Result<Ipv4Addr, RequestError> {
+    let invalid = |problem: String| RequestError::Invalid {
+        field: source,
+        value: raw.to_owned(),
+        problem,
+    };
+    let mut addresses = Vec::new();
+    for part in raw.split(',').filter_map(non_empty) {
+        match part.parse::<IpAddr>() {
+            Ok(IpAddr::V4(address)) => addresses.push(address),
+            Ok(IpAddr::V6(_)) => {
+                return Err(RequestError::Ipv6Unsupported {
+                    what: format!("{source}: {part}"),
+                });
+            }
+            Err(_) => return Err(invalid(format!("has `{part}`, which is not an IP address"))),
+        }
+    }
+    match addresses[..] {
+        [address] => Ok(address),
+        [] => Err(invalid("names no address".to_owned())),
+        _ => Err(invalid(
+            "names more than one IPv4 address; a Service gets one".to_owned(),
+        )),
+    }
+}
+
+fn requested_pool(service: &Service) -> Result<Option<Sourced<String>>, RequestError> {
+    let mut found = None;
+    for source in annotations::POOL_SOURCES {
+        let Some(raw) = annotation(service, source) else {
+            continue;
+        };
+        let Some(value) = non_empty(raw) else {
+            return Err(RequestError::Invalid {
+                field: source,
+                value: raw.to_owned(),
+                problem: "is empty: name an AddressPool".to_owned(),
+            });
+        };
+        agree(
+            &mut found,
+            Sourced {
+                value: value.to_owned(),
+                source,
+            },
+            raw,
+        )?;
+    }
+    Ok(found.map(|(sourced, _)| sourced))
+}
+
+/// An empty sharing key means "no sharing", as in MetalLB.
+fn sharing_key(service: &Service) -> Result<Option<Sourced<String>>, RequestError> {
+    let mut found = None;
+    for source in annotations::SHARING_SOURCES {
+        let Some(raw) = annotation(service, source) else {
+            continue;
+        };
+        if let Some(value) = non_empty(raw) {
+            let value = value.to_owned();
+            agree(&mut found, Sourced { value, source }, raw)?;
+        }
+    }
+    Ok(found.map(|(sourced, _)| sourced))
+}
+
+fn service_ports(service: &Service) -> impl Iterator<Item = (i32, Option<&str>)> {
+    service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|port| (port.port, port.protocol.as_deref()))
+}
+
+fn port_spec(port: i32, protocol: Option<&str>) -> Result<PortSpec, RequestError> {
+    let protocol = match protocol.unwrap_or("TCP") {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        other => {
+            return Err(RequestError::UnsupportedProtocol {
+                port,
+                protocol: other.to_owned(),
+            });
+        }
+    };
+    let port = u16::try_from(port).map_err(|_| RequestError::Invalid {
+        field: "spec.ports",
+        value: port.to_string(),
+        problem: "is not a port number".to_owned(),
+    })?;
+    Ok(PortSpec { port, protocol })
+}
+
+fn ports(service: &Service) -> Result<BTreeSet<PortSpec>, RequestError> {
+    service_ports(service)
+        .map(|(port, protocol)| port_spec(port, protocol))
+        .collect()
+}
+
+fn locality(service: &Service) -> Locality {
+    let Some(spec) = service.spec.as_ref() else {
+        return Locality::Cluster;
+    };
+    if spec.external_traffic_policy.as_deref() != Some("Local") {
+        return Locality::Cluster;
+    }
+    let empty = BTreeMap::new();
+    let selector: Vec<String> = spec
+        .selector
+        .as_ref()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    Locality::Local {
+        selector: selector.join(","),
+    }
+}
+
+#[cfg(test)]
+mod tests;

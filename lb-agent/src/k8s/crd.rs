@@ -1,0 +1,305 @@
+//! The `AddressPool` custom resource (`xdplb.io/v1alpha1`, cluster-scoped): which LAN
+//! addresses the agent may hand to `LoadBalancer` Services, who may use them and how they
+//! are announced.
+//!
+//! ```yaml
+//! apiVersion: xdplb.io/v1alpha1
+//! kind: AddressPool
+//! metadata: { name: lan }
+//! spec:
+//!   addresses: ["192.168.8.240-192.168.8.250", "172.16.200.0/28", "172.16.200.53/32"]
+//!   autoAssign: true
+//!   avoidBuggyIPs: false
+//!   serviceAllocation:
+//!     priority: 10
+//!     namespaces: [edge]
+//!     namespaceSelector: { matchLabels: { lan: "true" } }
+//!     serviceSelector: { matchLabels: { expose: lan } }
+//!   announcement:
+//!     nodeSelector: { matchLabels: { node-role.kubernetes.io/worker: "" } }
+//!     interfaces: [eth0]
+//!     garp: { repeats: 3, intervalMilliseconds: 500, refreshSeconds: 60 }
+//! ```
+//!
+//! The API server rejects malformed pools at admission (OpenAPI bounds plus CEL rules,
+//! see [`address_rules`]); what only the whole set of pools reveals (overlaps) becomes a
+//! condition. The committed CRD, `deploy/crds/addresspools.yaml`, is [`crd_yaml`]'s
+//! output; a test fails when the two drift apart. Regenerate it with
+//! `XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt as _};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// The API group of every xdplb resource.
+pub const GROUP: &str = "xdplb.io";
+/// `status.conditions[].type`: the pool is valid and its addresses are being handed out.
+pub const CONDITION_READY: &str = "Ready";
+/// `status.conditions[].type`: the pool shares addresses with another pool.
+pub const CONDITION_OVERLAPPING: &str = "Overlapping";
+/// `status.conditions[].type`: the pool cannot be used (the message says why).
+pub const CONDITION_INVALID: &str = "Invalid";
+
+/// Most address entries a pool may list. Bounds the CEL cost the API server estimates.
+pub const MAX_ADDRESS_ENTRIES: u32 = 64;
+/// Longest address entry: two dotted quads and a dash with a space on each side.
+const MAX_ADDRESS_LENGTH: u32 = 33;
+/// Linux's IFNAMSIZ less the terminating NUL.
+const MAX_INTERFACE_LENGTH: u32 = 15;
+/// The shortest pause between gratuitous ARP rounds: faster bursts gain nothing on a
+/// LAN and look like an ARP storm to switch protection.
+pub const MIN_GARP_INTERVAL_MS: u32 = 100;
+
+/// The addresses xdplb may assign to LoadBalancer Services, who may use them and how
+/// they are announced (kubectl get addresspools, short names ap and pool).
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "xdplb.io",
+    version = "v1alpha1",
+    kind = "AddressPool",
+    plural = "addresspools",
+    shortname = "ap",
+    shortname = "pool",
+    category = "xdplb",
+    status = "AddressPoolStatus",
+    derive = "PartialEq",
+    doc = "A pool of LAN IPv4 addresses that xdplb assigns to LoadBalancer Services and announces with ARP.",
+    printcolumn = r#"{"name": "Addresses", "type": "string", "jsonPath": ".spec.addresses"}"#,
+    printcolumn = r#"{"name": "Auto Assign", "type": "boolean", "jsonPath": ".spec.autoAssign"}"#,
+    printcolumn = r#"{"name": "Assigned", "type": "integer", "jsonPath": ".status.assigned"}"#,
+    printcolumn = r#"{"name": "Available", "type": "integer", "jsonPath": ".status.available"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressPoolSpec {
+    /// The pool's IPv4 addresses: CIDRs (192.168.8.240/29, 172.16.200.53/32 for a single
+    /// address) or inclusive ranges (192.168.8.240-192.168.8.250). IPv6 is not supported
+    /// yet.
+    #[schemars(schema_with = "addresses_schema")]
+    pub addresses: Vec<String>,
+    /// Whether Services that ask for no particular pool or address may get an address
+    /// from this pool. With false, only Services that name the pool (xdplb.io/pool) or
+    /// one of its addresses get one.
+    #[serde(default = "default_true")]
+    pub auto_assign: bool,
+    /// Skip addresses ending in .0 and .255, which some consumer routers drop as
+    /// broadcast ("smurf") traffic.
+    #[serde(default, rename = "avoidBuggyIPs")]
+    pub avoid_buggy_ips: bool,
+    /// Which Services may use the pool, and its rank among several that fit. Without it,
+    /// every Service may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_allocation: Option<ServiceAllocation>,
+    /// Which nodes announce the pool's addresses, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<Announcement>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Which Services may use a pool. Every restriction given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAllocation {
+    /// Rank when several pools may serve a Service: lower numbers are tried first, pools
+    /// without a priority last, ties by name (as MetalLB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub priority: Option<i32>,
+    /// Only Services in these namespaces may use the pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub namespaces: Vec<String>,
+    /// Only Services in namespaces with matching labels may use the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Only Services with matching labels may use the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<LabelSelector>,
+}
+
+/// How a pool's addresses are announced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Announcement {
+    /// Nodes eligible to own (answer ARP for) the pool's addresses. Default: every node
+    /// not labelled node.kubernetes.io/exclude-from-external-load-balancers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Announce only on these interfaces; a node without any of them is not eligible.
+    /// Default: the agent's LAN interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "interfaces_schema")]
+    pub interfaces: Vec<String>,
+    /// Gratuitous ARP when a node takes an address over, and periodic refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub garp: Option<Garp>,
+}
+
+/// Gratuitous ARP settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = garp_rules()))]
+pub struct Garp {
+    /// Gratuitous ARP rounds after the first one at takeover.
+    #[serde(default = "default_garp_repeats")]
+    #[schemars(range(max = 10))]
+    pub repeats: u32,
+    /// Time between those rounds, at least 100.
+    #[serde(default = "default_garp_interval")]
+    #[schemars(range(max = 10000))]
+    pub interval_milliseconds: u32,
+    /// Re-announce every owned address this often (0: never), so switches whose tables
+    /// age out a quiet port keep forwarding to the owner.
+    #[serde(default = "default_garp_refresh")]
+    #[schemars(range(max = 3600))]
+    pub refresh_seconds: u32,
+}
+
+impl Default for Garp {
+    fn default() -> Self {
+        Self {
+            repeats: default_garp_repeats(),
+            interval_milliseconds: default_garp_interval(),
+            refresh_seconds: default_garp_refresh(),
+        }
+    }
+}
+
+fn default_garp_repeats() -> u32 {
+    3
+}
+
+fn default_garp_interval() -> u32 {
+    500
+}
+
+fn default_garp_refresh() -> u32 {
+    60
+}
+
+/// Written by the agent that holds the IPAM lease.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressPoolStatus {
+    /// Addresses of the pool in use by Services.
+    #[serde(default)]
+    pub assigned: u64,
+    /// Addresses of the pool still free.
+    #[serde(default)]
+    pub available: u64,
+    /// Ready, Overlapping and Invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// The CEL rules every `spec.addresses` entry must pass, as `(rule, message)`: one
+/// message per mistake, where an OpenAPI `pattern` could only say "no match". They use
+/// regular expressions, `split` and integer arithmetic only, not the API server's newer
+/// IP library, so that older clusters accept the CRD.
+pub fn address_rules() -> Vec<(String, &'static str)> {
+    let octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+    let ip = format!("{octet}([.]{octet}){{3}}");
+    let cidr = format!("^{ip}/(3[0-2]|[12]?[0-9])$");
+    let range = format!("^{ip} *- *{ip}$");
+    let first = ipv4_value("self.split('-')[0].trim()");
+    let last = ipv4_value("self.split('-')[1].trim()");
+    let network = ipv4_value("self.split('/')[0]");
+    // Entry n is the size of a /n block: CEL has no shift or power operator.
+    let block_sizes: Vec<String> = (0..=32).map(|n| (1u64 << (32 - n)).to_string()).collect();
+    vec![
+        (
+            "!self.contains(':')".to_owned(),
+            "IPv6 is not supported yet",
+        ),
+        (
+            format!("self.contains(':') || self.matches('{cidr}') || self.matches('{range}')"),
+            "must be an IPv4 CIDR (192.168.8.240/29, or 192.168.8.53/32 for one address) or a range (192.168.8.240-192.168.8.250)",
+        ),
+        (
+            format!("!self.matches('{range}') || {first} <= {last}"),
+            "the range is reversed: its first address is above its last",
+        ),
+        (
+            format!(
+                "!self.matches('{cidr}') || ({network}) % [{}][int(self.split('/')[1])] == 0",
+                block_sizes.join(", ")
+            ),
+            "the CIDR has host bits set: write the network address (192.168.8.240/29, not 192.168.8.241/29)",
+        ),
+    ]
+}
+
+/// CEL for the 32-bit value of the dotted quad that `text` (a CEL string expression)
+/// evaluates to.
+fn ipv4_value(text: &str) -> String {
+    (0..4)
+        .map(|octet| {
+            format!(
+                "int({text}.split('.')[{octet}]) * {}",
+                1u32 << (8 * (3 - octet))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+fn garp_rules() -> serde_json::Value {
+    serde_json::json!([
+        {
+            "rule": format!("self.intervalMilliseconds >= {MIN_GARP_INTERVAL_MS}"),
+            "message": format!("intervalMilliseconds must be at least {MIN_GARP_INTERVAL_MS}"),
+        },
+        {
+            "rule": "self.refreshSeconds == 0 || self.refreshSeconds * 1000 >= self.repeats * self.intervalMilliseconds",
+            "message": "refreshSeconds must be 0 (off) or last at least the takeover burst (repeats × intervalMilliseconds)",
+        },
+    ])
+}
+
+fn addresses_schema(_: &mut SchemaGenerator) -> Schema {
+    let rules: Vec<serde_json::Value> = address_rules()
+        .into_iter()
+        .map(|(rule, message)| serde_json::json!({ "rule": rule, "message": message }))
+        .collect();
+    json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_ADDRESS_ENTRIES,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "maxLength": MAX_ADDRESS_LENGTH,
+            "x-kubernetes-validations": rules,
+        },
+    })
+}
+
+fn interfaces_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_INTERFACE_LENGTH,
+            "pattern": "^[^/:\\s]+$",
+        },
+    })
+}
+
+/// The CRD as committed under `deploy/crds/addresspools.yaml`.
+pub fn crd_yaml() -> String {
+    let crd = serde_yaml::to_string(&AddressPool::crd()).expect("a CRD serializes to YAML");
+    format!(
+        "# Generated from lb-agent/src/k8s/crd.rs; do not edit. Regenerate with\n\
+         # XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed\n{crd}"
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,10 @@
+//! Kubernetes mode: the API types the agent owns and its client side.
+
+mod conditions;
+pub mod crd;
+pub mod ipam_controller;
+pub mod lease;
+pub mod pool_status;
+pub mod settings;
+pub mod source;
+pub mod translate;

@@ -1,0 +1,131 @@
+//! The Kubernetes mode's settings file, mounted from a ConfigMap: the standalone file's
+//! node-local keys (same names, same checks, same line-numbered errors) plus the
+//! load-balancer class. Nodes, services and endpoints come from the API instead.
+//!
+//! ```yaml
+//! interface: eth0             # default: the default route's interface
+//! gossip:
+//!   keyFile: /etc/xdplb/gossip/key
+//! defaultClass: false         # also serve LoadBalancer Services that name no class
+//! ```
+//!
+//! Every key is optional; an empty file (`{}`) runs with the defaults and without
+//! gossip (every node alive, no failover). Settings are read at start only.
+
+use std::{path::Path, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::{
+    config::{
+        self, ApiConfig, ArpConfig, CapacitiesConfig, ConfigError, DEFAULT_PIN_DIR, GossipConfig,
+    },
+    ipam::request::ClassPolicy,
+    runtime::Settings,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesSettings {
+    /// `interface`: as in the standalone file.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// `mtu`: as in the standalone file.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// `icmpRatePerSecond` (default 100): as in the standalone file.
+    #[serde(default = "default_icmp_rate")]
+    pub icmp_rate_per_second: u32,
+    #[serde(default)]
+    pub capacities: CapacitiesConfig,
+    /// `gossip`: as in the standalone file; the peers are the cluster's Nodes at their
+    /// InternalIP.
+    #[serde(default)]
+    pub gossip: Option<GossipConfig>,
+    #[serde(default)]
+    pub arp: ArpConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// `defaultClass` (default `false`): this agent is the cluster's default load
+    /// balancer and also serves `LoadBalancer` Services without `loadBalancerClass`.
+    /// Leave it off while MetalLB still serves those.
+    #[serde(default)]
+    pub default_class: bool,
+}
+
+fn default_icmp_rate() -> u32 {
+    100
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+
+impl KubernetesSettings {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        // An empty document is no mapping at all; it means every default.
+        if text.trim().is_empty() {
+            return config::parse_as("{}");
+        }
+        config::parse_as(text)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(ConfigError::Read)?;
+        Self::parse(&text)
+    }
+
+    /// The runtime's start-only settings.
+    pub fn runtime(&self) -> Settings {
+        Settings {
+            interface: self.interface.clone(),
+            arp_interface: self.arp.interface.clone(),
+            arp: self.arp.settings(),
+            gossip: self.gossip.clone(),
+            api: self.api.clone(),
+            pin_dir: self.pin_dir.clone(),
+            capacities: self.capacities.into(),
+        }
+    }
+
+    pub fn class_policy(&self) -> ClassPolicy {
+        ClassPolicy {
+            default_class: self.default_class,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_every_default() {
+        let settings = KubernetesSettings::parse("").expect("valid");
+        assert_eq!(settings.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert_eq!(settings.icmp_rate_per_second, 100);
+        assert!(settings.gossip.is_none());
+        assert!(!settings.class_policy().default_class);
+    }
+
+    #[test]
+    fn keys_are_the_standalone_files() {
+        let text = "interface: eth0\ngossip:\n  keyFile: /etc/xdplb/gossip/key\n  port: 7950\ndefaultClass: true\narp:\n  refreshSeconds: 0\n";
+        let settings = KubernetesSettings::parse(text).expect("valid");
+        let runtime = settings.runtime();
+        assert_eq!(runtime.interface.as_deref(), Some("eth0"));
+        assert_eq!(runtime.gossip.as_ref().map(|g| g.port), Some(7950));
+        assert_eq!(runtime.arp.refresh, None);
+        assert!(settings.class_policy().default_class);
+    }
+
+    #[test]
+    fn mistakes_name_their_line() {
+        let error = KubernetesSettings::parse("interface: eth0\npeers: []\n").expect_err("unknown");
+        assert!(error.to_string().contains("line 2"), "{error}");
+        let error = KubernetesSettings::parse("gossip:\n  port: 0\n").expect_err("bad port");
+        assert_eq!(error.metric_label(), "schema");
+    }
+}

@@ -1,0 +1,328 @@
+//! The Kubernetes API as the running agent's [`Source`]: reflectors keep local copies
+//! of the Nodes, Services, EndpointSlices and AddressPools, and every change is
+//! translated ([`super::translate`]) into the [`Cluster`] the control loop runs.
+//!
+//! An API-server outage changes nothing: a failing watch is retried with backoff while
+//! its store keeps the last content it had, no new cluster is published, and the loop
+//! keeps running (and announcing) the last one. A relist after the outage replaces each
+//! store at once, so a half-listed store is never translated.
+//!
+//! The owner of a VIP reports `Announced` events ("announced from node X") on the
+//! Services of that VIP when it takes it over.
+
+use std::{collections::BTreeSet, fmt::Debug, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        WatchStreamExt as _,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    task::JoinHandle,
+    time::sleep,
+};
+
+use super::{
+    crd::AddressPool,
+    settings::KubernetesSettings,
+    translate::{Snapshot, Translation, Translator},
+};
+use crate::{
+    ipam::status_addresses,
+    runtime::{Cluster, Settings, Source},
+};
+
+/// Changes arriving within this window are translated once.
+const SETTLE: Duration = Duration::from_millis(100);
+/// The events' reporting controller for announcements.
+pub const REPORTER: &str = "xdplb.io/agent";
+
+/// The reflectors' stores.
+#[derive(Clone)]
+pub struct Stores {
+    pub nodes: Store<Node>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub pools: Store<AddressPool>,
+}
+
+impl Stores {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            nodes: self.nodes.state(),
+            services: self.services.state(),
+            slices: self.slices.state(),
+            pools: self.pools.state(),
+        }
+    }
+
+    async fn ready(&self) {
+        // A store's writer lives as long as its task; a dropped one never gets ready.
+        let _ = tokio::join!(
+            self.nodes.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.slices.wait_until_ready(),
+            self.pools.wait_until_ready(),
+        );
+    }
+}
+
+/// Keeps `writer`'s store in step with `api`, notifying `changed` after every event.
+/// Errors are logged once per outage; the store keeps its content meanwhile.
+fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+) -> JoinHandle<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let kind = K::kind(&()).into_owned();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff()
+        ));
+        let mut failing = false;
+        while let Some(event) = events.next().await {
+            match event {
+                // A (re)list in progress: the store changes at its InitDone.
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => {
+                    if failing {
+                        tracing::info!(%kind, "watch restored");
+                        failing = false;
+                    }
+                    changed.notify_one();
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%kind, %error, "watch failed; keeping the last known state and retrying");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Starts a reflector per kind; returns their stores and tasks.
+pub fn reflect_all(client: &Client, changed: &Arc<Notify>) -> (Stores, Vec<JoinHandle<()>>) {
+    let (nodes, node_writer) = reflector::store();
+    let (services, service_writer) = reflector::store();
+    let (slices, slice_writer) = reflector::store();
+    let (pools, pool_writer) = reflector::store();
+    let tasks = vec![
+        reflect(
+            Api::<Node>::all(client.clone()),
+            node_writer,
+            Arc::clone(changed),
+        ),
+        reflect(
+            Api::<Service>::all(client.clone()),
+            service_writer,
+            Arc::clone(changed),
+        ),
+        reflect(
+            Api::<EndpointSlice>::all(client.clone()),
+            slice_writer,
+            Arc::clone(changed),
+        ),
+        reflect(
+            Api::<AddressPool>::all(client.clone()),
+            pool_writer,
+            Arc::clone(changed),
+        ),
+    ];
+    let stores = Stores {
+        nodes,
+        services,
+        slices,
+        pools,
+    };
+    (stores, tasks)
+}
+
+/// Translates the stores whenever they change and publishes each new cluster. Notes
+/// and errors are logged when they change, not on every pass.
+pub async fn translate_changes(
+    stores: Stores,
+    translator: Translator,
+    changed: Arc<Notify>,
+    cluster: watch::Sender<Option<Cluster>>,
+) {
+    stores.ready().await;
+    tracing::info!("Kubernetes state listed");
+    let mut last: Option<Result<Vec<String>, String>> = None;
+    loop {
+        let outcome = translator.translate(&stores.snapshot());
+        let report = match &outcome {
+            Ok(Translation { notes, .. }) => Ok(notes.clone()),
+            Err(error) => Err(error.to_string()),
+        };
+        if last.as_ref() != Some(&report) {
+            match &report {
+                Ok(notes) => {
+                    for note in notes {
+                        tracing::warn!("{note}");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot run on the cluster's state; keeping the last one")
+                }
+            }
+            last = Some(report);
+        }
+        if let Ok(translation) = outcome {
+            cluster.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&translation.cluster);
+                *current = Some(translation.cluster);
+                changed
+            });
+        }
+        changed.notified().await;
+        sleep(SETTLE).await;
+    }
+}
+
+/// The running agent's Kubernetes source.
+pub struct KubeSource {
+    settings: Settings,
+    cluster: watch::Receiver<Option<Cluster>>,
+    announced: mpsc::UnboundedSender<BTreeSet<Ipv4Addr>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl KubeSource {
+    /// Starts watching the API for node `node`.
+    pub fn start(client: Client, settings: &KubernetesSettings, node: String) -> Self {
+        let translator = Translator {
+            node: node.clone(),
+            class: settings.class_policy(),
+            mtu: settings.mtu,
+            icmp_rate_per_sec: settings.icmp_rate_per_second,
+        };
+        let changed = Arc::new(Notify::new());
+        let (stores, mut tasks) = reflect_all(&client, &changed);
+        let (cluster_tx, cluster) = watch::channel(None);
+        tasks.push(tokio::spawn(translate_changes(
+            stores.clone(),
+            translator,
+            changed,
+            cluster_tx,
+        )));
+        let (announced, owned) = mpsc::unbounded_channel();
+        let reporter = Reporter {
+            controller: REPORTER.to_owned(),
+            instance: Some(node.clone()),
+        };
+        let recorder = Recorder::new(client, reporter);
+        tasks.push(tokio::spawn(report_announcements(
+            owned,
+            stores.services,
+            recorder,
+            node,
+        )));
+        Self {
+            settings: settings.runtime(),
+            cluster,
+            announced,
+            tasks,
+        }
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Source for KubeSource {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    async fn first(&mut self) -> Cluster {
+        tracing::info!("waiting for the Kubernetes state");
+        let first = match self.cluster.wait_for(Option::is_some).await {
+            Ok(cluster) => cluster.clone(),
+            Err(_) => None,
+        };
+        match first {
+            Some(cluster) => cluster,
+            // The translating task is gone: nothing will ever come.
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn next(&mut self) -> Cluster {
+        loop {
+            if self.cluster.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if let Some(cluster) = self.cluster.borrow_and_update().clone() {
+                return cluster;
+            }
+        }
+    }
+
+    fn reload(&mut self) -> Option<Cluster> {
+        tracing::info!(
+            "SIGHUP: the settings are read at start only, and the cluster is watched; nothing to reload"
+        );
+        None
+    }
+
+    fn live_peers(&self) -> bool {
+        true
+    }
+
+    fn announced(&mut self, owned: &BTreeSet<Ipv4Addr>) {
+        let _ = self.announced.send(owned.clone());
+    }
+}
+
+/// Reports `Announced` on the Services of every VIP this node takes over.
+pub async fn report_announcements(
+    mut owned: mpsc::UnboundedReceiver<BTreeSet<Ipv4Addr>>,
+    services: Store<Service>,
+    recorder: Recorder,
+    node: String,
+) {
+    let mut previous = BTreeSet::new();
+    while let Some(now) = owned.recv().await {
+        for vip in now.difference(&previous) {
+            let announcing = services
+                .state()
+                .into_iter()
+                .filter(|service| status_addresses(service).contains(vip));
+            for service in announcing {
+                let event = Event {
+                    type_: EventType::Normal,
+                    reason: "Announced".to_owned(),
+                    note: Some(format!("{vip} announced from node {node}")),
+                    action: "Announce".to_owned(),
+                    secondary: None,
+                };
+                if let Err(error) = recorder.publish(&event, &service.object_ref(&())).await {
+                    tracing::warn!(%error, %vip, "publishing the Announced event failed");
+                }
+            }
+        }
+        previous = now;
+    }
+}

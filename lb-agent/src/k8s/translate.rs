@@ -1,0 +1,455 @@
+//! The Kubernetes objects the agent watches, as the core's [`Cluster`]. Pure: the
+//! reflectors ([`super::source`]) hand a [`Snapshot`] in, every agent given the same
+//! snapshot computes the same cluster.
+//!
+//! - Nodes: every Node with an IPv4 `InternalIP` is a peer (gossip, IPIP, rings). Its
+//!   labels go to the election (`node.kubernetes.io/exclude-from-external-load-balancers`
+//!   excludes it); a Node whose `Ready` condition is not `True` owns VIPs only when no
+//!   Ready node can (see [`crate::election`]).
+//! - Services: `type: LoadBalancer` Services of our class (see
+//!   [`ClassPolicy::responsibility`]) with an IPv4 address in
+//!   `status.loadBalancer.ingress` — the VIP the IPAM assigned. A Service still waiting
+//!   for its address is not served yet. Service `ns/name` is the core's service
+//!   `ns/name`.
+//! - Ports: TCP and UDP; the target port is the number the Service's EndpointSlices
+//!   list for the port's name, which resolves named `targetPort`s. Without any slice
+//!   listing it (no endpoints yet), a numeric `targetPort` is used as is, a named one
+//!   falls back to the port number: nothing can be reached through it until endpoints
+//!   appear, and they bring the real number.
+//! - Endpoints: IPv4 EndpointSlices labelled `kubernetes.io/service-name`. `ready`
+//!   (absent: true) and `terminating` (absent: false) carry over as they are: a
+//!   terminating endpoint takes no new flows but keeps the ones it has. Endpoints
+//!   without `nodeName` cannot be tunnelled to and are left out. An address listed by
+//!   several slices (during a slice update) counts once, serving if any says so.
+//! - Pools: the AddressPool whose addresses contain a VIP restricts its owners to the
+//!   Nodes its `announcement.nodeSelector` matches; an invalid selector matches none.
+//!
+//! Anything left out is reported in [`Translation::notes`], which the source logs.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service, ServicePort as KubePort},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{
+    ResourceExt as _,
+    core::{Selector, SelectorExt as _},
+};
+
+use super::crd::AddressPool;
+use crate::{
+    election::Announcers,
+    ipam::{
+        addresses::AddressSet,
+        request::{ClassPolicy, Responsibility, status_addresses},
+    },
+    model::{
+        Endpoint, Inputs, Node as CoreNode, Protocol, Service as CoreService, ServicePort,
+        TrafficPolicy,
+    },
+    runtime::Cluster,
+};
+
+/// The label EndpointSlices name their Service with.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The objects the translation reads, as the reflector stores hold them.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub nodes: Vec<Arc<Node>>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub pools: Vec<Arc<AddressPool>>,
+}
+
+/// How this agent reads the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Translator {
+    /// This node's name (`NODE_NAME`, from the downward API).
+    pub node: String,
+    pub class: ClassPolicy,
+    /// The settings file's `mtu`.
+    pub mtu: Option<u32>,
+    pub icmp_rate_per_sec: u32,
+}
+
+/// The cluster, and what was left out of it and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub cluster: Cluster,
+    pub notes: Vec<String>,
+}
+
+/// Why there is no cluster to run at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    #[error("this node `{0}` (NODE_NAME) is not among the cluster's Nodes")]
+    UnknownNode(String),
+    #[error("this node `{0}` has no IPv4 InternalIP address")]
+    NoAddress(String),
+}
+
+impl TranslateError {
+    /// Short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::UnknownNode(_) => "unknown_node",
+            Self::NoAddress(_) => "no_node_address",
+        }
+    }
+}
+
+impl Translator {
+    pub fn translate(&self, snapshot: &Snapshot) -> Result<Translation, TranslateError> {
+        let mut notes = Vec::new();
+        let nodes = nodes(snapshot, &mut notes);
+        let this = nodes
+            .iter()
+            .find(|node| node.core.name == self.node)
+            .map(|node| node.core.clone())
+            .ok_or_else(
+                || match snapshot.nodes.iter().any(|n| n.name_any() == self.node) {
+                    true => TranslateError::NoAddress(self.node.clone()),
+                    false => TranslateError::UnknownNode(self.node.clone()),
+                },
+            )?;
+        let node_addresses: BTreeMap<Ipv4Addr, &str> = nodes
+            .iter()
+            .map(|node| (node.core.address, node.core.name.as_str()))
+            .collect();
+        let services = self.services(snapshot, &node_addresses, &mut notes);
+        let labels: BTreeMap<String, BTreeMap<String, String>> = nodes
+            .iter()
+            .map(|node| (node.core.name.clone(), node.labels.clone()))
+            .collect();
+        let announcers = announcers(&services, &snapshot.pools, &labels, &mut notes);
+        let cluster = Cluster {
+            inputs: Inputs {
+                node: this,
+                peers: nodes.iter().map(|node| node.core.clone()).collect(),
+                services,
+                mtu: self.mtu.unwrap_or(0),
+                icmp_rate_per_sec: self.icmp_rate_per_sec,
+                down: BTreeSet::new(),
+            },
+            mtu: self.mtu,
+            labels,
+            unready: nodes
+                .iter()
+                .filter(|node| !node.ready)
+                .map(|node| node.core.name.clone())
+                .collect(),
+            owners: BTreeMap::new(),
+            announcers,
+        };
+        Ok(Translation { cluster, notes })
+    }
+
+    fn services(
+        &self,
+        snapshot: &Snapshot,
+        node_addresses: &BTreeMap<Ipv4Addr, &str>,
+        notes: &mut Vec<String>,
+    ) -> Vec<CoreService> {
+        let mut ours: Vec<(String, &Service, Ipv4Addr)> = snapshot
+            .services
+            .iter()
+            .filter(|service| self.class.responsibility(service) == Responsibility::Ours)
+            .filter_map(|service| {
+                let vip = *status_addresses(service).first()?;
+                Some((service_name(service), service.as_ref(), vip))
+            })
+            .collect();
+        // Older Services keep a contested port, as they keep a contested address.
+        ours.sort_by(|a, b| {
+            let created = |service: &Service| service.metadata.creation_timestamp.clone();
+            (created(a.1), &a.0).cmp(&(created(b.1), &b.0))
+        });
+        let mut taken = BTreeSet::new();
+        let mut services = Vec::new();
+        for (name, service, vip) in ours {
+            if let Some(node) = node_addresses.get(&vip) {
+                notes.push(format!(
+                    "{name}: VIP {vip} is the address of node {node}; not served"
+                ));
+                continue;
+            }
+            let slices = slices_of(service, &snapshot.slices);
+            let mut ports = Vec::new();
+            for port in service_ports(service) {
+                match core_port(&name, port, &slices) {
+                    Ok(core) if taken.insert((vip, core.port, core.protocol)) => ports.push(core),
+                    Ok(core) => notes.push(format!(
+                        "{name}: {vip}:{}/{} is already served by another Service; port left out",
+                        core.port, core.protocol
+                    )),
+                    Err(note) => notes.push(note),
+                }
+            }
+            if ports.is_empty() {
+                notes.push(format!("{name}: no TCP or UDP port to serve"));
+                continue;
+            }
+            services.push(CoreService {
+                endpoints: endpoints(&name, &slices, notes),
+                name,
+                vip,
+                ports,
+                traffic_policy: traffic_policy(service),
+                drop_unknown_ports: false,
+            });
+        }
+        services
+    }
+}
+
+/// A Node as the translation needs it.
+struct NodeInfo {
+    core: CoreNode,
+    labels: BTreeMap<String, String>,
+    ready: bool,
+}
+
+fn nodes(snapshot: &Snapshot, notes: &mut Vec<String>) -> Vec<NodeInfo> {
+    let mut nodes: Vec<NodeInfo> = snapshot
+        .nodes
+        .iter()
+        .filter_map(|node| {
+            let name = node.name_any();
+            let Some(address) = internal_ip(node) else {
+                notes.push(format!("node {name}: no IPv4 InternalIP; not a peer"));
+                return None;
+            };
+            Some(NodeInfo {
+                core: CoreNode { name, address },
+                labels: node.labels().clone(),
+                ready: node_ready(node),
+            })
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.core.name.cmp(&b.core.name));
+    nodes
+}
+
+fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|address| address.type_ == "InternalIP")
+        .find_map(|address| address.address.parse().ok())
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|ready| ready.status == "True")
+}
+
+fn service_name(service: &Service) -> String {
+    format!(
+        "{}/{}",
+        service.namespace().unwrap_or_default(),
+        service.name_any()
+    )
+}
+
+fn service_ports(service: &Service) -> impl Iterator<Item = &KubePort> {
+    service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ports.as_ref())
+        .into_iter()
+        .flatten()
+}
+
+fn traffic_policy(service: &Service) -> TrafficPolicy {
+    let policy = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.external_traffic_policy.as_deref());
+    match policy {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    }
+}
+
+/// The Service's IPv4 slices.
+fn slices_of<'a>(service: &Service, slices: &'a [Arc<EndpointSlice>]) -> Vec<&'a EndpointSlice> {
+    let namespace = service.namespace();
+    let name = service.name_any();
+    slices
+        .iter()
+        .filter(|slice| slice.address_type == "IPv4")
+        .filter(|slice| slice.namespace() == namespace)
+        .filter(|slice| slice.labels().get(SERVICE_NAME_LABEL) == Some(&name))
+        .map(AsRef::as_ref)
+        .collect()
+}
+
+fn parse_protocol(name: Option<&str>) -> Option<Protocol> {
+    match name.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+fn core_port(
+    service: &str,
+    port: &KubePort,
+    slices: &[&EndpointSlice],
+) -> Result<ServicePort, String> {
+    let Some(protocol) = parse_protocol(port.protocol.as_deref()) else {
+        return Err(format!(
+            "{service}: port {} is {}; only TCP and UDP are served",
+            port.port,
+            port.protocol.as_deref().unwrap_or_default()
+        ));
+    };
+    let number = u16::try_from(port.port)
+        .ok()
+        .filter(|number| *number != 0)
+        .ok_or_else(|| format!("{service}: port {} is not a port number", port.port))?;
+    let target_port = resolved_target(port, protocol, slices).unwrap_or(match &port.target_port {
+        Some(IntOrString::Int(target)) => u16::try_from(*target).unwrap_or(number),
+        _ => number,
+    });
+    Ok(ServicePort {
+        port: number,
+        protocol,
+        target_port,
+    })
+}
+
+/// The target port the slices list for `port`: the one most endpoints use when pods
+/// resolve a named port differently (the data path has one target per port).
+fn resolved_target(port: &KubePort, protocol: Protocol, slices: &[&EndpointSlice]) -> Option<u16> {
+    let name = port.name.as_deref().unwrap_or_default();
+    let mut votes: BTreeMap<u16, usize> = BTreeMap::new();
+    for slice in slices {
+        let listed = slice.ports.iter().flatten().find(|candidate| {
+            candidate.name.as_deref().unwrap_or_default() == name
+                && parse_protocol(candidate.protocol.as_deref()) == Some(protocol)
+        });
+        let Some(number) = listed
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        *votes.entry(number).or_default() += slice.endpoints.as_ref().map_or(0, Vec::len).max(1);
+    }
+    votes
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(number, _)| number)
+}
+
+fn endpoints(service: &str, slices: &[&EndpointSlice], notes: &mut Vec<String>) -> Vec<Endpoint> {
+    let mut found: BTreeMap<Ipv4Addr, Endpoint> = BTreeMap::new();
+    for endpoint in slices
+        .iter()
+        .flat_map(|slice| slice.endpoints.iter().flatten())
+    {
+        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        let Some(node) = endpoint.node_name.clone() else {
+            notes.push(format!(
+                "{service}: endpoint {} has no nodeName; left out",
+                endpoint.addresses.join(",")
+            ));
+            continue;
+        };
+        for address in endpoint.addresses.iter().filter_map(|a| a.parse().ok()) {
+            let candidate = Endpoint {
+                address,
+                node: node.clone(),
+                ready: conditions.ready.unwrap_or(true),
+                terminating: conditions.terminating.unwrap_or(false),
+            };
+            match found.get(&address) {
+                Some(existing) if existing.serving() || !candidate.serving() => {}
+                _ => {
+                    found.insert(address, candidate);
+                }
+            }
+        }
+    }
+    found.into_values().collect()
+}
+
+/// The announcing nodes of every VIP whose pool has a node selector.
+fn announcers(
+    services: &[CoreService],
+    pools: &[Arc<AddressPool>],
+    labels: &BTreeMap<String, BTreeMap<String, String>>,
+    notes: &mut Vec<String>,
+) -> BTreeMap<Ipv4Addr, Announcers> {
+    let mut sorted: Vec<&AddressPool> = pools.iter().map(AsRef::as_ref).collect();
+    sorted.sort_by_key(|pool| pool.name_any());
+    let parsed: Vec<(&AddressPool, AddressSet)> = sorted
+        .into_iter()
+        .filter_map(|pool| {
+            let set = AddressSet::parse(&pool.spec.addresses, pool.spec.avoid_buggy_ips).ok()?;
+            Some((pool, set))
+        })
+        .collect();
+    let vips: BTreeSet<Ipv4Addr> = services.iter().map(|service| service.vip).collect();
+    let mut result = BTreeMap::new();
+    for vip in vips {
+        let mut holding = parsed.iter().filter(|(_, set)| set.contains(vip));
+        let Some((pool, _)) = holding.next() else {
+            continue;
+        };
+        if let Some((other, _)) = holding.next() {
+            notes.push(format!(
+                "VIP {vip} is in pools {} and {}; announcing by {}",
+                pool.name_any(),
+                other.name_any(),
+                pool.name_any()
+            ));
+        }
+        let Some(selector) = pool
+            .spec
+            .announcement
+            .as_ref()
+            .and_then(|announcement| announcement.node_selector.clone())
+        else {
+            continue;
+        };
+        let nodes = match Selector::try_from(selector) {
+            Ok(selector) => labels
+                .iter()
+                .filter(|(_, labels)| selector.matches(labels))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            Err(error) => {
+                notes.push(format!(
+                    "pool {}: announcement.nodeSelector is invalid ({}); no node announces VIP {vip}",
+                    pool.name_any(),
+                    error.0
+                ));
+                BTreeSet::new()
+            }
+        };
+        result.insert(
+            vip,
+            Announcers {
+                pool: pool.name_any(),
+                nodes,
+            },
+        );
+    }
+    result
+}

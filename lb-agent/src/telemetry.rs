@@ -1,0 +1,366 @@
+//! The agent's Prometheus metrics, rendered as OpenMetrics text by
+//! [`crate::api::http`] at `/metrics`.
+//!
+//! Everything the runtime's modules already count (data-path counters in the BPF maps,
+//! members by state, ARP and gossip counters) reaches the metrics through the
+//! [`AgentStatus`] the provider builds for each scrape, so values are read at scrape
+//! time. Two kinds of event are only seen as they happen; the runtime records them in a
+//! shared [`Telemetry`]:
+//!
+//! ```ignore
+//! let telemetry = Arc::new(Telemetry::new());
+//! // election, when this node takes or gives up a VIP:
+//! telemetry.ownership_changed(vip, OwnershipChange::Acquired);
+//! // reconciler, around each `Dataplane::apply`:
+//! let started = Instant::now();
+//! dataplane.apply(&changes)?;
+//! telemetry.observe_map_sync(started.elapsed());
+//! ```
+//!
+//! Every name starts with `xdplb_`; counters end in `_total`.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::Ipv4Addr,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, text},
+    metrics::{
+        MetricType,
+        counter::ConstCounter,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::status::{AgentStatus, MemberState, VipCounters};
+
+/// The `Content-Type` of [`Telemetry::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+const PREFIX: &str = "xdplb";
+
+/// Gossip drop reasons that mean a message failed authentication.
+const AUTH_FAILURES: [&str; 2] = ["forged", "replayed"];
+
+/// Whether this node took or gave up a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OwnershipChange {
+    Acquired,
+    Released,
+}
+
+impl OwnershipChange {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Acquired => "acquired",
+            Self::Released => "released",
+        }
+    }
+}
+
+/// Events counted by the runtime; shared as `Arc<Telemetry>`.
+#[derive(Debug)]
+pub struct Telemetry {
+    ownership_changes: Mutex<BTreeMap<(Ipv4Addr, OwnershipChange), u64>>,
+    map_sync: Histogram,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        Self {
+            ownership_changes: Mutex::new(BTreeMap::new()),
+            // 0.25 ms to about 4 s: one VIP's ports up to a full reload of large rings.
+            map_sync: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
+        }
+    }
+
+    pub fn ownership_changed(&self, vip: Ipv4Addr, change: OwnershipChange) {
+        let mut changes = self
+            .ownership_changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *changes.entry((vip, change)).or_default() += 1;
+    }
+
+    /// Records how long one update of the BPF maps took.
+    pub fn observe_map_sync(&self, elapsed: Duration) {
+        self.map_sync.observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics exposition: `status`'s live values and the recorded events.
+    pub fn render(&self, status: AgentStatus) -> Result<String, fmt::Error> {
+        let scrape = Scrape {
+            status,
+            ownership_changes: self
+                .ownership_changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            map_sync: self.map_sync.clone(),
+        };
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(scrape));
+        let mut out = String::new();
+        text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+/// The values of one scrape.
+#[derive(Debug)]
+struct Scrape {
+    status: AgentStatus,
+    ownership_changes: BTreeMap<(Ipv4Addr, OwnershipChange), u64>,
+    map_sync: Histogram,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A per-VIP counter: name (without `_total`), help, value.
+type VipCounter = (&'static str, &'static str, fn(&VipCounters) -> u64);
+
+const VIP_COUNTERS: [VipCounter; 8] = [
+    (
+        "vip_packets",
+        "Packets to the VIP seen by this node's XDP program",
+        |c| c.packets,
+    ),
+    ("vip_bytes", "Bytes of those packets", |c| c.bytes),
+    (
+        "vip_dropped_packets",
+        "Packets to the VIP dropped by this node",
+        |c| c.dropped,
+    ),
+    (
+        "vip_encapsulated_packets",
+        "Packets to the VIP tunnelled to another node",
+        |c| c.encapsulated,
+    ),
+    (
+        "vip_delivered_packets",
+        "Packets to the VIP delivered to a pod on this node",
+        |c| c.delivered_local,
+    ),
+    (
+        "vip_icmp_replies",
+        "ICMP echo replies and fragmentation-needed messages sent for the VIP",
+        |c| c.icmp_replies,
+    ),
+    (
+        "vip_reply_packets",
+        "Replies of this node's pods rewritten to come from the VIP",
+        |c| c.reply_packets,
+    ),
+    ("vip_reply_bytes", "Bytes of those replies", |c| {
+        c.reply_bytes
+    }),
+];
+
+/// The metric types of this module's families besides the histogram.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    fn metric_type(self) -> MetricType {
+        match self {
+            Self::Counter => MetricType::Counter,
+            Self::Gauge => MetricType::Gauge,
+        }
+    }
+
+    fn encode(self, value: u64, encoder: MetricEncoder<'_>) -> fmt::Result {
+        match self {
+            Self::Counter => ConstCounter::new(value).encode(encoder),
+            Self::Gauge => ConstGauge::new(value).encode(encoder),
+        }
+    }
+}
+
+/// A metric with one sample per label set.
+fn family(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: Kind,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind.metric_type())?;
+    for (labels, value) in samples {
+        kind.encode(value, metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A metric without labels.
+fn single(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: Kind,
+    value: u64,
+) -> fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, kind.metric_type())?;
+    kind.encode(value, metric)
+}
+
+fn vip_label(vip: Ipv4Addr) -> Labels {
+    vec![("vip", vip.to_string())]
+}
+
+impl Scrape {
+    fn encode_vips(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let vips = &self.status.vips;
+        for (name, help, value) in VIP_COUNTERS {
+            let samples = vips.iter().filter_map(|vip| {
+                let counters = vip.counters.as_ref()?;
+                Some((vip_label(vip.vip), value(counters)))
+            });
+            family(encoder, name, help, Kind::Counter, samples)?;
+        }
+        family(
+            encoder,
+            "vip_owned",
+            "1 if this node owns the VIP (answers ARP for it)",
+            Kind::Gauge,
+            vips.iter()
+                .map(|vip| (vip_label(vip.vip), u64::from(vip.owned_here))),
+        )?;
+        family(
+            encoder,
+            "vip_ready_backends",
+            "Endpoints of the VIP's services that take new flows",
+            Kind::Gauge,
+            vips.iter()
+                .map(|vip| (vip_label(vip.vip), u64::from(vip.backends_ready))),
+        )?;
+        family(
+            encoder,
+            "ownership_changes",
+            "Times this node acquired or released a VIP",
+            Kind::Counter,
+            self.ownership_changes.iter().map(|((vip, change), count)| {
+                let mut labels = vip_label(*vip);
+                labels.push(("change", change.name().to_owned()));
+                (labels, *count)
+            }),
+        )
+    }
+
+    fn encode_node(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        single(
+            encoder,
+            "ready",
+            "1 once the data path is attached and the first state is applied",
+            Kind::Gauge,
+            u64::from(self.status.ready),
+        )?;
+        family(
+            encoder,
+            "packets",
+            "Packets seen by the XDP and TC programs, by verdict reason",
+            Kind::Counter,
+            self.status
+                .reasons
+                .iter()
+                .map(|(reason, count)| (vec![("reason", reason.clone())], *count)),
+        )?;
+        if let Some(arp) = &self.status.arp {
+            let counters = [
+                (
+                    "arp_requests",
+                    "ARP requests received for VIPs this node owns",
+                    arp.requests,
+                ),
+                (
+                    "arp_replies",
+                    "ARP replies sent for VIPs this node owns",
+                    arp.replies,
+                ),
+                (
+                    "arp_gratuitous",
+                    "Gratuitous ARP frames sent",
+                    arp.gratuitous,
+                ),
+                (
+                    "arp_send_errors",
+                    "ARP frames the socket would not send",
+                    arp.send_errors,
+                ),
+            ];
+            for (name, help, count) in counters {
+                single(encoder, name, help, Kind::Counter, count)?;
+            }
+        }
+        let map_sync = encoder.encode_descriptor(
+            "map_sync_duration_seconds",
+            "Time to bring the BPF maps to a new desired state",
+            None,
+            MetricType::Histogram,
+        )?;
+        self.map_sync.encode(map_sync)
+    }
+
+    fn encode_gossip(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let members = &self.status.members;
+        family(
+            encoder,
+            "gossip_members",
+            "Gossip members this node knows, by state",
+            Kind::Gauge,
+            MemberState::ALL.map(|state| {
+                let count = members
+                    .iter()
+                    .filter(|member| member.state == state)
+                    .count();
+                (
+                    vec![("state", state.name().to_owned())],
+                    u64::try_from(count).unwrap_or(u64::MAX),
+                )
+            }),
+        )?;
+        let Some(gossip) = &self.status.gossip else {
+            return Ok(());
+        };
+        // While gossip runs, authentication failures are always exposed (alerts see no gap).
+        let mut dropped = gossip.dropped.clone();
+        for reason in AUTH_FAILURES {
+            dropped.entry(reason.to_owned()).or_default();
+        }
+        family(
+            encoder,
+            "gossip_dropped",
+            "Gossip datagrams dropped, by reason (forged and replayed: authentication failures)",
+            Kind::Counter,
+            dropped
+                .into_iter()
+                .map(|(reason, count)| (vec![("reason", reason)], count)),
+        )
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        self.encode_node(&mut encoder)?;
+        self.encode_vips(&mut encoder)?;
+        self.encode_gossip(&mut encoder)
+    }
+}
+
+#[cfg(test)]
+mod tests;

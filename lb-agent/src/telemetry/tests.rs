@@ -1,0 +1,161 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::{
+    arp, membership,
+    status::{ArpStatus, GossipStatus, MemberStatus, VipStatus},
+};
+
+fn vip(address: &str, owned_here: bool, counters: Option<VipCounters>) -> VipStatus {
+    VipStatus {
+        vip: address.parse().expect("vip"),
+        services: Vec::new(),
+        ports: Vec::new(),
+        drop_unknown_ports: false,
+        owner: None,
+        owner_reason: None,
+        owned_here,
+        candidates: Vec::new(),
+        backends_ready: 2,
+        backends_total: 3,
+        counters,
+    }
+}
+
+fn member(name: &str, state: MemberState) -> MemberStatus {
+    MemberStatus {
+        name: name.into(),
+        address: "10.0.0.11:7946".parse().expect("address"),
+        state,
+        incarnation: 0,
+        last_change_unix_ms: None,
+    }
+}
+
+fn status() -> AgentStatus {
+    AgentStatus {
+        node: "node1".into(),
+        address: "10.0.0.11".parse().expect("address"),
+        interface: "eth0".into(),
+        xdp_mode: Some("native".into()),
+        ready: true,
+        version: "test".into(),
+        vips: vec![
+            vip(
+                "172.16.200.20",
+                true,
+                Some(VipCounters {
+                    packets: 1000,
+                    bytes: 64_000,
+                    dropped: 7,
+                    ..VipCounters::default()
+                }),
+            ),
+            vip("172.16.200.53", false, None),
+        ],
+        members: vec![
+            member("node1", MemberState::Alive),
+            member("node2", MemberState::Alive),
+            member("node3", MemberState::Suspect),
+        ],
+        reasons: BTreeMap::from([("tx_encap".into(), 5), ("pass_not_vip".into(), 9)]),
+        arp: Some(ArpStatus::from(arp::Counters {
+            requests_owned: 4,
+            replies_sent: 3,
+            gratuitous_sent: 2,
+            send_errors: 1,
+            ..arp::Counters::default()
+        })),
+        gossip: Some(GossipStatus {
+            dropped: BTreeMap::from([("wrong_key".into(), 6)]),
+        }),
+        warnings: Vec::new(),
+    }
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[test]
+fn renders_live_values_with_descriptors() {
+    let telemetry = Telemetry::new();
+    let text = telemetry.render(status()).expect("render");
+    let lines = lines(&text);
+    for expected in [
+        "# TYPE xdplb_ready gauge",
+        "xdplb_ready 1",
+        "# HELP xdplb_vip_packets Packets to the VIP seen by this node's XDP program",
+        "# TYPE xdplb_vip_packets counter",
+        "xdplb_vip_packets_total{vip=\"172.16.200.20\"} 1000",
+        "xdplb_vip_bytes_total{vip=\"172.16.200.20\"} 64000",
+        "xdplb_vip_dropped_packets_total{vip=\"172.16.200.20\"} 7",
+        "xdplb_vip_owned{vip=\"172.16.200.20\"} 1",
+        "xdplb_vip_owned{vip=\"172.16.200.53\"} 0",
+        "xdplb_vip_ready_backends{vip=\"172.16.200.53\"} 2",
+        "xdplb_packets_total{reason=\"tx_encap\"} 5",
+        "xdplb_arp_requests_total 4",
+        "xdplb_arp_replies_total 3",
+        "xdplb_arp_gratuitous_total 2",
+        "xdplb_gossip_members{state=\"alive\"} 2",
+        "xdplb_gossip_members{state=\"suspect\"} 1",
+        "xdplb_gossip_members{state=\"down\"} 0",
+        "xdplb_gossip_dropped_total{reason=\"forged\"} 0",
+        "xdplb_gossip_dropped_total{reason=\"replayed\"} 0",
+        "xdplb_gossip_dropped_total{reason=\"wrong_key\"} 6",
+        "# TYPE xdplb_map_sync_duration_seconds histogram",
+        "xdplb_map_sync_duration_seconds_count 0",
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+    }
+    // A VIP whose counters cannot be read has no samples rather than zeros.
+    assert!(!text.contains("xdplb_vip_packets_total{vip=\"172.16.200.53\"}"));
+    assert_eq!(lines.last(), Some(&"# EOF"));
+}
+
+#[test]
+fn absent_modules_have_no_metrics() {
+    let mut status = status();
+    status.arp = None;
+    status.gossip = None;
+    let text = Telemetry::new().render(status).expect("render");
+    assert!(!text.contains("xdplb_arp_"));
+    assert!(!text.contains("xdplb_gossip_dropped"));
+    assert!(text.contains("xdplb_gossip_members{state=\"alive\"} 2"));
+}
+
+#[test]
+fn events_accumulate_between_scrapes() {
+    let telemetry = Telemetry::new();
+    let vip = "172.16.200.20".parse().expect("vip");
+    telemetry.ownership_changed(vip, OwnershipChange::Acquired);
+    telemetry.ownership_changed(vip, OwnershipChange::Acquired);
+    telemetry.ownership_changed(vip, OwnershipChange::Released);
+    telemetry.observe_map_sync(Duration::from_micros(700));
+    telemetry.observe_map_sync(Duration::from_secs(3));
+    let text = telemetry.render(status()).expect("render");
+    let lines = lines(&text);
+    for expected in [
+        "xdplb_ownership_changes_total{vip=\"172.16.200.20\",change=\"acquired\"} 2",
+        "xdplb_ownership_changes_total{vip=\"172.16.200.20\",change=\"released\"} 1",
+        "xdplb_map_sync_duration_seconds_count 2",
+        "xdplb_map_sync_duration_seconds_bucket{le=\"0.001\"} 1",
+        "xdplb_map_sync_duration_seconds_bucket{le=\"+Inf\"} 2",
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+    }
+    telemetry.ownership_changed(vip, OwnershipChange::Released);
+    let again = telemetry.render(status()).expect("render");
+    assert!(again.contains("change=\"released\"} 2"));
+}
+
+#[test]
+fn gossip_counters_convert_by_reason() {
+    let counters = membership::Counters::default();
+    counters
+        .forged
+        .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+    let status = GossipStatus::from(&counters);
+    assert_eq!(status.dropped["forged"], 2);
+    assert_eq!(status.dropped["replayed"], 0);
+}

@@ -1,0 +1,686 @@
+//! The IPAM controller against an API double (tower-test): every request it makes is
+//! checked (method, path, body) and answered as the API server would.
+
+mod k8s_support;
+
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+
+use http::{Method, StatusCode};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_support::{
+    ApiDouble, Received, client, documents, echo, echo_onto, fail, list, of_kind, reply,
+};
+use kube::runtime::{reflector, watcher};
+use lb_agent::{
+    ipam::{ClassPolicy, ServiceKey},
+    k8s::{
+        crd::AddressPool,
+        ipam_controller::{
+            ALLOCATED_CONDITION, Context, Outcome, PoolStatuses, RETRY_AFTER_ERROR, error_policy,
+            forget, rebuild, reconcile, serve,
+        },
+        pool_status,
+    },
+};
+use serde_json::{Value, json};
+
+const QUIET: Duration = Duration::from_millis(200);
+
+fn ip(text: &str) -> Ipv4Addr {
+    text.parse().expect("address")
+}
+
+fn pools(yaml: &str) -> Vec<Arc<AddressPool>> {
+    of_kind::<AddressPool>(&documents(yaml), "AddressPool")
+        .into_iter()
+        .map(Arc::new)
+        .collect()
+}
+
+const LAN: &str = r#"
+apiVersion: xdplb.io/v1alpha1
+kind: AddressPool
+metadata: { name: lan, generation: 1 }
+spec:
+  addresses: ["192.168.8.240-192.168.8.250"]
+"#;
+
+fn context(client: kube::Client, pools: &[Arc<AddressPool>], namespaces: &[Namespace]) -> Context {
+    let (store, mut writer) = reflector::store::<Namespace>();
+    for namespace in namespaces {
+        writer.apply_watcher_event(&watcher::Event::Apply(namespace.clone()));
+    }
+    let ctx = Context::new(client, ClassPolicy::default(), "agent-1", store);
+    ctx.allocator
+        .lock()
+        .expect("allocator")
+        .set_pools(pool_status::compile(pools).0);
+    ctx
+}
+
+/// A LoadBalancer Service of our class on `ports` (`"80/TCP"`), with `extra` merged
+/// into it (annotations, status, ...).
+fn service(namespace: &str, name: &str, ports: &[&str], extra: Value) -> Service {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|spec| {
+            let (port, protocol) = spec.split_once('/').expect("port/protocol");
+            let port: u16 = port.parse().expect("port");
+            json!({ "port": port, "protocol": protocol, "targetPort": port })
+        })
+        .collect();
+    let mut value = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": namespace, "generation": 1, "uid": format!("uid-{name}") },
+        "spec": { "type": "LoadBalancer", "loadBalancerClass": "xdplb.io/lb", "ports": ports },
+    });
+    merge(&mut value, extra);
+    serde_json::from_value(value).expect("Service")
+}
+
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(target.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (target, patch) => *target = patch,
+    }
+}
+
+/// `service` with the status an IPAM write applied.
+fn applied(service: &Service, write: &Received) -> Service {
+    let mut value = serde_json::to_value(service).expect("JSON");
+    value["status"] = write.body["status"].clone();
+    serde_json::from_value(value).expect("Service")
+}
+
+/// The status the IPAM writes for `ip` from `pool`, as a Service `extra`.
+fn holding(ip: &str, pool: &str) -> Value {
+    json!({ "status": {
+        "loadBalancer": { "ingress": [ { "ip": ip, "ipMode": "VIP" } ] },
+        "conditions": [ {
+            "type": ALLOCATED_CONDITION, "status": "True", "reason": "Allocated",
+            "message": format!("{ip} from pool {pool}"), "observedGeneration": 1,
+            "lastTransitionTime": "2025-01-01T00:00:00Z",
+        } ],
+    } })
+}
+
+/// Rebuilds from `services`, which hold no conflicting addresses: no request.
+async fn rebuild_quietly(ctx: &Context, api: &mut ApiDouble, services: &[&Service]) {
+    let services: Vec<Arc<Service>> = services.iter().map(|&s| Arc::new(s.clone())).collect();
+    tokio::join!(rebuild(&services, ctx), api.expect_silence(QUIET));
+}
+
+/// Expects the status write of `namespace/name`, answers it, returns it.
+async fn status_write(api: &mut ApiDouble, namespace: &str, name: &str) -> Received {
+    let (write, respond) = api.next().await;
+    write.expect(
+        Method::PATCH,
+        &format!("/api/v1/namespaces/{namespace}/services/{name}/status"),
+    );
+    assert!(
+        write.uri.contains("fieldManager=xdplb.io%2Fipam"),
+        "{}",
+        write.uri
+    );
+    assert!(write.uri.contains("force=true"), "{}", write.uri);
+    assert_eq!(write.body["metadata"]["name"], name);
+    echo(respond, &write, Some("100"));
+    write
+}
+
+/// Expects an event on `namespace/name`, answers it, returns its body.
+async fn event(api: &mut ApiDouble, namespace: &str, name: &str) -> Value {
+    let (event, respond) = api.next().await;
+    event.expect(
+        Method::POST,
+        &format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"),
+    );
+    assert_eq!(event.body["regarding"]["name"], name);
+    assert_eq!(event.body["regarding"]["kind"], "Service");
+    assert_eq!(event.body["reportingController"], "xdplb.io/ipam");
+    reply(respond, StatusCode::CREATED, &event.body);
+    event.body
+}
+
+fn ingress(write: &Received) -> &Value {
+    &write.body["status"]["loadBalancer"]["ingress"]
+}
+
+fn condition(write: &Received) -> &Value {
+    let conditions = write.body["status"]["conditions"]
+        .as_array()
+        .expect("conditions");
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(conditions[0]["type"], ALLOCATED_CONDITION);
+    &conditions[0]
+}
+
+#[tokio::test]
+async fn a_new_service_gets_the_lowest_free_address_a_condition_and_an_event() {
+    let (client, mut api) = client();
+    let ctx = context(client, &pools(LAN), &[]);
+    let web = service("edge", "web", &["80/TCP"], json!({}));
+    let (outcome, (write, allocated)) = tokio::join!(reconcile(&web, &ctx), async {
+        let write = status_write(&mut api, "edge", "web").await;
+        (write, event(&mut api, "edge", "web").await)
+    });
+    assert_eq!(outcome.expect("reconciled"), Outcome::Settled);
+    assert_eq!(
+        *ingress(&write),
+        json!([{ "ip": "192.168.8.240", "ipMode": "VIP" }])
+    );
+    let allocated_condition = condition(&write);
+    assert_eq!(allocated_condition["status"], "True");
+    assert_eq!(allocated_condition["reason"], "Allocated");
+    assert_eq!(
+        allocated_condition["message"],
+        "192.168.8.240 from pool lan"
+    );
+    assert_eq!(allocated_condition["observedGeneration"], 1);
+    assert_eq!(allocated["type"], "Normal");
+    assert_eq!(allocated["reason"], "Allocated");
+    assert_eq!(allocated["note"], "allocated 192.168.8.240 from pool lan");
+
+    // The next pass over the written status has nothing to do.
+    let settled = applied(&web, &write);
+    let (outcome, ()) = tokio::join!(reconcile(&settled, &ctx), api.expect_silence(QUIET));
+    assert_eq!(outcome.expect("reconciled"), Outcome::Settled);
+}
+
+#[tokio::test]
+async fn a_failed_status_write_is_retried_with_the_same_address() {
+    let (client, mut api) = client();
+    let ctx = context(client, &pools(LAN), &[]);
+    let web = service("edge", "web", &["80/TCP"], json!({}));
+    let (outcome, ()) = tokio::join!(reconcile(&web, &ctx), async {
+        let (write, respond) = api.next().await;
+        write.expect(Method::PATCH, "/api/v1/namespaces/edge/services/web/status");
+        fail(respond, 500, "InternalError");
+        api.expect_silence(QUIET).await;
+    });
+    let error = outcome.expect_err("the write failed");
+    assert_eq!(error.metric_label(), "service_status");
+    assert!(error.to_string().contains("Service edge/web"), "{error}");
+    assert_eq!(error_policy(&error, &ctx), RETRY_AFTER_ERROR);
+    assert_eq!(ctx.metrics.failures().get("service_status"), Some(&1));
+    // The address stays reserved for the Service: the retry writes the same one.
+    let (outcome, (write, _)) = tokio::join!(reconcile(&web, &ctx), async {
+        let write = status_write(&mut api, "edge", "web").await;
+        (write, event(&mut api, "edge", "web").await)
+    });
+    assert_eq!(outcome.expect("reconciled"), Outcome::Settled);
+    assert_eq!(ingress(&write)[0]["ip"], "192.168.8.240");
+    assert_eq!(ctx.metrics.reconciliations(), 2);
+}
+
+#[tokio::test]
+async fn a_conflicting_request_is_refused_and_the_holder_is_left_alone() {
+    let (client, mut api) = client();
+    let ctx = context(client, &pools(LAN), &[]);
+    let sharing = |name: &str, port: &str| {
+        let mut extra = holding("192.168.8.241", "lan");
+        merge(
+            &mut extra,
+            json!({ "metadata": { "annotations": {
+                "metallb.universe.tf/allow-shared-ip": "dns",
+                "metallb.universe.tf/loadBalancerIPs": "192.168.8.241",
+            } } }),
+        );
+        service("kube-system", name, &[port], extra)
+    };
+    let dns_udp = sharing("dns-udp", "53/UDP");
+    rebuild_quietly(&ctx, &mut api, &[&dns_udp]).await;
+
+    // No sharing key: the address is taken.
+    let web = service(
+        "default",
+        "web",
+        &["53/TCP"],
+        json!({ "metadata": { "annotations": { "xdplb.io/ips": "192.168.8.241" } } }),
+    );
+    let (outcome, (write, failed)) = tokio::join!(reconcile(&web, &ctx), async {
+        let write = status_write(&mut api, "default", "web").await;
+        let failed = event(&mut api, "default", "web").await;
+        api.expect_silence(QUIET).await;
+        (write, failed)
+    });
+    assert_eq!(outcome.expect("reconciled"), Outcome::Waiting);
+    assert!(
+        write.body["status"].get("loadBalancer").is_none(),
+        "{}",
+        write.body
+    );
+    let refused = condition(&write);
+    assert_eq!(refused["status"], "False");
+    assert_eq!(refused["reason"], "AddressInUse");
+    let message = refused["message"].as_str().expect("message");
+    assert!(
+        message.contains("192.168.8.241 is already used by kube-system/dns-udp"),
+        "{message}"
+    );
+    assert_eq!(failed["type"], "Warning");
+    assert_eq!(failed["reason"], "AllocationFailed");
+    assert!(
+        failed["note"]
+            .as_str()
+            .expect("note")
+            .starts_with("AddressInUse: 192.168.8.241"),
+        "{failed}"
+    );
+    let holder = ServiceKey::new("kube-system", "dns-udp");
+    let kept = ctx.allocator.lock().expect("allocator").allocation(&holder);
+    assert_eq!(
+        kept.map(|allocation| allocation.ip),
+        Some(ip("192.168.8.241"))
+    );
+
+    // The same sharing key on another protocol: CoreDNS on UDP and TCP 53, one VIP.
+    let dns_tcp = sharing("dns-tcp", "53/TCP");
+    let mut fresh = serde_json::to_value(&dns_tcp).expect("JSON");
+    fresh.as_object_mut().expect("object").remove("status");
+    let dns_tcp: Service = serde_json::from_value(fresh).expect("Service");
+    let (outcome, (write, _)) = tokio::join!(reconcile(&dns_tcp, &ctx), async {
+        let write = status_write(&mut api, "kube-system", "dns-tcp").await;
+        (write, event(&mut api, "kube-system", "dns-tcp").await)
+    });
+    assert_eq!(outcome.expect("reconciled"), Outcome::Settled);
+    assert_eq!(
+        *ingress(&write),
+        json!([{ "ip": "192.168.8.241", "ipMode": "VIP" }])
+    );
+}
+
+#[tokio::test]
+async fn addresses_are_released_when_a_service_stops_being_a_load_balancer_or_goes_away() {
+    let (client, mut api) = client();
+    let ctx = context(client, &pools(LAN), &[]);
+    let web = service(
+        "default",
+        "web",
+        &["80/TCP"],
+        holding("192.168.8.240", "lan"),
+    );
+    rebuild_quietly(&ctx, &mut api, &[&web]).await;
+
+    let mut cluster_ip = web.clone();
+    cluster_ip.spec.as_mut().expect("spec").type_ = Some("ClusterIP".into());
+    let (outcome, (write, released)) = tokio::join!(reconcile(&cluster_ip, &ctx), async {
+        let write = status_write(&mut api, "default", "web").await;
+        (write, event(&mut api, "default", "web").await)
+    });
+    assert_eq!(outcome.expect("reconciled"), Outcome::Released);
+    // An empty applied status drops the address and the condition the IPAM owned.
+    assert_eq!(write.body["status"], json!({}));
+    assert_eq!(released["reason"], "Released");
+    assert_eq!(
+        released["note"],
+        "released 192.168.8.240: the Service is no longer of type LoadBalancer"
+    );
+
+    let api_service = service("default", "api", &["443/TCP"], json!({}));
+    let (outcome, (write, _)) = tokio::join!(reconcile(&api_service, &ctx), async {
+        let write = status_write(&mut api, "default", "api").await;
+        (write, event(&mut api, "default", "api").await)
+    });
+    assert_eq!(outcome.expect("reconciled"), Outcome::Settled);
+    assert_eq!(
+        ingress(&write)[0]["ip"],
+        "192.168.8.240",
+        "the freed address"
+    );
+
+    // Deleted: nothing to write, the address is free again.
+    assert!(forget(&applied(&api_service, &write), &ctx));
+    assert!(!forget(&api_service, &ctx), "released once");
+    let next = service("default", "next", &["8080/TCP"], json!({}));
+    let (_, (write, _)) = tokio::join!(reconcile(&next, &ctx), async {
+        let write = status_write(&mut api, "default", "next").await;
+        (write, event(&mut api, "default", "next").await)
+    });
+    assert_eq!(ingress(&write)[0]["ip"], "192.168.8.240");
+}
+
+#[tokio::test]
+async fn a_restart_rebuilds_from_statuses_and_never_hands_an_address_out_twice() {
+    let (client, mut api) = client();
+    let ctx = context(client, &pools(LAN), &[]);
+    let created = |at: &str| json!({ "metadata": { "creationTimestamp": at } });
+    let with = |mut base: Value, extra: Value| {
+        merge(&mut base, extra);
+        base
+    };
+    let traefik = service(
+        "kube-system",
+        "traefik",
+        &["80/TCP", "443/TCP"],
+        with(
+            holding("192.168.8.240", "lan"),
+            created("2024-01-01T00:00:00Z"),
+        ),
+    );
+    let dns = service(
+        "kube-system",
+        "dns",
+        &["53/UDP"],
+        with(
+            holding("192.168.8.241", "lan"),
+            created("2024-01-02T00:00:00Z"),
+        ),
+    );
+    // Restored from a backup with traefik's address in its status: the younger loses.
+    let restored = service(
+        "default",
+        "restored",
+        &["8443/TCP"],
+        with(
+            holding("192.168.8.240", "lan"),
+            created("2025-06-01T00:00:00Z"),
+        ),
+    );
+    let fresh = service(
+        "default",
+        "fresh",
+        &["80/TCP"],
+        created("2025-06-02T00:00:00Z"),
+    );
+    let services: Vec<Arc<Service>> = [&traefik, &dns, &restored, &fresh]
+        .into_iter()
+        .cloned()
+        .map(Arc::new)
+        .collect();
+    let (_, conflict) = tokio::join!(
+        rebuild(&services, &ctx),
+        event(&mut api, "default", "restored")
+    );
+    assert_eq!(conflict["type"], "Warning");
+    let note = conflict["note"].as_str().expect("note");
+    assert!(note.starts_with("AddressInUse: 192.168.8.240"), "{note}");
+    assert!(note.ends_with("assigning another address"), "{note}");
+
+    for held in [&traefik, &dns] {
+        let (outcome, ()) = tokio::join!(reconcile(held, &ctx), api.expect_silence(QUIET));
+        assert_eq!(outcome.expect("reconciled"), Outcome::Settled);
+    }
+    let mut given = Vec::new();
+    for (name, new) in [("restored", &restored), ("fresh", &fresh)] {
+        let (outcome, (write, _)) = tokio::join!(reconcile(new, &ctx), async {
+            let write = status_write(&mut api, "default", name).await;
+            (write, event(&mut api, "default", name).await)
+        });
+        assert_eq!(outcome.expect("reconciled"), Outcome::Settled);
+        given.push(ingress(&write)[0]["ip"].clone());
+    }
+    assert_eq!(given, [json!("192.168.8.242"), json!("192.168.8.243")]);
+}
+
+#[tokio::test]
+async fn a_bad_annotation_is_reported_and_the_address_stays() {
+    let (client, mut api) = client();
+    let ctx = context(client, &pools(LAN), &[]);
+    let traefik = service(
+        "kube-system",
+        "traefik",
+        &["443/TCP"],
+        holding("192.168.8.240", "lan"),
+    );
+    rebuild_quietly(&ctx, &mut api, &[&traefik]).await;
+
+    let mut broken = traefik.clone();
+    broken.metadata.generation = Some(2);
+    broken.metadata.annotations =
+        Some([("xdplb.io/ips".to_owned(), "192.168.8.300".to_owned())].into());
+    let (outcome, (write, failed)) = tokio::join!(reconcile(&broken, &ctx), async {
+        let write = status_write(&mut api, "kube-system", "traefik").await;
+        (write, event(&mut api, "kube-system", "traefik").await)
+    });
+    assert_eq!(outcome.expect("reconciled"), Outcome::Rejected);
+    assert_eq!(
+        *ingress(&write),
+        json!([{ "ip": "192.168.8.240", "ipMode": "VIP" }])
+    );
+    let refused = condition(&write);
+    assert_eq!(refused["status"], "False");
+    assert_eq!(refused["reason"], "InvalidAnnotation");
+    assert_eq!(refused["observedGeneration"], 2);
+    let message = refused["message"].as_str().expect("message");
+    assert!(message.contains("xdplb.io/ips"), "{message}");
+    assert!(message.ends_with("keeping 192.168.8.240"), "{message}");
+    assert!(
+        failed["note"]
+            .as_str()
+            .expect("note")
+            .starts_with("InvalidAnnotation: xdplb.io/ips"),
+        "{failed}"
+    );
+    let key = ServiceKey::new("kube-system", "traefik");
+    let kept = ctx.allocator.lock().expect("allocator").allocation(&key);
+    assert_eq!(
+        kept.map(|allocation| allocation.ip),
+        Some(ip("192.168.8.240"))
+    );
+
+    // The same refusal again: no new write, no new event.
+    let again = applied(&broken, &write);
+    let (outcome, ()) = tokio::join!(reconcile(&again, &ctx), api.expect_silence(QUIET));
+    assert_eq!(outcome.expect("reconciled"), Outcome::Rejected);
+    // A pool that does not exist is refused the same way, naming the pool.
+    let lost = service(
+        "default",
+        "lost",
+        &["80/TCP"],
+        json!({ "metadata": { "annotations": { "xdplb.io/pool": "nowhere" } } }),
+    );
+    let (outcome, (write, _)) = tokio::join!(reconcile(&lost, &ctx), async {
+        let write = status_write(&mut api, "default", "lost").await;
+        (write, event(&mut api, "default", "lost").await)
+    });
+    assert_eq!(outcome.expect("reconciled"), Outcome::Waiting);
+    assert_eq!(condition(&write)["reason"], "UnknownPool");
+}
+
+#[tokio::test]
+async fn pool_statuses_count_addresses_and_report_overlaps_and_invalid_pools() {
+    let resources = pools(&format!(
+        r#"{LAN}
+---
+apiVersion: xdplb.io/v1alpha1
+kind: AddressPool
+metadata: {{ name: lan-extra, generation: 3 }}
+spec:
+  addresses: ["192.168.8.250-192.168.8.252"]
+---
+apiVersion: xdplb.io/v1alpha1
+kind: AddressPool
+metadata: {{ name: broken, generation: 1 }}
+spec:
+  addresses: ["192.168.8.241/29"]
+"#
+    ));
+    let (client, mut api) = client();
+    let ctx = context(client, &resources, &[]);
+    let held = service(
+        "default",
+        "web",
+        &["80/TCP"],
+        holding("192.168.8.240", "lan"),
+    );
+    rebuild_quietly(&ctx, &mut api, &[&held]).await;
+
+    let mut statuses = PoolStatuses::default();
+    let (published, writes) = tokio::join!(statuses.publish(&resources, &ctx), async {
+        let mut writes = Vec::new();
+        for _ in 0..3 {
+            let (write, respond) = api.next().await;
+            assert_eq!(write.method, Method::PATCH);
+            assert!(write.uri.contains("fieldManager=xdplb.io%2Fipam"));
+            let name = &write.body["metadata"]["name"];
+            let pool = resources
+                .iter()
+                .find(|pool| pool.metadata.name.as_deref() == name.as_str())
+                .expect("a pool of the test");
+            echo_onto(
+                respond,
+                &write,
+                &serde_json::to_value(&**pool).expect("JSON"),
+            );
+            writes.push(write);
+        }
+        writes
+    });
+    published.expect("published");
+    let by_path = |name: &str| {
+        writes
+            .iter()
+            .find(|write| {
+                write.path() == format!("/apis/xdplb.io/v1alpha1/addresspools/{name}/status")
+            })
+            .map(|write| &write.body["status"])
+            .unwrap_or_else(|| panic!("no status write for {name}"))
+    };
+    let find = |status: &Value, type_: &str| {
+        status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|condition| condition["type"] == type_)
+            .cloned()
+            .expect(type_)
+    };
+    let lan = by_path("lan");
+    assert_eq!(
+        (lan["assigned"].clone(), lan["available"].clone()),
+        (json!(1), json!(10))
+    );
+    assert_eq!(find(lan, "Ready")["status"], "True");
+    assert_eq!(find(lan, "Invalid")["status"], "False");
+    let overlapping = find(lan, "Overlapping");
+    assert_eq!(overlapping["status"], "True");
+    assert!(
+        overlapping["message"]
+            .as_str()
+            .expect("message")
+            .contains("lan-extra"),
+        "{overlapping}"
+    );
+    let extra = by_path("lan-extra");
+    assert_eq!(find(extra, "Overlapping")["observedGeneration"], 3);
+    let broken = by_path("broken");
+    let invalid = find(broken, "Invalid");
+    assert_eq!(invalid["status"], "True");
+    assert_eq!(invalid["reason"], "InvalidAddresses");
+    assert!(
+        invalid["message"]
+            .as_str()
+            .expect("message")
+            .contains("192.168.8.241/29"),
+        "{invalid}"
+    );
+    assert_eq!(find(broken, "Ready")["status"], "False");
+
+    // Unchanged: nothing written again.
+    let (published, ()) = tokio::join!(
+        statuses.publish(&resources, &ctx),
+        api.expect_silence(QUIET)
+    );
+    published.expect("published");
+}
+
+/// The whole leader loop: lists pools, namespaces and Services, rebuilds, then gives
+/// only the Service without an address one, and counts the pool.
+#[tokio::test]
+async fn the_leader_lists_rebuilds_and_allocates_only_what_is_missing() {
+    let (client, mut api) = client();
+    let pool_items: Vec<Value> = documents(LAN);
+    let traefik = service(
+        "kube-system",
+        "traefik",
+        &["443/TCP"],
+        holding("192.168.8.240", "lan"),
+    );
+    let fresh = service("default", "fresh", &["80/TCP"], json!({}));
+    let service_items = [
+        serde_json::to_value(&traefik).expect("JSON"),
+        serde_json::to_value(&fresh).expect("JSON"),
+    ];
+    let ipam = tokio::spawn(serve(client, ClassPolicy::default(), "agent-1".into()));
+    // Watches stay open (unanswered) until the test ends.
+    let mut watches = Vec::new();
+    let mut writes: Vec<Received> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while writes.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes so far: {writes:?}"
+        );
+        let (request, respond) = api.next().await;
+        match (request.method.clone(), request.path()) {
+            (_, _) if request.is_watch() => watches.push(respond),
+            (Method::GET, "/apis/xdplb.io/v1alpha1/addresspools") => reply(
+                respond,
+                StatusCode::OK,
+                &list("xdplb.io/v1alpha1", "AddressPoolList", "10", &pool_items),
+            ),
+            (Method::GET, "/api/v1/namespaces") => {
+                reply(
+                    respond,
+                    StatusCode::OK,
+                    &list("v1", "NamespaceList", "11", &[]),
+                );
+            }
+            (Method::GET, "/api/v1/services") => reply(
+                respond,
+                StatusCode::OK,
+                &list("v1", "ServiceList", "12", &service_items),
+            ),
+            (Method::POST, _) => {
+                reply(respond, StatusCode::CREATED, &request.body);
+                writes.push(request);
+            }
+            (Method::PATCH, "/apis/xdplb.io/v1alpha1/addresspools/lan/status") => {
+                echo_onto(respond, &request, &pool_items[0]);
+                writes.push(request);
+            }
+            (Method::PATCH, _) => {
+                echo(respond, &request, Some("13"));
+                writes.push(request);
+            }
+            _ => panic!("unexpected request {request:?}"),
+        }
+    }
+    let paths: Vec<(Method, &str)> = writes
+        .iter()
+        .map(|write| (write.method.clone(), write.path()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/default/services/fresh/status"
+            ),
+            (
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events"
+            ),
+            (
+                Method::PATCH,
+                "/apis/xdplb.io/v1alpha1/addresspools/lan/status"
+            ),
+        ]
+    );
+    assert_eq!(ingress(&writes[0])[0]["ip"], "192.168.8.241");
+    assert_eq!(writes[2].body["status"]["assigned"], 2);
+    assert_eq!(writes[2].body["status"]["available"], 9);
+    // Nothing more: traefik already shows what it holds.
+    while let Some((request, respond)) = api.next_within(QUIET).await {
+        assert!(request.is_watch(), "unexpected request {request:?}");
+        watches.push(respond);
+    }
+    ipam.abort();
+    drop(watches);
+}

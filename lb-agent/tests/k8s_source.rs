@@ -1,0 +1,244 @@
+//! The Kubernetes source against an API double: the first cluster after the lists, an
+//! API-server outage that keeps the last state (failing watches and lists clear
+//! nothing and publish nothing), recovery, and the owner's `Announced` events.
+
+mod k8s_support;
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{Method, StatusCode};
+use k8s_support::{ApiDouble, Respond, client, documents, fail, list, reply};
+use kube::client::Body;
+use lb_agent::{
+    k8s::{settings::KubernetesSettings, source::KubeSource},
+    runtime::{Cluster, Source},
+};
+use serde_json::{Value, json};
+use tokio::time::timeout;
+
+const CLUSTER: &str = include_str!("k8s_support/cluster.yaml");
+
+/// What the double serves, and what it saw.
+#[derive(Default)]
+struct Fake {
+    documents: Vec<Value>,
+    watches_fail: bool,
+    lists_fail: bool,
+    /// Sent as an ADDED event on the next Service watch.
+    added: Option<Value>,
+    failed_watches: usize,
+    failed_lists: usize,
+    events: Vec<Value>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+fn kind_of(path: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    match path {
+        "/api/v1/nodes" => Some(("Node", "v1", "NodeList")),
+        "/api/v1/services" => Some(("Service", "v1", "ServiceList")),
+        "/apis/discovery.k8s.io/v1/endpointslices" => {
+            Some(("EndpointSlice", "discovery.k8s.io/v1", "EndpointSliceList"))
+        }
+        "/apis/xdplb.io/v1alpha1/addresspools" => {
+            Some(("AddressPool", "xdplb.io/v1alpha1", "AddressPoolList"))
+        }
+        _ => None,
+    }
+}
+
+/// Answers a watch with `events`, then ends it.
+fn stream(respond: Respond, events: &[Value]) {
+    let lines: String = events
+        .iter()
+        .map(|event| event.to_string() + "\n")
+        .collect();
+    respond.send_response(http::Response::new(Body::from(lines.into_bytes())));
+}
+
+async fn serve(mut api: ApiDouble, fake: Shared) {
+    // Open watches stay unanswered while the API is up.
+    let mut open: Vec<Respond> = Vec::new();
+    while let Some((request, respond)) = api.next_within(Duration::from_secs(30)).await {
+        let mut state = fake.lock().expect("fake");
+        if request.method == Method::POST {
+            state.events.push(request.body.clone());
+            reply(respond, StatusCode::CREATED, &request.body);
+            continue;
+        }
+        let Some((kind, api_version, list_kind)) = kind_of(request.path()) else {
+            panic!("unexpected request {request:?}");
+        };
+        if request.is_watch() {
+            if state.watches_fail {
+                // 410 Gone: the watch cannot resume, so the watcher relists (and that
+                // fails too while `lists_fail`).
+                state.failed_watches += 1;
+                let gone = json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "too old resource version", "reason": "Expired", "code": 410,
+                });
+                stream(respond, &[json!({ "type": "ERROR", "object": gone })]);
+            } else if let Some(object) = state.added.take_if(|_| kind == "Service") {
+                stream(respond, &[json!({ "type": "ADDED", "object": object })]);
+            } else {
+                open.push(respond);
+            }
+            continue;
+        }
+        if state.lists_fail {
+            state.failed_lists += 1;
+            fail(respond, 503, "ServiceUnavailable");
+            continue;
+        }
+        let items: Vec<Value> = state
+            .documents
+            .iter()
+            .filter(|document| document["kind"] == kind)
+            .cloned()
+            .collect();
+        reply(
+            respond,
+            StatusCode::OK,
+            &list(api_version, list_kind, "100", &items),
+        );
+    }
+}
+
+fn service_names(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .inputs
+        .services
+        .iter()
+        .map(|service| service.name.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_api_outage_keeps_the_last_state_and_recovery_applies_what_changed() {
+    let fake = Shared::new(Mutex::new(Fake {
+        documents: documents(CLUSTER),
+        // The API server goes away right after the initial lists.
+        watches_fail: true,
+        ..Fake::default()
+    }));
+    let (client, api) = client();
+    tokio::spawn(serve(api, Arc::clone(&fake)));
+    let settings = KubernetesSettings::parse("").expect("defaults");
+    let mut source = KubeSource::start(client, &settings, "node1".into());
+    assert!(source.live_peers());
+
+    let first = timeout(Duration::from_secs(5), source.first())
+        .await
+        .expect("the first cluster after the lists");
+    assert_eq!(
+        service_names(&first),
+        [
+            "kube-system/coredns-tcp",
+            "kube-system/coredns-udp",
+            "kube-system/traefik",
+        ]
+    );
+    assert_eq!(first.inputs.peers.len(), 4);
+
+    // Full outage: watches and relists fail. Nothing new is published.
+    fake.lock().expect("fake").lists_fail = true;
+    let quiet = timeout(Duration::from_secs(2), source.next()).await;
+    assert!(quiet.is_err(), "published during the outage: {quiet:?}");
+    let (watches, lists) = {
+        let state = fake.lock().expect("fake");
+        (state.failed_watches, state.failed_lists)
+    };
+    assert!(watches >= 4, "only {watches} failed watches");
+    assert!(lists >= 1, "no relist failed");
+
+    // Back, with a new Service: published, everything else as before.
+    let added = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": "whoami", "namespace": "default", "resourceVersion": "101" },
+        "spec": {
+            "type": "LoadBalancer",
+            "loadBalancerClass": "xdplb.io/lb",
+            "ports": [ { "port": 80, "protocol": "TCP", "targetPort": 80 } ],
+        },
+        "status": { "loadBalancer": { "ingress": [ { "ip": "192.168.8.242", "ipMode": "VIP" } ] } },
+    });
+    {
+        let mut state = fake.lock().expect("fake");
+        state.lists_fail = false;
+        state.watches_fail = false;
+        state.added = Some(added);
+    }
+    let recovered = timeout(Duration::from_secs(10), source.next())
+        .await
+        .expect("the change after the outage");
+    let mut names = service_names(&recovered);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "default/whoami",
+            "kube-system/coredns-tcp",
+            "kube-system/coredns-udp",
+            "kube-system/traefik",
+        ]
+    );
+    assert_eq!(recovered.inputs.peers, first.inputs.peers);
+}
+
+#[tokio::test]
+async fn the_owner_reports_the_vips_it_takes_over() {
+    let fake = Shared::new(Mutex::new(Fake {
+        documents: documents(CLUSTER),
+        ..Fake::default()
+    }));
+    let (client, api) = client();
+    tokio::spawn(serve(api, Arc::clone(&fake)));
+    let settings = KubernetesSettings::parse("").expect("defaults");
+    let mut source = KubeSource::start(client, &settings, "node1".into());
+    timeout(Duration::from_secs(5), source.first())
+        .await
+        .expect("the first cluster");
+
+    let dns_vip = "192.168.8.241".parse().expect("vip");
+    source.announced(&BTreeSet::from([dns_vip]));
+    // Still owned: no new event.
+    source.announced(&BTreeSet::from([dns_vip]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if fake.lock().expect("fake").events.len() >= 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no events");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = fake.lock().expect("fake").events.clone();
+    // Both CoreDNS Services share the VIP; each gets one event.
+    let regarding: BTreeSet<String> = events
+        .iter()
+        .map(|event| {
+            event["regarding"]["name"]
+                .as_str()
+                .expect("name")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        regarding,
+        BTreeSet::from(["coredns-tcp".to_owned(), "coredns-udp".to_owned()])
+    );
+    assert_eq!(events.len(), 2);
+    for event in &events {
+        assert_eq!(event["reason"], "Announced");
+        assert_eq!(event["note"], "192.168.8.241 announced from node node1");
+        assert_eq!(event["reportingController"], "xdplb.io/agent");
+        assert_eq!(event["reportingInstance"], "node1");
+        assert_eq!(event["metadata"]["namespace"], "kube-system");
+    }
+}

@@ -1,0 +1,173 @@
+//! The Kubernetes API double shared by the `k8s_*` tests: a `kube::Client` over
+//! tower-test's mock service, and helpers to read requests and answer them. Every wait
+//! is bounded: a request that never comes fails the test instead of hanging it.
+#![allow(dead_code)] // Each test binary uses part of it.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::{Client, client::Body};
+use serde::{Deserialize as _, de::DeserializeOwned};
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle, SendResponse};
+
+/// How long a test waits for the next request.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub type Respond = SendResponse<Response<Body>>;
+
+/// The server side of a mocked client.
+pub struct ApiDouble {
+    handle: Handle<Request<Body>, Response<Body>>,
+}
+
+/// A request as the double saw it.
+#[derive(Debug)]
+pub struct Received {
+    pub method: Method,
+    /// Path and query.
+    pub uri: String,
+    pub body: Value,
+}
+
+impl Received {
+    pub fn path(&self) -> &str {
+        self.uri.split('?').next().unwrap_or_default()
+    }
+
+    pub fn is_watch(&self) -> bool {
+        self.uri.contains("watch=true")
+    }
+
+    /// Panics unless the request is `method` on exactly `path`.
+    pub fn expect(&self, method: Method, path: &str) {
+        assert_eq!(
+            (&self.method, self.path()),
+            (&method, path),
+            "unexpected request {self:?}"
+        );
+    }
+}
+
+/// A client whose every request goes to the returned double.
+pub fn client() -> (Client, ApiDouble) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), ApiDouble { handle })
+}
+
+impl ApiDouble {
+    /// The next request, within [`WAIT`].
+    pub async fn next(&mut self) -> (Received, Respond) {
+        let (request, respond) = tokio::time::timeout(WAIT, self.handle.next_request())
+            .await
+            .expect("no request within the time limit")
+            .expect("the client is gone");
+        (read(request).await, respond)
+    }
+
+    /// The next request, or `None` when none comes within `quiet`.
+    pub async fn next_within(&mut self, quiet: Duration) -> Option<(Received, Respond)> {
+        let next = tokio::time::timeout(quiet, self.handle.next_request())
+            .await
+            .ok()??;
+        let (request, respond) = next;
+        Some((read(request).await, respond))
+    }
+
+    /// Panics if a request arrives within `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some((received, _)) = self.next_within(quiet).await {
+            panic!("unexpected request {received:?}");
+        }
+    }
+}
+
+async fn read(request: Request<Body>) -> Received {
+    let method = request.method().clone();
+    let uri = request.uri().to_string();
+    let bytes = request
+        .into_body()
+        .collect_bytes()
+        .await
+        .expect("request body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON request body")
+    };
+    Received { method, uri, body }
+}
+
+pub fn reply(respond: Respond, status: StatusCode, body: &Value) {
+    let mut response = Response::new(Body::from(serde_json::to_vec(body).expect("JSON")));
+    *response.status_mut() = status;
+    respond.send_response(response);
+}
+
+/// Answers with the request's own body, as the API server does for a write (with a
+/// new resourceVersion when `version` is given).
+pub fn echo(respond: Respond, received: &Received, version: Option<&str>) {
+    let mut body = received.body.clone();
+    if let Some(version) = version {
+        body["metadata"]["resourceVersion"] = json!(version);
+    }
+    reply(respond, StatusCode::OK, &body);
+}
+
+/// Answers a write of part of an object (a status) with `object` carrying it, as the
+/// API server answers with the whole object.
+pub fn echo_onto(respond: Respond, received: &Received, object: &Value) {
+    let mut body = object.clone();
+    if let (Some(body), Some(written)) = (body.as_object_mut(), received.body.as_object()) {
+        for (key, value) in written {
+            if key != "metadata" {
+                body.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    reply(respond, StatusCode::OK, &body);
+}
+
+/// A Kubernetes `Status` failure.
+pub fn fail(respond: Respond, code: u16, reason: &str) {
+    let status = json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "message": format!("test double: {reason}"),
+        "reason": reason,
+        "code": code,
+    });
+    reply(
+        respond,
+        StatusCode::from_u16(code).expect("status code"),
+        &status,
+    );
+}
+
+/// A list response of `kind` (e.g. `ServiceList`) holding `items`.
+pub fn list(api_version: &str, kind: &str, version: &str, items: &[Value]) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": { "resourceVersion": version },
+        "items": items,
+    })
+}
+
+/// Every document of a multi-document YAML text, as JSON.
+pub fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| Value::deserialize(document).expect("YAML document"))
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+/// The documents of `kind`, typed.
+pub fn of_kind<T: DeserializeOwned>(documents: &[Value], kind: &str) -> Vec<T> {
+    documents
+        .iter()
+        .filter(|document| document["kind"] == kind)
+        .map(|document| serde_json::from_value(document.clone()).expect(kind))
+        .collect()
+}

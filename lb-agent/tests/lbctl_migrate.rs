@@ -1,0 +1,149 @@
+//! `lbctl migrate metallb` as a user runs it: files in, AddressPools out (applicable as
+//! they are), warnings on stderr too, and errors that name the file and document.
+
+use std::{
+    io::Write as _,
+    process::{Command, Output, Stdio},
+};
+
+use lb_agent::{ipam::pool::Pool, k8s::crd::AddressPool};
+use serde::Deserialize as _;
+
+/// Seed 002's MetalLB configuration, split as a GitOps repository would hold it.
+const POOL: &str = "\
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata:
+  name: default-pool
+  namespace: metallb-system
+spec:
+  addresses:
+    - 192.168.7.230-192.168.7.235
+";
+const L2: &str = "\
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata:
+  name: default
+  namespace: metallb-system
+spec:
+  ipAddressPools:
+    - default-pool
+  nodeSelectors:
+    - matchLabels: { kubernetes.io/hostname: ichigo }
+";
+
+fn lbctl(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lbctl");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("lbctl finishes")
+}
+
+fn pools(yaml: &str) -> Vec<AddressPool> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| AddressPool::deserialize(document).expect("an AddressPool"))
+        .collect()
+}
+
+#[test]
+fn seed_files_become_address_pools() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pool_file, l2_file) = (dir.path().join("pool.yaml"), dir.path().join("l2.yaml"));
+    std::fs::write(&pool_file, POOL).expect("write");
+    std::fs::write(&l2_file, L2).expect("write");
+    let output = lbctl(
+        &[
+            "migrate",
+            "metallb",
+            pool_file.to_str().unwrap(),
+            l2_file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let yaml = String::from_utf8(output.stdout).expect("UTF-8");
+    let converted = pools(&yaml);
+    assert_eq!(converted.len(), 1);
+    Pool::from_resource(&converted[0]).expect("the IPAM accepts it");
+    assert_eq!(converted[0].spec.addresses, ["192.168.7.230-192.168.7.235"]);
+    let selector = converted[0]
+        .spec
+        .announcement
+        .as_ref()
+        .and_then(|announcement| announcement.node_selector.as_ref())
+        .and_then(|selector| selector.match_labels.as_ref())
+        .expect("the node selector carried over");
+    assert_eq!(selector["kubernetes.io/hostname"], "ichigo");
+    assert!(yaml.contains("#   metallb.io/loadBalancerIPs"), "{yaml}");
+    assert!(
+        yaml.lines()
+            .all(|line| line.len() <= 88 || !line.starts_with('#')),
+        "{yaml}"
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn stdin_works_and_warnings_reach_stderr() {
+    let input = format!(
+        "{POOL}---\napiVersion: metallb.io/v1beta1\nkind: BGPPeer\nmetadata: {{ name: router }}\n"
+    );
+    let output = lbctl(&["migrate", "metallb", "-"], Some(&input));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("warning: BGPPeer router (<stdin> (document 2)) is not converted"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: The input holds no L2Advertisement"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pools(&String::from_utf8(output.stdout).expect("UTF-8")).len(),
+        1
+    );
+}
+
+#[test]
+fn bad_input_exits_1_and_missing_files_exit_2() {
+    let output = lbctl(&["migrate", "metallb", "-"], Some(L2));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("error: the input holds no IPAddressPool to convert"),
+        "{stderr}"
+    );
+    let output = lbctl(&["migrate", "metallb", "/nonexistent/metallb.yaml"], None);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("cannot read /nonexistent/metallb.yaml"),
+        "{stderr}"
+    );
+    let output = lbctl(&["migrate", "metallb"], None);
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -1,0 +1,383 @@
+//! Restart safety of the real `lb-agent` binary in a network namespace: SIGTERM leaves
+//! the programs attached and the maps and links pinned, the next agent adopts them (same
+//! maps, new programs swapped into the same links), SIGKILL leaves them too, a capacity
+//! change is refused, and `lb-agent cleanup` detaches and removes everything.
+//!
+//! The pins live on a BPF filesystem mounted for this test alone in a temporary
+//! directory: `ip netns exec` remounts /sys for the namespace, so a pin under the host's
+//! /sys/fs/bpf would not be visible to the agent, and one it mounted there itself would
+//! vanish with its mount namespace. Needs root and the binary
+//! (`cargo build --bins`); run with `cargo test -p tests --test agent_restart`.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use aya::{
+    maps::MapInfo,
+    programs::{SchedClassifier, tc::TcAttachType},
+};
+use nix::{
+    mount::{MntFlags, umount2},
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use tests::{
+    lab::{self, wait_for},
+    netns::Netns,
+};
+
+const INTERFACE: &str = "eth0";
+const MAPS: [&str; 13] = [
+    "SERVICES",
+    "VIPS",
+    "NODE_RINGS",
+    "POD_RINGS",
+    "BACKENDS",
+    "PEERS",
+    "FLOWS",
+    "REPLY_FLOWS",
+    "CONFIG",
+    "REASON_STATS",
+    "VIP_STATS",
+    "BACKEND_STATS",
+    "ICMP_RATE",
+];
+const START: Duration = Duration::from_secs(20);
+const STOP: Duration = Duration::from_secs(10);
+
+/// A BPF filesystem mounted on a temporary directory. On drop, whatever is still pinned
+/// is unpinned (detaching programs) and the filesystem unmounted.
+struct BpfMount {
+    dir: tempfile::TempDir,
+}
+
+impl BpfMount {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("xdplb-bpffs-").tempdir()?;
+        nix::mount::mount(
+            Some("bpf"),
+            dir.path(),
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting a BPF filesystem")?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for BpfMount {
+    fn drop(&mut self) {
+        // Removing a link's last pin detaches its program; the files go with the mount.
+        let _ = remove_tree(self.dir.path());
+        let _ = umount2(self.dir.path(), MntFlags::MNT_DETACH);
+    }
+}
+
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            remove_tree(&path)?;
+            fs::remove_dir(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// A running agent, killed and reaped on drop.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(netns: &Netns, binary: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
+        let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let child = netns
+            .command(binary.to_str().context("binary path")?)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("spawning lb-agent")?;
+        Ok(Self {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a log line containing `text`; fails if the agent exits first.
+    fn wait_log(&mut self, text: &str) -> anyhow::Result<()> {
+        wait_for(&format!("`{text}` in the agent log"), START, || {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("agent exited ({status}) early:\n{}", self.log());
+            }
+            Ok(self.log().contains(text).then_some(()))
+        })
+    }
+
+    fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        kill(Pid::from_raw(self.child.id() as i32), signal)?;
+        Ok(())
+    }
+
+    fn wait_exit(&mut self) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + STOP;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "agent still running {STOP:?} after the signal:\n{}",
+            self.log()
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    netns: Netns,
+    bpffs: BpfMount,
+    scratch: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl Setup {
+    fn new() -> anyhow::Result<Self> {
+        let binary = lab::workspace_binary("lb-agent")?;
+        let netns = Netns::new("restart")?;
+        // The LAN interface and its peer both stay inside the namespace.
+        netns.run(&format!(
+            "ip link add {INTERFACE} type veth peer name {INTERFACE}p \
+             && ip addr add 10.0.0.11/24 dev {INTERFACE} \
+             && ip link set {INTERFACE} up && ip link set {INTERFACE}p up"
+        ))?;
+        let bpffs = BpfMount::new()?;
+        let scratch = tempfile::tempdir()?;
+        fs::write(scratch.path().join("key"), "restart-test-key-0123456789\n")?;
+        Ok(Self {
+            netns,
+            bpffs,
+            scratch,
+            binary,
+        })
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        self.bpffs.path().join("node1")
+    }
+
+    /// Writes a configuration (with `extra` appended) and returns its path.
+    fn config(&self, name: &str, extra: &str) -> anyhow::Result<PathBuf> {
+        let scratch = self.scratch.path();
+        let text = format!(
+            "node: node1
+interface: {INTERFACE}
+peers:
+  - {{ name: node1, address: 10.0.0.11 }}
+  - {{ name: node2, address: 10.0.0.12 }}
+services:
+  - name: web
+    vip: 172.16.200.20
+    ports:
+      - {{ port: 80, protocol: TCP, targetPort: 8080 }}
+    endpoints:
+      - {{ address: 10.42.0.7, node: node1 }}
+      - {{ address: 10.42.1.5, node: node2 }}
+gossip:
+  keyFile: {key}
+  joinTimeoutMs: 300
+pinDir: {pins}
+api:
+  socket: {socket}
+  listen: 127.0.0.1:0
+{extra}",
+            key = scratch.join("key").display(),
+            pins = self.pin_dir().display(),
+            socket = scratch.join("agent.sock").display(),
+        );
+        let path = scratch.join(name);
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    fn start(&self, config: &Path, run: &str) -> anyhow::Result<Agent> {
+        Agent::start(
+            &self.netns,
+            &self.binary,
+            config,
+            &self.scratch.path().join(format!("agent-{run}.log")),
+        )
+    }
+
+    /// The id of the XDP program on the interface, if one is attached.
+    fn xdp_program(&self) -> anyhow::Result<Option<u32>> {
+        let link = self
+            .netns
+            .run(&format!("ip -details link show dev {INTERFACE}"))?;
+        let id = link
+            .split("prog/xdp id ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::parse)
+            .transpose()?;
+        Ok(id)
+    }
+
+    /// Programs attached to the interface's TC egress hook (TCX).
+    fn tc_programs(&self) -> anyhow::Result<usize> {
+        let _inside = self.netns.enter()?;
+        let (_, programs) = SchedClassifier::query_tcx(INTERFACE, TcAttachType::Egress)?;
+        Ok(programs.len())
+    }
+
+    /// Kernel ids of the pinned maps, by name.
+    fn map_ids(&self) -> anyhow::Result<BTreeMap<&'static str, u32>> {
+        MAPS.iter()
+            .map(|name| {
+                let path = self.pin_dir().join("maps").join(name);
+                let info = MapInfo::from_pin(&path)
+                    .with_context(|| format!("{} is not pinned", path.display()))?;
+                Ok((*name, info.id()))
+            })
+            .collect()
+    }
+
+    fn link_pins(&self) -> anyhow::Result<Vec<String>> {
+        let dir = self.pin_dir().join("links").join(INTERFACE);
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+            .collect::<anyhow::Result<_>>()?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Pins and programs are all in place.
+    fn assert_attached(&self) -> anyhow::Result<u32> {
+        let program = self
+            .xdp_program()?
+            .context("no XDP program on the interface")?;
+        ensure!(
+            self.tc_programs()? == 1,
+            "the TC egress program is not attached"
+        );
+        ensure!(
+            self.link_pins()? == ["tc", "xdp-native"],
+            "link pins: {:?}",
+            self.link_pins()?
+        );
+        Ok(program)
+    }
+}
+
+fn skip_unless_root(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("skipping {test}: needs root");
+    }
+    !root
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_pinned_data_path_and_cleanup_removes_it() -> anyhow::Result<()> {
+    if skip_unless_root("agent_restart") {
+        return Ok(());
+    }
+    let setup = Setup::new()?;
+    let config = setup.config("node1.yaml", "")?;
+
+    let mut first = setup.start(&config, "first")?;
+    first.wait_log("data path attached")?;
+    first.wait_log("this node now owns the VIP")?;
+    let first_program = setup.assert_attached()?;
+    let maps = setup.map_ids()?;
+
+    first.signal(Signal::SIGTERM)?;
+    let status = first.wait_exit()?;
+    ensure!(status.success(), "SIGTERM exit: {status}\n{}", first.log());
+    ensure!(
+        first.log().contains("left the gossip cluster"),
+        "{}",
+        first.log()
+    );
+    ensure!(
+        setup.assert_attached()? == first_program,
+        "the program changed while no agent ran"
+    );
+    ensure!(setup.map_ids()? == maps, "the pinned maps changed");
+
+    let bigger = setup.config("bigger.yaml", "capacities:\n  flows: 4096\n")?;
+    let mut refused = setup.start(&bigger, "refused")?;
+    let status = refused.wait_exit()?;
+    ensure!(!status.success(), "a capacity change must be refused");
+    ensure!(
+        refused.log().contains("FLOWS") && refused.log().contains("lb-agent cleanup"),
+        "unclear refusal:\n{}",
+        refused.log()
+    );
+    ensure!(setup.assert_attached()? == first_program);
+
+    let mut second = setup.start(&config, "second")?;
+    second.wait_log("adopted the pinned maps of a previous agent")?;
+    second.wait_log("adopted the data path")?;
+    second.wait_log("this node now owns the VIP")?;
+    let second_program = setup.assert_attached()?;
+    ensure!(
+        second_program != first_program,
+        "the new agent's program should replace the old one"
+    );
+    ensure!(
+        setup.map_ids()? == maps,
+        "adoption must reuse the same maps"
+    );
+
+    second.signal(Signal::SIGKILL)?;
+    second.wait_exit()?;
+    ensure!(setup.assert_attached()? == second_program);
+    ensure!(setup.map_ids()? == maps);
+
+    let cleanup = setup
+        .netns
+        .command(setup.binary.to_str().context("binary path")?)
+        .args(["cleanup", "--config"])
+        .arg(&config)
+        .output()?;
+    ensure!(
+        cleanup.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
+    ensure!(!setup.pin_dir().exists(), "cleanup left the pin directory");
+    ensure!(setup.xdp_program()?.is_none(), "XDP is still attached");
+    ensure!(setup.tc_programs()? == 0, "TC is still attached");
+    Ok(())
+}

@@ -1,0 +1,664 @@
+//! VIP ownership on the lab LAN with three agents gossiping: ARP answered by the owner
+//! alone, failover when the owner's node or link goes away, established connections
+//! across a failover, an agent restart under load, and forged or replayed gossip.
+//!
+//! Needs root; run with `cargo test -p tests --test failover -- --test-threads=1
+//! --nocapture` to see the measured figures.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, ensure};
+use etherparse::{SlicedPacket, TransportSlice};
+use lb_agent::{
+    membership::{
+        GossipKey,
+        auth::{MIN_DATAGRAM_LEN, Sealer},
+        boot_epoch,
+    },
+    status::{AgentStatus, MemberState},
+};
+use nix::sys::signal::Signal;
+use tests::lab::{
+    App, ArpFrame, CLIENT_ADDR, Cluster, DNS_VIP, Failure, LAN_IFACE, Pace, Service, WEB_VIP,
+    echo_during, mac_text, requests_during,
+};
+
+const NODES: usize = 3;
+/// Failover trials per failure kind.
+const TRIALS: usize = 5;
+/// The bound the issue sets on a failover, as the client sees it.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(1);
+/// A new request every 20 ms, each given 300 ms: the outage is resolved to ~20 ms.
+const FAILOVER_PACE: Pace = Pace {
+    every: Duration::from_millis(20),
+    timeout: Duration::from_millis(300),
+};
+/// Long-lived connections and how often each sends a line.
+const CONNECTIONS: usize = 20;
+const LINE_EVERY: Duration = Duration::from_millis(100);
+/// The longest an established connection may wait for an echo across the failover.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
+const GOSSIP_PORT: u16 = 7947;
+
+/// The echo service shares the web VIP (its owner is elected for both) and has pods on
+/// node2 and node3 only.
+fn echo_service() -> Service {
+    Service {
+        name: "echo",
+        vip: WEB_VIP,
+        app: App::Echo,
+        pods: vec![Ipv4Addr::new(10, 42, 1, 8), Ipv4Addr::new(10, 42, 2, 8)],
+    }
+}
+
+#[test]
+fn vips_resolve_by_arp_to_their_owner_and_no_other_node_answers() -> anyhow::Result<()> {
+    Cluster::test(
+        "vips_resolve_by_arp_to_their_owner_and_no_other_node_answers",
+        NODES,
+        Service::homelab(),
+        arp_scenario,
+    )
+}
+
+fn arp_scenario(cluster: &Cluster) -> anyhow::Result<()> {
+    const ROUNDS: usize = 5;
+    let owners = cluster.wait_settled()?;
+    let lab = cluster.lab();
+    let before = arp_replies_counted(cluster)?;
+    let dir = cluster.scratch();
+    let ports = lab
+        .nodes
+        .iter()
+        .map(|node| {
+            Ok((
+                node.name.clone(),
+                lab.capture_switch_port(node, "arp", dir)?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let client_port = lab.capture_client_port("arp", dir)?;
+    for _ in 0..ROUNDS {
+        // Forget the VIPs so the client's kernel asks the LAN again.
+        lab.client.run(&format!(
+            "ip neigh flush to 172.16.200.0/24 dev {LAN_IFACE}"
+        ))?;
+        cluster.curl(WEB_VIP, None)?;
+        let answer = lab.client.run(&format!(
+            "dig @{DNS_VIP} web.lab +short +notcp +tries=1 +time=2"
+        ))?;
+        ensure!(
+            answer.trim() == WEB_VIP.to_string(),
+            "DNS answered {answer:?}"
+        );
+    }
+    // Steady traffic for a while longer: the capture must span more than the lookups.
+    let steady = Pace {
+        every: Duration::from_millis(50),
+        timeout: Duration::from_secs(1),
+    };
+    let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
+    let ((), requests) = requests_during(&lab.client, target, steady, || {
+        thread::sleep(Duration::from_secs(2));
+        Ok(())
+    })?;
+    ensure!(
+        requests.failures().is_empty(),
+        "requests failed in steady state: {:?}",
+        requests.failures()
+    );
+    let seen_by_client = client_port.stop_arp()?;
+    let mut seen_by_port = BTreeMap::new();
+    for (name, capture) in ports {
+        seen_by_port.insert(name, capture.stop_arp()?);
+    }
+    let after = arp_replies_counted(cluster)?;
+
+    for (&vip, owner) in &owners {
+        let owner_mac = cluster.node(owner)?.mac()?;
+        let replies: Vec<&ArpFrame> = seen_by_client
+            .iter()
+            .filter(|frame| frame.reply && frame.sender_ip == vip && frame.target_ip == CLIENT_ADDR)
+            .collect();
+        eprintln!(
+            "{vip}: owner {owner} ({owner_mac}); the client received {} ARP replies from {:?}",
+            replies.len(),
+            replies
+                .iter()
+                .map(|frame| frame.sender_mac_text())
+                .collect::<Vec<_>>()
+        );
+        ensure!(
+            replies.len() >= ROUNDS,
+            "{vip}: {ROUNDS} resolutions but {} replies reached the client",
+            replies.len()
+        );
+        // Every frame speaking for the VIP (replies and gratuitous ARP, which the bridge
+        // floods to every port) was sent by the owner and names the owner's MAC.
+        for (node, frames) in &seen_by_port {
+            for frame in frames.iter().filter(|frame| frame.sender_ip == vip) {
+                ensure!(
+                    frame.sender_mac_text() == owner_mac && mac_text(frame.from) == owner_mac,
+                    "{vip} is owned by {owner} ({owner_mac}) but {node}'s port carried {frame:?}"
+                );
+            }
+        }
+        let from_owner = seen_by_port[owner]
+            .iter()
+            .filter(|frame| frame.reply && frame.sender_ip == vip)
+            .count();
+        ensure!(
+            from_owner >= ROUNDS,
+            "{owner}'s port carried only {from_owner} ARP replies for {vip}"
+        );
+        ensure!(
+            cluster.client_neighbour(vip)?.as_deref() == Some(owner_mac.as_str()),
+            "the client's ARP cache holds {:?} for {vip}, not {owner}'s {owner_mac}",
+            cluster.client_neighbour(vip)?
+        );
+    }
+    // Each agent's own count agrees: only owners replied.
+    for (node, replies) in &after {
+        let answered = replies - before[node];
+        let owns = owners.values().any(|owner| owner == node);
+        eprintln!("{node}: lbctl counts {answered} ARP replies in the window");
+        ensure!(
+            owns == (answered > 0),
+            "{node} {} VIPs but its ARP reply count grew by {answered}",
+            if owns { "owns" } else { "owns no" }
+        );
+    }
+    Ok(())
+}
+
+/// ARP replies each agent reports having sent (`lbctl status`).
+fn arp_replies_counted(cluster: &Cluster) -> anyhow::Result<BTreeMap<String, u64>> {
+    cluster
+        .lab()
+        .nodes
+        .iter()
+        .map(|node| {
+            let arp = cluster
+                .status(&node.name)?
+                .arp
+                .with_context(|| format!("{} runs no ARP announcer", node.name))?;
+            Ok((node.name.clone(), arp.replies))
+        })
+        .collect()
+}
+
+#[test]
+fn owner_node_gone_fails_over_within_a_second() -> anyhow::Result<()> {
+    Cluster::test(
+        "owner_node_gone_fails_over_within_a_second",
+        NODES,
+        Service::homelab(),
+        |cluster| failover_trials(cluster, Failure::NodeGone),
+    )
+}
+
+#[test]
+fn owner_link_down_fails_over_within_a_second() -> anyhow::Result<()> {
+    Cluster::test(
+        "owner_link_down_fails_over_within_a_second",
+        NODES,
+        Service::homelab(),
+        |cluster| failover_trials(cluster, Failure::LinkDown),
+    )
+}
+
+/// Fails the web VIP's owner [`TRIALS`] times, bringing it back in between; every
+/// outage must stay under [`FAILOVER_LIMIT`].
+fn failover_trials(cluster: &Cluster, failure: Failure) -> anyhow::Result<()> {
+    let mut outages = Vec::with_capacity(TRIALS);
+    for trial in 1..=TRIALS {
+        let report = cluster.measure_failover(WEB_VIP, failure, FAILOVER_PACE)?;
+        eprintln!("trial {trial}: {report}");
+        outages.push(report.outage);
+        cluster.restore(&report.old_owner, WEB_VIP)?;
+    }
+    outages.sort();
+    let median = outages[outages.len() / 2];
+    let max = outages[outages.len() - 1];
+    eprintln!(
+        "FIGURE failover ({failure}), {TRIALS} trials: p50 {} ms, max {} ms, all {:?} ms",
+        median.as_millis(),
+        max.as_millis(),
+        outages.iter().map(Duration::as_millis).collect::<Vec<_>>()
+    );
+    ensure!(
+        max < FAILOVER_LIMIT,
+        "failover ({failure}) took up to {} ms (limit {} ms): {:?}",
+        max.as_millis(),
+        FAILOVER_LIMIT.as_millis(),
+        outages
+    );
+    Ok(())
+}
+
+/// The issue's reading: the owner is killed (and gone), the connections' backend set is
+/// unchanged because the killed node hosts none of the echo pods, and the new owner,
+/// which never saw these connections, must steer them to the same pods from its own
+/// identical tables. None may be reset or stall longer than [`STALL_LIMIT`].
+#[test]
+fn established_connections_survive_the_owner_node_going_away() -> anyhow::Result<()> {
+    let mut services = Service::homelab();
+    services.push(echo_service());
+    Cluster::test(
+        "established_connections_survive_the_owner_node_going_away",
+        NODES,
+        services,
+        |cluster| long_lived_scenario(cluster, Failure::NodeGone),
+    )
+}
+
+/// Only the owner's agent is killed: its pinned data path keeps forwarding what still
+/// arrives at the node until the client follows the new owner's gratuitous ARP.
+#[test]
+fn established_connections_survive_the_owners_agent_being_killed() -> anyhow::Result<()> {
+    let mut services = Service::homelab();
+    services.push(echo_service());
+    Cluster::test(
+        "established_connections_survive_the_owners_agent_being_killed",
+        NODES,
+        services,
+        |cluster| long_lived_scenario(cluster, Failure::AgentKilled),
+    )
+}
+
+fn long_lived_scenario(cluster: &Cluster, failure: Failure) -> anyhow::Result<()> {
+    let owner = cluster.owner(WEB_VIP)?;
+    let echo = echo_service();
+    let owner_pods: Vec<Ipv4Addr> = echo
+        .pods
+        .iter()
+        .copied()
+        .filter(|&pod| {
+            cluster
+                .lab()
+                .node_of(pod)
+                .is_ok_and(|node| node.name == owner)
+        })
+        .collect();
+    ensure!(
+        owner_pods.is_empty(),
+        "precondition: the owner {owner} must host no echo pod, but hosts {owner_pods:?}"
+    );
+    cluster.wait_client_settled(WEB_VIP)?;
+    let target = SocketAddrV4::new(WEB_VIP, App::ECHO_PORT);
+    let ((failed_at, new_owner, reelected), reports) = echo_during(
+        &cluster.lab().client,
+        target,
+        CONNECTIONS,
+        LINE_EVERY,
+        || {
+            thread::sleep(Duration::from_secs(1));
+            cluster.fail(&owner, failure)?;
+            let failed_at = Instant::now();
+            let new_owner = cluster.wait_new_owner(WEB_VIP, &owner)?;
+            let reelected = failed_at.elapsed();
+            thread::sleep(Duration::from_secs(3));
+            Ok((failed_at, new_owner, reelected))
+        },
+    )?;
+    let after = failed_at.elapsed();
+    let mut per_pod: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for report in &reports {
+        if let Some(pod) = report.pod {
+            *per_pod.entry(pod).or_default() += 1;
+        }
+        if let Some(error) = &report.error {
+            problems.push(format!("port {}: {error}", report.local_port));
+        } else if report.max_wait >= STALL_LIMIT {
+            problems.push(format!(
+                "port {}: stalled {} ms",
+                report.local_port,
+                report.max_wait.as_millis()
+            ));
+        }
+    }
+    let worst = reports
+        .iter()
+        .map(|report| report.max_wait)
+        .max()
+        .unwrap_or_default();
+    let recovered = failed_at + reelected;
+    let fewest = reports
+        .iter()
+        .map(|report| report.echoed.iter().filter(|&&at| at > recovered).count())
+        .min()
+        .unwrap_or(0);
+    eprintln!(
+        "{CONNECTIONS} connections over pods {per_pod:?}; {owner}: {failure}; \
+         {new_owner} owner after {} ms; runs ended {} ms after the failure",
+        reelected.as_millis(),
+        after.as_millis()
+    );
+    eprintln!(
+        "FIGURE long-lived connections across failover ({failure}): worst echo wait {} ms, {} of \
+         {CONNECTIONS} broken, fewest echoes after the re-election {fewest}",
+        worst.as_millis(),
+        problems.len()
+    );
+    ensure!(
+        reports.len() == CONNECTIONS,
+        "{} of {CONNECTIONS} connections reported",
+        reports.len()
+    );
+    ensure!(problems.is_empty(), "connections broke: {problems:?}");
+    // Lines go on for 3 s after the re-election, one per 100 ms.
+    ensure!(
+        fewest >= 20,
+        "a connection had only {fewest} lines echoed after the re-election: it did not keep \
+         working"
+    );
+    Ok(())
+}
+
+/// An operator restarts the owner's agent (SIGTERM, then start it again) while a client
+/// keeps requesting: not one request may fail.
+#[test]
+fn restarting_the_owners_agent_fails_no_request() -> anyhow::Result<()> {
+    Cluster::test(
+        "restarting_the_owners_agent_fails_no_request",
+        NODES,
+        Service::homelab(),
+        restart_scenario,
+    )
+}
+
+fn restart_scenario(cluster: &Cluster) -> anyhow::Result<()> {
+    let owner = cluster.owner(WEB_VIP)?;
+    cluster.wait_client_settled(WEB_VIP)?;
+    let pace = Pace {
+        every: Duration::from_millis(20),
+        timeout: Duration::from_secs(2),
+    };
+    let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
+    // Every reset the client receives, to tell which side broke a failed request.
+    let resets = cluster.lab().capture_client_port(
+        &format!("tcp[tcpflags] & tcp-rst != 0 and dst host {CLIENT_ADDR}"),
+        cluster.scratch(),
+    )?;
+    let ((sigterm, exited, during_restart, restarted, back), requests) =
+        requests_during(&cluster.lab().client, target, pace, || {
+            thread::sleep(Duration::from_millis(500));
+            let sigterm = Instant::now();
+            cluster.stop_agent(&owner, Signal::SIGTERM)?;
+            let exited = Instant::now();
+            let during_restart = cluster.agreed_owners()?;
+            cluster.start_agent(&owner)?;
+            let restarted = Instant::now();
+            let owners = cluster.wait_settled()?;
+            ensure!(
+                owners[&WEB_VIP] == owner,
+                "{owner} did not take {WEB_VIP} back: {owners:?}"
+            );
+            let back = Instant::now();
+            thread::sleep(Duration::from_secs(1));
+            Ok((sigterm, exited, during_restart, restarted, back))
+        })?;
+    let resets = resets.stop()?;
+    let since = |at: Instant| at.saturating_duration_since(sigterm).as_millis();
+    let failures = requests.failures();
+    eprintln!(
+        "{owner}'s agent exited {} ms after SIGTERM; owners while it was away: \
+         {during_restart:?}; the new agent was ready at {} ms and {owner} owner again at {} ms",
+        since(exited),
+        since(restarted),
+        since(back)
+    );
+    eprintln!(
+        "FIGURE agent restart under load: {} requests, {} failed, slowest {} ms, answered by {:?}",
+        requests.0.len(),
+        failures.len(),
+        requests.slowest().as_millis(),
+        requests.per_pod()
+    );
+    let described: Vec<String> = failures
+        .iter()
+        .map(|attempt| {
+            format!(
+                "started {} ms after SIGTERM, failed {} ms later: {:?}",
+                attempt
+                    .started
+                    .saturating_duration_since(sigterm)
+                    .as_millis(),
+                (attempt.finished - attempt.started).as_millis(),
+                attempt.result
+            )
+        })
+        .collect();
+    let reset_lines: Vec<&str> = resets.iter().map(|packet| packet.line.as_str()).collect();
+    ensure!(
+        failures.is_empty() && resets.is_empty(),
+        "{} of {} requests failed across the restart: {described:#?}\nresets the client \
+         received: {reset_lines:#?}",
+        failures.len(),
+        requests.0.len()
+    );
+    let pins = cluster.bpffs().pins()?;
+    let own_pins = cluster.pin_dir(&owner);
+    ensure!(
+        pins.iter().any(|pin| pin.starts_with(&own_pins)),
+        "no pins under {} after the restart: {pins:?}",
+        own_pins.display()
+    );
+    Ok(())
+}
+
+/// Gossip datagrams crafted on the LAN, claiming to come from node1, are dropped by
+/// node2 and counted by reason; members and owners do not move.
+#[test]
+fn forged_and_replayed_gossip_changes_nothing_and_is_counted() -> anyhow::Result<()> {
+    Cluster::test(
+        "forged_and_replayed_gossip_changes_nothing_and_is_counted",
+        NODES,
+        Service::homelab(),
+        gossip_scenario,
+    )
+}
+
+fn gossip_scenario(cluster: &Cluster) -> anyhow::Result<()> {
+    const COPIES: usize = 3;
+    let owners = cluster.wait_settled()?;
+    let sender = cluster.node("node1")?;
+    let receiver = cluster.node("node2")?;
+    let genuine = capture_gossip(cluster, sender.addr, receiver.addr)?;
+    let members_before = members(cluster)?;
+    let dropped_before = dropped(&cluster.status(&receiver.name)?);
+
+    // A real SWIM payload of node1's, re-signed as a newer run of node1: accepted, it
+    // would replace node1's identity. Once under a key of our own (wrong key), once
+    // with the cluster's key id copied in but still our key's tag (forged).
+    let payload = gossip_payload(&genuine[0])?;
+    let key_id = genuine[0][3..11].to_vec();
+    let mut sealer = Sealer::new(
+        GossipKey::new(b"an attacker's key, not the lab's".to_vec()).context("key")?,
+        &sender.name,
+        boot_epoch(),
+    );
+    let wrong_key: Vec<Vec<u8>> = (0..COPIES).map(|_| sealer.seal(payload)).collect();
+    let forged: Vec<Vec<u8>> = (0..COPIES)
+        .map(|_| {
+            let mut datagram = sealer.seal(payload);
+            datagram[3..11].copy_from_slice(&key_id);
+            datagram
+        })
+        .collect();
+    for datagrams in [&wrong_key, &forged, &genuine] {
+        spoof_gossip(cluster, sender.addr, receiver.addr, datagrams)?;
+    }
+    thread::sleep(Duration::from_secs(1));
+
+    let dropped_after = dropped(&cluster.status(&receiver.name)?);
+    let delta = |reason: &str| {
+        dropped_after.get(reason).copied().unwrap_or(0)
+            - dropped_before.get(reason).copied().unwrap_or(0)
+    };
+    eprintln!(
+        "sent {COPIES} wrong-key, {COPIES} forged and {} replayed datagrams to {}; dropped \
+         before {dropped_before:?}, after {dropped_after:?}",
+        genuine.len(),
+        receiver.name
+    );
+    for (reason, sent) in [
+        ("wrong_key", COPIES),
+        ("forged", COPIES),
+        ("replayed", genuine.len()),
+    ] {
+        ensure!(
+            delta(reason) == sent as u64,
+            "{} counted {} `{reason}` drops for {sent} such datagrams",
+            receiver.name,
+            delta(reason)
+        );
+    }
+    let metrics = cluster.metrics(&receiver.name)?;
+    for reason in ["wrong_key", "forged", "replayed"] {
+        let line = format!(
+            "xdplb_gossip_dropped_total{{reason=\"{reason}\"}} {}",
+            dropped_after.get(reason).copied().unwrap_or(0)
+        );
+        ensure!(
+            metrics.lines().any(|metric| metric == line),
+            "metrics of {} lack {line:?}",
+            receiver.name
+        );
+    }
+    ensure!(
+        members(cluster)? == members_before,
+        "members changed: before {members_before:?}, after {:?}",
+        members(cluster)?
+    );
+    ensure!(
+        cluster.wait_settled()? == owners,
+        "owners changed: before {owners:?}"
+    );
+    Ok(())
+}
+
+/// The first few gossip datagrams `from` sends `to`, as captured on `to`'s switch port:
+/// genuine, authenticated, and already accepted by `to`.
+fn capture_gossip(cluster: &Cluster, from: Ipv4Addr, to: Ipv4Addr) -> anyhow::Result<Vec<Vec<u8>>> {
+    const WANTED: usize = 5;
+    let lab = cluster.lab();
+    let port = lab
+        .nodes
+        .iter()
+        .find(|node| node.addr == to)
+        .context("receiver")?;
+    let capture = lab.capture_switch_port(
+        port,
+        &format!("udp and src host {from} and dst host {to} and dst port {GOSSIP_PORT}"),
+        cluster.scratch(),
+    )?;
+    thread::sleep(Duration::from_millis(800));
+    let datagrams: Vec<Vec<u8>> = capture
+        .stop_frames()?
+        .iter()
+        .filter_map(|frame| udp_payload(frame))
+        .filter(|payload| payload.len() >= MIN_DATAGRAM_LEN)
+        .take(WANTED)
+        .collect();
+    ensure!(
+        !datagrams.is_empty(),
+        "no gossip from {from} to {to} in 800 ms"
+    );
+    Ok(datagrams)
+}
+
+fn udp_payload(frame: &[u8]) -> Option<Vec<u8>> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    match packet.transport? {
+        TransportSlice::Udp(udp) => Some(udp.payload().to_vec()),
+        _ => None,
+    }
+}
+
+/// The SWIM payload inside an authenticated datagram (layout in
+/// `lb_agent::membership::auth`: 28 header bytes, the sender's name, the payload, a
+/// 32-byte tag).
+fn gossip_payload(datagram: &[u8]) -> anyhow::Result<&[u8]> {
+    const FIXED_HEADER: usize = 28;
+    const TAG: usize = 32;
+    let name_len = usize::from(*datagram.get(FIXED_HEADER - 1).context("short datagram")?);
+    datagram
+        .get(FIXED_HEADER + name_len..datagram.len().saturating_sub(TAG))
+        .context("short datagram")
+}
+
+/// Sends `datagrams` to `to`'s gossip port from the client's namespace, with `from`'s
+/// address and gossip port as source: an attacker on the LAN spoofing a node.
+fn spoof_gossip(
+    cluster: &Cluster,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    datagrams: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    // IP_TRANSPARENT (19) lets the socket use an address the namespace does not own.
+    const SEND: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_IP, 19, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+for datagram in sys.argv[5:]:
+    s.sendto(bytes.fromhex(datagram), (sys.argv[3], int(sys.argv[4])))";
+    let hex: Vec<String> = datagrams
+        .iter()
+        .map(|datagram| datagram.iter().map(|byte| format!("{byte:02x}")).collect())
+        .collect();
+    let output = cluster
+        .lab()
+        .client
+        .command("python3")
+        .args(["-c", SEND])
+        .args([
+            from.to_string(),
+            GOSSIP_PORT.to_string(),
+            to.to_string(),
+            GOSSIP_PORT.to_string(),
+        ])
+        .args(&hex)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "sending spoofed gossip: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// (name, state, incarnation) of every member, as each node sees them.
+type MemberViews = BTreeMap<String, Vec<(String, MemberState, u64)>>;
+
+/// Every node's view of the members.
+fn members(cluster: &Cluster) -> anyhow::Result<MemberViews> {
+    cluster
+        .lab()
+        .nodes
+        .iter()
+        .map(|node| {
+            let status = cluster.status(&node.name)?;
+            let view = status
+                .members
+                .iter()
+                .map(|member| (member.name.clone(), member.state, member.incarnation))
+                .collect();
+            Ok((node.name.clone(), view))
+        })
+        .collect()
+}
+
+fn dropped(status: &AgentStatus) -> BTreeMap<String, u64> {
+    status
+        .gossip
+        .as_ref()
+        .map(|gossip| gossip.dropped.clone())
+        .unwrap_or_default()
+}
