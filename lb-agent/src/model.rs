@@ -135,6 +135,10 @@ pub struct NodeConfig {
     pub address: Ipv4Addr,
     pub mtu: u32,
     pub icmp_rate_per_sec: u32,
+    /// MAC address of the announce interface: the data path handles only VIP and tunnel
+    /// frames sent to it. All zero (what [`desired_state`] leaves, the inputs not knowing
+    /// the interface): every destination is accepted. The runtime fills it in.
+    pub mac: [u8; 6],
 }
 
 impl Default for NodeConfig {
@@ -143,6 +147,7 @@ impl Default for NodeConfig {
             address: Ipv4Addr::UNSPECIFIED,
             mtu: 0,
             icmp_rate_per_sec: 0,
+            mac: [0; 6],
         }
     }
 }
@@ -365,6 +370,7 @@ pub fn desired_state(inputs: &Inputs) -> State {
             address: inputs.node.address,
             mtu: inputs.mtu,
             icmp_rate_per_sec: inputs.icmp_rate_per_sec,
+            mac: [0; 6],
         },
         peers: inputs
             .peers

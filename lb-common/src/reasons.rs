@@ -29,9 +29,12 @@ pub const DROP_MAP_ERROR: u32 = 22;
 pub const TC_REPLY_REWRITTEN: u32 = 23;
 pub const TC_MSS_CLAMPED: u32 = 24;
 pub const TC_PASS_UNTRACKED: u32 = 25;
+/// A VIP (or tunnel) frame sent to another host's MAC address, seen here only because a
+/// switch flooded it or a bridge is promiscuous: the addressed node handles it.
+pub const PASS_NOT_OUR_MAC: u32 = 26;
 
 /// Number of reasons; the size of [`crate::maps::REASON_STATS`].
-pub const COUNT: u32 = 26;
+pub const COUNT: u32 = 27;
 
 /// Stable names for metrics labels and `lbctl`, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -61,4 +64,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tc_reply_rewritten",
     "tc_mss_clamped",
     "tc_pass_untracked",
+    "pass_not_our_mac",
 ];

@@ -145,7 +145,11 @@ pub struct DataplaneConfig {
     pub mtu: u32,
     /// ICMP replies generated in XDP per second and CPU (host byte order).
     pub icmp_rate_per_sec: u32,
-    pub _pad: u32,
+    /// MAC address clients and peers send this node's VIP and tunnel frames to; frames
+    /// for any other destination are left to the kernel. All zero: not configured, every
+    /// destination is accepted.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Value of [`crate::maps::VIP_STATS`] (per CPU; host byte order counters).
@@ -190,7 +194,7 @@ const _: () = {
     assert!(size_of::<FlowValue>() == 8);
     assert!(size_of::<ReplyKey>() == 16);
     assert!(size_of::<ReplyValue>() == 12);
-    assert!(size_of::<DataplaneConfig>() == 16);
+    assert!(size_of::<DataplaneConfig>() == 20);
     assert!(size_of::<VipStats>() == 64);
     assert!(size_of::<BackendStats>() == 16);
     assert!(size_of::<RateState>() == 16);

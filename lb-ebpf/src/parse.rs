@@ -116,6 +116,24 @@ pub struct Ports {
     pub dst: u16,
 }
 
+/// MAC addresses compared as a 4-byte and a 2-byte word: `==` on byte arrays may lower
+/// to a `bcmp` call, which a BPF program cannot make.
+#[inline(always)]
+pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    mac_words(a) == mac_words(b)
+}
+
+#[inline(always)]
+pub fn is_zero_mac(mac: &[u8; 6]) -> bool {
+    mac_words(mac) == (0, 0)
+}
+
+#[inline(always)]
+fn mac_words(mac: &[u8; 6]) -> (u32, u16) {
+    let [a, b, c, d, e, f] = *mac;
+    (u32::from_ne_bytes([a, b, c, d]), u16::from_ne_bytes([e, f]))
+}
+
 /// A pointer to a `T` at `offset` from the start of the frame, if the frame is long
 /// enough. The comparison against `data_end` is what lets the verifier accept the access.
 #[inline(always)]

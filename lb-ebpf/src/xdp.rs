@@ -16,7 +16,7 @@ use crate::{
     icmp::{self, Message},
     maps::{CONFIG, PEERS, SERVICES, VIPS},
     nat,
-    parse::{self, IP_MF_OFFSET, IPV4_HLEN, Ipv4Hdr, Ports, TCP_HLEN, UDP_HLEN},
+    parse::{self, EthHdr, IP_MF_OFFSET, IPV4_HLEN, Ipv4Hdr, Ports, TCP_HLEN, UDP_HLEN},
     select::{self, Target},
     stats,
     verdict::{Outcome, Verdict},
@@ -82,12 +82,35 @@ fn classify(ctx: &XdpContext) -> Outcome {
         return tunnel(ctx, l3, &ip, &config());
     }
     let vip = lookup_vip(ip.daddr).ok_or(Verdict::pass(reasons::PASS_NOT_VIP))?;
-    vip_traffic(ctx, l3, &vip, &config(), Path::Lan)
+    let config = config();
+    addressed_here(ctx, &config)?;
+    vip_traffic(ctx, l3, &vip, &config, Path::Lan)
 }
 
 #[inline(always)]
 fn config() -> DataplaneConfig {
     CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// Only the node a frame is addressed to may act on it. Others see VIP frames too when a
+/// switch floods unknown unicast (the owner's port went down), a bridge is promiscuous,
+/// or a client's stale ARP entry names a MAC several ports see; forwarding those would
+/// duplicate the client's packets. They go to the kernel untouched, which forwards them
+/// as a bridge would or drops them as another host's. Checked only once a VIP (or this
+/// node's tunnel address) matched, so other traffic pays nothing for it. An all-zero MAC
+/// is "not configured" and accepts every destination, so a loader that sets none keeps
+/// working.
+#[inline(always)]
+fn addressed_here(ctx: &XdpContext, config: &DataplaneConfig) -> Result<(), Verdict> {
+    if parse::is_zero_mac(&config.mac) {
+        return Ok(());
+    }
+    let eth: EthHdr = parse::read(ctx, 0).ok_or_else(malformed)?;
+    if parse::same_mac(&eth.dst, &config.mac) {
+        Ok(())
+    } else {
+        Err(Verdict::pass(reasons::PASS_NOT_OUR_MAC))
+    }
 }
 
 #[inline(always)]
@@ -102,6 +125,7 @@ fn tunnel(ctx: &XdpContext, l3: usize, outer: &Ipv4Hdr, config: &DataplaneConfig
     if config.node_addr == 0 || outer.daddr != config.node_addr {
         return Err(Verdict::pass(reasons::PASS_NOT_VIP));
     }
+    addressed_here(ctx, config)?;
     if PEERS.get_ptr(outer.saddr).is_none() {
         return Err(Verdict::drop(reasons::DROP_IPIP_STRANGER));
     }

@@ -24,7 +24,7 @@ use lb_common::{
     },
 };
 
-use crate::netns::Netns;
+use crate::{netns::Netns, packets::NODE_MAC};
 
 /// XDP verdicts (`enum xdp_action`).
 pub const XDP_DROP: u32 = 1;
@@ -129,12 +129,23 @@ impl Dataplane {
         Ok(dataplane)
     }
 
+    /// This node's settings, with [`NODE_MAC`] as its interface's MAC address.
     pub fn configure(&mut self, mtu: u32, icmp_rate_per_sec: u32) -> Result<()> {
         let config = DataplaneConfig {
             node_addr: wire(NODE),
             mtu,
             icmp_rate_per_sec,
-            _pad: 0,
+            mac: NODE_MAC,
+            _pad: [0; 2],
+        };
+        Ok(self.maps.config.set(0, &config)?)
+    }
+
+    /// Replaces the interface MAC address of the current settings.
+    pub fn set_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        let config = DataplaneConfig {
+            mac,
+            ..self.maps.config.get(0)?
         };
         Ok(self.maps.config.set(0, &config)?)
     }

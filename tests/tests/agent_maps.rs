@@ -23,6 +23,7 @@ use lb_common::{
 const EXAMPLE: &str = include_str!("../../lb-agent/examples/standalone.yaml");
 const WEB_VIP: &str = "172.16.200.20";
 const DNS_VIP: &str = "172.16.200.53";
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x11, 0x01];
 
 fn skip_unless_root(test: &str) -> bool {
     let root = nix::unistd::Uid::effective().is_root();
@@ -121,7 +122,9 @@ fn example_state_lands_in_the_maps() -> anyhow::Result<()> {
     if skip_unless_root("example_state_lands_in_the_maps") {
         return Ok(());
     }
-    let state = desired_state(&example_inputs()?);
+    let mut state = desired_state(&example_inputs()?);
+    // What the runtime adds: the interface's MAC, written and read back with the rest.
+    state.node.mac = NODE_MAC;
     let (_ebpf, dataplane) = loaded(&state)?;
     assert_eq!(dataplane.read()?, state);
     let maps = dataplane.store();
@@ -190,7 +193,8 @@ fn example_state_lands_in_the_maps() -> anyhow::Result<()> {
             node_addr: wire("10.0.0.11"),
             mtu: 1500,
             icmp_rate_per_sec: 100,
-            _pad: 0
+            mac: NODE_MAC,
+            _pad: [0; 2],
         }
     );
     let mut backends = maps.backends.entries()?;

@@ -12,8 +12,8 @@ use etherparse::{
 use lb_common::{
     reasons::*,
     types::{
-        BACKEND_DRAINING, FlowValue, PROTO_TCP, PROTO_UDP, SERVICE_F_LOCAL_ONLY,
-        VIP_F_DROP_UNKNOWN_PORTS,
+        BACKEND_DRAINING, BackendStats, FlowValue, PROTO_TCP, PROTO_UDP, SERVICE_F_LOCAL_ONLY,
+        VIP_F_DROP_UNKNOWN_PORTS, VipStats,
     },
 };
 use nix::{
@@ -154,6 +154,100 @@ fn truncated_ipv4_header_passes_untouched() -> Result<()> {
     let bare = L2::LAN.ipv4(&[]);
     assert_untouched(&lb.xdp(&bare)?, &bare);
     lb.expect_reasons(&[(PASS_NOT_VIP, 2)])
+}
+
+// --- VIP frames addressed to another host's MAC -------------------------------------
+
+/// Another node's LAN interface: frames for it reach this node when a switch floods them
+/// (its port went down) or a bridge is promiscuous.
+const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x03];
+const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+/// The group address of 224.0.0.1.
+const MULTICAST_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0, 0, 0x01];
+
+fn sent_to(dst: [u8; 6]) -> L2 {
+    L2 { dst, ..L2::LAN }
+}
+
+/// Asserts that no packet was counted for the VIP or a backend and no flow recorded.
+fn assert_nothing_recorded(lb: &Dataplane, backend: Ipv4Addr) -> Result<()> {
+    assert_eq!(lb.vip_stats()?, VipStats::default());
+    assert_eq!(lb.backend_stats(backend)?, BackendStats::default());
+    assert_eq!(lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?, None);
+    let reply = reply_key(SocketAddrV4::new(POD, HTTPS_TARGET), CLIENT, PROTO_TCP);
+    assert_eq!(lb.maps.reply_flows.get(&reply)?, None);
+    Ok(())
+}
+
+#[test]
+fn vip_frames_for_another_hosts_mac_pass_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    let elsewhere = sent_to(OTHER_NODE_MAC);
+    let inputs = [
+        elsewhere.ipv4(&https_packet(CLIENT)),
+        elsewhere.tagged(42).ipv4(&https_packet(CLIENT)),
+        elsewhere.ipv4(&packets::udp(CLIENT, vip(DNS), b"query")),
+        ping(elsewhere, 1),
+        elsewhere.ipv4(&error_about_reply(CLIENT)),
+    ];
+    for input in &inputs {
+        assert_untouched(&lb.xdp(input)?, input);
+    }
+    lb.expect_reasons(&[(PASS_NOT_OUR_MAC, inputs.len() as u64)])?;
+    assert_nothing_recorded(&lb, POD)?;
+    // The same packet sent to this node is served: the MAC alone made the difference.
+    assert_eq!(lb.xdp(&https_frame(CLIENT))?.action, XDP_PASS);
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])
+}
+
+#[test]
+fn flooded_vip_frame_is_not_tunnelled() -> Result<()> {
+    let (mut lb, lan) = towards_peer()?;
+    let input = sent_to(OTHER_NODE_MAC).ipv4(&https_packet(CLIENT));
+    assert_untouched(&lb.xdp_on(&input, lan)?, &input);
+    lb.expect_reasons(&[(PASS_NOT_OUR_MAC, 1)])?;
+    assert_nothing_recorded(&lb, PEER)?;
+    assert_eq!(lb.xdp_on(&https_frame(CLIENT), lan)?.action, XDP_TX);
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (TX_ENCAP, 1)])
+}
+
+#[test]
+fn broadcast_and_multicast_vip_frames_pass_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    for dst in [BROADCAST_MAC, MULTICAST_MAC] {
+        let input = sent_to(dst).ipv4(&https_packet(CLIENT));
+        assert_untouched(&lb.xdp(&input)?, &input);
+        let echo = ping(sent_to(dst), 2);
+        assert_untouched(&lb.xdp(&echo)?, &echo);
+    }
+    lb.expect_reasons(&[(PASS_NOT_OUR_MAC, 4)])?;
+    assert_nothing_recorded(&lb, POD)
+}
+
+#[test]
+fn ipip_for_another_hosts_mac_passes_untouched() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_peer(PEER)?;
+    for dst in [OTHER_NODE_MAC, BROADCAST_MAC] {
+        let l2 = L2 { dst, ..FROM_PEER };
+        let input = tunnelled(l2, PEER, &https_packet(CLIENT));
+        assert_untouched(&lb.xdp(&input)?, &input);
+    }
+    lb.expect_reasons(&[(PASS_NOT_OUR_MAC, 2)])?;
+    assert_nothing_recorded(&lb, POD)?;
+    let input = tunnelled(FROM_PEER, PEER, &https_packet(CLIENT));
+    assert_eq!(lb.xdp(&input)?.action, XDP_PASS);
+    lb.expect_reasons(&[(PASS_DECAP_DNAT, 1)])
+}
+
+#[test]
+fn without_a_configured_mac_every_destination_is_served() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.set_mac([0; 6])?;
+    let run = lb.xdp(&sent_to(OTHER_NODE_MAC).ipv4(&https_packet(CLIENT)))?;
+    assert_eq!(run.action, XDP_PASS);
+    assert_dnat_tcp(&decode(&run.frame)?, CLIENT, POD, HTTPS_TARGET)?;
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])
 }
 
 // --- Sanity checks on VIP traffic -----------------------------------------------------

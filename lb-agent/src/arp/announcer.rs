@@ -4,11 +4,19 @@
 //! The owned set arrives through a `watch` channel and is re-checked before every answer,
 //! so a VIP handed to another node is never answered for again once the runtime has
 //! published the new set.
+//!
+//! While the link is down nothing can be answered or sent, and the thread waits for it.
+//! When it is back, every owned VIP gets a fresh takeover burst: what was due meanwhile
+//! was lost, and the LAN may have learnt the VIPs elsewhere. The kernel also leaves a
+//! pending `ENETDOWN` on the socket at link down, which it would report on the first
+//! send after the link returns, losing that frame; the thread takes it first.
 
 use std::{
     collections::BTreeSet,
-    io,
+    ffi::c_int,
+    io, mem,
     net::Ipv4Addr,
+    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -47,6 +55,12 @@ pub enum ArpError {
         #[source]
         source: io::Error,
     },
+    #[error("duplicating the ARP socket of {interface}: {source}")]
+    Duplicate {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("pnet returned a non-Ethernet channel for {interface}")]
     NotEthernet { interface: String },
     #[error("starting the ARP thread for {interface}: {source}")]
@@ -70,8 +84,11 @@ pub struct Counters {
     pub requests_ignored: u64,
     /// Frames the socket would not send.
     pub send_errors: u64,
-    /// Failed receives (the link went down or away); the thread keeps trying.
+    /// Failed receives other than the link going down; the thread keeps trying.
     pub receive_errors: u64,
+    /// Times the link went down or away: the thread pauses, and re-announces every owned
+    /// VIP when it is back.
+    pub link_outages: u64,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +99,7 @@ struct Stats {
     requests_ignored: AtomicU64,
     send_errors: AtomicU64,
     receive_errors: AtomicU64,
+    link_outages: AtomicU64,
 }
 
 impl Stats {
@@ -98,6 +116,7 @@ impl Stats {
             requests_ignored: load(&self.requests_ignored),
             send_errors: load(&self.send_errors),
             receive_errors: load(&self.receive_errors),
+            link_outages: load(&self.link_outages),
         }
     }
 }
@@ -137,6 +156,7 @@ impl Announcer {
             schedule: Schedule::new(settings, Instant::now()),
             shared: Arc::clone(&shared),
             receive_failing: false,
+            outage: false,
         };
         let thread = thread::Builder::new()
             .name(format!("arp-{name}"))
@@ -201,6 +221,7 @@ fn open_channel(interface: &Interface) -> Result<Port, ArpError> {
             source: io::Error::last_os_error(),
         });
     }
+    let link = LinkState::new(fd, name);
     let config = linux::Config {
         read_timeout: Some(POLL),
         write_timeout: Some(POLL),
@@ -218,22 +239,103 @@ fn open_channel(interface: &Interface) -> Result<Port, ArpError> {
         ips: Vec::new(),
         flags: 0,
     };
-    match linux::channel(&target, config) {
-        Ok(Channel::Ethernet(tx, rx)) => Ok(Port { tx, rx }),
-        Ok(_) => Err(ArpError::NotEthernet {
-            interface: name.clone(),
-        }),
-        Err(source) => Err(ArpError::Channel {
-            interface: name.clone(),
-            source,
-        }),
-    }
+    // pnet takes the socket over (and closes it) whether it succeeds or not, so the
+    // duplicate's outcome is looked at only afterwards.
+    let (tx, rx) = match linux::channel(&target, config) {
+        Ok(Channel::Ethernet(tx, rx)) => (tx, rx),
+        Ok(_) => {
+            return Err(ArpError::NotEthernet {
+                interface: name.clone(),
+            });
+        }
+        Err(source) => {
+            return Err(ArpError::Channel {
+                interface: name.clone(),
+                source,
+            });
+        }
+    };
+    let link = link.map_err(|source| ArpError::Duplicate {
+        interface: name.clone(),
+        source,
+    })?;
+    Ok(Port { tx, rx, link })
 }
 
-/// Both halves of the ARP channel.
+/// Both halves of the ARP channel, and what the kernel says about its link.
 struct Port {
     tx: Box<dyn DataLinkSender>,
     rx: Box<dyn DataLinkReceiver>,
+    link: LinkState,
+}
+
+/// The announce link's state and the ARP socket's pending error, through a duplicate of
+/// the socket (the same socket, so in the namespace the channel was opened in).
+struct LinkState {
+    socket: OwnedFd,
+    name: [libc::c_char; libc::IFNAMSIZ],
+}
+
+impl LinkState {
+    /// Interface names are at most 15 bytes (checked by link selection); a longer one is
+    /// cut, and then never found, so the link reads as down.
+    fn new(socket: RawFd, name: &str) -> io::Result<Self> {
+        // SAFETY: `socket` was just opened by the caller and is still open; it is only
+        // borrowed here to duplicate it.
+        let socket = unsafe { BorrowedFd::borrow_raw(socket) }.try_clone_to_owned()?;
+        let mut ifname = [0; libc::IFNAMSIZ];
+        for (to, from) in ifname[..libc::IFNAMSIZ - 1].iter_mut().zip(name.bytes()) {
+            *to = from as libc::c_char;
+        }
+        Ok(Self {
+            socket,
+            name: ifname,
+        })
+    }
+
+    /// Up and running (with carrier), so frames go out; a link that is gone is not.
+    fn usable(&self) -> bool {
+        // SAFETY: `ifreq` is plain old data, valid when zeroed.
+        let mut request: libc::ifreq = unsafe { mem::zeroed() };
+        request.ifr_name = self.name;
+        // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of the `ifreq` passed,
+        // which lives across the call.
+        let result =
+            unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) };
+        if result < 0 {
+            return false;
+        }
+        // SAFETY: SIOCGIFFLAGS succeeded, so the kernel wrote the flags member.
+        let flags = c_int::from(unsafe { request.ifr_ifru.ifru_flags });
+        let wanted = libc::IFF_UP | libc::IFF_RUNNING;
+        flags & wanted == wanted
+    }
+
+    /// Takes the error pending on the socket, which the kernel would otherwise report on
+    /// the next send or receive (failing it) and which keeps `poll` signalling an error.
+    fn take_error(&self) -> Option<io::Error> {
+        let mut error: c_int = 0;
+        let mut len = mem::size_of::<c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes at most `len` bytes to `error`, which lives across the call.
+        let result = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&raw mut error).cast(),
+                &mut len,
+            )
+        };
+        (result == 0 && error != 0).then(|| io::Error::from_raw_os_error(error))
+    }
+}
+
+/// Errors that mean the link is down or gone rather than this frame being refused.
+fn is_link_error(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENETDOWN | libc::ENXIO | libc::ENODEV)
+    )
 }
 
 struct Worker {
@@ -243,8 +345,11 @@ struct Worker {
     owned: BTreeSet<Ipv4Addr>,
     schedule: Schedule,
     shared: Arc<Shared>,
-    /// Set while receives fail, so a dead link logs once rather than every poll.
+    /// Set while receives fail, so a failing socket logs once rather than every poll.
     receive_failing: bool,
+    /// Set from the link going down (or a send finding it down) until it is usable again:
+    /// one warning per outage, and a fresh burst at its end.
+    outage: bool,
 }
 
 impl Worker {
@@ -255,6 +360,10 @@ impl Worker {
             if self.sync_owned().is_err() {
                 tracing::info!("VIP ownership sender dropped: ARP announcer stops");
                 return;
+            }
+            if !self.link_usable() {
+                thread::sleep(POLL);
+                continue;
             }
             self.announce_due();
             if let Some(request) = self.receive()
@@ -277,6 +386,39 @@ impl Worker {
         Ok(())
     }
 
+    /// Whether frames can be sent and received now, ending or starting an outage.
+    fn link_usable(&mut self) -> bool {
+        let usable = self.port.link.usable();
+        if !usable {
+            self.outage_began(None);
+        } else if self.outage {
+            self.outage = false;
+            // The ENETDOWN the kernel left at link down would fail the first frame.
+            self.port.link.take_error();
+            self.schedule.restart(&self.owned, Instant::now());
+            tracing::info!(
+                vips = self.owned.len(),
+                "ARP link usable again: announcing every owned VIP"
+            );
+        }
+        usable
+    }
+
+    /// Notes that the link is down or gone (seen by `error`, if given), once per outage.
+    fn outage_began(&mut self, error: Option<&io::Error>) {
+        if self.outage {
+            return;
+        }
+        self.outage = true;
+        Stats::count(&self.shared.stats.link_outages);
+        match error {
+            Some(error) => {
+                tracing::warn!(%error, "ARP link down: answers and announcements wait for it");
+            }
+            None => tracing::warn!("ARP link down: answers and announcements wait for it"),
+        }
+    }
+
     fn announce_due(&mut self) {
         for vip in self.schedule.due(&self.owned, Instant::now()) {
             tracing::debug!(%vip, "sending gratuitous ARP");
@@ -295,13 +437,18 @@ impl Worker {
             }
             Err(error) if error.kind() == io::ErrorKind::TimedOut => None,
             Err(error) => {
+                // pnet reports a pending socket error only as an unexpected poll event.
+                if let Some(pending) = self.port.link.take_error()
+                    && is_link_error(&pending)
+                {
+                    self.outage_began(Some(&pending));
+                    return None;
+                }
                 Stats::count(&self.shared.stats.receive_errors);
                 if !self.receive_failing {
                     tracing::warn!(%error, "ARP receive failed; retrying");
                     self.receive_failing = true;
                 }
-                // A down link leaves POLLERR raised until a frame arrives after it is back
-                // (that receive returns the error and clears it): retry at the poll pace.
                 thread::sleep(POLL);
                 None
             }
@@ -330,7 +477,13 @@ impl Worker {
             Ok(()) => Stats::count(sent(&self.shared.stats)),
             Err(error) => {
                 Stats::count(&self.shared.stats.send_errors);
-                tracing::warn!(%error, "sending an ARP frame failed");
+                if is_link_error(&error) {
+                    // Down now, or down and back between two checks (the kernel's
+                    // pending error): either way the burst is sent again once it is up.
+                    self.outage_began(Some(&error));
+                } else {
+                    tracing::warn!(%error, "sending an ARP frame failed");
+                }
             }
         }
     }

@@ -129,6 +129,19 @@ pub fn select(paths: &SysPaths, configured: Option<&str>) -> Result<Interface, I
     Ok(Interface { link, ipv4 })
 }
 
+/// The MAC address of link `name`, whatever its state: the address the node's ARP
+/// answers carry, so the one the LAN sends VIP frames to.
+pub fn mac(paths: &SysPaths, name: &str) -> Result<MacAddr, InterfaceError> {
+    if !valid_name(name) {
+        return Err(refused(name, Refusal::InvalidName));
+    }
+    let dir = paths.class_net.join(name);
+    if !dir.exists() {
+        return Err(refused(name, Refusal::Missing));
+    }
+    read_parsed(&dir.join("address"))
+}
+
 /// The configured link, or the default route's, if it passes every check.
 pub fn choose(paths: &SysPaths, configured: Option<&str>) -> Result<Link, InterfaceError> {
     let name = match configured {

@@ -69,6 +69,12 @@ impl Schedule {
         }
     }
 
+    /// Starts a fresh burst, due at once, for every VIP in `owned`: after the link was down,
+    /// what was due meanwhile was lost and the LAN may have learnt the VIPs elsewhere.
+    pub fn restart(&mut self, owned: &BTreeSet<Ipv4Addr>, now: Instant) {
+        self.owned_changed(&BTreeSet::new(), owned, now);
+    }
+
     /// The VIPs to announce now (each once), advancing their timers.
     pub fn due(&mut self, owned: &BTreeSet<Ipv4Addr>, now: Instant) -> BTreeSet<Ipv4Addr> {
         let mut due = BTreeSet::new();
@@ -160,6 +166,35 @@ mod tests {
         assert_eq!(
             sent,
             [(0, A), (0, B), (1000, A), (1000, B), (2000, A), (2000, B)]
+        );
+    }
+
+    #[test]
+    fn a_restart_sends_a_whole_burst_again_for_every_owned_vip() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(Settings::default(), start);
+        schedule.owned_changed(&set(&[]), &set(&[A]), start);
+        // A's burst is over by 1.5 s; B became owned and is half-way through its burst.
+        let owned = set(&[A, B]);
+        timeline(&mut schedule, &set(&[A]), start, 1600);
+        let b_owned = start + MS * 1600;
+        schedule.owned_changed(&set(&[A]), &owned, b_owned);
+        timeline(&mut schedule, &owned, b_owned, 600);
+        let back = start + MS * 3000;
+        schedule.restart(&owned, back);
+        let sent = timeline(&mut schedule, &owned, back, 3000);
+        assert_eq!(
+            sent,
+            [
+                (0, A),
+                (0, B),
+                (500, A),
+                (500, B),
+                (1000, A),
+                (1000, B),
+                (1500, A),
+                (1500, B)
+            ]
         );
     }
 

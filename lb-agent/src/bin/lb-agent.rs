@@ -32,7 +32,8 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 ///
 /// Runs on every node. It attaches an XDP program (incoming VIP traffic) and a TC
 /// program (replies) to the LAN interface and fills their tables from the configuration
-/// file: which VIPs and ports exist and which endpoints serve them. Packets to a VIP are
+/// file (or, with `lb-agent kubernetes`, from the Kubernetes API): which VIPs and ports
+/// exist and which endpoints serve them. Packets to a VIP are
 /// spread over the nodes with ready endpoints and tunnelled there; replies go straight
 /// back to the client from the serving node. Other traffic is not touched. Agents gossip
 /// (when `gossip` is configured) to elect one owner per VIP, which answers ARP for it.
@@ -46,7 +47,8 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 #[command(version, about, long_about)]
 struct Args {
     /// The standalone configuration file (YAML): this node, its peers, the services with
-    /// their VIPs, ports and endpoints. See lb-agent/examples/standalone.yaml.
+    /// their VIPs, ports and endpoints. See lb-agent/examples/standalone.yaml. Not used by
+    /// `kubernetes`, which takes --settings.
     #[arg(long, short, env = "XDPLB_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
 

@@ -25,7 +25,8 @@ pub fn config(node: &NodeConfig) -> DataplaneConfig {
         node_addr: addr(node.address),
         mtu: node.mtu,
         icmp_rate_per_sec: node.icmp_rate_per_sec,
-        _pad: 0,
+        mac: node.mac,
+        _pad: [0; 2],
     }
 }
 
@@ -34,6 +35,7 @@ pub fn node_config(raw: &DataplaneConfig) -> NodeConfig {
         address: ip(raw.node_addr),
         mtu: raw.mtu,
         icmp_rate_per_sec: raw.icmp_rate_per_sec,
+        mac: raw.mac,
     }
 }
 

@@ -32,7 +32,10 @@ use std::{
 };
 
 use futures::{Stream, StreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Service},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
 use kube::{
     Api, Client, Resource as _, ResourceExt as _,
     api::{Patch, PatchParams},
@@ -324,7 +327,7 @@ async fn allocate(service: &Service, key: ServiceKey, ctx: &Context) -> Result<O
     }
 }
 
-fn conditions(service: &Service) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+fn conditions(service: &Service) -> &[Condition] {
     service
         .status
         .as_ref()
@@ -462,7 +465,7 @@ async fn write_status(
     ctx: &Context,
     key: &ServiceKey,
     ip: Option<Ipv4Addr>,
-    condition: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    condition: Option<&Condition>,
 ) -> Result<(), Error> {
     let mut status = serde_json::Map::new();
     if let Some(ip) = ip {

@@ -2,7 +2,7 @@
 //! so nothing is shared and every foca call is followed by sending what it produced.
 
 use std::{
-    collections::{BTreeMap, btree_map::Entry},
+    collections::{BTreeMap, BTreeSet, btree_map::Entry},
     net::{IpAddr, SocketAddr, SocketAddrV4},
     num::{NonZeroU8, NonZeroUsize},
     sync::Arc,
@@ -10,8 +10,8 @@ use std::{
 };
 
 use foca::{
-    AccumulatingRuntime, Codec as _, Config, Foca, Header, NoCustomBroadcast, OwnedNotification,
-    PeriodicParams, PostcardCodec, State, Timer,
+    AccumulatingRuntime, Codec as _, Config, Foca, Header, Member, NoCustomBroadcast,
+    OwnedNotification, PeriodicParams, PostcardCodec, State, Timer,
 };
 use rand::rngs::StdRng;
 use tokio::{
@@ -32,13 +32,13 @@ const MAX_DATAGRAM: usize = 1400;
 /// Members asked to probe indirectly, and to receive each gossip push.
 const FANOUT: usize = 3;
 /// Times each update is piggybacked; ample for clusters of tens of nodes.
-const MAX_TRANSMISSIONS: u8 = 8;
+pub(super) const MAX_TRANSMISSIONS: u8 = 8;
 
 type Swim = Foca<Identity, PostcardCodec, StdRng, NoCustomBroadcast>;
 
 pub(super) enum Command {
     Leave(oneshot::Sender<()>),
-    Rejoin,
+    Rejoin(oneshot::Sender<()>),
     SetPeers(Vec<Peer>),
 }
 
@@ -72,6 +72,15 @@ fn swim_config(timing: &Timing) -> Config {
     }
 }
 
+fn new_swim(identity: Identity, timing: &Timing) -> Swim {
+    Foca::new(
+        identity,
+        swim_config(timing),
+        rand::make_rng::<StdRng>(),
+        PostcardCodec,
+    )
+}
+
 pub(super) struct Driver {
     swim: Swim,
     runtime: AccumulatingRuntime<Identity>,
@@ -90,7 +99,13 @@ pub(super) struct Driver {
     history: BTreeMap<String, (Liveness, SystemTime)>,
     left: bool,
     joining_since: Instant,
+    /// Peers heard from since this generation started: the view settles once all are.
+    heard: BTreeSet<String>,
     settled: bool,
+    /// Tests cut a member off the network with it, as its link going down would: every
+    /// datagram in or out is lost.
+    #[cfg(test)]
+    pub(super) link_cut: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Driver {
@@ -116,12 +131,7 @@ impl Driver {
             addr: local.addr,
             generation: epoch,
         };
-        let swim = Foca::new(
-            identity.clone(),
-            swim_config(&timing),
-            rand::make_rng::<StdRng>(),
-            PostcardCodec,
-        );
+        let swim = new_swim(identity.clone(), &timing);
         let (view, receiver) = watch::channel(View {
             local: local.name.clone(),
             members: BTreeMap::new(),
@@ -147,7 +157,10 @@ impl Driver {
             history: BTreeMap::new(),
             left: false,
             joining_since: Instant::now(),
+            heard: BTreeSet::new(),
             settled: false,
+            #[cfg(test)]
+            link_cut: Arc::default(),
         };
         driver.publish();
         Ok((driver, receiver))
@@ -165,6 +178,8 @@ impl Driver {
                 _ = rejoin.tick() => Event::Rejoin,
                 command = commands.recv() => Event::Command(command),
             };
+            // Leave and rejoin return once what they send is sent and the view shows them.
+            let mut done = None;
             match event {
                 Event::Datagram(Ok((len, from))) => self.receive(&buffer[..len], from),
                 Event::Datagram(Err(error)) => {
@@ -173,19 +188,22 @@ impl Driver {
                 }
                 Event::Timers => self.fire_due_timers(),
                 Event::Rejoin => self.ask_absent_peers_to_join(),
-                Event::Command(Some(Command::Leave(done))) => {
+                Event::Command(Some(Command::Leave(sent))) => {
                     self.leave();
-                    self.flush().await;
-                    self.publish();
-                    let _ = done.send(());
-                    continue;
+                    done = Some(sent);
                 }
-                Event::Command(Some(Command::Rejoin)) => self.rejoin(),
+                Event::Command(Some(Command::Rejoin(sent))) => {
+                    self.rejoin();
+                    done = Some(sent);
+                }
                 Event::Command(Some(Command::SetPeers(peers))) => self.set_peers(peers),
                 Event::Command(None) => return,
             }
             self.flush().await;
             self.publish();
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         }
     }
 
@@ -198,6 +216,9 @@ impl Driver {
     }
 
     fn receive(&mut self, datagram: &[u8], from: SocketAddr) {
+        if self.link_is_cut() {
+            return;
+        }
         let opened = match self.opener.open(datagram) {
             Ok(opened) => opened,
             Err(reject) => {
@@ -212,10 +233,27 @@ impl Driver {
             return;
         }
         Counters::bump(&self.counters.accepted);
+        if !self.settled && !self.heard.contains(opened.sender) {
+            self.heard.insert(opened.sender.to_owned());
+        }
+        // Out until told to rejoin: foca would rejoin by itself on hearing it is down.
+        if self.left {
+            return;
+        }
         if let Err(error) = self.swim.handle_data(opened.payload, &mut self.runtime) {
             Counters::bump(&self.counters.protocol_errors);
             tracing::debug!(%from, %error, "gossip message refused");
         }
+    }
+
+    #[cfg(test)]
+    fn link_is_cut(&self) -> bool {
+        self.link_cut.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[cfg(not(test))]
+    fn link_is_cut(&self) -> bool {
+        false
     }
 
     fn is_peer(&self, name: &str, source: IpAddr) -> bool {
@@ -253,18 +291,26 @@ impl Driver {
             .iter_members()
             .map(|member| member.id().name.clone())
             .collect();
-        let absent: Vec<Identity> = self
+        let absent: Vec<String> = self
             .peers
-            .iter()
-            .filter(|(name, _)| !active.contains(name))
-            .map(|(name, addr)| Identity {
-                name: name.clone(),
-                addr: *addr,
-                // Announcements are accepted by name, whatever the generation.
-                generation: 0,
-            })
+            .keys()
+            .filter(|name| !active.contains(name))
+            .cloned()
             .collect();
-        for peer in absent {
+        self.ask_to_join(absent);
+    }
+
+    fn ask_to_join(&mut self, names: Vec<String>) {
+        for name in names {
+            let Some(&addr) = self.peers.get(&name) else {
+                continue;
+            };
+            // Announcements are accepted by name, whatever the generation.
+            let peer = Identity {
+                name,
+                addr,
+                generation: 0,
+            };
             if let Err(error) = self.swim.announce(peer, &mut self.runtime) {
                 tracing::debug!(%error, "gossip join request");
             }
@@ -308,30 +354,65 @@ impl Driver {
         if !self.left {
             return;
         }
+        self.left = false;
         let generation = boot_epoch().max(self.local.generation + 1);
-        let identity = Identity {
+        self.start_generation(Identity {
             generation,
             ..self.local.clone()
-        };
+        });
+        tracing::info!(node = %self.local.name, generation, "rejoining the gossip cluster");
+    }
+
+    /// Runs as `identity` from a fresh SWIM state, joining every peer again.
+    ///
+    /// foca drops the timers of the previous identity, including those that would turn
+    /// its suspicions into downs. A peer suspected just before the gap (a link outage,
+    /// or the cluster declaring this node down), whose refutation never came because the
+    /// suspicion itself was lost on the way out, would then stay suspect for good: neither
+    /// probes nor messages at the same incarnation clear a suspicion. So the members still
+    /// up carry over as alive, to be probed (and suspected, with live timers) afresh, and
+    /// those declared down are forgotten and asked to join like the rest. Every peer gets a
+    /// join request, so it learns the new generation at once and its answer refreshes the
+    /// view; until all have answered (or the join timeout), the view is unsettled.
+    fn start_generation(&mut self, identity: Identity) {
+        let up: Vec<Member<Identity>> = self
+            .swim
+            .iter_members()
+            .map(|member| Member::new(member.id().clone(), member.incarnation(), State::Alive))
+            .collect();
+        self.swim = new_swim(identity.clone(), &self.timing);
+        // Timers of the previous instance would fire into the new one.
+        self.timers.clear();
         if let Err(error) = self
             .swim
-            .change_identity(identity.clone(), &mut self.runtime)
+            .apply_many(up.into_iter(), false, &mut self.runtime)
         {
-            tracing::warn!(%error, "rejoining the gossip cluster");
-            return;
+            tracing::debug!(%error, "carrying the gossip members over");
         }
         self.local = identity;
-        self.left = false;
         self.settled = false;
+        self.heard.clear();
         self.joining_since = Instant::now();
-        tracing::info!(node = %self.local.name, generation, "rejoining the gossip cluster");
-        self.ask_absent_peers_to_join();
+        let everyone = self.peers.keys().cloned().collect();
+        self.ask_to_join(everyone);
     }
 
     /// Sends what foca produced, schedules its timers, logs its notifications.
     async fn flush(&mut self) {
+        // Until nothing is left: a notification may start a new generation, whose join
+        // requests are produced after this round's sends.
+        while self.runtime.backlog() > 0 {
+            self.flush_once().await;
+        }
+    }
+
+    async fn flush_once(&mut self) {
         while let Some((to, payload)) = self.runtime.to_send() {
             let datagram = self.sealer.seal(&payload);
+            if self.link_is_cut() {
+                Counters::bump(&self.counters.send_errors);
+                continue;
+            }
             match self
                 .socket
                 .send_to(&datagram, SocketAddr::V4(to.addr))
@@ -359,9 +440,9 @@ impl Driver {
             OwnedNotification::Rejoin(identity) => {
                 tracing::info!(
                     generation = identity.generation,
-                    "declared down by the cluster; rejoined as a new generation"
+                    "declared down by the cluster; rejoining as a new generation"
                 );
-                self.local = identity;
+                self.start_generation(identity);
             }
             OwnedNotification::Defunct if !self.left => {
                 tracing::warn!("declared down by the cluster");
@@ -477,7 +558,7 @@ impl Driver {
         if self.settled {
             return;
         }
-        let heard_from_all = members.values().all(|member| member.liveness.is_up());
+        let heard_from_all = self.peers.keys().all(|name| self.heard.contains(name));
         let waited = self.joining_since.elapsed() >= self.timing.join_timeout;
         if heard_from_all || waited {
             self.settled = true;

@@ -26,7 +26,12 @@
 //!
 //! A node whose announce interface is missing or down leaves the gossip (see
 //! [`Membership::leave`]); peers then treat it as down, which is what it is for traffic.
-//! It rejoins as a new generation when the interface is back ([`Membership::rejoin`]).
+//! It rejoins as a new generation when the interface is back ([`Membership::rejoin`]),
+//! forgetting what it knew of the cluster before the outage and learning it again from
+//! the peers' answers to its join requests, within a round trip. The same happens when
+//! the cluster declared it down (a partition it did not notice). Pre-outage knowledge is
+//! stale, and a suspicion it raised as its link failed, lost on the way out, would
+//! otherwise never be refuted nor time out.
 
 pub mod auth;
 mod driver;
@@ -277,6 +282,8 @@ pub struct Membership {
     counters: Arc<Counters>,
     commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
+    #[cfg(test)]
+    link_cut: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Membership {
@@ -284,6 +291,8 @@ impl Membership {
     pub async fn start(settings: Settings) -> Result<Self, MembershipError> {
         let counters = Arc::new(Counters::default());
         let (driver, view) = Driver::bind(settings, Arc::clone(&counters)).await?;
+        #[cfg(test)]
+        let link_cut = Arc::clone(&driver.link_cut);
         let (commands, receiver) = mpsc::channel(4);
         let task = tokio::spawn(driver.run(receiver));
         Ok(Self {
@@ -291,6 +300,8 @@ impl Membership {
             counters,
             commands,
             task,
+            #[cfg(test)]
+            link_cut,
         })
     }
 
@@ -311,9 +322,14 @@ impl Membership {
         }
     }
 
-    /// Joins again as a new generation after [`Membership::leave`].
+    /// Joins again as a new generation after [`Membership::leave`]. Returns once the join
+    /// requests are sent; the view is unsettled until every peer has answered (or the
+    /// join timeout), and counts the peers that were up before as up meanwhile.
     pub async fn rejoin(&self) {
-        let _ = self.commands.send(Command::Rejoin).await;
+        let (done, sent) = oneshot::channel();
+        if self.commands.send(Command::Rejoin(done)).await.is_ok() {
+            let _ = sent.await;
+        }
     }
 
     /// Replaces the nodes of the gossip (this node may be among them).

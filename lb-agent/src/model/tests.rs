@@ -25,7 +25,8 @@ fn example_state_has_every_table() {
         NodeConfig {
             address: ip("10.0.0.11"),
             mtu: 1500,
-            icmp_rate_per_sec: 100
+            icmp_rate_per_sec: 100,
+            mac: [0; 6],
         }
     );
     assert_eq!(state.peers, BTreeSet::from([ip("10.0.0.12")]));

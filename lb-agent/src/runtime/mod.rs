@@ -151,6 +151,22 @@ fn link_mtu(interface: &str) -> Result<u32, RuntimeError> {
         .map_err(|_| failed(format!("{text:?} is not an MTU")))
 }
 
+/// The MAC address VIP frames are handled for: the one ARP gives clients for the VIPs
+/// (with a bridge or a VLAN device in between, not the attach interface's own). Read at
+/// start; unreadable (no such interface yet), the data path handles every destination.
+fn announce_mac(interface: &str) -> [u8; 6] {
+    match arp::interface::mac(&SysPaths::live(), interface) {
+        Ok(mac) => {
+            tracing::info!(%interface, %mac, "handling VIP frames sent to this MAC address");
+            mac.octets()
+        }
+        Err(error) => {
+            tracing::warn!(%interface, %error, "no MAC address: handling VIP frames whatever their destination, so frames flooded to other nodes are forwarded here too");
+            [0; 6]
+        }
+    }
+}
+
 /// Membership: the gossip, or every known node alive when `gossip` is not configured.
 enum Members {
     Gossip(Membership),
@@ -280,6 +296,7 @@ pub async fn run<S: Source>(mut source: S) -> Result<(), RuntimeError> {
     let announce_interface = settings
         .announce_interface()
         .map_or_else(|| interface.clone(), str::to_owned);
+    let reconciler = reconciler.with_mac(announce_mac(&announce_interface));
     let view = members.view(&cluster);
     let problem = interface_problem(&announce_interface);
     let first = plan(&cluster, &view, mtu, problem.as_deref());

@@ -86,13 +86,25 @@ pub struct Reconciler<D> {
     dataplane: D,
     /// What the maps hold.
     applied: State,
+    /// The announce interface's MAC address; the inputs do not know the interface.
+    mac: [u8; 6],
 }
 
 impl<D: Dataplane> Reconciler<D> {
     /// Starts from what the maps hold (empty, or a previous agent's state).
     pub fn new(dataplane: D) -> Result<Self, DataplaneError> {
         let applied = dataplane.read()?;
-        Ok(Self { dataplane, applied })
+        Ok(Self {
+            dataplane,
+            applied,
+            mac: [0; 6],
+        })
+    }
+
+    /// Writes `mac` as this node's MAC address from the next pass on: the data path then
+    /// handles only VIP and tunnel frames sent to it (see [`crate::model::NodeConfig`]).
+    pub fn with_mac(self, mac: [u8; 6]) -> Self {
+        Self { mac, ..self }
     }
 
     pub fn dataplane(&self) -> &D {
@@ -107,7 +119,8 @@ impl<D: Dataplane> Reconciler<D> {
     /// updates took, `None` when nothing changed. After a failed update the maps are read
     /// back, so the next pass diffs against what they really hold.
     pub fn reconcile(&mut self, inputs: &Inputs) -> Result<Option<Duration>, DataplaneError> {
-        let desired = desired_state(inputs);
+        let mut desired = desired_state(inputs);
+        desired.node.mac = self.mac;
         let changes = diff(&self.applied, &desired);
         if changes.is_empty() {
             return Ok(None);

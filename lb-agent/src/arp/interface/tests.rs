@@ -299,3 +299,28 @@ fn unreadable_sysfs_attribute_is_a_read_error() {
         Err(InterfaceError::Read { path, .. }) if path.ends_with("eth0/operstate")
     ));
 }
+
+#[test]
+fn mac_is_read_whatever_the_link_state() {
+    let fake = FakeSys::new();
+    fake.link("eth0", 2, 0, libc::ARPHRD_ETHER, "down");
+    assert!(choose(&fake.paths(), Some("eth0")).is_err());
+    assert_eq!(
+        mac(&fake.paths(), "eth0").unwrap(),
+        MacAddr::new(2, 0, 0, 0, 0, 2)
+    );
+    assert!(matches!(
+        mac(&fake.paths(), "eth9"),
+        Err(InterfaceError::Refused {
+            reason: Refusal::Missing,
+            ..
+        })
+    ));
+    assert!(matches!(
+        mac(&fake.paths(), ".."),
+        Err(InterfaceError::Refused {
+            reason: Refusal::InvalidName,
+            ..
+        })
+    ));
+}

@@ -86,11 +86,12 @@ struct Args {
     socket: PathBuf,
 
     /// Output format: a table for people, or json/yaml for scripts (the agent's own
-    /// field names).
+    /// field names). `migrate` always prints YAML.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
 
-    /// The kubeconfig file for the cluster commands (default: as kubectl finds it).
+    /// The kubeconfig file for the cluster commands (pools, services, explain --cluster;
+    /// default: as kubectl finds it).
     #[arg(long, global = true, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
 
@@ -98,7 +99,8 @@ struct Args {
     #[arg(long, global = true, value_name = "NAME")]
     context: Option<String>,
 
-    /// The namespace xdplb is installed in (its settings say which Services it serves).
+    /// The namespace xdplb is installed in: `services` and `explain --cluster` read its
+    /// settings (ConfigMap xdplb-agent) to know which Services it serves.
     #[arg(
         long,
         global = true,

@@ -258,3 +258,33 @@ fn the_file_mtu_overrides_the_interface_mtu() {
     let jumbo = parsed(&format!("{EXAMPLE}mtu: 9000\n"));
     assert_eq!(plan(&jumbo, &view_of(&jumbo), 1400, None).inputs.mtu, 9000);
 }
+
+#[test]
+fn the_interface_mac_is_written_and_an_adopting_agent_keeps_it() {
+    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+    let config = example_config();
+    let inputs = plan(&config, &view_of(&config), 1500, None).inputs;
+    let mut first = Reconciler::new(MemoryDataplane::new(capacities()))
+        .expect("read")
+        .with_mac(MAC);
+    first.reconcile(&inputs).expect("apply");
+    let held = first.dataplane().read().expect("read back");
+    assert_eq!(held.node.mac, MAC);
+    let store = first.dataplane.into_store();
+    let adopted = Engine::adopt(store, capacities(), &held).expect("adopt");
+    let mut second = Reconciler::new(adopted).expect("read").with_mac(MAC);
+    assert_eq!(second.reconcile(&inputs).expect("no-op"), None);
+    // A different interface (or none) is a change of the node settings alone.
+    let changed = [0x02, 0, 0, 0, 0x0a, 0x02];
+    let mut second = second.with_mac(changed);
+    assert!(second.reconcile(&inputs).expect("apply").is_some());
+    let held_now = second.dataplane().read().expect("read back");
+    assert_eq!(held_now.node.mac, changed);
+    assert_eq!(
+        State {
+            node: held.node,
+            ..held_now
+        },
+        held
+    );
+}
