@@ -124,16 +124,56 @@ pub struct Config {
     pub pin_dir: PathBuf,
 }
 
-fn default_icmp_rate() -> u32 {
+pub(crate) fn default_icmp_rate() -> u32 {
     100
 }
 
 /// Where maps and links are pinned unless `pinDir` says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
 
-fn default_pin_dir() -> PathBuf {
+pub(crate) fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
 }
+
+/// The keys the standalone file shares with the Kubernetes mode's settings, borrowed
+/// from either for the checks they share.
+pub struct NodeLocal<'a> {
+    pub interface: Option<&'a str>,
+    pub mtu: Option<u32>,
+    pub capacities: &'a CapacitiesConfig,
+    pub gossip: Option<&'a GossipConfig>,
+    pub arp: &'a ArpConfig,
+    pub api: &'a ApiConfig,
+    pub pin_dir: &'a Path,
+}
+
+/// A settings file with the node-local keys.
+pub trait HasNodeLocal {
+    fn node_local(&self) -> NodeLocal<'_>;
+}
+
+/// Implements [`HasNodeLocal`] for a settings struct with the node-local fields under
+/// their standalone names.
+macro_rules! impl_node_local {
+    ($settings:ty) => {
+        impl $crate::config::HasNodeLocal for $settings {
+            fn node_local(&self) -> $crate::config::NodeLocal<'_> {
+                $crate::config::NodeLocal {
+                    interface: self.interface.as_deref(),
+                    mtu: self.mtu,
+                    capacities: &self.capacities,
+                    gossip: self.gossip.as_ref(),
+                    arp: &self.arp,
+                    api: &self.api,
+                    pin_dir: &self.pin_dir,
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_node_local;
+
+impl_node_local!(Config);
 
 /// `gossip`: SWIM membership over UDP on the nodes' LAN addresses. Every datagram is
 /// authenticated with HMAC-SHA256 under a key all nodes share, and replays are refused.
@@ -603,17 +643,19 @@ pub fn parse(text: &str) -> Result<Standalone, ConfigError> {
         }));
     }
     let config: Config = typed(&document)?;
-    match validate::validate(&config) {
-        Ok(node) => Ok(Standalone { config, node }),
-        Err(problems) => {
-            let mut issues: Vec<Issue> = problems
-                .into_iter()
-                .map(|problem| problem.locate(&document))
-                .collect();
-            issues.sort_by_key(|issue| issue.location);
-            Err(ConfigError::Invalid(issues))
-        }
-    }
+    validate::validate(&config)
+        .map(|node| Standalone { config, node })
+        .map_err(|problems| invalid(problems, &document))
+}
+
+/// `problems` placed in `document`, in file order.
+fn invalid(problems: Vec<locate::Problem>, document: &marked_yaml::Node) -> ConfigError {
+    let mut issues: Vec<Issue> = problems
+        .into_iter()
+        .map(|problem| problem.locate(document))
+        .collect();
+    issues.sort_by_key(|issue| issue.location);
+    ConfigError::Invalid(issues)
 }
 
 fn document(text: &str) -> Result<marked_yaml::Node, ConfigError> {
@@ -627,9 +669,16 @@ fn typed<T: serde::de::DeserializeOwned>(document: &marked_yaml::Node) -> Result
 }
 
 /// Parses another YAML file of the agent (the Kubernetes mode's settings) with this
-/// file's error reporting: the line, column and field path of each problem.
-pub fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    typed(&document(text)?)
+/// file's checks of the node-local keys and its error reporting: the line, column and
+/// field path of each problem.
+pub fn parse_as<T: serde::de::DeserializeOwned + HasNodeLocal>(
+    text: &str,
+) -> Result<T, ConfigError> {
+    let document = document(text)?;
+    let settings: T = typed(&document)?;
+    validate::validate_node_local(&settings.node_local())
+        .map_err(|problems| invalid(problems, &document))?;
+    Ok(settings)
 }
 
 /// Reads and validates a configuration file.

@@ -274,7 +274,8 @@ impl From<Liveness> for MemberState {
         match liveness {
             Liveness::Alive => Self::Alive,
             Liveness::Suspect => Self::Suspect,
-            Liveness::Down => Self::Down,
+            // Gone from the gossip; its data path serving meanwhile shows in the elections.
+            Liveness::HandingOver | Liveness::Down => Self::Down,
         }
     }
 }
@@ -323,6 +324,9 @@ pub struct ArpStatus {
     pub gratuitous: u64,
     /// Frames the socket would not send.
     pub send_errors: u64,
+    /// Times the ARP interface's link went away (down, or removed).
+    #[serde(default)]
+    pub link_outages: u64,
 }
 
 impl From<arp::Counters> for ArpStatus {
@@ -332,6 +336,7 @@ impl From<arp::Counters> for ArpStatus {
             replies: counters.replies_sent,
             gratuitous: counters.gratuitous_sent,
             send_errors: counters.send_errors,
+            link_outages: counters.link_outages,
         }
     }
 }

@@ -302,6 +302,11 @@ impl Scrape {
                     "ARP frames the socket would not send",
                     arp.send_errors,
                 ),
+                (
+                    "arp_link_outages",
+                    "Times the ARP interface's link went away; answers wait until it is back",
+                    arp.link_outages,
+                ),
             ];
             for (name, help, count) in counters {
                 single(encoder, name, help, Kind::Counter, count)?;

@@ -100,6 +100,7 @@ fn metrics_parse_and_carry_live_values() {
         ("xdplb_arp_requests", "counter"),
         ("xdplb_arp_replies", "counter"),
         ("xdplb_arp_gratuitous", "counter"),
+        ("xdplb_arp_link_outages", "counter"),
         ("xdplb_ownership_changes", "counter"),
         ("xdplb_gossip_members", "gauge"),
         ("xdplb_gossip_dropped", "counter"),
@@ -151,6 +152,14 @@ fn metrics_parse_and_carry_live_values() {
             count
         );
     }
+    assert_eq!(
+        value(
+            "xdplb_arp_link_outages",
+            "xdplb_arp_link_outages_total",
+            &[]
+        ),
+        2.0
+    );
     assert_eq!(
         value(
             "xdplb_ownership_changes",

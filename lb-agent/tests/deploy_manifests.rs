@@ -608,9 +608,16 @@ fn the_helm_chart_renders_the_plain_manifests() {
     let rendered = render_chart(&values);
     objects::all_typed(&rendered);
     let mut plain = by_name(&manifests());
-    let namespace = plain
+    // Helm stores the release in its namespace before creating anything, so the
+    // namespace comes from deploy/manifests/00-namespace.yaml (or --create-namespace).
+    plain
         .remove(&("Namespace".to_owned(), NAMESPACE.to_owned()))
         .expect("the plain Namespace");
+    assert_eq!(
+        values.get("namespace"),
+        None,
+        "no value can make the chart's namespace"
+    );
     let rendered_objects = by_name(&rendered);
     assert_eq!(
         rendered_objects.keys().collect::<Vec<_>>(),
@@ -625,22 +632,18 @@ fn the_helm_chart_renders_the_plain_manifests() {
         );
     }
 
-    // The Namespace when asked for, and the Secret when given a key.
+    // The Secret when given a key, and still no Namespace.
     let mut with = values.clone();
     helm::merge(
         &mut with,
         &json!({
-            "namespace": { "create": true },
             "gossip": { "key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0" },
             "nodeSelector": { "xdplb.io/lan": "true" },
             "image": { "tag": "0.2.0" },
         }),
     );
     let rendered = by_name(&render_chart(&with));
-    assert_eq!(
-        rendered[&("Namespace".to_owned(), NAMESPACE.to_owned())],
-        namespace
-    );
+    assert!(!rendered.keys().any(|(kind, _)| kind == "Namespace"));
     let secret = &rendered[&("Secret".to_owned(), "xdplb-gossip-key".to_owned())];
     assert_eq!(
         secret["stringData"]["key"],

@@ -24,8 +24,8 @@ use lb_agent::{
 };
 use nix::sys::signal::Signal;
 use tests::lab::{
-    App, ArpFrame, CLIENT_ADDR, Cluster, DNS_VIP, Failure, LAN_IFACE, Pace, Service, WEB_VIP,
-    echo_during, mac_text, requests_during,
+    App, ArpFrame, CLIENT_ADDR, Cluster, DNS_VIP, EchoReport, Failure, LAN_IFACE, Pace, Service,
+    WEB_VIP, echo_during, mac_text, requests_during,
 };
 
 const NODES: usize = 3;
@@ -306,10 +306,20 @@ fn long_lived_scenario(cluster: &Cluster, failure: Failure) -> anyhow::Result<()
             Ok((failed_at, new_owner, reelected))
         },
     )?;
-    let after = failed_at.elapsed();
+    eprintln!(
+        "{owner}: {failure}; {new_owner} owner after {} ms; runs ended {} ms after the failure",
+        reelected.as_millis(),
+        failed_at.elapsed().as_millis()
+    );
+    judge_echoes(&reports, &failure.to_string(), failed_at + reelected)
+}
+
+/// Every connection reported, none broke or stalled past [`STALL_LIMIT`], and each kept
+/// echoing after `recovered` (lines go on for 3 s after it, one per 100 ms).
+fn judge_echoes(reports: &[EchoReport], what: &str, recovered: Instant) -> anyhow::Result<()> {
     let mut per_pod: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     let mut problems = Vec::new();
-    for report in &reports {
+    for report in reports {
         if let Some(pod) = report.pod {
             *per_pod.entry(pod).or_default() += 1;
         }
@@ -328,20 +338,14 @@ fn long_lived_scenario(cluster: &Cluster, failure: Failure) -> anyhow::Result<()
         .map(|report| report.max_wait)
         .max()
         .unwrap_or_default();
-    let recovered = failed_at + reelected;
     let fewest = reports
         .iter()
         .map(|report| report.echoed.iter().filter(|&&at| at > recovered).count())
         .min()
         .unwrap_or(0);
+    eprintln!("{CONNECTIONS} connections over pods {per_pod:?}");
     eprintln!(
-        "{CONNECTIONS} connections over pods {per_pod:?}; {owner}: {failure}; \
-         {new_owner} owner after {} ms; runs ended {} ms after the failure",
-        reelected.as_millis(),
-        after.as_millis()
-    );
-    eprintln!(
-        "FIGURE long-lived connections across failover ({failure}): worst echo wait {} ms, {} of \
+        "FIGURE long-lived connections across failover ({what}): worst echo wait {} ms, {} of \
          {CONNECTIONS} broken, fewest echoes after the re-election {fewest}",
         worst.as_millis(),
         problems.len()
@@ -352,7 +356,6 @@ fn long_lived_scenario(cluster: &Cluster, failure: Failure) -> anyhow::Result<()
         reports.len()
     );
     ensure!(problems.is_empty(), "connections broke: {problems:?}");
-    // Lines go on for 3 s after the re-election, one per 100 ms.
     ensure!(
         fewest >= 20,
         "a connection had only {fewest} lines echoed after the re-election: it did not keep \
@@ -361,16 +364,71 @@ fn long_lived_scenario(cluster: &Cluster, failure: Failure) -> anyhow::Result<()
     Ok(())
 }
 
+/// The echo service with a pod on the owner's node (10.42.0.8, node1's pod network) and
+/// one elsewhere.
+fn echo_service_on_the_owner() -> Service {
+    Service {
+        pods: vec![Ipv4Addr::new(10, 42, 0, 8), Ipv4Addr::new(10, 42, 1, 8)],
+        ..echo_service()
+    }
+}
+
+/// The owner's agent restarts (SIGTERM, then start): its pinned data path and pods keep
+/// serving, so peers must keep its pods in their rings while it hands over, and no
+/// connection to a pod on that node may be re-steered and reset.
+#[test]
+fn connections_to_the_owners_pods_survive_its_agent_restarting() -> anyhow::Result<()> {
+    let mut services = Service::homelab();
+    services.push(echo_service_on_the_owner());
+    Cluster::test(
+        "connections_to_the_owners_pods_survive_its_agent_restarting",
+        NODES,
+        services,
+        agent_restart_echo_scenario,
+    )
+}
+
+fn agent_restart_echo_scenario(cluster: &Cluster) -> anyhow::Result<()> {
+    let owner = cluster.owner(WEB_VIP)?;
+    cluster.wait_client_settled(WEB_VIP)?;
+    let target = SocketAddrV4::new(WEB_VIP, App::ECHO_PORT);
+    let (restarted, reports) = echo_during(
+        &cluster.lab().client,
+        target,
+        CONNECTIONS,
+        LINE_EVERY,
+        || {
+            thread::sleep(Duration::from_secs(1));
+            cluster.stop_agent(&owner, Signal::SIGTERM)?;
+            cluster.start_agent(&owner)?;
+            cluster.wait_settled()?;
+            let restarted = Instant::now();
+            thread::sleep(Duration::from_secs(3));
+            Ok(restarted)
+        },
+    )?;
+    let on_owner = reports
+        .iter()
+        .filter(|report| {
+            report.pod.is_some_and(|pod| {
+                cluster
+                    .lab()
+                    .node_of(pod)
+                    .is_ok_and(|node| node.name == owner)
+            })
+        })
+        .count();
+    eprintln!("{on_owner} of {CONNECTIONS} connections to pods on the owner {owner}");
+    ensure!(
+        on_owner > 0,
+        "precondition: some connections must reach a pod on the owner {owner}"
+    );
+    judge_echoes(&reports, "owner's agent restarted", restarted)
+}
+
 /// An operator restarts the owner's agent (SIGTERM, then start it again) while a client
 /// keeps requesting: not one request may fail.
-///
-/// Known defect, so this test is ignored until it is fixed: on SIGTERM the agent leaves
-/// the gossip, peers treat a node that left like a dead one and drop it from their node
-/// rings and BACKENDS for the ~400 ms it is away, so a connection in flight to a pod on
-/// the restarting node is re-steered to another pod and reset (about 1 run in 17 here;
-/// every long-lived connection to that node's pods). Run with `-- --ignored`.
 #[test]
-#[ignore = "known defect: a graceful handover drops the node from peers' rings (see doc)"]
 fn restarting_the_owners_agent_fails_no_request() -> anyhow::Result<()> {
     Cluster::test(
         "restarting_the_owners_agent_fails_no_request",

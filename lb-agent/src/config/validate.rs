@@ -6,7 +6,8 @@ use std::{
 };
 
 use super::{
-    CapacitiesConfig, Config, EndpointConfig, GossipConfig, PeerConfig, ServiceConfig,
+    CapacitiesConfig, Config, EndpointConfig, GossipConfig, HasNodeLocal, NodeLocal, PeerConfig,
+    ServiceConfig,
     locate::{FieldPath, Problem},
 };
 use crate::model::{Node, Protocol};
@@ -265,22 +266,42 @@ impl Checker {
     }
 }
 
+impl Checker {
+    /// The keys every settings file of the agent shares, standalone or Kubernetes.
+    fn node_local(&mut self, root: &FieldPath, local: &NodeLocal<'_>) {
+        if let Some(interface) = local.interface {
+            self.interface(root.key("interface"), interface);
+        }
+        if let Some(interface) = &local.arp.interface {
+            self.interface(root.key("arp").key("interface"), interface);
+        }
+        if let Some(gossip) = local.gossip {
+            self.gossip(root.key("gossip"), gossip);
+        }
+        self.absolute(root.key("pinDir"), local.pin_dir);
+        self.absolute(root.key("api").key("socket"), &local.api.socket);
+        self.mtu(root.key("mtu"), local.mtu);
+        self.capacities(root.key("capacities"), local.capacities);
+    }
+}
+
+/// Every problem of the node-local keys of a settings file.
+pub fn validate_node_local(local: &NodeLocal<'_>) -> Result<(), Vec<Problem>> {
+    let mut checker = Checker::default();
+    checker.node_local(&FieldPath::default(), local);
+    if checker.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(checker.problems)
+    }
+}
+
 /// Every problem of `config`, or this node as the peers describe it.
 pub fn validate(config: &Config) -> Result<Node, Vec<Problem>> {
     let root = FieldPath::default();
     let mut checker = Checker::default();
     checker.name(root.key("node"), &config.node);
-    if let Some(interface) = &config.interface {
-        checker.interface(root.key("interface"), interface);
-    }
-    if let Some(interface) = &config.arp.interface {
-        checker.interface(root.key("arp").key("interface"), interface);
-    }
-    if let Some(gossip) = &config.gossip {
-        checker.gossip(root.key("gossip"), gossip);
-    }
-    checker.absolute(root.key("pinDir"), &config.pin_dir);
-    checker.absolute(root.key("api").key("socket"), &config.api.socket);
+    checker.node_local(&root, &config.node_local());
     let peers = checker.peers(root.key("peers"), &config.peers);
     let node = checker
         .node_address(root.key("node"), &config.node, &peers)
@@ -288,8 +309,6 @@ pub fn validate(config: &Config) -> Result<Node, Vec<Problem>> {
             name: config.node.clone(),
             address,
         });
-    checker.mtu(root.key("mtu"), config.mtu);
-    checker.capacities(root.key("capacities"), &config.capacities);
     let mut claims = Claims::default();
     for (index, service) in config.services.iter().enumerate() {
         checker.service(

@@ -18,7 +18,8 @@ use serde::Deserialize;
 
 use crate::{
     config::{
-        self, ApiConfig, ArpConfig, CapacitiesConfig, ConfigError, DEFAULT_PIN_DIR, GossipConfig,
+        self, ApiConfig, ArpConfig, CapacitiesConfig, ConfigError, GossipConfig, default_icmp_rate,
+        default_pin_dir,
     },
     ipam::request::ClassPolicy,
     runtime::Settings,
@@ -55,13 +56,7 @@ pub struct KubernetesSettings {
     pub default_class: bool,
 }
 
-fn default_icmp_rate() -> u32 {
-    100
-}
-
-fn default_pin_dir() -> PathBuf {
-    PathBuf::from(DEFAULT_PIN_DIR)
-}
+config::impl_node_local!(KubernetesSettings);
 
 impl KubernetesSettings {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
@@ -100,6 +95,7 @@ impl KubernetesSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_PIN_DIR;
 
     #[test]
     fn an_empty_file_is_every_default() {
@@ -119,6 +115,95 @@ mod tests {
         assert_eq!(runtime.gossip.as_ref().map(|g| g.port), Some(7950));
         assert_eq!(runtime.arp.refresh, None);
         assert!(settings.class_policy().default_class);
+    }
+
+    /// `(file, line, field, message)`: the standalone file's checks of the same keys.
+    const BAD: &[(&str, usize, &str, &str)] = &[
+        (
+            "defaultClass: true\nmtu: 100\n",
+            2,
+            "mtu",
+            "MTU 100 is outside 576-65535",
+        ),
+        ("mtu: 70000\n", 1, "mtu", "MTU 70000 is outside 576-65535"),
+        (
+            "interface: eth0/1\n",
+            1,
+            "interface",
+            "`eth0/1` is not a Linux interface name",
+        ),
+        (
+            "arp:\n  interface: a:b\n",
+            2,
+            "arp.interface",
+            "`a:b` is not a Linux interface name",
+        ),
+        (
+            "gossip:\n  keyFile: gossip.key\n",
+            2,
+            "gossip.keyFile",
+            "`gossip.key` must be an absolute path",
+        ),
+        (
+            "gossip:\n  keyFile: /k\n  probeTimeoutMs: 150\n",
+            3,
+            "gossip.probeTimeoutMs",
+            "150 ms must be shorter than probeIntervalMs (100 ms)",
+        ),
+        (
+            "gossip:\n  keyFile: /k\n  suspicionMs: 0\n",
+            3,
+            "gossip.suspicionMs",
+            "must be at least 1",
+        ),
+        (
+            "capacities:\n  vips: 16\n  flows: 0\n",
+            3,
+            "capacities.flows",
+            "must be at least 1",
+        ),
+        (
+            "pinDir: xdplb\n",
+            1,
+            "pinDir",
+            "`xdplb` must be an absolute path",
+        ),
+        (
+            "api:\n  socket: agent.sock\n",
+            2,
+            "api.socket",
+            "`agent.sock` must be an absolute path",
+        ),
+    ];
+
+    #[test]
+    fn bad_values_fail_the_standalone_files_checks() {
+        for &(text, line, field, message) in BAD {
+            let error = KubernetesSettings::parse(text).expect_err(text);
+            let context = format!("{error}\n--- file ---\n{text}");
+            assert_eq!(error.metric_label(), "invalid", "{context}");
+            let shown = error.to_string();
+            assert!(
+                shown.starts_with(&format!("line {line}, column ")),
+                "{context}"
+            );
+            assert!(
+                shown.contains(&format!(": {field}: {message}")),
+                "{context}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_file_order() {
+        let text = "capacities:\n  backends: 0\nmtu: 1\n";
+        let error = KubernetesSettings::parse(text).expect_err("two problems");
+        let fields: Vec<_> = error
+            .issues()
+            .iter()
+            .map(|issue| issue.field.as_deref())
+            .collect();
+        assert_eq!(fields, [Some("capacities.backends"), Some("mtu")]);
     }
 
     #[test]

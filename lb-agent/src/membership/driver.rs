@@ -38,6 +38,7 @@ type Swim = Foca<Identity, PostcardCodec, StdRng, NoCustomBroadcast>;
 
 pub(super) enum Command {
     Leave(oneshot::Sender<()>),
+    HandOver(oneshot::Sender<()>),
     Rejoin(oneshot::Sender<()>),
     SetPeers(Vec<Peer>),
 }
@@ -130,6 +131,7 @@ impl Driver {
             name: local.name.clone(),
             addr: local.addr,
             generation: epoch,
+            handing_over: false,
         };
         let swim = new_swim(identity.clone(), &timing);
         let (view, receiver) = watch::channel(View {
@@ -190,6 +192,10 @@ impl Driver {
                 Event::Rejoin => self.ask_absent_peers_to_join(),
                 Event::Command(Some(Command::Leave(sent))) => {
                     self.leave();
+                    done = Some(sent);
+                }
+                Event::Command(Some(Command::HandOver(sent))) => {
+                    self.hand_over();
                     done = Some(sent);
                 }
                 Event::Command(Some(Command::Rejoin(sent))) => {
@@ -310,6 +316,7 @@ impl Driver {
                 name,
                 addr,
                 generation: 0,
+                handing_over: false,
             };
             if let Err(error) = self.swim.announce(peer, &mut self.runtime) {
                 tracing::debug!(%error, "gossip join request");
@@ -350,6 +357,20 @@ impl Driver {
         tracing::info!(node = %self.local.name, "left the gossip cluster");
     }
 
+    /// Leaves as this generation's handing-over identity, which wins over the running one
+    /// at every peer, so they learn the data path stays.
+    fn hand_over(&mut self) {
+        if self.left {
+            return;
+        }
+        let identity = Identity {
+            handing_over: true,
+            ..self.local.clone()
+        };
+        self.replace_swim(identity);
+        self.leave();
+    }
+
     fn rejoin(&mut self) {
         if !self.left {
             return;
@@ -375,6 +396,16 @@ impl Driver {
     /// join request, so it learns the new generation at once and its answer refreshes the
     /// view; until all have answered (or the join timeout), the view is unsettled.
     fn start_generation(&mut self, identity: Identity) {
+        self.replace_swim(identity);
+        self.settled = false;
+        self.heard.clear();
+        self.joining_since = Instant::now();
+        let everyone = self.peers.keys().cloned().collect();
+        self.ask_to_join(everyone);
+    }
+
+    /// Runs as `identity` from a fresh SWIM state that knows the members still up.
+    fn replace_swim(&mut self, identity: Identity) {
         let up: Vec<Member<Identity>> = self
             .swim
             .iter_members()
@@ -390,11 +421,6 @@ impl Driver {
             tracing::debug!(%error, "carrying the gossip members over");
         }
         self.local = identity;
-        self.settled = false;
-        self.heard.clear();
-        self.joining_since = Instant::now();
-        let everyone = self.peers.keys().cloned().collect();
-        self.ask_to_join(everyone);
     }
 
     /// Sends what foca produced, schedules its timers, logs its notifications.
@@ -482,6 +508,7 @@ impl Driver {
                 let liveness = match member.state() {
                     State::Alive => Liveness::Alive,
                     State::Suspect => Liveness::Suspect,
+                    State::Down if member.id().handing_over => Liveness::HandingOver,
                     State::Down => Liveness::Down,
                 };
                 (member.id().clone(), liveness, member.incarnation())

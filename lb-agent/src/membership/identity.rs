@@ -14,6 +14,9 @@ pub struct Identity {
     pub addr: SocketAddrV4,
     /// Boot epoch (microseconds since the Unix epoch), plus one per renewal.
     pub generation: u64,
+    /// Set on the identity a stopping agent leaves as: its data path stays pinned and
+    /// keeps serving until the next agent rejoins, so peers keep its endpoints.
+    pub handing_over: bool,
 }
 
 impl foca::Identity for Identity {
@@ -24,6 +27,7 @@ impl foca::Identity for Identity {
     fn renew(&self) -> Option<Self> {
         Some(Self {
             generation: self.generation + 1,
+            handing_over: false,
             ..self.clone()
         })
     }
@@ -32,8 +36,9 @@ impl foca::Identity for Identity {
         self.name.clone()
     }
 
+    /// Within a generation, the handing-over identity wins: it is that run's last word.
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.generation > adversary.generation
+        (self.generation, self.handing_over) > (adversary.generation, adversary.handing_over)
     }
 }
 
@@ -49,6 +54,7 @@ mod tests {
             name: "node1".into(),
             addr: "10.0.0.11:7947".parse().expect("addr"),
             generation: 100,
+            handing_over: false,
         };
         let renewed = old.renew().expect("renewable");
         assert_eq!(renewed.addr(), old.addr());
@@ -59,5 +65,17 @@ mod tests {
             ..old.clone()
         };
         assert!(restarted.win_addr_conflict(&renewed));
+        let handing_over = Identity {
+            handing_over: true,
+            ..restarted.clone()
+        };
+        assert!(handing_over.win_addr_conflict(&restarted));
+        assert!(!restarted.win_addr_conflict(&handing_over));
+        let next_run = Identity {
+            generation: 5_001,
+            ..restarted
+        };
+        assert!(next_run.win_addr_conflict(&handing_over));
+        assert!(!handing_over.renew().expect("renewable").handing_over);
     }
 }

@@ -21,8 +21,10 @@
 //! of the `N − 1` probers gets there much sooner, about `P/(N − 1) + P + S`.
 //! With the defaults (`P` = 100 ms, `R` = 40 ms, `S` = 300 ms, `G` = 100 ms) that is at
 //! most 800 ms for three nodes and typically 450–550 ms (measured by this module's
-//! tests). A graceful stop (SIGTERM) announces the departure: peers learn it within one
-//! round trip.
+//! tests). A graceful stop (SIGTERM) announces the departure as handing over
+//! ([`Membership::hand_over`]): peers learn it within one round trip, elect other VIP
+//! owners, but keep the node's endpoints, since its pinned data path keeps serving until
+//! the next agent rejoins (as [`Liveness::HandingOver`], for at most [`HANDOVER_GRACE`]).
 //!
 //! A node whose announce interface is missing or down leaves the gossip (see
 //! [`Membership::leave`]); peers then treat it as down, which is what it is for traffic.
@@ -62,13 +64,25 @@ pub enum Liveness {
     Alive,
     /// Missed a probe; still counted as alive until the suspicion timeout.
     Suspect,
+    /// Left on SIGTERM with its data path kept pinned: it still serves the flows it
+    /// holds, but owns no VIP. Down once [`HANDOVER_GRACE`] has passed
+    /// ([`View::expire_handovers`]).
+    HandingOver,
     /// Declared dead, left, or never heard from.
     Down,
 }
 
+/// How long peers keep a handing-over node's endpoints when no new agent rejoins.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(5);
+
 impl Liveness {
-    /// Alive or suspect: still a member for election and traffic.
+    /// Alive or suspect: still a member for election.
     pub fn is_up(self) -> bool {
+        matches!(self, Self::Alive | Self::Suspect)
+    }
+
+    /// Its data path serves: up, or handing over.
+    pub fn serves(self) -> bool {
         self != Self::Down
     }
 }
@@ -78,6 +92,7 @@ impl fmt::Display for Liveness {
         f.write_str(match self {
             Self::Alive => "alive",
             Self::Suspect => "suspect",
+            Self::HandingOver => "handing over",
             Self::Down => "down",
         })
     }
@@ -134,13 +149,35 @@ impl View {
         }
     }
 
-    /// Names of the nodes that are down.
+    /// Names of the nodes whose data path does not serve.
     pub fn down(&self) -> BTreeSet<String> {
         self.members
             .iter()
-            .filter(|(_, member)| !member.liveness.is_up())
+            .filter(|(_, member)| !member.liveness.serves())
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// The view at `now`: members handing over for [`HANDOVER_GRACE`] or longer are down,
+    /// since no new agent took over from them.
+    pub fn expire_handovers(mut self, now: SystemTime) -> Self {
+        for member in self.members.values_mut() {
+            let expired = now
+                .duration_since(member.since)
+                .is_ok_and(|handing_over| handing_over >= HANDOVER_GRACE);
+            if member.liveness == Liveness::HandingOver && expired {
+                member.liveness = Liveness::Down;
+                member.since += HANDOVER_GRACE;
+            }
+        }
+        self
+    }
+
+    /// Whether a member is handing over, so the view changes when the grace period ends.
+    pub fn has_handovers(&self) -> bool {
+        self.members
+            .values()
+            .any(|member| member.liveness == Liveness::HandingOver)
     }
 
     pub fn liveness(&self, name: &str) -> Liveness {
@@ -275,7 +312,7 @@ pub fn boot_epoch() -> u64 {
 }
 
 /// The running gossip. Dropping it stops the gossip without a goodbye (as a crash would);
-/// [`Membership::shutdown`] leaves the cluster first.
+/// [`Membership::hand_over`] leaves the cluster first.
 #[derive(Debug)]
 pub struct Membership {
     view: watch::Receiver<View>,
@@ -337,9 +374,13 @@ impl Membership {
         let _ = self.commands.send(Command::SetPeers(peers)).await;
     }
 
-    /// Leaves the cluster and stops.
-    pub async fn shutdown(self) {
-        self.leave().await;
+    /// Leaves the cluster as handing over (the data path stays and keeps serving; peers
+    /// keep its endpoints but elect other owners) and stops.
+    pub async fn hand_over(self) {
+        let (done, sent) = oneshot::channel();
+        if self.commands.send(Command::HandOver(done)).await.is_ok() {
+            let _ = sent.await;
+        }
         self.task.abort();
     }
 }

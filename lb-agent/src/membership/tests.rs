@@ -249,18 +249,24 @@ async fn a_crashed_member_is_declared_down_in_under_a_second() {
 }
 
 #[tokio::test]
-async fn a_member_that_leaves_is_down_at_once_and_a_restart_rejoins() {
+async fn a_member_that_hands_over_is_known_as_handing_over_at_once_and_a_restart_rejoins() {
     let mut members = cluster(3, 3).await;
     joined(&members).await;
     let leaving = members.pop().expect("three members");
     let stalls = Stalls::start();
-    leaving.shutdown().await;
+    leaving.hand_over().await;
     let left_after = until(&mut members[0].view(), PATIENCE, "node3 left", |view| {
-        view.liveness("node3") == Liveness::Down
+        view.liveness("node3") == Liveness::HandingOver
     })
     .await;
+    // The flag travels with the gossip: every peer keeps the node's data path.
+    until(&mut members[1].view(), PATIENCE, "node2 saw it", |view| {
+        view.liveness("node3") == Liveness::HandingOver
+    })
+    .await;
+    assert!(members[0].view().borrow().down().is_empty());
     eprintln!(
-        "graceful leave of node3 seen after {left_after:?} (the machine stalled the test for {:?})",
+        "handover of node3 seen after {left_after:?} (the machine stalled the test for {:?})",
         stalls.total()
     );
     let left_after = stalls.discount(left_after);
@@ -291,6 +297,7 @@ async fn leave_and_rejoin_keep_the_handle_usable() {
     let members = cluster(4, 2).await;
     joined(&members).await;
     members[1].leave().await;
+    // A leave for a link outage is not a handover: the node's traffic is gone.
     until(&mut members[0].view(), PATIENCE, "node2 left", |view| {
         view.liveness("node2") == Liveness::Down
     })

@@ -19,9 +19,11 @@
 //! 2026-11-21T20:15:03.412Z INFO this node now owns the VIP vip=172.16.200.20
 //! ```
 //!
-//! SIGTERM or SIGINT hand over gracefully: ARP stops, the node leaves the gossip (peers
-//! re-elect at once), the programs stay attached and pinned (traffic keeps flowing) and
-//! the process exits 0; the next agent adopts the pins. After SIGKILL the pins stay too.
+//! SIGTERM or SIGINT hand over gracefully: ARP stops, the node leaves the gossip as
+//! handing over (peers re-elect at once but keep its endpoints, see
+//! [`crate::membership::HANDOVER_GRACE`]), the programs stay attached and pinned (traffic
+//! keeps flowing) and the process exits 0; the next agent adopts the pins. After SIGKILL
+//! the pins stay too.
 
 pub mod cluster;
 mod provider;
@@ -34,7 +36,7 @@ use std::{
     io,
     net::Ipv4Addr,
     sync::{Arc, PoisonError},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use tokio::{
@@ -207,8 +209,19 @@ impl Members {
 
     fn view(&self, cluster: &Cluster) -> View {
         match self {
-            Self::Gossip(membership) => membership.view().borrow().clone(),
+            Self::Gossip(membership) => membership
+                .view()
+                .borrow()
+                .clone()
+                .expire_handovers(SystemTime::now()),
             Self::Static => View::all_alive(&cluster.inputs.node.name, &cluster.gossip_peers(0)),
+        }
+    }
+
+    fn has_handovers(&self) -> bool {
+        match self {
+            Self::Gossip(membership) => membership.view().borrow().has_handovers(),
+            Self::Static => false,
         }
     }
 
@@ -462,7 +475,8 @@ impl<S: Source> Agent<S> {
                 () = view_changed(&mut view) => self.step(),
                 cluster = self.source.next() => self.apply_cluster(cluster).await,
                 _ = retry.tick() => {
-                    if self.retry {
+                    // A handover's grace period ends without a view change.
+                    if self.retry || self.members.has_handovers() {
                         self.step();
                     }
                     self.ensure_announcer();
@@ -598,7 +612,7 @@ impl<S: Source> Agent<S> {
             tracing::info!("ARP announcements stopped");
         }
         if let Members::Gossip(membership) = std::mem::replace(&mut self.members, Members::Static) {
-            membership.shutdown().await;
+            membership.hand_over().await;
         }
         for server in self.servers.drain(..) {
             server.abort();

@@ -42,7 +42,7 @@ pub fn plan(
     inputs.down = inputs
         .peers
         .iter()
-        .filter(|peer| !view.liveness(&peer.name).is_up())
+        .filter(|peer| !view.liveness(&peer.name).serves())
         .map(|peer| peer.name.clone())
         .collect();
     let candidates: Vec<Candidate> = inputs

@@ -64,6 +64,7 @@ fn status() -> AgentStatus {
             replies_sent: 3,
             gratuitous_sent: 2,
             send_errors: 1,
+            link_outages: 5,
             ..arp::Counters::default()
         })),
         gossip: Some(GossipStatus {
@@ -97,6 +98,8 @@ fn renders_live_values_with_descriptors() {
         "xdplb_arp_requests_total 4",
         "xdplb_arp_replies_total 3",
         "xdplb_arp_gratuitous_total 2",
+        "xdplb_arp_send_errors_total 1",
+        "xdplb_arp_link_outages_total 5",
         "xdplb_gossip_members{state=\"alive\"} 2",
         "xdplb_gossip_members{state=\"suspect\"} 1",
         "xdplb_gossip_members{state=\"down\"} 0",

@@ -204,6 +204,7 @@ impl Runtime {
                 replies: 12,
                 gratuitous: 6,
                 send_errors: 0,
+                link_outages: 2,
             }),
             gossip: Some(GossipStatus {
                 dropped: BTreeMap::from([("forged".into(), 3), ("replayed".into(), 1)]),

@@ -4,6 +4,7 @@ use super::*;
 use crate::{
     config,
     dataplane::{Engine, loader::Capacities, memory::MemoryDataplane},
+    election::Ineligible,
     fixtures::ip,
     membership::Liveness,
     model::BackendState,
@@ -287,4 +288,35 @@ fn the_interface_mac_is_written_and_an_adopting_agent_keeps_it() {
         },
         held
     );
+}
+
+#[test]
+fn a_handing_over_owner_keeps_serving_but_owns_nothing_until_its_grace_period_ends() {
+    let config = example_config();
+    let all = desired_state(&plan(&config, &view_of(&config), 1500, None).inputs);
+    let view = with(view_of(&config), "node1", Liveness::HandingOver);
+    let since = view.members["node1"].since;
+
+    let handing_over = plan(&config, &view.clone().expire_handovers(since), 1500, None);
+    assert!(handing_over.owned.is_empty());
+    for election in handing_over.elections.values() {
+        assert_eq!(election.owner.as_deref(), Some("node2"));
+    }
+    assert_eq!(
+        Ineligible::NotAlive(Liveness::HandingOver).to_string(),
+        "not alive in the gossip (handing over)"
+    );
+    assert!(handing_over.inputs.down.is_empty());
+    assert_eq!(
+        desired_state(&handing_over.inputs),
+        all,
+        "its endpoints stay in the rings and backends"
+    );
+
+    let late = since + crate::membership::HANDOVER_GRACE;
+    let expired = plan(&config, &view.expire_handovers(late), 1500, None);
+    assert_eq!(expired.inputs.down, BTreeSet::from(["node1".to_owned()]));
+    let state = desired_state(&expired.inputs);
+    assert_eq!(slots_of(&state, "web", "10.0.0.11"), 0);
+    assert!(!state.backends.contains_key(&ip("10.0.0.11")));
 }
