@@ -64,7 +64,7 @@ pub use self::{
     capture::{ArpFrame, Capture, Packet},
     cluster::{
         App, Binaries, Cluster, DNS_NAME, DNS_VIP, FailoverReport, Failure, Service, VIP_CIDR,
-        WEB_VIP,
+        WEB_VIP, dump_log_tails,
     },
     probe::{Attempt, EchoReport, Pace, Requests, echo_during, requests_during},
 };

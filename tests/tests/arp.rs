@@ -31,6 +31,9 @@ const BROADCAST: Mac = [0xff; 6];
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 
+/// What the client's capture and its pcap file are called.
+const CAPTURE_NAME: &str = "client";
+
 type Mac = [u8; 6];
 
 fn skip_unless_root(test: &str) -> bool {
@@ -43,17 +46,11 @@ fn skip_unless_root(test: &str) -> bool {
 
 #[test]
 fn owned_vip_resolves_to_the_announcing_node_and_others_do_not() -> anyhow::Result<()> {
-    if skip_unless_root("owned_vip_resolves_to_the_announcing_node_and_others_do_not") {
+    let Some((lab, node1)) =
+        vip_resolved_to_node1("owned_vip_resolves_to_the_announcing_node_and_others_do_not")?
+    else {
         return Ok(());
-    }
-    let lab = client_lan()?;
-    let node1 = Speaker::start(lab.node("node1")?, Settings::default(), &[VIP])?;
-
-    ensure!(
-        resolve(&lab.client, VIP)? == Some(node1.mac),
-        "{VIP} did not resolve to node1 {}",
-        mac_text(node1.mac)
-    );
+    };
     let answered = node1.counters();
     ensure!(
         answered.requests_owned >= 1 && answered.replies_sent == answered.requests_owned,
@@ -75,19 +72,15 @@ fn owned_vip_resolves_to_the_announcing_node_and_others_do_not() -> anyhow::Resu
 
 #[test]
 fn vip_removed_from_the_owned_set_is_not_answered_any_more() -> anyhow::Result<()> {
-    if skip_unless_root("vip_removed_from_the_owned_set_is_not_answered_any_more") {
+    let Some((lab, node1)) =
+        vip_resolved_to_node1("vip_removed_from_the_owned_set_is_not_answered_any_more")?
+    else {
         return Ok(());
-    }
-    let lab = client_lan()?;
-    let node1 = Speaker::start(lab.node("node1")?, Settings::default(), &[VIP])?;
-    ensure!(
-        resolve(&lab.client, VIP)? == Some(node1.mac),
-        "{VIP} never resolved"
-    );
+    };
 
     node1.own(&[]);
     let before = node1.counters();
-    lab.client.run(&format!("ip neigh flush dev {LAN_IFACE}"))?;
+    forget_neighbours(&lab)?;
     ensure!(
         resolve(&lab.client, VIP)?.is_none(),
         "{VIP} still resolves after leaving the owned set"
@@ -103,11 +96,11 @@ fn vip_removed_from_the_owned_set_is_not_answered_any_more() -> anyhow::Result<(
 
 #[test]
 fn takeover_moves_the_client_cache_by_gratuitous_arp_alone() -> anyhow::Result<()> {
-    if skip_unless_root("takeover_moves_the_client_cache_by_gratuitous_arp_alone") {
+    let Some((scratch, lab)) =
+        lan_with_scratch("takeover_moves_the_client_cache_by_gratuitous_arp_alone")?
+    else {
         return Ok(());
-    }
-    let scratch = tempfile::tempdir()?;
-    let lab = client_lan()?;
+    };
     lab.client.run(&format!(
         "echo 1 > /proc/sys/net/ipv4/conf/{LAN_IFACE}/arp_accept"
     ))?;
@@ -119,7 +112,7 @@ fn takeover_moves_the_client_cache_by_gratuitous_arp_alone() -> anyhow::Result<(
         "{VIP} never resolved to node1"
     );
 
-    let capture = Capture::start(&lab.client, LAN_IFACE, "arp", scratch.path(), "client")?;
+    let capture = capture_client_arp(&lab, scratch.path())?;
     node1.own(&[]);
     node2.own(&[VIP]);
     let moved = Instant::now();
@@ -135,7 +128,7 @@ fn takeover_moves_the_client_cache_by_gratuitous_arp_alone() -> anyhow::Result<(
     );
     // The rest of the takeover burst: 3 repeats 500 ms apart.
     thread::sleep(Duration::from_millis(1800).saturating_sub(moved.elapsed()));
-    let frames = stop_capture(capture, scratch.path(), "client")?;
+    let frames = stop_capture(capture, scratch.path())?;
 
     let requests_from_client: Vec<_> = frames
         .iter()
@@ -183,27 +176,26 @@ fn takeover_moves_the_client_cache_by_gratuitous_arp_alone() -> anyhow::Result<(
 
 #[test]
 fn disjoint_owners_each_answer_only_their_own_vip() -> anyhow::Result<()> {
-    if skip_unless_root("disjoint_owners_each_answer_only_their_own_vip") {
+    let Some((scratch, lab)) = lan_with_scratch("disjoint_owners_each_answer_only_their_own_vip")?
+    else {
         return Ok(());
-    }
-    let scratch = tempfile::tempdir()?;
-    let lab = client_lan()?;
+    };
     let client_mac = mac_of(&lab.client)?;
     let node1_node = lab.node("node1")?;
     let node1 = Speaker::start(node1_node, Settings::default(), &[VIP])?;
     let node2 = Speaker::start(lab.node("node2")?, Settings::default(), &[OTHER_VIP])?;
 
-    let capture = Capture::start(&lab.client, LAN_IFACE, "arp", scratch.path(), "client")?;
+    let capture = capture_client_arp(&lab, scratch.path())?;
     for target in [VIP, OTHER_VIP, node1_node.addr] {
         // Forwarding node1 answers pings to VIPs with ICMP errors, resolving the client
         // first; the client caches node1's address from that request unless flushed.
-        lab.client.run(&format!("ip neigh flush dev {LAN_IFACE}"))?;
+        forget_neighbours(&lab)?;
         ensure!(
             resolve(&lab.client, target)?.is_some(),
             "{target} did not resolve"
         );
     }
-    let frames = stop_capture(capture, scratch.path(), "client")?;
+    let frames = stop_capture(capture, scratch.path())?;
 
     // The node's own address is the kernel's to answer; the announcer stays out of it.
     for (target, owner) in [
@@ -263,14 +255,13 @@ fn refresh_keeps_announcing_owned_vips() -> anyhow::Result<()> {
 /// without asking, and requests are answered again.
 #[test]
 fn answers_and_announces_again_after_a_link_flap() -> anyhow::Result<()> {
-    if skip_unless_root("answers_and_announces_again_after_a_link_flap") {
+    let Some((scratch, lab)) = lan_with_scratch("answers_and_announces_again_after_a_link_flap")?
+    else {
         return Ok(());
-    }
-    let scratch = tempfile::tempdir()?;
-    let lab = client_lan()?;
+    };
     let node = lab.node("node1")?;
     let node1 = Speaker::start(node, Settings::default(), &[VIP])?;
-    let capture = Capture::start(&lab.client, LAN_IFACE, "arp", scratch.path(), "client")?;
+    let capture = capture_client_arp(&lab, scratch.path())?;
     node.netns.run(&format!("ip link set {LAN_IFACE} down"))?;
     thread::sleep(Duration::from_millis(100));
     let up = SystemTime::now().duration_since(UNIX_EPOCH)?;
@@ -278,7 +269,7 @@ fn answers_and_announces_again_after_a_link_flap() -> anyhow::Result<()> {
     // The takeover burst started before the flap would next be due 500 ms after it
     // started: anything well before that comes from the link returning.
     thread::sleep(Duration::from_millis(300));
-    let frames = stop_capture(capture, scratch.path(), "client")?;
+    let frames = stop_capture(capture, scratch.path())?;
     let after_up: Vec<_> = gratuitous_from(&frames, node1.mac)
         .into_iter()
         .filter(|frame| frame.sender_ip == VIP && frame.time >= up)
@@ -315,20 +306,16 @@ fn answers_and_announces_again_after_a_link_flap() -> anyhow::Result<()> {
 
 #[test]
 fn stop_is_prompt_and_a_dropped_owner_set_ends_the_announcer() -> anyhow::Result<()> {
-    if skip_unless_root("stop_is_prompt_and_a_dropped_owner_set_ends_the_announcer") {
+    let Some((lab, node1)) =
+        vip_resolved_to_node1("stop_is_prompt_and_a_dropped_owner_set_ends_the_announcer")?
+    else {
         return Ok(());
-    }
-    let lab = client_lan()?;
-    let node1 = Speaker::start(lab.node("node1")?, Settings::default(), &[VIP])?;
-    ensure!(
-        resolve(&lab.client, VIP)? == Some(node1.mac),
-        "{VIP} never resolved"
-    );
+    };
     let Speaker {
         announcer, owned, ..
     } = node1;
     drop(owned);
-    lab.client.run(&format!("ip neigh flush dev {LAN_IFACE}"))?;
+    forget_neighbours(&lab)?;
     ensure!(
         resolve(&lab.client, VIP)?.is_none(),
         "{VIP} answered after the owner set's sender was dropped"
@@ -433,6 +420,43 @@ fn client_lan() -> anyhow::Result<Lab> {
     lab.client
         .run(&format!("ip route add {VIP_CIDR} dev {LAN_IFACE}"))?;
     Ok(lab)
+}
+
+/// The client LAN with node1 announcing `VIP`, once the client resolved it to node1;
+/// `None` (the test skipped) when not root.
+fn vip_resolved_to_node1(test: &str) -> anyhow::Result<Option<(Lab, Speaker)>> {
+    if skip_unless_root(test) {
+        return Ok(None);
+    }
+    let lab = client_lan()?;
+    let node1 = Speaker::start(lab.node("node1")?, Settings::default(), &[VIP])?;
+    ensure!(
+        resolve(&lab.client, VIP)? == Some(node1.mac),
+        "{VIP} did not resolve to node1 {}",
+        mac_text(node1.mac)
+    );
+    Ok(Some((lab, node1)))
+}
+
+/// The client LAN and a directory for its captures; `None` (the test skipped) when not
+/// root.
+fn lan_with_scratch(test: &str) -> anyhow::Result<Option<(TempDir, Lab)>> {
+    if skip_unless_root(test) {
+        return Ok(None);
+    }
+    let scratch = tempfile::tempdir()?;
+    Ok(Some((scratch, client_lan()?)))
+}
+
+/// Empties the client's neighbour cache, so its kernel asks the LAN again.
+fn forget_neighbours(lab: &Lab) -> anyhow::Result<()> {
+    lab.client.run(&format!("ip neigh flush dev {LAN_IFACE}"))?;
+    Ok(())
+}
+
+/// Captures the ARP frames on the client's LAN interface into `dir`.
+fn capture_client_arp(lab: &Lab, dir: &Path) -> anyhow::Result<Capture> {
+    Capture::start(&lab.client, LAN_IFACE, "arp", dir, CAPTURE_NAME)
 }
 
 /// An announcer running for a node's LAN interface, with the owned set it reads.
@@ -605,10 +629,11 @@ fn gratuitous_from(frames: &[ArpFrame], mac: Mac) -> Vec<&ArpFrame> {
         .collect()
 }
 
-/// Stops `capture` (started with `name` in `dir`) and reads the ARP frames of its pcap.
-fn stop_capture(capture: Capture, dir: &Path, name: &str) -> anyhow::Result<Vec<ArpFrame>> {
+/// Stops `capture` (from [`capture_client_arp`] in `dir`) and reads the ARP frames of its
+/// pcap.
+fn stop_capture(capture: Capture, dir: &Path) -> anyhow::Result<Vec<ArpFrame>> {
     capture.stop()?;
-    read_arp_pcap(&dir.join(format!("{name}.pcap")))
+    read_arp_pcap(&dir.join(format!("{CAPTURE_NAME}.pcap")))
 }
 
 /// Parses a classic little-endian pcap file of Ethernet frames (what tcpdump writes on

@@ -67,7 +67,8 @@ fn dsr_spreads_flows_over_both_nodes_and_replies_bypass_the_owner() -> anyhow::R
     let scratch = tempfile::tempdir()?;
     let result = dsr_scenario(&agent, scratch.path());
     if result.is_err() {
-        dump_logs(scratch.path());
+        // The scenario's agents, servers and captures.
+        lab::dump_log_tails(scratch.path(), |_| 40);
     }
     result
 }
@@ -497,28 +498,4 @@ fn diagnostics(lab: &Lab) -> String {
     let neigh = lab.client.run("ip neigh; ip route").unwrap_or_default();
     report.push_str(&format!("--- client $ ip neigh; ip route\n{neigh}\n"));
     report
-}
-
-/// Prints the tail of every log the scenario wrote (agents, servers, captures).
-fn dump_logs(scratch: &Path) {
-    let Ok(entries) = fs::read_dir(scratch) else {
-        return;
-    };
-    let mut logs: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-        .collect();
-    logs.sort();
-    for log in logs {
-        let content = fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = content.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(40)..];
-        eprintln!(
-            "--- {} (last {} lines)\n{}",
-            log.display(),
-            tail.len(),
-            tail.join("\n")
-        );
-    }
 }

@@ -45,6 +45,18 @@ const LINE_EVERY: Duration = Duration::from_millis(100);
 const STALL_LIMIT: Duration = Duration::from_secs(2);
 const GOSSIP_PORT: u16 = 7947;
 
+/// Runs `scenario` as test `name` on [`NODES`] nodes serving the homelab services and
+/// `extra`.
+fn on_cluster(
+    name: &str,
+    extra: Option<Service>,
+    scenario: impl FnOnce(&Cluster) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut services = Service::homelab();
+    services.extend(extra);
+    Cluster::test(name, NODES, services, scenario)
+}
+
 /// The echo service shares the web VIP (its owner is elected for both) and has pods on
 /// node2 and node3 only.
 fn echo_service() -> Service {
@@ -58,10 +70,9 @@ fn echo_service() -> Service {
 
 #[test]
 fn vips_resolve_by_arp_to_their_owner_and_no_other_node_answers() -> anyhow::Result<()> {
-    Cluster::test(
+    on_cluster(
         "vips_resolve_by_arp_to_their_owner_and_no_other_node_answers",
-        NODES,
-        Service::homelab(),
+        None,
         arp_scenario,
     )
 }
@@ -194,20 +205,18 @@ fn arp_replies_counted(cluster: &Cluster) -> anyhow::Result<BTreeMap<String, u64
 
 #[test]
 fn owner_node_gone_fails_over_within_a_second() -> anyhow::Result<()> {
-    Cluster::test(
+    on_cluster(
         "owner_node_gone_fails_over_within_a_second",
-        NODES,
-        Service::homelab(),
+        None,
         |cluster| failover_trials(cluster, Failure::NodeGone),
     )
 }
 
 #[test]
 fn owner_link_down_fails_over_within_a_second() -> anyhow::Result<()> {
-    Cluster::test(
+    on_cluster(
         "owner_link_down_fails_over_within_a_second",
-        NODES,
-        Service::homelab(),
+        None,
         |cluster| failover_trials(cluster, Failure::LinkDown),
     )
 }
@@ -247,12 +256,9 @@ fn failover_trials(cluster: &Cluster, failure: Failure) -> anyhow::Result<()> {
 /// identical tables. None may be reset or stall longer than [`STALL_LIMIT`].
 #[test]
 fn established_connections_survive_the_owner_node_going_away() -> anyhow::Result<()> {
-    let mut services = Service::homelab();
-    services.push(echo_service());
-    Cluster::test(
+    on_cluster(
         "established_connections_survive_the_owner_node_going_away",
-        NODES,
-        services,
+        Some(echo_service()),
         |cluster| long_lived_scenario(cluster, Failure::NodeGone),
     )
 }
@@ -261,12 +267,9 @@ fn established_connections_survive_the_owner_node_going_away() -> anyhow::Result
 /// arrives at the node until the client follows the new owner's gratuitous ARP.
 #[test]
 fn established_connections_survive_the_owners_agent_being_killed() -> anyhow::Result<()> {
-    let mut services = Service::homelab();
-    services.push(echo_service());
-    Cluster::test(
+    on_cluster(
         "established_connections_survive_the_owners_agent_being_killed",
-        NODES,
-        services,
+        Some(echo_service()),
         |cluster| long_lived_scenario(cluster, Failure::AgentKilled),
     )
 }
@@ -278,40 +281,54 @@ fn long_lived_scenario(cluster: &Cluster, failure: Failure) -> anyhow::Result<()
         .pods
         .iter()
         .copied()
-        .filter(|&pod| {
-            cluster
-                .lab()
-                .node_of(pod)
-                .is_ok_and(|node| node.name == owner)
-        })
+        .filter(|&pod| hosted_on(cluster, pod, &owner))
         .collect();
     ensure!(
         owner_pods.is_empty(),
         "precondition: the owner {owner} must host no echo pod, but hosts {owner_pods:?}"
     );
-    cluster.wait_client_settled(WEB_VIP)?;
-    let target = SocketAddrV4::new(WEB_VIP, App::ECHO_PORT);
-    let ((failed_at, new_owner, reelected), reports) = echo_during(
-        &cluster.lab().client,
-        target,
-        CONNECTIONS,
-        LINE_EVERY,
-        || {
-            thread::sleep(Duration::from_secs(1));
-            cluster.fail(&owner, failure)?;
-            let failed_at = Instant::now();
-            let new_owner = cluster.wait_new_owner(WEB_VIP, &owner)?;
-            let reelected = failed_at.elapsed();
-            thread::sleep(Duration::from_secs(3));
-            Ok((failed_at, new_owner, reelected))
-        },
-    )?;
+    let ((failed_at, new_owner, reelected), reports) = echo_across(cluster, || {
+        cluster.fail(&owner, failure)?;
+        let failed_at = Instant::now();
+        let new_owner = cluster.wait_new_owner(WEB_VIP, &owner)?;
+        Ok((failed_at, new_owner, failed_at.elapsed()))
+    })?;
     eprintln!(
         "{owner}: {failure}; {new_owner} owner after {} ms; runs ended {} ms after the failure",
         reelected.as_millis(),
         failed_at.elapsed().as_millis()
     );
     judge_echoes(&reports, &failure.to_string(), failed_at + reelected)
+}
+
+/// [`CONNECTIONS`] echo connections to the web VIP, once the client settled on its owner,
+/// running for a second before `event`, through it and for 3 s after it.
+fn echo_across<T>(
+    cluster: &Cluster,
+    event: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Vec<EchoReport>)> {
+    cluster.wait_client_settled(WEB_VIP)?;
+    let target = SocketAddrV4::new(WEB_VIP, App::ECHO_PORT);
+    echo_during(
+        &cluster.lab().client,
+        target,
+        CONNECTIONS,
+        LINE_EVERY,
+        || {
+            thread::sleep(Duration::from_secs(1));
+            let outcome = event()?;
+            thread::sleep(Duration::from_secs(3));
+            Ok(outcome)
+        },
+    )
+}
+
+/// Whether `pod` runs on the node called `node`.
+fn hosted_on(cluster: &Cluster, pod: Ipv4Addr, node: &str) -> bool {
+    cluster
+        .lab()
+        .node_of(pod)
+        .is_ok_and(|host| host.name == node)
 }
 
 /// Every connection reported, none broke or stalled past [`STALL_LIMIT`], and each kept
@@ -378,44 +395,27 @@ fn echo_service_on_the_owner() -> Service {
 /// connection to a pod on that node may be re-steered and reset.
 #[test]
 fn connections_to_the_owners_pods_survive_its_agent_restarting() -> anyhow::Result<()> {
-    let mut services = Service::homelab();
-    services.push(echo_service_on_the_owner());
-    Cluster::test(
+    on_cluster(
         "connections_to_the_owners_pods_survive_its_agent_restarting",
-        NODES,
-        services,
+        Some(echo_service_on_the_owner()),
         agent_restart_echo_scenario,
     )
 }
 
 fn agent_restart_echo_scenario(cluster: &Cluster) -> anyhow::Result<()> {
     let owner = cluster.owner(WEB_VIP)?;
-    cluster.wait_client_settled(WEB_VIP)?;
-    let target = SocketAddrV4::new(WEB_VIP, App::ECHO_PORT);
-    let (restarted, reports) = echo_during(
-        &cluster.lab().client,
-        target,
-        CONNECTIONS,
-        LINE_EVERY,
-        || {
-            thread::sleep(Duration::from_secs(1));
-            cluster.stop_agent(&owner, Signal::SIGTERM)?;
-            cluster.start_agent(&owner)?;
-            cluster.wait_settled()?;
-            let restarted = Instant::now();
-            thread::sleep(Duration::from_secs(3));
-            Ok(restarted)
-        },
-    )?;
+    let (restarted, reports) = echo_across(cluster, || {
+        cluster.stop_agent(&owner, Signal::SIGTERM)?;
+        cluster.start_agent(&owner)?;
+        cluster.wait_settled()?;
+        Ok(Instant::now())
+    })?;
     let on_owner = reports
         .iter()
         .filter(|report| {
-            report.pod.is_some_and(|pod| {
-                cluster
-                    .lab()
-                    .node_of(pod)
-                    .is_ok_and(|node| node.name == owner)
-            })
+            report
+                .pod
+                .is_some_and(|pod| hosted_on(cluster, pod, &owner))
         })
         .count();
     eprintln!("{on_owner} of {CONNECTIONS} connections to pods on the owner {owner}");
@@ -430,10 +430,9 @@ fn agent_restart_echo_scenario(cluster: &Cluster) -> anyhow::Result<()> {
 /// keeps requesting: not one request may fail.
 #[test]
 fn restarting_the_owners_agent_fails_no_request() -> anyhow::Result<()> {
-    Cluster::test(
+    on_cluster(
         "restarting_the_owners_agent_fails_no_request",
-        NODES,
-        Service::homelab(),
+        None,
         restart_scenario,
     )
 }
@@ -522,10 +521,9 @@ fn restart_scenario(cluster: &Cluster) -> anyhow::Result<()> {
 /// node2 and counted by reason; members and owners do not move.
 #[test]
 fn forged_and_replayed_gossip_changes_nothing_and_is_counted() -> anyhow::Result<()> {
-    Cluster::test(
+    on_cluster(
         "forged_and_replayed_gossip_changes_nothing_and_is_counted",
-        NODES,
-        Service::homelab(),
+        None,
         gossip_scenario,
     )
 }

@@ -77,6 +77,30 @@ fn assert_untouched(run: &Run, input: &[u8]) {
     );
 }
 
+/// Asserts `CLIENT`'s HTTPS flow cached as chosen by `node` for `POD`, and `POD`'s
+/// replies recorded as the VIP's.
+fn assert_https_flow_to_pod(lb: &Dataplane, node: u32) -> Result<()> {
+    let chosen = FlowValue {
+        node,
+        pod: wire(POD),
+    };
+    assert_eq!(https_flow(lb)?, Some(chosen));
+    let pod = SocketAddrV4::new(POD, HTTPS_TARGET);
+    assert_reply_flow(lb, pod, PROTO_TCP, vip(HTTPS))
+}
+
+/// Asserts `input` passed untouched, counted under `reason` alone.
+fn assert_passes_untouched(lb: &mut Dataplane, input: &[u8], reason: u32) -> Result<()> {
+    assert_untouched(&lb.xdp(input)?, input);
+    lb.expect_reasons(&[(reason, 1)])
+}
+
+/// Asserts `input` dropped, counted under `reason` alone.
+fn assert_dropped(lb: &mut Dataplane, input: &[u8], reason: u32) -> Result<()> {
+    assert_eq!(lb.xdp(input)?.action, XDP_DROP);
+    lb.expect_reasons(&[(reason, 1)])
+}
+
 /// Asserts a TCP packet DNATed to `pod:port`, everything else as sent by `client`.
 fn assert_dnat_tcp(out: &Decoded, client: SocketAddrV4, pod: Ipv4Addr, port: u16) -> Result<()> {
     assert_eq!((out.ip.src(), out.ip.dst()), (*client.ip(), pod));
@@ -89,22 +113,44 @@ fn assert_dnat_tcp(out: &Decoded, client: SocketAddrV4, pod: Ipv4Addr, port: u16
     Ok(())
 }
 
+/// The data plane with the services and `PEER` known as a tunnel peer.
+fn with_peer() -> Result<Dataplane> {
+    let mut lb = Dataplane::with_services()?;
+    lb.add_peer(PEER)?;
+    Ok(lb)
+}
+
+/// The flow cache entry of `CLIENT`'s HTTPS flow.
+fn https_flow(lb: &Dataplane) -> Result<Option<FlowValue>> {
+    lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))
+}
+
+/// Asserts that replies from `pod` to `CLIENT` are recorded as coming from `service`.
+fn assert_reply_flow(
+    lb: &Dataplane,
+    pod: SocketAddrV4,
+    proto: u8,
+    service: SocketAddrV4,
+) -> Result<()> {
+    let reply = reply_key(pod, CLIENT, proto);
+    assert_eq!(lb.maps.reply_flows.get(&reply)?, Some(reply_value(service)));
+    Ok(())
+}
+
 // --- Traffic that is not ours leaves untouched -------------------------------------
 
 #[test]
 fn arp_passes_untouched() -> Result<()> {
     let mut lb = Dataplane::with_services()?;
     let input = packets::arp_request(*CLIENT.ip(), VIP);
-    assert_untouched(&lb.xdp(&input)?, &input);
-    lb.expect_reasons(&[(PASS_NOT_IPV4, 1)])
+    assert_passes_untouched(&mut lb, &input, PASS_NOT_IPV4)
 }
 
 #[test]
 fn ipv6_passes_untouched() -> Result<()> {
     let mut lb = Dataplane::with_services()?;
     let input = packets::ipv6_udp_frame(L2::LAN, b"query");
-    assert_untouched(&lb.xdp(&input)?, &input);
-    lb.expect_reasons(&[(PASS_NOT_IPV4, 1)])
+    assert_passes_untouched(&mut lb, &input, PASS_NOT_IPV4)
 }
 
 #[test]
@@ -112,8 +158,7 @@ fn non_vip_ipv4_passes_untouched() -> Result<()> {
     let mut lb = Dataplane::with_services()?;
     let ssh = SocketAddrV4::new(NODE, 22);
     let input = L2::LAN.ipv4(&packets::tcp(CLIENT, ssh, b"SSH-2.0"));
-    assert_untouched(&lb.xdp(&input)?, &input);
-    lb.expect_reasons(&[(PASS_NOT_VIP, 1)])?;
+    assert_passes_untouched(&mut lb, &input, PASS_NOT_VIP)?;
     assert_eq!(lb.vip_stats()?.packets, 0);
     Ok(())
 }
@@ -125,8 +170,7 @@ fn vlan_tagged_non_vip_passes_untouched() -> Result<()> {
     let input = L2::LAN
         .tagged(42)
         .ipv4(&packets::udp(CLIENT, dns, b"query"));
-    assert_untouched(&lb.xdp(&input)?, &input);
-    lb.expect_reasons(&[(PASS_NOT_VIP, 1)])
+    assert_passes_untouched(&mut lb, &input, PASS_NOT_VIP)
 }
 
 #[test]
@@ -173,7 +217,7 @@ fn sent_to(dst: [u8; 6]) -> L2 {
 fn assert_nothing_recorded(lb: &Dataplane, backend: Ipv4Addr) -> Result<()> {
     assert_eq!(lb.vip_stats()?, VipStats::default());
     assert_eq!(lb.backend_stats(backend)?, BackendStats::default());
-    assert_eq!(lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?, None);
+    assert_eq!(https_flow(lb)?, None);
     let reply = reply_key(SocketAddrV4::new(POD, HTTPS_TARGET), CLIENT, PROTO_TCP);
     assert_eq!(lb.maps.reply_flows.get(&reply)?, None);
     Ok(())
@@ -226,8 +270,7 @@ fn broadcast_and_multicast_vip_frames_pass_untouched() -> Result<()> {
 
 #[test]
 fn ipip_for_another_hosts_mac_passes_untouched() -> Result<()> {
-    let mut lb = Dataplane::with_services()?;
-    lb.add_peer(PEER)?;
+    let mut lb = with_peer()?;
     for dst in [OTHER_NODE_MAC, BROADCAST_MAC] {
         let l2 = L2 { dst, ..FROM_PEER };
         let input = tunnelled(l2, PEER, &https_packet(CLIENT));
@@ -311,8 +354,7 @@ fn fragments_are_dropped() -> Result<()> {
 fn unknown_port_passes_untouched() -> Result<()> {
     let mut lb = Dataplane::with_services()?;
     let input = L2::LAN.ipv4(&packets::tcp(CLIENT, vip(8080), b"x"));
-    assert_untouched(&lb.xdp(&input)?, &input);
-    lb.expect_reasons(&[(PASS_UNKNOWN_PORT, 1)])?;
+    assert_passes_untouched(&mut lb, &input, PASS_UNKNOWN_PORT)?;
     assert_eq!(lb.vip_stats()?.packets, 1);
     Ok(())
 }
@@ -322,8 +364,7 @@ fn unknown_port_is_dropped_when_the_vip_says_so() -> Result<()> {
     let mut lb = Dataplane::with_services()?;
     lb.add_vip(VIP, VIP_F_DROP_UNKNOWN_PORTS)?;
     let input = L2::LAN.ipv4(&packets::udp(CLIENT, vip(5353), b"x"));
-    assert_eq!(lb.xdp(&input)?.action, XDP_DROP);
-    lb.expect_reasons(&[(DROP_UNKNOWN_PORT, 1)])?;
+    assert_dropped(&mut lb, &input, DROP_UNKNOWN_PORT)?;
     assert_eq!(lb.vip_stats()?.dropped, 1);
     // A known port of the same VIP is still served.
     assert_eq!(lb.xdp(&https_frame(CLIENT))?.action, XDP_PASS);
@@ -371,18 +412,23 @@ fn ping(l2: L2, seq: u16) -> Vec<u8> {
     ))
 }
 
-fn assert_echo_reply(run: &Run, l2: L2, seq: u16) -> Result<()> {
+/// Asserts `run` sent back out the way a frame sent over `l2` came, from the VIP to
+/// `CLIENT`, and decodes it.
+fn decode_answer(run: &Run, l2: L2) -> Result<Decoded> {
     assert_eq!(run.action, XDP_TX);
     let out = decode(&run.frame)?;
-    assert_eq!(
-        out.l2(),
-        L2 {
-            src: l2.dst,
-            dst: l2.src,
-            vlan: l2.vlan
-        }
-    );
+    let back = L2 {
+        src: l2.dst,
+        dst: l2.src,
+        vlan: l2.vlan,
+    };
+    assert_eq!(out.l2(), back);
     assert_eq!((out.ip.src(), out.ip.dst()), (VIP, *CLIENT.ip()));
+    Ok(out)
+}
+
+fn assert_echo_reply(run: &Run, l2: L2, seq: u16) -> Result<()> {
+    let out = decode_answer(run, l2)?;
     assert_eq!(out.ip.header.time_to_live, 64);
     let (icmp, payload) = out.ip.icmp()?;
     assert_eq!(
@@ -463,18 +509,8 @@ fn oversized(df: bool) -> Vec<u8> {
 }
 
 fn assert_frag_needed(run: &Run, l2: L2, original: &[u8]) -> Result<()> {
-    assert_eq!(run.action, XDP_TX);
+    let out = decode_answer(run, l2)?;
     assert_eq!(run.frame.len(), l2.header_len() + 20 + 8 + 20 + 8);
-    let out = decode(&run.frame)?;
-    assert_eq!(
-        out.l2(),
-        L2 {
-            src: l2.dst,
-            dst: l2.src,
-            vlan: l2.vlan
-        }
-    );
-    assert_eq!((out.ip.src(), out.ip.dst()), (VIP, *CLIENT.ip()));
     let (icmp, _) = out.ip.icmp()?;
     let expected = DestUnreachableHeader::FragmentationNeeded {
         next_hop_mtu: (MTU - 20) as u16,
@@ -538,19 +574,7 @@ fn tcp_to_a_local_pod_is_dnatted_and_recorded() -> Result<()> {
     assert_dnat_tcp(&out, CLIENT, POD, HTTPS_TARGET)?;
     lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])?;
 
-    let reply = reply_key(SocketAddrV4::new(POD, HTTPS_TARGET), CLIENT, PROTO_TCP);
-    assert_eq!(
-        lb.maps.reply_flows.get(&reply)?,
-        Some(reply_value(vip(HTTPS)))
-    );
-    let flow = lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?;
-    assert_eq!(
-        flow,
-        Some(FlowValue {
-            node: wire(NODE),
-            pod: wire(POD)
-        })
-    );
+    assert_https_flow_to_pod(&lb, wire(NODE))?;
     let backend = lb.backend_stats(POD)?;
     assert_eq!((backend.packets, backend.bytes), (1, input.len() as u64));
     let stats = lb.vip_stats()?;
@@ -582,11 +606,7 @@ fn udp_to_a_local_pod_is_dnatted_with_its_checksum() -> Result<()> {
     );
     assert_eq!(payload, b"\x12\x34 query");
     lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])?;
-    let reply = reply_key(SocketAddrV4::new(POD, DNS_TARGET), CLIENT, PROTO_UDP);
-    assert_eq!(
-        lb.maps.reply_flows.get(&reply)?,
-        Some(reply_value(vip(DNS)))
-    );
+    assert_reply_flow(&lb, SocketAddrV4::new(POD, DNS_TARGET), PROTO_UDP, vip(DNS))?;
     Ok(())
 }
 
@@ -607,11 +627,7 @@ fn target_port_zero_keeps_the_service_port() -> Result<()> {
     lb.add_service(vip(HTTPS), PROTO_TCP, 0, HTTPS_SLOT, 0)?;
     let out = decode(&lb.xdp(&https_frame(CLIENT))?.frame)?;
     assert_dnat_tcp(&out, CLIENT, POD, HTTPS)?;
-    let reply = reply_key(SocketAddrV4::new(POD, HTTPS), CLIENT, PROTO_TCP);
-    assert_eq!(
-        lb.maps.reply_flows.get(&reply)?,
-        Some(reply_value(vip(HTTPS)))
-    );
+    assert_reply_flow(&lb, SocketAddrV4::new(POD, HTTPS), PROTO_TCP, vip(HTTPS))?;
     lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])
 }
 
@@ -668,9 +684,14 @@ fn pod_choice_survives_a_pod_ring_change() -> Result<()> {
 /// The data plane with HTTPS flows going to `PEER`, reachable on `lan0` through a
 /// static neighbour entry. Returns `lan0`'s index.
 fn towards_peer() -> Result<(Dataplane, u32)> {
+    towards_peer_via(Some(NEXT_HOP_MAC))
+}
+
+/// As [`towards_peer`], with `next_hop` (if any) as `PEER`'s neighbour entry.
+fn towards_peer_via(next_hop: Option<[u8; 6]>) -> Result<(Dataplane, u32)> {
     let mut lb = Dataplane::with_services()?;
     lb.set_node_ring(HTTPS_SLOT, &[PEER])?;
-    let lan = lb.add_link("lan0", NODE, PEER, Some(NEXT_HOP_MAC))?;
+    let lan = lb.add_link("lan0", NODE, PEER, next_hop)?;
     Ok((lb, lan))
 }
 
@@ -693,6 +714,26 @@ fn assert_encapsulated(out: &Decoded, node: Ipv4Addr, inner: &[u8]) -> Result<()
     Ok(())
 }
 
+/// Asserts `inner`, sent over `vlan`, left with `action` through `link` towards the next
+/// hop, encapsulated for `node`.
+fn assert_sent_on(
+    lb: &Dataplane,
+    run: &Run,
+    (action, link, vlan): (u32, &str, Option<u16>),
+    node: Ipv4Addr,
+    inner: &[u8],
+) -> Result<()> {
+    assert_eq!(run.action, action);
+    let out = decode(&run.frame)?;
+    let hop = L2 {
+        src: lb.mac(link)?,
+        dst: NEXT_HOP_MAC,
+        vlan,
+    };
+    assert_eq!(out.l2(), hop);
+    assert_encapsulated(&out, node, inner)
+}
+
 #[test]
 fn remote_flow_is_encapsulated_and_sent_back_out() -> Result<()> {
     let (mut lb, lan) = towards_peer()?;
@@ -701,25 +742,14 @@ fn remote_flow_is_encapsulated_and_sent_back_out() -> Result<()> {
     });
     let input = L2::LAN.ipv4(&inner);
     let run = lb.xdp_on(&input, lan)?;
-    assert_eq!(run.action, XDP_TX);
-    let out = decode(&run.frame)?;
-    assert_eq!(
-        out.l2(),
-        L2 {
-            src: lb.mac("lan0")?,
-            dst: NEXT_HOP_MAC,
-            vlan: None
-        }
-    );
-    assert_encapsulated(&out, PEER, &inner)?;
+    assert_sent_on(&lb, &run, (XDP_TX, "lan0", None), PEER, &inner)?;
     lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (TX_ENCAP, 1)])?;
     let backend = lb.backend_stats(PEER)?;
     assert_eq!((backend.packets, backend.bytes), (1, input.len() as u64));
     let stats = lb.vip_stats()?;
     assert_eq!((stats.encapsulated, stats.delivered_local), (1, 0));
-    let flow = lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?;
     assert_eq!(
-        flow,
+        https_flow(&lb)?,
         Some(FlowValue {
             node: wire(PEER),
             pod: 0
@@ -733,17 +763,7 @@ fn encapsulation_keeps_the_vlan_tag() -> Result<()> {
     let (mut lb, lan) = towards_peer()?;
     let inner = https_packet(CLIENT);
     let run = lb.xdp_on(&L2::LAN.tagged(99).ipv4(&inner), lan)?;
-    assert_eq!(run.action, XDP_TX);
-    let out = decode(&run.frame)?;
-    assert_eq!(
-        out.l2(),
-        L2 {
-            src: lb.mac("lan0")?,
-            dst: NEXT_HOP_MAC,
-            vlan: Some(99)
-        }
-    );
-    assert_encapsulated(&out, PEER, &inner)?;
+    assert_sent_on(&lb, &run, (XDP_TX, "lan0", Some(99)), PEER, &inner)?;
     lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (TX_ENCAP, 1)])
 }
 
@@ -760,25 +780,13 @@ fn node_behind_another_interface_is_redirected() -> Result<()> {
     lb.set_node_ring(HTTPS_SLOT, &[far_node])?;
     let inner = https_packet(CLIENT);
     let run = lb.xdp_on(&L2::LAN.ipv4(&inner), lan)?;
-    assert_eq!(run.action, XDP_REDIRECT);
-    let out = decode(&run.frame)?;
-    assert_eq!(
-        out.l2(),
-        L2 {
-            src: lb.mac("lan1")?,
-            dst: NEXT_HOP_MAC,
-            vlan: None
-        }
-    );
-    assert_encapsulated(&out, far_node, &inner)?;
+    assert_sent_on(&lb, &run, (XDP_REDIRECT, "lan1", None), far_node, &inner)?;
     lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (TX_ENCAP, 1)])
 }
 
 #[test]
 fn without_a_neighbour_the_kernel_forwards_the_encapsulated_packet() -> Result<()> {
-    let mut lb = Dataplane::with_services()?;
-    lb.set_node_ring(HTTPS_SLOT, &[PEER])?;
-    let lan = lb.add_link("lan0", NODE, PEER, None)?;
+    let (mut lb, lan) = towards_peer_via(None)?;
     let inner = https_packet(CLIENT);
     let run = lb.xdp_on(&L2::LAN.ipv4(&inner), lan)?;
     assert_eq!(run.action, XDP_PASS);
@@ -822,8 +830,7 @@ fn draining_node_keeps_its_flows_until_it_is_gone() -> Result<()> {
     lb.remove_backend(PEER)?;
     assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, PEER2);
     lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_FIB_FALLBACK, 1)])?;
-    let flow = lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?;
-    assert_eq!(flow.map(|flow| flow.node), Some(wire(PEER2)));
+    assert_eq!(https_flow(&lb)?.map(|flow| flow.node), Some(wire(PEER2)));
     Ok(())
 }
 
@@ -831,39 +838,32 @@ fn draining_node_keeps_its_flows_until_it_is_gone() -> Result<()> {
 
 #[test]
 fn ipip_from_a_stranger_is_dropped() -> Result<()> {
-    let mut lb = Dataplane::with_services()?;
-    lb.add_peer(PEER)?;
+    let mut lb = with_peer()?;
     let stranger = Ipv4Addr::new(10, 0, 0, 66);
     let input = tunnelled(FROM_PEER, stranger, &https_packet(CLIENT));
-    assert_eq!(lb.xdp(&input)?.action, XDP_DROP);
-    lb.expect_reasons(&[(DROP_IPIP_STRANGER, 1)])?;
+    assert_dropped(&mut lb, &input, DROP_IPIP_STRANGER)?;
     assert_eq!(lb.vip_stats()?.packets, 0);
     Ok(())
 }
 
 #[test]
 fn ipip_for_another_address_passes_untouched() -> Result<()> {
-    let mut lb = Dataplane::with_services()?;
-    lb.add_peer(PEER)?;
+    let mut lb = with_peer()?;
     let input = L2::LAN.ipv4(&packets::ipip(PEER, PEER2, &https_packet(CLIENT)));
-    assert_untouched(&lb.xdp(&input)?, &input);
-    lb.expect_reasons(&[(PASS_NOT_VIP, 1)])
+    assert_passes_untouched(&mut lb, &input, PASS_NOT_VIP)
 }
 
 #[test]
 fn ipip_around_non_vip_traffic_is_dropped() -> Result<()> {
-    let mut lb = Dataplane::with_services()?;
-    lb.add_peer(PEER)?;
+    let mut lb = with_peer()?;
     let web = SocketAddrV4::new(ROUTER, 80);
     let input = tunnelled(FROM_PEER, PEER, &packets::tcp(CLIENT, web, b"x"));
-    assert_eq!(lb.xdp(&input)?.action, XDP_DROP);
-    lb.expect_reasons(&[(DROP_IPIP_NOT_VIP, 1)])
+    assert_dropped(&mut lb, &input, DROP_IPIP_NOT_VIP)
 }
 
 #[test]
 fn tunnelled_flow_is_decapsulated_and_dnatted_here() -> Result<()> {
-    let mut lb = Dataplane::with_services()?;
-    lb.add_peer(PEER)?;
+    let mut lb = with_peer()?;
     // Even if this node's own ring points elsewhere, a tunnelled packet is never
     // tunnelled again.
     lb.set_node_ring(HTTPS_SLOT, &[PEER2])?;
@@ -877,19 +877,7 @@ fn tunnelled_flow_is_decapsulated_and_dnatted_here() -> Result<()> {
         assert_dnat_tcp(&out, CLIENT, POD, HTTPS_TARGET)?;
     }
     lb.expect_reasons(&[(PASS_DECAP_DNAT, 2)])?;
-    let reply = reply_key(SocketAddrV4::new(POD, HTTPS_TARGET), CLIENT, PROTO_TCP);
-    assert_eq!(
-        lb.maps.reply_flows.get(&reply)?,
-        Some(reply_value(vip(HTTPS)))
-    );
-    let flow = lb.flow(&flow_key(CLIENT, vip(HTTPS), PROTO_TCP))?;
-    assert_eq!(
-        flow,
-        Some(FlowValue {
-            node: 0,
-            pod: wire(POD)
-        })
-    );
+    assert_https_flow_to_pod(&lb, 0)?;
     let stats = lb.vip_stats()?;
     assert_eq!((stats.packets, stats.delivered_local), (2, 2));
     Ok(())
@@ -897,8 +885,7 @@ fn tunnelled_flow_is_decapsulated_and_dnatted_here() -> Result<()> {
 
 #[test]
 fn tunnelled_packets_pass_the_same_sanity_checks() -> Result<()> {
-    let mut lb = Dataplane::with_services()?;
-    lb.add_peer(PEER)?;
+    let mut lb = with_peer()?;
     let fragment = packets::edit_ipv4(&https_packet(CLIENT), |ip| {
         ip.dont_fragment = false;
         ip.more_fragments = true;
@@ -962,8 +949,7 @@ fn icmp_error_follows_its_flow_to_the_backend_node() -> Result<()> {
 
 #[test]
 fn tunnelled_icmp_error_is_dnatted_to_the_pod() -> Result<()> {
-    let mut lb = Dataplane::with_services()?;
-    lb.add_peer(PEER)?;
+    let mut lb = with_peer()?;
     let input = tunnelled(FROM_PEER, PEER, &error_about_reply(CLIENT));
     let run = lb.xdp(&input)?;
     assert_steered_error(&run, POD)?;
@@ -977,9 +963,7 @@ fn icmp_error_to_an_unknown_port_follows_the_vip_flag() -> Result<()> {
     let reply = packets::udp(vip(9999), CLIENT, b"x");
     let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
     let input = L2::LAN.ipv4(&packets::icmp(ROUTER, VIP, kind, &reply));
-    assert_untouched(&lb.xdp(&input)?, &input);
-    lb.expect_reasons(&[(PASS_UNKNOWN_PORT, 1)])?;
+    assert_passes_untouched(&mut lb, &input, PASS_UNKNOWN_PORT)?;
     lb.add_vip(VIP, VIP_F_DROP_UNKNOWN_PORTS)?;
-    assert_eq!(lb.xdp(&input)?.action, XDP_DROP);
-    lb.expect_reasons(&[(DROP_UNKNOWN_PORT, 1)])
+    assert_dropped(&mut lb, &input, DROP_UNKNOWN_PORT)
 }

@@ -802,30 +802,36 @@ impl Cluster {
     /// Prints the last lines of every log of the cluster, for a failure's diagnosis:
     /// more of the agents' logs than of the servers' access logs.
     pub fn dump_logs(&self) {
-        let Ok(entries) = fs::read_dir(self.scratch()) else {
-            return;
-        };
-        let mut logs: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-            .collect();
-        logs.sort();
-        for log in logs {
-            let content = fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = content.lines().collect();
+        dump_log_tails(self.scratch(), |log| {
             let is_agent = log
                 .file_name()
                 .is_some_and(|name| name.to_string_lossy().starts_with("agent-"));
-            let keep = if is_agent { 80 } else { 5 };
-            let tail = &lines[lines.len().saturating_sub(keep)..];
-            eprintln!(
-                "--- {} (last {} lines)\n{}",
-                log.display(),
-                tail.len(),
-                tail.join("\n")
-            );
-        }
+            if is_agent { 80 } else { 5 }
+        });
+    }
+}
+
+/// Prints the last `keep(log)` lines of every `*.log` file in `dir`, in name order.
+pub fn dump_log_tails(dir: &Path, keep: impl Fn(&Path) -> usize) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let content = fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = content.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(keep(&log))..];
+        eprintln!(
+            "--- {} (last {} lines)\n{}",
+            log.display(),
+            tail.len(),
+            tail.join("\n")
+        );
     }
 }
 
