@@ -15,9 +15,15 @@
 //! 3. it is not labelled [`EXCLUDE_LABEL`];
 //! 4. the VIP's address pool selects it (`AddressPool.spec.announcement.nodeSelector`,
 //!    Kubernetes mode);
-//! 5. for every `externalTrafficPolicy: Local` service on the VIP, it has a ready
+//! 5. when the pool lists announcement interfaces
+//!    (`AddressPool.spec.announcement.interfaces`), the node's announce interface is one
+//!    of them. Each agent announces on one interface, the one whose frames reach its XDP
+//!    program, and publishes its name on its Node (see [`Candidate::announce_interface`]),
+//!    so every agent judges every node alike; announcing a VIP on another interface would
+//!    draw its traffic past the data path;
+//! 6. for every `externalTrafficPolicy: Local` service on the VIP, it has a ready
 //!    endpoint of that service (otherwise it would drop that service's traffic);
-//! 6. Kubernetes reports the node Ready. This one is soft: when no Ready node passes
+//! 7. Kubernetes reports the node Ready. This one is soft: when no Ready node passes
 //!    the other checks, the best node that fails only this one owns the VIP, so a
 //!    cluster-wide readiness blip (an API-server outage makes every node NotReady once
 //!    it ends) never leaves a VIP unanswered.
@@ -40,6 +46,8 @@ use crate::{
 
 /// Nodes with this label never announce VIPs (the Kubernetes convention).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// The Node annotation where each agent publishes its announce interface.
+pub const ANNOUNCE_INTERFACE_ANNOTATION: &str = "xdplb.io/announce-interface";
 
 /// A node as the election sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +59,10 @@ pub struct Candidate {
     pub interface_problem: Option<String>,
     /// Kubernetes' Ready condition; always true in standalone mode.
     pub ready: bool,
+    /// The interface the node announces VIPs on (and its data path receives them on), as
+    /// the node published it; `None` while unknown. Only VIPs whose pool restricts the
+    /// interfaces look at it.
+    pub announce_interface: Option<String>,
 }
 
 /// The nodes a VIP's address pool lets announce it.
@@ -58,6 +70,14 @@ pub struct Candidate {
 pub struct Announcers {
     pub pool: String,
     pub nodes: BTreeSet<String>,
+}
+
+/// The interfaces a VIP's address pool lets it be announced on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceInterfaces {
+    pub pool: String,
+    /// Never empty: a pool listing none puts no restriction.
+    pub interfaces: BTreeSet<String>,
 }
 
 /// What one VIP needs from its owner.
@@ -69,6 +89,8 @@ pub struct Demand {
     pub local_services: Vec<(String, BTreeSet<String>)>,
     /// `None`: any node may announce it.
     pub announcers: Option<Announcers>,
+    /// `None`: it may be announced on any node's announce interface.
+    pub interfaces: Option<AnnounceInterfaces>,
 }
 
 impl Demand {
@@ -81,6 +103,7 @@ impl Demand {
                 preferred: owners.get(&service.vip).map(|owner| (*owner).to_owned()),
                 local_services: Vec::new(),
                 announcers: None,
+                interfaces: None,
             });
             if service.traffic_policy == TrafficPolicy::Local {
                 let ready = service
@@ -102,8 +125,18 @@ pub enum Ineligible {
     InterfaceUnusable(String),
     NotAlive(Liveness),
     Excluded,
-    NotSelected { pool: String },
-    NoReadyLocalEndpoint { service: String },
+    NotSelected {
+        pool: String,
+    },
+    /// The node's announce interface (`None`: not published) is not among the pool's.
+    NoAnnounceInterface {
+        pool: String,
+        interfaces: BTreeSet<String>,
+        node_interface: Option<String>,
+    },
+    NoReadyLocalEndpoint {
+        service: String,
+    },
     NotReady,
 }
 
@@ -117,6 +150,26 @@ impl fmt::Display for Ineligible {
                 f,
                 "not selected by the announcement nodeSelector of pool {pool}"
             ),
+            Self::NoAnnounceInterface {
+                pool,
+                interfaces,
+                node_interface,
+            } => {
+                let listed = interfaces.iter().cloned().collect::<Vec<_>>().join(", ");
+                match node_interface {
+                    Some(own) => write!(
+                        f,
+                        "pool {pool} is announced only on [{listed}]; this node announces on \
+                         {own}, the interface its XDP data path receives VIP traffic on"
+                    ),
+                    None => write!(
+                        f,
+                        "pool {pool} is announced only on [{listed}]; this node has not \
+                         published its announce interface (Node annotation \
+                         {ANNOUNCE_INTERFACE_ANNOTATION}: is its agent running?)"
+                    ),
+                }
+            }
             Self::NoReadyLocalEndpoint { service } => write!(
                 f,
                 "no ready endpoint of {service} (externalTrafficPolicy: Local)"
@@ -174,6 +227,18 @@ fn check(candidate: &Candidate, demand: &Demand) -> Option<Ineligible> {
     {
         return Some(Ineligible::NotSelected {
             pool: announcers.pool.clone(),
+        });
+    }
+    if let Some(allowed) = &demand.interfaces
+        && !candidate
+            .announce_interface
+            .as_ref()
+            .is_some_and(|own| allowed.interfaces.contains(own))
+    {
+        return Some(Ineligible::NoAnnounceInterface {
+            pool: allowed.pool.clone(),
+            interfaces: allowed.interfaces.clone(),
+            node_interface: candidate.announce_interface.clone(),
         });
     }
     let no_local_endpoint = demand
@@ -245,6 +310,7 @@ mod tests {
             labels: BTreeMap::new(),
             interface_problem: None,
             ready: true,
+            announce_interface: Some("eth0".into()),
         }
     }
 
@@ -258,6 +324,7 @@ mod tests {
             preferred: None,
             local_services: Vec::new(),
             announcers: None,
+            interfaces: None,
         }
     }
 
@@ -356,6 +423,7 @@ mod tests {
             preferred: None,
             local_services: vec![("web".into(), BTreeSet::from(["node4".to_owned()]))],
             announcers: None,
+            interfaces: None,
         };
         let election = elect(&candidates, &local);
         assert_eq!(election.owner.as_deref(), Some("node4"));
@@ -448,12 +516,14 @@ mod tests {
                     preferred: Some("node2".into()),
                     local_services: Vec::new(),
                     announcers: None,
+                    interfaces: None,
                 },
                 Demand {
                     vip: ip("172.16.200.53"),
                     preferred: None,
                     local_services: vec![("dns".into(), BTreeSet::from(["node2".to_owned()]))],
                     announcers: None,
+                    interfaces: None,
                 },
             ]
         );
@@ -490,6 +560,56 @@ mod tests {
             ..demand(vip)
         };
         assert_eq!(elect(&nodes(3), &nobody).owner, None);
+    }
+
+    #[test]
+    fn the_pool_interfaces_limit_the_owners_to_nodes_announcing_on_them() {
+        let vip = ip("192.168.8.241");
+        let mut candidates = nodes(3);
+        candidates[1].announce_interface = Some("eth1".into());
+        candidates[2].announce_interface = None;
+        let on = |interfaces: &[&str]| Demand {
+            interfaces: Some(AnnounceInterfaces {
+                pool: "lan".into(),
+                interfaces: interfaces.iter().map(|name| (*name).to_owned()).collect(),
+            }),
+            ..demand(vip)
+        };
+        let election = elect(&candidates, &on(&["eth1", "br0"]));
+        assert_eq!(election.owner.as_deref(), Some("node2"));
+        let reason = |election: &Election, node: &str| {
+            election
+                .verdicts
+                .iter()
+                .find(|verdict| verdict.node == node)
+                .and_then(|verdict| verdict.ineligible.clone())
+                .expect("ineligible")
+        };
+        let other = reason(&election, "node1");
+        assert_eq!(
+            other,
+            Ineligible::NoAnnounceInterface {
+                pool: "lan".into(),
+                interfaces: BTreeSet::from(["br0".to_owned(), "eth1".to_owned()]),
+                node_interface: Some("eth0".into()),
+            }
+        );
+        let text = other.to_string();
+        assert!(
+            text.contains("[br0, eth1]") && text.contains("announces on eth0"),
+            "{text}"
+        );
+        let unknown = reason(&election, "node3").to_string();
+        assert!(unknown.contains(ANNOUNCE_INTERFACE_ANNOTATION), "{unknown}");
+        // Nobody announces on eth2: nobody owns the VIP.
+        assert_eq!(elect(&candidates, &on(&["eth2"])).owner, None);
+        // Other checks come first: a down node says so, not its interface.
+        candidates[0].liveness = Liveness::Down;
+        let election = elect(&candidates, &on(&["eth1"]));
+        assert_eq!(
+            reason(&election, "node1"),
+            Ineligible::NotAlive(Liveness::Down)
+        );
     }
 
     #[test]

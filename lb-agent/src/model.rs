@@ -5,6 +5,12 @@
 //! the same node rings, which is what lets a VIP move between owners without breaking
 //! established flows.
 //!
+//! Building the Maglev tables is nearly all of the work, so [`desired_state_with`] takes
+//! a memo of table builds ([`Tables`]) that the caller keeps between passes: the memo
+//! is injected rather than global so the function stays pure (its result never depends
+//! on what the memo holds) and each caller decides how long tables live. The agent's
+//! reconciler keeps one; [`desired_state`] uses a fresh one per call.
+//!
 //! Liveness comes in as [`Inputs::down`], the nodes the gossip declared down: they leave
 //! every node ring at once (no new flows) and `BACKENDS` (flows cached on them pick a
 //! node again). Suspect nodes are not down: a missed probe moves no traffic.
@@ -16,11 +22,15 @@ use std::{
 };
 
 use lb_common::{
-    maglev::{self, Backend},
+    maglev::Backend,
     maps::{NODE_RING_SIZE, POD_RING_SIZE},
     types::{PROTO_TCP, PROTO_UDP},
 };
 use serde::{Deserialize, Serialize};
+
+mod tables;
+
+pub use self::tables::{Interner, Table, Tables};
 
 /// Transport protocol of a service port, spelled as in Kubernetes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -184,9 +194,9 @@ pub struct PortTarget {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rings {
     /// [`NODE_RING_SIZE`] backend node addresses.
-    pub node: Vec<Ipv4Addr>,
+    pub node: Table,
     /// [`POD_RING_SIZE`] addresses of this node's pods.
-    pub pod: Vec<Ipv4Addr>,
+    pub pod: Table,
 }
 
 /// Liveness of a backend for flows already pinned to it.
@@ -263,36 +273,42 @@ fn local_endpoints<'a>(
         .filter(|endpoint| endpoint.node == inputs.node.name)
 }
 
-fn table(backends: &[Backend<'_>], size: usize) -> Vec<Ipv4Addr> {
-    maglev::build(backends, size)
-        .into_iter()
-        .map(Ipv4Addr::from)
+/// The serving endpoints of `service` on `node`, as pod-table backends (id = address).
+fn pod_ids(service: &Service, node: &str) -> Vec<(u32, [u8; 4])> {
+    service
+        .endpoints
+        .iter()
+        .filter(|endpoint| endpoint.node == node && endpoint.serving())
+        .map(|endpoint| (u32::from(endpoint.address), endpoint.address.octets()))
         .collect()
+}
+
+fn pod_table(service: &Service, node: &str, tables: &mut Tables) -> Table {
+    let ids = pod_ids(service, node);
+    let pods: Vec<Backend<'_>> = ids
+        .iter()
+        .map(|(addr, id)| Backend {
+            id,
+            addr: *addr,
+            weight: 1,
+        })
+        .collect();
+    tables.get(&pods, POD_RING_SIZE)
 }
 
 /// The pod-level table `node` builds for `service` from its own serving endpoints. Every
 /// agent can compute any node's table, which is how `lbctl explain` follows a flow to
 /// the pod on another node.
 pub fn pod_ring(service: &Service, node: &str) -> Vec<Ipv4Addr> {
-    let pod_ids: Vec<(Ipv4Addr, [u8; 4])> = service
-        .endpoints
-        .iter()
-        .filter(|endpoint| endpoint.node == node && endpoint.serving())
-        .map(|endpoint| (endpoint.address, endpoint.address.octets()))
-        .collect();
-    let pods: Vec<Backend<'_>> = pod_ids
-        .iter()
-        .map(|(address, id)| Backend {
-            id,
-            addr: u32::from(*address),
-            weight: 1,
-        })
-        .collect();
-    table(&pods, POD_RING_SIZE)
+    pod_table(service, node, &mut Tables::default()).to_vec()
 }
 
-fn rings(inputs: &Inputs, service: &Service) -> Rings {
-    let shares = node_shares(inputs, service);
+fn rings(
+    inputs: &Inputs,
+    service: &Service,
+    shares: &BTreeMap<&str, NodeShare>,
+    tables: &mut Tables,
+) -> Rings {
     let nodes: Vec<Backend<'_>> = shares
         .iter()
         .map(|(name, share)| Backend {
@@ -302,8 +318,8 @@ fn rings(inputs: &Inputs, service: &Service) -> Rings {
         })
         .collect();
     Rings {
-        node: table(&nodes, NODE_RING_SIZE),
-        pod: pod_ring(service, &inputs.node.name),
+        node: tables.get(&nodes, NODE_RING_SIZE),
+        pod: pod_table(service, &inputs.node.name, tables),
     }
 }
 
@@ -314,8 +330,13 @@ fn mark(backends: &mut BTreeMap<Ipv4Addr, BackendState>, address: Ipv4Addr, stat
     *entry = (*entry).max(state);
 }
 
-fn add_backends(inputs: &Inputs, service: &Service, state: &mut State) {
-    for share in node_shares(inputs, service).values() {
+fn add_backends(
+    inputs: &Inputs,
+    service: &Service,
+    shares: &BTreeMap<&str, NodeShare>,
+    state: &mut State,
+) {
+    for share in shares.values() {
         if share.serving > 0 {
             mark(&mut state.backends, share.address, BackendState::Active);
         } else if share.draining > 0 {
@@ -336,7 +357,7 @@ fn add_backends(inputs: &Inputs, service: &Service, state: &mut State) {
     }
 }
 
-fn add_service(inputs: &Inputs, service: &Service, state: &mut State) {
+fn add_service(inputs: &Inputs, service: &Service, tables: &mut Tables, state: &mut State) {
     let vip = state.vips.entry(service.vip).or_default();
     // Ports of a VIP are unknown to every service sharing it, so one asking to drop wins.
     vip.drop_unknown_ports |= service.drop_unknown_ports;
@@ -353,10 +374,12 @@ fn add_service(inputs: &Inputs, service: &Service, state: &mut State) {
         };
         state.ports.insert(key, target);
     }
-    state
-        .rings
-        .insert(service.name.clone(), rings(inputs, service));
-    add_backends(inputs, service, state);
+    let shares = node_shares(inputs, service);
+    state.rings.insert(
+        service.name.clone(),
+        rings(inputs, service, &shares, tables),
+    );
+    add_backends(inputs, service, &shares, state);
 }
 
 /// The data path's content for `inputs`.
@@ -365,6 +388,13 @@ fn add_service(inputs: &Inputs, service: &Service, state: &mut State) {
 /// node name) and are identical on every agent; they are built for `Local` services too,
 /// which the data path then ignores. Pod rings hold this node's serving endpoints.
 pub fn desired_state(inputs: &Inputs) -> State {
+    desired_state_with(inputs, &mut Tables::default())
+}
+
+/// [`desired_state`], taking the tables from `tables` where it already built them for
+/// the same backends, and ending a pass of the memo: it then holds exactly the tables of
+/// the returned state.
+pub fn desired_state_with(inputs: &Inputs, tables: &mut Tables) -> State {
     let mut state = State {
         node: NodeConfig {
             address: inputs.node.address,
@@ -381,8 +411,9 @@ pub fn desired_state(inputs: &Inputs) -> State {
         ..State::default()
     };
     for service in &inputs.services {
-        add_service(inputs, service, &mut state);
+        add_service(inputs, service, tables, &mut state);
     }
+    tables.finish_pass();
     state
 }
 

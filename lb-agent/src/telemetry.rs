@@ -17,6 +17,11 @@
 //! telemetry.observe_map_sync(started.elapsed());
 //! ```
 //!
+//!
+//! The IPAM (Kubernetes mode, on the agent holding its Lease) counts its allocations,
+//! refusals and releases here too ([`Telemetry::ipam_allocated`] and siblings), by pool
+//! and reason.
+//!
 //! Every name starts with `xdplb_`; counters end in `_total`.
 
 use std::{
@@ -65,11 +70,25 @@ impl OwnershipChange {
     }
 }
 
+/// What the IPAM did, counted since the agent started. The pool is `""` where none
+/// applies (a request naming no pool, an address no valid pool lists any more).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpamCounts {
+    /// Addresses given to Services, by pool.
+    pub allocations: BTreeMap<String, u64>,
+    /// Requests refused, by (requested pool, reason): each refusal counted once, when it
+    /// is reported, not on every retry.
+    pub failures: BTreeMap<(String, String), u64>,
+    /// Addresses taken back from Services, by pool.
+    pub releases: BTreeMap<String, u64>,
+}
+
 /// Events counted by the runtime; shared as `Arc<Telemetry>`.
 #[derive(Debug)]
 pub struct Telemetry {
     ownership_changes: Mutex<BTreeMap<(Ipv4Addr, OwnershipChange), u64>>,
     map_sync: Histogram,
+    ipam: Mutex<IpamCounts>,
 }
 
 impl Default for Telemetry {
@@ -84,7 +103,40 @@ impl Telemetry {
             ownership_changes: Mutex::new(BTreeMap::new()),
             // 0.25 ms to about 4 s: one VIP's ports up to a full reload of large rings.
             map_sync: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
+            ipam: Mutex::new(IpamCounts::default()),
         }
+    }
+
+    fn ipam(&self) -> std::sync::MutexGuard<'_, IpamCounts> {
+        self.ipam.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The IPAM gave a Service an address from `pool`.
+    pub fn ipam_allocated(&self, pool: Option<&str>) {
+        *self
+            .ipam()
+            .allocations
+            .entry(pool.unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+
+    /// The IPAM refused a Service's request (for `pool`, if it named one) for `reason`.
+    pub fn ipam_failed(&self, pool: Option<&str>, reason: &str) {
+        let key = (pool.unwrap_or_default().to_owned(), reason.to_owned());
+        *self.ipam().failures.entry(key).or_default() += 1;
+    }
+
+    /// The IPAM took an address of `pool` back from a Service.
+    pub fn ipam_released(&self, pool: Option<&str>) {
+        *self
+            .ipam()
+            .releases
+            .entry(pool.unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+
+    pub fn ipam_counts(&self) -> IpamCounts {
+        self.ipam().clone()
     }
 
     pub fn ownership_changed(&self, vip: Ipv4Addr, change: OwnershipChange) {
@@ -110,6 +162,7 @@ impl Telemetry {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
             map_sync: self.map_sync.clone(),
+            ipam: self.ipam_counts(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register_collector(Box::new(scrape));
@@ -125,6 +178,7 @@ struct Scrape {
     status: AgentStatus,
     ownership_changes: BTreeMap<(Ipv4Addr, OwnershipChange), u64>,
     map_sync: Histogram,
+    ipam: IpamCounts,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -359,11 +413,51 @@ impl Scrape {
     }
 }
 
+fn pool_label(pool: &str) -> Labels {
+    vec![("pool", pool.to_owned())]
+}
+
+impl Scrape {
+    fn encode_ipam(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let ipam = &self.ipam;
+        family(
+            encoder,
+            "ipam_allocations",
+            "Addresses the IPAM gave to Services, by pool",
+            Kind::Counter,
+            ipam.allocations
+                .iter()
+                .map(|(pool, count)| (pool_label(pool), *count)),
+        )?;
+        family(
+            encoder,
+            "ipam_allocation_failures",
+            "Service requests the IPAM refused, by requested pool (empty: none named) and reason",
+            Kind::Counter,
+            ipam.failures.iter().map(|((pool, reason), count)| {
+                let mut labels = pool_label(pool);
+                labels.push(("reason", reason.clone()));
+                (labels, *count)
+            }),
+        )?;
+        family(
+            encoder,
+            "ipam_releases",
+            "Addresses the IPAM took back from Services, by pool",
+            Kind::Counter,
+            ipam.releases
+                .iter()
+                .map(|(pool, count)| (pool_label(pool), *count)),
+        )
+    }
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         self.encode_node(&mut encoder)?;
         self.encode_vips(&mut encoder)?;
-        self.encode_gossip(&mut encoder)
+        self.encode_gossip(&mut encoder)?;
+        self.encode_ipam(&mut encoder)
     }
 }
 

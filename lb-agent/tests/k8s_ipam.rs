@@ -3,7 +3,7 @@
 
 mod k8s_support;
 
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -21,6 +21,7 @@ use lb_agent::{
         },
         pool_status,
     },
+    status::AgentStatus,
 };
 use serde_json::{Value, json};
 
@@ -190,6 +191,34 @@ async fn a_new_service_gets_the_lowest_free_address_a_condition_and_an_event() {
     let settled = applied(&web, &write);
     let (outcome, ()) = tokio::join!(reconcile(&settled, &ctx), api.expect_silence(QUIET));
     assert_eq!(outcome.expect("reconciled"), Outcome::Settled);
+    // Counted once, for its pool, however many passes see it; on /metrics by pool.
+    let counts = ctx.telemetry.ipam_counts();
+    assert_eq!(counts.allocations, BTreeMap::from([("lan".to_owned(), 1)]));
+    assert!(counts.failures.is_empty() && counts.releases.is_empty());
+    assert_metric(&ctx, "xdplb_ipam_allocations_total{pool=\"lan\"} 1");
+}
+
+/// Asserts that the IPAM's telemetry renders `line` on `/metrics`.
+fn assert_metric(ctx: &Context, line: &str) {
+    let status = AgentStatus {
+        node: "node1".into(),
+        address: ip("192.168.8.11"),
+        interface: "eth0".into(),
+        xdp_mode: None,
+        ready: true,
+        version: "test".into(),
+        vips: Vec::new(),
+        members: Vec::new(),
+        reasons: BTreeMap::new(),
+        arp: None,
+        gossip: None,
+        warnings: Vec::new(),
+    };
+    let text = ctx.telemetry.render(status).expect("metrics");
+    assert!(
+        text.lines().any(|rendered| rendered == line),
+        "no {line:?} in\n{text}"
+    );
 }
 
 #[tokio::test]
@@ -272,6 +301,14 @@ async fn a_conflicting_request_is_refused_and_the_holder_is_left_alone() {
             .starts_with("AddressInUse: 192.168.8.241"),
         "{failed}"
     );
+    assert_eq!(
+        ctx.telemetry.ipam_counts().failures,
+        BTreeMap::from([((String::new(), "AddressInUse".to_owned()), 1)])
+    );
+    assert_metric(
+        &ctx,
+        "xdplb_ipam_allocation_failures_total{pool=\"\",reason=\"AddressInUse\"} 1",
+    );
     let holder = ServiceKey::new("kube-system", "dns-udp");
     let kept = ctx.allocator.lock().expect("allocator").allocation(&holder);
     assert_eq!(
@@ -337,6 +374,9 @@ async fn addresses_are_released_when_a_service_stops_being_a_load_balancer_or_go
     // Deleted: nothing to write, the address is free again.
     assert!(forget(&applied(&api_service, &write), &ctx));
     assert!(!forget(&api_service, &ctx), "released once");
+    let counts = ctx.telemetry.ipam_counts();
+    assert_eq!(counts.releases, BTreeMap::from([("lan".to_owned(), 2)]));
+    assert_metric(&ctx, "xdplb_ipam_releases_total{pool=\"lan\"} 2");
     let next = service("default", "next", &["8080/TCP"], json!({}));
     let (_, (write, _)) = tokio::join!(reconcile(&next, &ctx), async {
         let write = status_write(&mut api, "default", "next").await;

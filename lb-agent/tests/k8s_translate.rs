@@ -9,6 +9,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
     sync::Arc,
+    time::Duration,
 };
 
 use k8s_openapi::api::{
@@ -17,7 +18,8 @@ use k8s_openapi::api::{
 };
 use k8s_support::{documents, of_kind};
 use lb_agent::{
-    election::{EXCLUDE_LABEL, Ineligible},
+    arp,
+    election::{ANNOUNCE_INTERFACE_ANNOTATION, EXCLUDE_LABEL, Ineligible},
     ipam::ClassPolicy,
     k8s::{
         crd::AddressPool,
@@ -192,6 +194,117 @@ fn the_pool_node_selector_names_the_announcing_nodes() {
         BTreeSet::from(["node1".to_owned(), "node2".to_owned(), "node3".to_owned()])
     );
     assert_eq!(cluster.announcers[&ip("192.168.8.241")].nodes, lan.nodes);
+}
+
+/// The cluster with the `lan` pool announced only on eth1 and br0 with its own GARP
+/// timing, and each of `published` nodes' announce interface on its Node.
+fn with_pool_interfaces(published: &[(&str, &str)]) -> Snapshot {
+    let mut documents = documents(CLUSTER);
+    for document in &mut documents {
+        let name = document["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match document["kind"].as_str() {
+            Some("AddressPool") if name == "lan" => {
+                let announcement = &mut document["spec"]["announcement"];
+                announcement["interfaces"] = serde_json::json!(["eth1", "br0"]);
+                announcement["garp"] = serde_json::json!({
+                    "repeats": 5, "intervalMilliseconds": 200, "refreshSeconds": 0
+                });
+            }
+            Some("Node") => {
+                if let Some((_, interface)) = published.iter().find(|(node, _)| *node == name) {
+                    document["metadata"]["annotations"] =
+                        serde_json::json!({ (ANNOUNCE_INTERFACE_ANNOTATION): interface });
+                }
+            }
+            _ => {}
+        }
+    }
+    snapshot(&documents)
+}
+
+#[test]
+fn the_pool_interfaces_and_garp_become_per_vip_announcement_settings() {
+    let snapshot = with_pool_interfaces(&[("node1", "eth0"), ("node3", "br0")]);
+    let cluster = translator("node1")
+        .translate(&snapshot)
+        .expect("translated")
+        .cluster;
+    let lan = BTreeSet::from(["br0".to_owned(), "eth1".to_owned()]);
+    for vip in [ip("192.168.8.240"), ip("192.168.8.241")] {
+        let allowed = &cluster.announce_interfaces[&vip];
+        assert_eq!((allowed.pool.as_str(), &allowed.interfaces), ("lan", &lan));
+        assert_eq!(
+            cluster.garp[&vip],
+            arp::Settings {
+                garp_repeats: 5,
+                garp_interval: Duration::from_millis(200),
+                refresh: None,
+            }
+        );
+    }
+    // The edge pool restricts nothing.
+    assert!(
+        !cluster
+            .announce_interfaces
+            .contains_key(&ip("172.16.200.53"))
+    );
+    assert!(!cluster.garp.contains_key(&ip("172.16.200.53")));
+    assert_eq!(
+        cluster.node_interfaces,
+        BTreeMap::from([
+            ("node1".to_owned(), "eth0".to_owned()),
+            ("node3".to_owned(), "br0".to_owned())
+        ])
+    );
+}
+
+#[test]
+fn only_nodes_announcing_on_a_pool_interface_own_its_vips_with_its_garp() {
+    // node1 announces on eth0, which the pool does not list: node3 (br0), though not
+    // Ready, is the only node that may announce Traefik's VIP.
+    let snapshot = with_pool_interfaces(&[("node1", "eth0"), ("node3", "br0")]);
+    let cluster = translator("node1")
+        .translate(&snapshot)
+        .expect("translated")
+        .cluster;
+    let view = all_alive(&cluster.inputs.peers, "node1");
+    let planned = plan(&cluster, &view, 1500, None);
+    let traefik = &planned.elections[&ip("192.168.8.240")];
+    assert_eq!(traefik.owner.as_deref(), Some("node3"));
+    let node1 = traefik
+        .verdicts
+        .iter()
+        .find(|verdict| verdict.node == "node1");
+    let reason = node1
+        .and_then(|verdict| verdict.ineligible.clone())
+        .expect("ineligible");
+    assert!(
+        matches!(&reason, Ineligible::NoAnnounceInterface { node_interface: Some(own), .. } if own == "eth0"),
+        "{reason:?}"
+    );
+    assert!(reason.to_string().contains("[br0, eth1]"), "{reason}");
+    assert!(planned.owned_vips(arp::Settings::default()).is_empty());
+
+    // node1 announcing on eth1: it owns the VIP and announces it with the pool's timing.
+    let snapshot = with_pool_interfaces(&[("node1", "eth1"), ("node3", "br0")]);
+    let cluster = translator("node1")
+        .translate(&snapshot)
+        .expect("translated")
+        .cluster;
+    let planned = plan(&cluster, &view, 1500, None);
+    assert_eq!(
+        planned.elections[&ip("192.168.8.240")].owner.as_deref(),
+        Some("node1")
+    );
+    let owned = planned.owned_vips(arp::Settings::default());
+    assert_eq!(
+        owned.keys().copied().collect::<Vec<_>>(),
+        [ip("192.168.8.240")]
+    );
+    assert_eq!(owned[&ip("192.168.8.240")].garp_repeats, 5);
 }
 
 fn all_alive(peers: &[lb_agent::model::Node], local: &str) -> View {

@@ -485,9 +485,9 @@ async fn the_lbctl_binary_shows_the_cluster() {
     assert_contains(
         &pools,
         &[
-            "NAME  ADDRESSES                         AUTO ASSIGN  ASSIGNED  AVAILABLE  CONDITIONS",
-            "edge  172.16.200.0/28,172.16.200.53/32  false               -          -  no status yet",
-            "lan   192.168.8.240-192.168.8.250       true                2          9  Ready",
+            "NAME  ADDRESSES                         AUTO ASSIGN  ASSIGNED  AVAILABLE  INTERFACES  CONDITIONS",
+            "edge  172.16.200.0/28,172.16.200.53/32  false               -          -  any         no status yet",
+            "lan   192.168.8.240-192.168.8.250       true                2          9  any         Ready",
             "Pools without status",
         ],
     );

@@ -56,3 +56,7 @@ pub const MAX_REPLY_FLOWS_DEFAULT: u32 = 65536;
 pub const XDP_PROGRAM: &str = "xdp_lb";
 /// The TC egress classifier attached to the LAN interface.
 pub const TC_PROGRAM: &str = "tc_reply";
+/// Benchmark reference, never attached: parses Ethernet and IPv4, returns `XDP_PASS`.
+pub const BENCH_PASS_PROGRAM: &str = "bench_parse_pass";
+/// Benchmark reference, never attached: parses, swaps the MACs, returns `XDP_TX`.
+pub const BENCH_TX_PROGRAM: &str = "bench_parse_tx";

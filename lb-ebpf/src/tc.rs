@@ -87,6 +87,16 @@ fn reply(ctx: &TcContext) -> Result<Option<u32>, c_long> {
     let Ok(ports) = ctx.load::<Ports>(l4) else {
         return untracked;
     };
+    // A segment cut short before its checksum cannot be rewritten consistently: left
+    // alone, the client drops it as it would without us.
+    let csum_off = if ip.proto == PROTO_TCP {
+        TCP_CSUM_OFF
+    } else {
+        UDP_CSUM_OFF
+    };
+    if ctx.load::<u16>(l4 + csum_off).is_err() {
+        return untracked;
+    }
     let key = ReplyKey {
         pod: ip.saddr,
         client: ip.daddr,
@@ -158,7 +168,11 @@ fn clamp_mss(ctx: &TcContext, l4: usize) -> Result<bool, c_long> {
         if off >= end {
             break;
         }
-        let kind: u8 = ctx.load(off)?;
+        // Options the data offset claims beyond the segment end the walk: the rewrite
+        // before is complete and valid, so the packet still leaves.
+        let Ok(kind) = ctx.load::<u8>(off) else {
+            break;
+        };
         if kind == TCPOPT_EOL {
             break;
         }
@@ -166,12 +180,16 @@ fn clamp_mss(ctx: &TcContext, l4: usize) -> Result<bool, c_long> {
             off += 1;
             continue;
         }
-        let len: u8 = ctx.load(off + 1)?;
+        let Ok(len) = ctx.load::<u8>(off + 1) else {
+            break;
+        };
         if len < 2 || off + usize::from(len) > end {
             break;
         }
         if kind == TCPOPT_MSS && len == TCPOLEN_MSS {
-            let mss: u16 = ctx.load(off + 2)?;
+            let Ok(mss) = ctx.load::<u16>(off + 2) else {
+                break;
+            };
             if u16::from_be(mss) <= limit {
                 return Ok(false);
             }

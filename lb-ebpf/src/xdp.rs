@@ -257,7 +257,8 @@ fn icmp_to_vip(
     }
 }
 
-/// The service a flow addresses; unknown ports pass or drop per the VIP's flag.
+/// The service a flow addresses; unknown ports pass or drop per the VIP's flag, and
+/// always drop when tunnelled.
 #[inline(always)]
 fn resolve(
     key: FlowKey,
@@ -280,7 +281,10 @@ fn resolve(
             node_addr: config.node_addr,
             path,
         }),
-        None if vip.flags & VIP_F_DROP_UNKNOWN_PORTS != 0 => {
+        // A peer tunnels only ports it knows; this node not knowing the port means the
+        // two disagree for a moment, and handing the packet to the kernel would route
+        // it back to the VIP owner, which could tunnel it here again.
+        None if vip.flags & VIP_F_DROP_UNKNOWN_PORTS != 0 || path == Path::Tunnel => {
             Err(Verdict::drop(reasons::DROP_UNKNOWN_PORT))
         }
         None => Err(Verdict::pass(reasons::PASS_UNKNOWN_PORT)),

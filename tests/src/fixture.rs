@@ -115,6 +115,12 @@ impl Dataplane {
         })
     }
 
+    /// The loaded object, for benchmarks that drive its programs directly (many repeats,
+    /// or the reference programs the fixtures never run).
+    pub fn ebpf(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// This node ([`NODE`]) serving [`VIP`]: HTTPS and DNS, both delivered to [`POD`] here.
     pub fn with_services() -> Result<Self> {
         let mut dataplane = Self::empty()?;

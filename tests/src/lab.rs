@@ -40,9 +40,15 @@
 //! Everything is torn down when the [`Lab`] drops: each namespace guard kills the
 //! processes inside it and deletes it, which destroys its interfaces.
 
+mod api_double;
 mod bpffs;
 mod capture;
 mod cluster;
+mod fault;
+mod flood;
+pub mod load;
+mod partition;
+mod pinned;
 mod port_xdp;
 mod probe;
 mod services;
@@ -59,6 +65,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 
 pub use self::{
+    api_double::ApiDouble,
     bpffs::BpfFs,
     capture::mac_text,
     capture::{ArpFrame, Capture, Packet},
@@ -66,7 +73,13 @@ pub use self::{
         App, Binaries, Cluster, DNS_NAME, DNS_VIP, FailoverReport, Failure, Service, VIP_CIDR,
         WEB_VIP, dump_log_tails,
     },
-    probe::{Attempt, EchoReport, Pace, Requests, echo_during, requests_during},
+    fault::{FaultReport, failing_until},
+    flood::{Flood, FloodReport, syn_flood},
+    partition::Partition,
+    pinned::{entries, node_table_members},
+    probe::{
+        Attempt, EchoReport, Pace, Requests, echo_during, requests_during, requests_during_at_most,
+    },
 };
 use crate::netns::{Netns, veth};
 

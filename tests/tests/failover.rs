@@ -24,8 +24,8 @@ use lb_agent::{
 };
 use nix::sys::signal::Signal;
 use tests::lab::{
-    App, ArpFrame, CLIENT_ADDR, Cluster, DNS_VIP, EchoReport, Failure, LAN_IFACE, Pace, Service,
-    WEB_VIP, echo_during, mac_text, requests_during,
+    App, ArpFrame, CLIENT_ADDR, Cluster, DNS_VIP, EchoReport, Failure, FaultReport, LAN_IFACE,
+    Pace, Service, WEB_VIP, echo_during, mac_text, requests_during,
 };
 
 const NODES: usize = 3;
@@ -225,10 +225,13 @@ fn owner_link_down_fails_over_within_a_second() -> anyhow::Result<()> {
 /// outage must stay under [`FAILOVER_LIMIT`].
 fn failover_trials(cluster: &Cluster, failure: Failure) -> anyhow::Result<()> {
     let mut outages = Vec::with_capacity(TRIALS);
+    let (mut requests, mut failed) = (0, 0);
     for trial in 1..=TRIALS {
         let report = cluster.measure_failover(WEB_VIP, failure, FAILOVER_PACE)?;
         eprintln!("trial {trial}: {report}");
         outages.push(report.outage);
+        requests += report.requests.0.len();
+        failed += report.requests.failures().len();
         cluster.restore(&report.old_owner, WEB_VIP)?;
     }
     outages.sort();
@@ -240,6 +243,13 @@ fn failover_trials(cluster: &Cluster, failure: Failure) -> anyhow::Result<()> {
         max.as_millis(),
         outages.iter().map(Duration::as_millis).collect::<Vec<_>>()
     );
+    FaultReport {
+        name: format!("owner-{}", fault_name(failure)),
+        requests,
+        failed,
+        recovery: max,
+    }
+    .print();
     ensure!(
         max < FAILOVER_LIMIT,
         "failover ({failure}) took up to {} ms (limit {} ms): {:?}",
@@ -248,6 +258,15 @@ fn failover_trials(cluster: &Cluster, failure: Failure) -> anyhow::Result<()> {
         outages
     );
     Ok(())
+}
+
+/// The name of a failure in `FAULT` lines.
+fn fault_name(failure: Failure) -> &'static str {
+    match failure {
+        Failure::NodeGone => "node-gone",
+        Failure::LinkDown => "link-down",
+        Failure::AgentKilled => "agent-killed",
+    }
 }
 
 /// The reading: the owner is killed (and gone), the connections' backend set is
@@ -485,6 +504,7 @@ fn restart_scenario(cluster: &Cluster) -> anyhow::Result<()> {
         requests.slowest().as_millis(),
         requests.per_pod()
     );
+    FaultReport::new("agent-restart", &requests, back - sigterm).print();
     let described: Vec<String> = failures
         .iter()
         .map(|attempt| {

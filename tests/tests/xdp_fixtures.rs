@@ -884,6 +884,13 @@ fn tunnelled_flow_is_decapsulated_and_dnatted_here() -> Result<()> {
 }
 
 #[test]
+fn tunnelled_packet_to_an_unknown_port_is_dropped() -> Result<()> {
+    let mut lb = with_peer()?;
+    let input = tunnelled(FROM_PEER, PEER, &packets::udp(CLIENT, vip(9999), b"x"));
+    assert_dropped(&mut lb, &input, DROP_UNKNOWN_PORT)
+}
+
+#[test]
 fn tunnelled_packets_pass_the_same_sanity_checks() -> Result<()> {
     let mut lb = with_peer()?;
     let fragment = packets::edit_ipv4(&https_packet(CLIENT), |ip| {

@@ -46,6 +46,6 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
 }
 
 /// Where cargo puts the binaries: `CARGO_TARGET_DIR` if set, else `<root>/target`.
-fn target_dir(root: &Path) -> PathBuf {
+pub fn target_dir(root: &Path) -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's build and test entry points.
 
+mod bench;
 mod cmd;
 mod lab;
 mod setup;
@@ -26,6 +27,11 @@ enum Task {
     /// VIP owners, `lbctl status`, requests spread over pods, and a measured failover
     /// when the web VIP's owner goes away. Everything is removed at the end.
     Lab,
+    /// Run setup, a release build, then the benchmarks (as root, through sudo if
+    /// needed): program cost, Maglev quality, control plane, forwarding and failover.
+    /// Writes bench/results.json, bench/results.png, BENCHMARKS.md and the README's
+    /// summary block, and prints the table. Takes several minutes.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test(options) => test::run(&options),
         Task::Lab => lab::run(&test::workspace_root()),
+        Task::Bench(options) => bench::run(&test::workspace_root(), &options),
     }
 }

@@ -25,21 +25,32 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "dnsmasq-base",
     "python3",
+    // The forwarding benchmark's kube-proxy reference path (iptables DNAT + MASQUERADE).
+    "iptables",
+    // `cargo xtask bench` draws its chart's text with DejaVu Sans.
+    "fonts-dejavu-core",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Any 0.13.x linker speaks the same object format as the pinned aya train.
 const BPF_LINKER_SERIES: &str = "bpf-linker 0.13.";
+/// Runs the fuzz tier's targets (fuzz/) with the nightly toolchain installed above.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run() -> anyhow::Result<()> {
-    let actions: Vec<String> = [apt_packages()?, rust_components()?, bpf_linker()?]
-        .into_iter()
-        .flatten()
-        .collect();
+    let actions: Vec<String> = [
+        apt_packages()?,
+        rust_components()?,
+        bpf_linker()?,
+        cargo_fuzz()?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if actions.is_empty() {
         println!(
-            "setup: everything present (apt packages, nightly rust-src, clippy, rustfmt, {BPF_LINKER_SERIES}x)"
+            "setup: everything present (apt packages, nightly rust-src, clippy, rustfmt, {BPF_LINKER_SERIES}x, cargo-fuzz)"
         );
     }
     for action in actions {
@@ -190,6 +201,28 @@ fn bpf_linker() -> anyhow::Result<Option<String>> {
 
 fn bpf_linker_version() -> Option<String> {
     cmd::probe(Command::new("bpf-linker").arg("--version"))
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Any cargo-fuzz will do (the tier only uses `build` and `run`); installed when missing.
+fn cargo_fuzz() -> anyhow::Result<Option<String>> {
+    if cargo_fuzz_version().is_some() {
+        return Ok(None);
+    }
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked", "--version"])
+            .arg(format!("={CARGO_FUZZ_VERSION}")),
+    )?;
+    match cargo_fuzz_version() {
+        Some(version) => Ok(Some(format!("installed {}", version.trim()))),
+        None => bail!("cargo-fuzz still missing after install; is ~/.cargo/bin on PATH?"),
+    }
+}
+
+fn cargo_fuzz_version() -> Option<String> {
+    cmd::probe(Command::new("cargo-fuzz").arg("--version"))
         .filter(|output| output.status.success())
         .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
 }

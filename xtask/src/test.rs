@@ -2,9 +2,10 @@
 //! and always ending with one summary line per tier.
 
 use std::{
+    fs,
     path::{Path, PathBuf},
     process::Command,
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use anyhow::bail;
@@ -54,12 +55,23 @@ impl Totals {
 
 type TierFn = fn(&Path, &mut Totals) -> anyhow::Result<()>;
 
-const TIERS: [(&str, TierFn); 4] = [
+const TIERS: [(&str, TierFn); 5] = [
     ("setup", |_, _| setup::run()),
     ("lint", lint),
     ("host", host),
+    ("fuzz", fuzz),
     ("privileged", privileged),
 ];
+
+/// The cargo-fuzz targets in fuzz/ (a workspace of its own), each run this long.
+const FUZZ_TARGETS: [&str; 5] = [
+    "checksum",
+    "flow_hash",
+    "maglev",
+    "arp_frame",
+    "gossip_auth",
+];
+const FUZZ_SECONDS: u32 = 15;
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
     if !options.host_only && !Uid::effective().is_root() {
@@ -136,6 +148,53 @@ fn host(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     )
 }
 
+/// Builds the fuzz targets once, then runs each for [`FUZZ_SECONDS`] on its corpus in
+/// fuzz/corpus (gitignored). The debug profile without a sanitizer: the code under test
+/// is safe Rust, where overflow checks find more than ASan would, and it builds in a
+/// fraction of the time. A crash fails the tier and names its reproducer.
+fn fuzz(root: &Path, _: &mut Totals) -> anyhow::Result<()> {
+    let dir = root.join("fuzz");
+    cargo_fuzz(&dir, "build", &[])?;
+    for target in FUZZ_TARGETS {
+        let started = SystemTime::now();
+        let limit = format!("-max_total_time={FUZZ_SECONDS}");
+        if let Err(error) = cargo_fuzz(&dir, "run", &[target, "--", &limit]) {
+            let reproducers = reproducers(&dir.join("artifacts").join(target), started);
+            bail!(
+                "{error:#}\nfuzz target {target} failed; reproducer(s): {reproducers:?}\n\
+                 replay: cd fuzz && cargo +nightly fuzz run --dev -s none {target} <reproducer>"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cargo_fuzz(dir: &Path, command: &str, args: &[&str]) -> anyhow::Result<()> {
+    cmd::run(
+        Command::new("cargo")
+            .args(["+nightly", "fuzz", command, "--dev", "--sanitizer", "none"])
+            .args(args)
+            .current_dir(dir),
+    )
+}
+
+/// The files libFuzzer wrote into `artifacts` since `since`.
+fn reproducers(artifacts: &Path, since: SystemTime) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(artifacts) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| modified >= since)
+        })
+        .map(|entry| entry.path())
+        .collect()
+}
+
 /// The end-to-end tests run the agent binary, so the binaries are built first.
 fn privileged(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     cargo(root, &["build", "--bins"])?;
@@ -165,7 +224,30 @@ pub fn workspace_root() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::Totals;
+    use std::{
+        fs::{self, File},
+        time::{Duration, SystemTime},
+    };
+
+    use super::{Totals, reproducers};
+
+    #[test]
+    fn reproducers_are_the_artifacts_written_since_the_run_started() {
+        let dir = std::env::temp_dir().join(format!("xtask-artifacts-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("scratch dir");
+        let started = SystemTime::now() - Duration::from_secs(60);
+        let old = File::create(dir.join("crash-old")).expect("old artefact");
+        old.set_modified(started - Duration::from_secs(3600))
+            .expect("backdating");
+        fs::write(dir.join("crash-new"), b"input").expect("new artefact");
+        let found = reproducers(&dir, started);
+        fs::remove_dir_all(&dir).expect("removing scratch dir");
+        assert_eq!(found, [dir.join("crash-new")]);
+        assert!(
+            reproducers(&dir, started).is_empty(),
+            "a missing dir has none"
+        );
+    }
 
     #[test]
     fn totals_add_up_libtest_result_lines() {

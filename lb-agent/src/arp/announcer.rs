@@ -3,7 +3,10 @@
 //!
 //! The owned set arrives through a `watch` channel and is re-checked before every answer,
 //! so a VIP handed to another node is never answered for again once the runtime has
-//! published the new set.
+//! published the new set. Each owned VIP carries its gratuitous ARP [`Settings`]
+//! ([`Announcer::start_per_vip`]), or all share the node's ([`Announcer::start`]). The
+//! runtime can also ask for every owned VIP to be announced again ([`Owned::reannounce`]),
+//! as when a partition heals.
 //!
 //! While the link is down nothing can be answered or sent, and the thread waits for it.
 //! When it is back, every owned VIP gets a fresh takeover burst: what was due meanwhile
@@ -33,7 +36,7 @@ use tokio::sync::watch;
 use super::{
     frame::{self, Request},
     interface::Interface,
-    schedule::{Schedule, Settings},
+    schedule::{Owned, OwnedVips, Schedule, Settings},
 };
 
 /// How long the thread waits for a frame before it checks the owned set, its timers and
@@ -135,7 +138,8 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// Opens the ARP channel on `interface` and starts answering for the VIPs in `owned`.
+    /// Opens the ARP channel on `interface` and starts answering for the VIPs in `owned`,
+    /// every one announced with `settings`.
     ///
     /// The socket belongs to the calling thread's network namespace. The thread ends when
     /// the `owned` sender is dropped: with nobody deciding ownership any more, answering
@@ -145,6 +149,20 @@ impl Announcer {
         settings: Settings,
         owned: watch::Receiver<BTreeSet<Ipv4Addr>>,
     ) -> Result<Self, ArpError> {
+        Self::spawn(interface, Box::new(Uniform { owned, settings }))
+    }
+
+    /// As [`Self::start`], each owned VIP announced with the settings it comes with
+    /// (its address pool's, or the node's), and all of them again whenever
+    /// [`Owned::reannounce`] changes.
+    pub fn start_per_vip(
+        interface: &Interface,
+        owned: watch::Receiver<Owned>,
+    ) -> Result<Self, ArpError> {
+        Self::spawn(interface, Box::new(owned))
+    }
+
+    fn spawn(interface: &Interface, owned: Box<dyn OwnedFeed>) -> Result<Self, ArpError> {
         let name = interface.link.name.clone();
         let port = open_channel(interface)?;
         let shared = Arc::new(Shared::default());
@@ -152,8 +170,8 @@ impl Announcer {
             mac: interface.link.mac,
             port,
             owned_rx: owned,
-            owned: BTreeSet::new(),
-            schedule: Schedule::new(settings, Instant::now()),
+            owned: OwnedVips::new(),
+            schedule: Schedule::default(),
             shared: Arc::clone(&shared),
             receive_failing: false,
             outage: false,
@@ -338,11 +356,56 @@ fn is_link_error(error: &io::Error) -> bool {
     )
 }
 
+/// Where the worker learns the owned VIPs and their settings.
+trait OwnedFeed: Send {
+    /// Makes the next [`Self::changed`] report the current VIPs.
+    fn mark_changed(&mut self);
+
+    /// The owned VIPs if they changed since the last call; an error once the sender is
+    /// gone.
+    fn changed(&mut self) -> Result<Option<Owned>, watch::error::RecvError>;
+}
+
+impl OwnedFeed for watch::Receiver<Owned> {
+    fn mark_changed(&mut self) {
+        watch::Receiver::mark_changed(self);
+    }
+
+    fn changed(&mut self) -> Result<Option<Owned>, watch::error::RecvError> {
+        Ok(self
+            .has_changed()?
+            .then(|| self.borrow_and_update().clone()))
+    }
+}
+
+/// A set of VIPs sharing the node's settings.
+struct Uniform {
+    owned: watch::Receiver<BTreeSet<Ipv4Addr>>,
+    settings: Settings,
+}
+
+impl OwnedFeed for Uniform {
+    fn mark_changed(&mut self) {
+        self.owned.mark_changed();
+    }
+
+    fn changed(&mut self) -> Result<Option<Owned>, watch::error::RecvError> {
+        if !self.owned.has_changed()? {
+            return Ok(None);
+        }
+        let owned = self.owned.borrow_and_update();
+        Ok(Some(Owned {
+            vips: owned.iter().map(|&vip| (vip, self.settings)).collect(),
+            reannounce: 0,
+        }))
+    }
+}
+
 struct Worker {
     mac: MacAddr,
     port: Port,
-    owned_rx: watch::Receiver<BTreeSet<Ipv4Addr>>,
-    owned: BTreeSet<Ipv4Addr>,
+    owned_rx: Box<dyn OwnedFeed>,
+    owned: OwnedVips,
     schedule: Schedule,
     shared: Arc<Shared>,
     /// Set while receives fail, so a failing socket logs once rather than every poll.
@@ -374,15 +437,13 @@ impl Worker {
         }
     }
 
-    /// Adopts the latest owned set, starting takeover bursts for new VIPs.
+    /// Adopts the latest owned set, starting takeover bursts for new VIPs (for all when
+    /// a re-announcement was asked for).
     fn sync_owned(&mut self) -> Result<(), watch::error::RecvError> {
-        if !self.owned_rx.has_changed()? {
-            return Ok(());
+        if let Some(latest) = self.owned_rx.changed()? {
+            self.schedule.follow(&latest, Instant::now());
+            self.owned = latest.vips;
         }
-        let latest = self.owned_rx.borrow_and_update().clone();
-        self.schedule
-            .owned_changed(&self.owned, &latest, Instant::now());
-        self.owned = latest;
         Ok(())
     }
 
@@ -395,7 +456,7 @@ impl Worker {
             self.outage = false;
             // The ENETDOWN the kernel left at link down would fail the first frame.
             self.port.link.take_error();
-            self.schedule.restart(&self.owned, Instant::now());
+            self.schedule.restart(Instant::now());
             tracing::info!(
                 vips = self.owned.len(),
                 "ARP link usable again: announcing every owned VIP"
@@ -420,7 +481,7 @@ impl Worker {
     }
 
     fn announce_due(&mut self) {
-        for vip in self.schedule.due(&self.owned, Instant::now()) {
+        for vip in self.schedule.due(Instant::now()) {
             tracing::debug!(%vip, "sending gratuitous ARP");
             for frame in frame::gratuitous(self.mac, vip) {
                 self.send(&frame, |stats| &stats.gratuitous_sent);
@@ -457,7 +518,7 @@ impl Worker {
 
     fn answer(&mut self, request: &Request) {
         let stats = &self.shared.stats;
-        if request.is_gratuitous() || !self.owned.contains(&request.target_ip) {
+        if request.is_gratuitous() || !self.owned.contains_key(&request.target_ip) {
             Stats::count(&stats.requests_ignored);
             return;
         }

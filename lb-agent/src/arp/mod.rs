@@ -14,5 +14,5 @@ mod schedule;
 pub use self::{
     announcer::{Announcer, ArpError, Counters},
     interface::{Interface, InterfaceError, Link, Refusal, SysPaths},
-    schedule::Settings,
+    schedule::{Owned, OwnedVips, Settings},
 };

@@ -5,6 +5,7 @@ use std::{
     io::IsTerminal as _,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,6 +20,7 @@ use lb_agent::{
     membership::{GossipKey, View},
     runtime::{self, Cluster, FileSource, Settings, reconcile::plan},
     summary,
+    telemetry::Telemetry,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -158,14 +160,17 @@ async fn kubernetes(
         .await
         .context("connecting to the Kubernetes API")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // One telemetry for both, so the agent's /metrics shows the IPAM's counters.
+    let telemetry = Arc::new(Telemetry::new());
     let ipam = tokio::spawn(ipam_controller::run(
         client.clone(),
         settings.class_policy(),
         lease,
         stopped,
+        Arc::clone(&telemetry),
     ));
     let source = KubeSource::start(client, &settings, node);
-    let result = runtime::run(source).await;
+    let result = runtime::run_with(source, telemetry).await;
     stop.send_replace(true);
     if tokio::time::timeout(RELEASE_TIMEOUT, ipam).await.is_err() {
         tracing::warn!("the IPAM did not stop in time; its Lease expires on its own");

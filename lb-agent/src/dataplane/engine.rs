@@ -11,7 +11,7 @@ use lb_common::maps::{MAX_PEERS, SERVICES};
 use super::{Dataplane, DataplaneError, MapStore, loader::Capacities, wire};
 use crate::{
     diff::{Changes, Delta},
-    model::{PortKey, PortTarget, Rings, State, Vip},
+    model::{Interner, PortKey, PortTarget, Rings, State, Vip},
 };
 
 /// Free indices of an array map, lowest first.
@@ -356,9 +356,11 @@ impl<S: MapStore> Engine<S> {
 
     fn read_rings(&self) -> Result<BTreeMap<String, Rings>, DataplaneError> {
         let mut rings = BTreeMap::new();
+        // Read back, every slot's tables are separate copies; most node rings are equal.
+        let mut interner = Interner::default();
         for (name, slot) in &self.slots {
-            let node = wire::table(&self.store.node_ring(*slot)?.backends);
-            let pod = wire::table(&self.store.pod_ring(*slot)?.backends);
+            let node = interner.intern(wire::table(&self.store.node_ring(*slot)?.backends));
+            let pod = interner.intern(wire::table(&self.store.pod_ring(*slot)?.backends));
             rings.insert(name.clone(), Rings { node, pod });
         }
         Ok(rings)

@@ -27,6 +27,8 @@
 //! output; a test fails when the two drift apart. Regenerate it with
 //! `XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed`.
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt as _};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -129,12 +131,16 @@ pub struct Announcement {
     /// not labelled node.kubernetes.io/exclude-from-external-load-balancers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
-    /// Announce only on these interfaces; a node without any of them is not eligible.
-    /// Default: the agent's LAN interface.
+    /// Announce only on these interfaces. Each agent announces on one interface, the one
+    /// whose traffic its XDP data path sees (its settings' arp.interface, else its LAN
+    /// interface); a node whose announce interface is not listed is not eligible to own
+    /// the pool's addresses. Default: every node's announce interface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "interfaces_schema")]
     pub interfaces: Vec<String>,
-    /// Gratuitous ARP when a node takes an address over, and periodic refreshes.
+    /// Gratuitous ARP when a node takes an address over, and periodic refreshes. Replaces
+    /// the agent's own arp settings for the pool's addresses (omitted fields take the
+    /// defaults shown here, not the agent's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub garp: Option<Garp>,
 }
@@ -165,6 +171,18 @@ impl Default for Garp {
             repeats: default_garp_repeats(),
             interval_milliseconds: default_garp_interval(),
             refresh_seconds: default_garp_refresh(),
+        }
+    }
+}
+
+impl Garp {
+    /// The announcer's timing for these settings.
+    pub fn settings(&self) -> crate::arp::Settings {
+        crate::arp::Settings {
+            garp_repeats: self.repeats,
+            garp_interval: Duration::from_millis(self.interval_milliseconds.into()),
+            refresh: (self.refresh_seconds > 0)
+                .then(|| Duration::from_secs(self.refresh_seconds.into())),
         }
     }
 }

@@ -58,9 +58,12 @@ use super::{
     lease::{self, Elector, LeaseSettings},
     pool_status::{self, PoolReport},
 };
-use crate::ipam::{
-    Allocation, Allocator, ClassPolicy, Labels, Request, Responsibility, ServiceKey,
-    status_addresses,
+use crate::{
+    ipam::{
+        Allocation, Allocator, ClassPolicy, Labels, Request, Responsibility, ServiceKey,
+        status_addresses,
+    },
+    telemetry::Telemetry,
 };
 
 /// The Service condition the IPAM writes.
@@ -123,6 +126,9 @@ pub struct Context {
     /// For pools' `namespaceSelector`.
     pub namespaces: Store<Namespace>,
     pub metrics: Metrics,
+    /// Allocations, refusals and releases, for `/metrics` (the agent's, when it runs
+    /// the IPAM; see [`Context::with_telemetry`]).
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl Context {
@@ -144,7 +150,13 @@ impl Context {
             allocator: Mutex::new(Allocator::default()),
             namespaces,
             metrics: Metrics::default(),
+            telemetry: Arc::new(Telemetry::new()),
         }
+    }
+
+    /// Counts into `telemetry` instead of a telemetry of its own.
+    pub fn with_telemetry(self, telemetry: Arc<Telemetry>) -> Self {
+        Self { telemetry, ..self }
     }
 
     fn allocator(&self) -> MutexGuard<'_, Allocator> {
@@ -235,7 +247,7 @@ pub async fn reconcile(service: &Service, ctx: &Context) -> Result<Outcome, Erro
     match ctx.policy.responsibility(service) {
         Responsibility::Ours => allocate(service, key, ctx).await,
         Responsibility::NotLoadBalancer => {
-            let released = ctx.allocator().release(&key);
+            let released = release(&key, ctx);
             withdraw(
                 service,
                 &key,
@@ -246,7 +258,7 @@ pub async fn reconcile(service: &Service, ctx: &Context) -> Result<Outcome, Erro
             .await
         }
         Responsibility::OtherClass => {
-            let released = ctx.allocator().release(&key);
+            let released = release(&key, ctx);
             let clashes = ctx
                 .allocator()
                 .reserve_foreign(&key, &status_addresses(service));
@@ -267,7 +279,19 @@ pub async fn reconcile(service: &Service, ctx: &Context) -> Result<Outcome, Erro
 
 /// A deleted Service: its address goes back to the pools. Returns whether it held one.
 pub fn forget(service: &Service, ctx: &Context) -> bool {
-    ServiceKey::of(service).is_some_and(|key| ctx.allocator().release(&key).is_some())
+    let released = ServiceKey::of(service).and_then(|key| release(&key, ctx));
+    if let Some(allocation) = &released {
+        ctx.telemetry.ipam_released(allocation.pool.as_deref());
+    }
+    released.is_some()
+}
+
+/// Frees what `key` holds; returns the address it held, with its pool.
+fn release(key: &ServiceKey, ctx: &Context) -> Option<Allocation> {
+    let mut allocator = ctx.allocator();
+    let held = allocator.allocation(key);
+    allocator.release(key);
+    held
 }
 
 /// Records what every Service's status holds, forgetting everything else. Services whose
@@ -309,7 +333,7 @@ async fn allocate(service: &Service, key: ServiceKey, ctx: &Context) -> Result<O
     let request = match Request::from_service(service) {
         Ok(request) => request,
         Err(error) => {
-            refuse(service, &key, error.reason(), error.to_string(), ctx).await?;
+            refuse(service, &key, None, error.reason(), error.to_string(), ctx).await?;
             return Ok(Outcome::Rejected);
         }
     };
@@ -321,7 +345,8 @@ async fn allocate(service: &Service, key: ServiceKey, ctx: &Context) -> Result<O
             Ok(Outcome::Settled)
         }
         Err(error) => {
-            refuse(service, &key, error.reason(), error.to_string(), ctx).await?;
+            let pool = request.pool.as_ref().map(|pool| pool.value.as_str());
+            refuse(service, &key, pool, error.reason(), error.to_string(), ctx).await?;
             Ok(Outcome::Waiting)
         }
     }
@@ -379,6 +404,7 @@ async fn grant(
     write_status(ctx, key, Some(ip), Some(&condition)).await?;
     if status_addresses(service).first() != Some(&ip) {
         tracing::info!(service = %key, %ip, pool = ?allocation.pool, "address allocated");
+        ctx.telemetry.ipam_allocated(allocation.pool.as_deref());
         ctx.event(
             service,
             EventType::Normal,
@@ -391,9 +417,11 @@ async fn grant(
 }
 
 /// A request that cannot be met: the condition says why, the address held stays.
+/// `pool` is the pool the request named, if any.
 async fn refuse(
     service: &Service,
     key: &ServiceKey,
+    pool: Option<&str>,
     reason: &str,
     message: String,
     ctx: &Context,
@@ -420,6 +448,7 @@ async fn refuse(
     let condition = wanted.build(conditions(service), generation);
     write_status(ctx, key, held, Some(&condition)).await?;
     tracing::warn!(service = %key, reason, %message, "no address for the Service");
+    ctx.telemetry.ipam_failed(pool, reason);
     ctx.event(
         service,
         EventType::Warning,
@@ -434,7 +463,7 @@ async fn refuse(
 async fn withdraw(
     service: &Service,
     key: &ServiceKey,
-    released: Option<Ipv4Addr>,
+    released: Option<Allocation>,
     why: &str,
     ctx: &Context,
 ) -> Result<Outcome, Error> {
@@ -445,8 +474,9 @@ async fn withdraw(
         return Ok(Outcome::Settled);
     }
     write_status(ctx, key, None, None).await?;
-    if let Some(ip) = released {
-        tracing::info!(service = %key, %ip, "address released");
+    if let Some(Allocation { ip, pool }) = released {
+        tracing::info!(service = %key, %ip, ?pool, "address released");
+        ctx.telemetry.ipam_released(pool.as_deref());
         ctx.event(
             service,
             EventType::Normal,
@@ -576,12 +606,14 @@ async fn write_pool_status(
     .map_err(|source| Error::PoolStatus { pool: name, source })
 }
 
-/// Competes for the Lease until `stop` turns true and runs the IPAM while it leads.
+/// Competes for the Lease until `stop` turns true and runs the IPAM while it leads,
+/// counting into `telemetry` (the agent's, so `/metrics` shows the IPAM's work).
 pub async fn run(
     client: Client,
     policy: ClassPolicy,
     lease: LeaseSettings,
     stop: watch::Receiver<bool>,
+    telemetry: Arc<Telemetry>,
 ) {
     let identity = lease.identity.clone();
     let (leader, mut leading) = watch::channel(false);
@@ -595,7 +627,12 @@ pub async fn run(
             break;
         }
         tracing::info!("leading the IPAM");
-        let work = tokio::spawn(serve(client.clone(), policy, identity.clone()));
+        let work = tokio::spawn(serve_with(
+            client.clone(),
+            policy,
+            identity.clone(),
+            Arc::clone(&telemetry),
+        ));
         let _ = leading.wait_for(|leading| !*leading).await;
         work.abort();
         let _ = work.await;
@@ -606,6 +643,16 @@ pub async fn run(
 
 /// Runs the IPAM until aborted: lists, rebuilds, then follows the watches.
 pub async fn serve(client: Client, policy: ClassPolicy, instance: String) {
+    serve_with(client, policy, instance, Arc::new(Telemetry::new())).await;
+}
+
+/// [`serve`], counting into `telemetry`.
+pub async fn serve_with(
+    client: Client,
+    policy: ClassPolicy,
+    instance: String,
+    telemetry: Arc<Telemetry>,
+) {
     let (pools, pool_writer) = reflector::store::<AddressPool>();
     let (namespaces, namespace_writer) = reflector::store::<Namespace>();
     let (services, service_writer) = reflector::store::<Service>();
@@ -615,7 +662,7 @@ pub async fn serve(client: Client, policy: ClassPolicy, instance: String) {
     // for pools that exist.
     until_listed(&mut pool_events, "AddressPools").await;
     until_listed(&mut namespace_events, "Namespaces").await;
-    let ctx = Context::new(client.clone(), policy, &instance, namespaces);
+    let ctx = Context::new(client.clone(), policy, &instance, namespaces).with_telemetry(telemetry);
     let mut ipam = Ipam {
         ctx,
         pools,
@@ -663,7 +710,7 @@ where
 {
     reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
+        watcher(api, watcher::Config::default()).backoff(super::source::WatchBackoff::default()),
     )
 }
 

@@ -2,13 +2,19 @@
 //! of the Nodes, Services, EndpointSlices and AddressPools, and every change is
 //! translated ([`super::translate`]) into the [`Cluster`] the control loop runs.
 //!
-//! An API-server outage changes nothing: a failing watch is retried with backoff while
-//! its store keeps the last content it had, no new cluster is published, and the loop
-//! keeps running (and announcing) the last one. A relist after the outage replaces each
-//! store at once, so a half-listed store is never translated.
+//! An API-server outage changes nothing: a failing watch is retried with backoff
+//! ([`WatchBackoff`]: within a few seconds of the API server's return) while its store
+//! keeps the last content it had, no new cluster is published, and the loop keeps
+//! running (and announcing) the last one. A relist after the outage replaces each store
+//! at once, so a half-listed store is never translated.
 //!
 //! The owner of a VIP reports `Announced` events ("announced from node X") on the
 //! Services of that VIP when it takes it over.
+//!
+//! At start the agent writes its announce interface on its own Node (annotation
+//! [`ANNOUNCE_INTERFACE_ANNOTATION`]), so every agent can tell which nodes may own the
+//! VIPs of pools that list `announcement.interfaces` (see [`crate::election`]). The
+//! write is retried until it succeeds; it is no part of failover.
 
 use std::{collections::BTreeSet, fmt::Debug, net::Ipv4Addr, sync::Arc, time::Duration};
 
@@ -19,13 +25,16 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource,
+    api::{Patch, PatchParams},
     runtime::{
         WatchStreamExt as _,
         events::{Event, EventType, Recorder, Reporter},
         reflector::{self, Store},
+        utils::Backoff,
         watcher,
     },
 };
+use rand::{RngExt as _, rngs::StdRng};
 use serde::de::DeserializeOwned;
 use tokio::{
     sync::{Notify, mpsc, watch},
@@ -39,6 +48,7 @@ use super::{
     translate::{Snapshot, Translation, Translator},
 };
 use crate::{
+    election::ANNOUNCE_INTERFACE_ANNOTATION,
     ipam::status_addresses,
     runtime::{Cluster, Settings, Source},
 };
@@ -47,6 +57,49 @@ use crate::{
 const SETTLE: Duration = Duration::from_millis(100);
 /// The events' reporting controller for announcements.
 pub const REPORTER: &str = "xdplb.io/agent";
+/// The field manager of the agent's writes to its Node.
+pub const FIELD_MANAGER: &str = "xdplb.io/agent";
+/// How long a failed write of the Node annotation waits before the next try.
+const PUBLISH_RETRY: Duration = Duration::from_secs(5);
+/// The first wait of a failing watch, and the longest: see [`WatchBackoff`].
+const WATCH_RETRY_FIRST: Duration = Duration::from_millis(200);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(3);
+
+/// When a failing watch tries again: waits doubling from [`WATCH_RETRY_FIRST`] up to
+/// [`WATCH_RETRY_MAX`], each cut by a random part of up to half, so the agents of a
+/// cluster spread their relists. kube's default (800 ms doubling to 30 s, jittered up to
+/// twice that) spares a struggling cloud control plane but, after a 20 s outage of a
+/// LAN API server, left watches idle for ~15 s more; this one watches again within
+/// three seconds of its return. Reset by the first event after the errors.
+pub struct WatchBackoff {
+    next: Duration,
+    rng: StdRng,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: WATCH_RETRY_FIRST,
+            rng: rand::make_rng(),
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (wait * 2).min(WATCH_RETRY_MAX);
+        Some(wait.mul_f64(self.rng.random_range(0.5..=1.0)))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_RETRY_FIRST;
+    }
+}
 
 /// The reflectors' stores.
 #[derive(Clone)]
@@ -92,7 +145,7 @@ where
     tokio::spawn(async move {
         let mut events = std::pin::pin!(reflector::reflector(
             writer,
-            watcher(api, watcher::Config::default()).default_backoff()
+            watcher(api, watcher::Config::default()).backoff(WatchBackoff::default())
         ));
         let mut failing = false;
         while let Some(event) = events.next().await {
@@ -198,6 +251,8 @@ pub async fn translate_changes(
 
 /// The running agent's Kubernetes source.
 pub struct KubeSource {
+    client: Client,
+    node: String,
     settings: Settings,
     cluster: watch::Receiver<Option<Cluster>>,
     announced: mpsc::UnboundedSender<BTreeSet<Ipv4Addr>>,
@@ -227,14 +282,16 @@ impl KubeSource {
             controller: REPORTER.to_owned(),
             instance: Some(node.clone()),
         };
-        let recorder = Recorder::new(client, reporter);
+        let recorder = Recorder::new(client.clone(), reporter);
         tasks.push(tokio::spawn(report_announcements(
             owned,
             stores.services,
             recorder,
-            node,
+            node.clone(),
         )));
         Self {
+            client,
+            node,
             settings: settings.runtime(),
             cluster,
             announced,
@@ -294,6 +351,40 @@ impl Source for KubeSource {
     fn announced(&mut self, owned: &BTreeSet<Ipv4Addr>) {
         let _ = self.announced.send(owned.clone());
     }
+
+    fn publish_interface(&mut self, interface: &str) {
+        let api = Api::<Node>::all(self.client.clone());
+        self.tasks.push(tokio::spawn(publish_interface(
+            api,
+            self.node.clone(),
+            interface.to_owned(),
+        )));
+    }
+}
+
+/// Writes `interface` as `node`'s announce interface (a merge patch of the one
+/// annotation), trying again every [`PUBLISH_RETRY`] until the API server takes it.
+pub async fn publish_interface(api: Api<Node>, node: String, interface: String) {
+    let patch = serde_json::json!({
+        "metadata": { "annotations": { ANNOUNCE_INTERFACE_ANNOTATION: interface } }
+    });
+    let params = PatchParams::apply(FIELD_MANAGER);
+    let mut failing = false;
+    loop {
+        match api.patch(&node, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                tracing::info!(%node, %interface, annotation = ANNOUNCE_INTERFACE_ANNOTATION, "published the announce interface on the Node");
+                return;
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%node, %error, "publishing the announce interface on the Node failed; pools that list interfaces skip this node until it succeeds; retrying");
+                    failing = true;
+                }
+                sleep(PUBLISH_RETRY).await;
+            }
+        }
+    }
 }
 
 /// Reports `Announced` on the Services of every VIP this node takes over.
@@ -324,5 +415,34 @@ pub async fn report_announcements(
             }
         }
         previous = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_retries_double_up_to_a_few_seconds_jittered_and_start_over_on_reset() {
+        let mut backoff = WatchBackoff::default();
+        let waits: Vec<Duration> = backoff.by_ref().take(12).collect();
+        let bases = [
+            200, 400, 800, 1600, 3000, 3000, 3000, 3000, 3000, 3000, 3000, 3000,
+        ];
+        for (wait, base) in waits.iter().zip(bases) {
+            let base = Duration::from_millis(base);
+            assert!(
+                *wait <= base && *wait >= base / 2,
+                "{wait:?} outside [{:?}, {base:?}] in {waits:?}",
+                base / 2
+            );
+        }
+        assert!(
+            waits[4..].windows(2).any(|pair| pair[0] != pair[1]),
+            "no jitter: {waits:?}"
+        );
+        backoff.reset();
+        let first = backoff.next().expect("the backoff never gives up");
+        assert!(first <= WATCH_RETRY_FIRST && first >= WATCH_RETRY_FIRST / 2);
     }
 }

@@ -22,7 +22,11 @@
 //!   without `nodeName` cannot be tunnelled to and are left out. An address listed by
 //!   several slices (during a slice update) counts once, serving if any says so.
 //! - Pools: the AddressPool whose addresses contain a VIP restricts its owners to the
-//!   Nodes its `announcement.nodeSelector` matches; an invalid selector matches none.
+//!   Nodes its `announcement.nodeSelector` matches (an invalid selector matches none)
+//!   and to the Nodes whose announce interface is one of its `announcement.interfaces`;
+//!   its `announcement.garp` sets the VIP's gratuitous ARP timing. Each agent publishes
+//!   its announce interface on its Node as the annotation
+//!   [`ANNOUNCE_INTERFACE_ANNOTATION`], read here for every Node.
 //!
 //! Anything left out is reported in [`Translation::notes`], which the source logs.
 
@@ -46,7 +50,8 @@ use kube::{
 
 use super::crd::AddressPool;
 use crate::{
-    election::Announcers,
+    arp,
+    election::{ANNOUNCE_INTERFACE_ANNOTATION, AnnounceInterfaces, Announcers},
     ipam::{
         addresses::AddressSet,
         request::{ClassPolicy, Responsibility, status_addresses},
@@ -130,7 +135,11 @@ impl Translator {
             .iter()
             .map(|node| (node.core.name.clone(), node.labels.clone()))
             .collect();
-        let announcers = announcers(&services, &snapshot.pools, &labels, &mut notes);
+        let pools = announcements(&services, &snapshot.pools, &labels, &mut notes);
+        let node_interfaces = nodes
+            .iter()
+            .filter_map(|node| Some((node.core.name.clone(), node.interface.clone()?)))
+            .collect();
         let cluster = Cluster {
             inputs: Inputs {
                 node: this,
@@ -148,7 +157,10 @@ impl Translator {
                 .map(|node| node.core.name.clone())
                 .collect(),
             owners: BTreeMap::new(),
-            announcers,
+            announcers: pools.announcers,
+            announce_interfaces: pools.interfaces,
+            node_interfaces,
+            garp: pools.garp,
         };
         Ok(Translation { cluster, notes })
     }
@@ -216,6 +228,8 @@ struct NodeInfo {
     core: CoreNode,
     labels: BTreeMap<String, String>,
     ready: bool,
+    /// The announce interface its agent published.
+    interface: Option<String>,
 }
 
 fn nodes(snapshot: &Snapshot, notes: &mut Vec<String>) -> Vec<NodeInfo> {
@@ -232,6 +246,11 @@ fn nodes(snapshot: &Snapshot, notes: &mut Vec<String>) -> Vec<NodeInfo> {
                 core: CoreNode { name, address },
                 labels: node.labels().clone(),
                 ready: node_ready(node),
+                interface: node
+                    .annotations()
+                    .get(ANNOUNCE_INTERFACE_ANNOTATION)
+                    .filter(|name| !name.is_empty())
+                    .cloned(),
             })
         })
         .collect();
@@ -389,13 +408,24 @@ fn endpoints(service: &str, slices: &[&EndpointSlice], notes: &mut Vec<String>) 
     found.into_values().collect()
 }
 
-/// The announcing nodes of every VIP whose pool has a node selector.
-fn announcers(
+/// What the VIPs' address pools say about announcing them.
+#[derive(Debug, Default)]
+struct PoolAnnouncements {
+    /// VIPs whose pool has a node selector.
+    announcers: BTreeMap<Ipv4Addr, Announcers>,
+    /// VIPs whose pool lists interfaces.
+    interfaces: BTreeMap<Ipv4Addr, AnnounceInterfaces>,
+    /// VIPs whose pool sets gratuitous ARP timing.
+    garp: BTreeMap<Ipv4Addr, arp::Settings>,
+}
+
+/// The announcement settings of every VIP's pool (the first by name when several hold it).
+fn announcements(
     services: &[CoreService],
     pools: &[Arc<AddressPool>],
     labels: &BTreeMap<String, BTreeMap<String, String>>,
     notes: &mut Vec<String>,
-) -> BTreeMap<Ipv4Addr, Announcers> {
+) -> PoolAnnouncements {
     let mut sorted: Vec<&AddressPool> = pools.iter().map(AsRef::as_ref).collect();
     sorted.sort_by_key(|pool| pool.name_any());
     let parsed: Vec<(&AddressPool, AddressSet)> = sorted
@@ -406,7 +436,7 @@ fn announcers(
         })
         .collect();
     let vips: BTreeSet<Ipv4Addr> = services.iter().map(|service| service.vip).collect();
-    let mut result = BTreeMap::new();
+    let mut result = PoolAnnouncements::default();
     for vip in vips {
         let mut holding = parsed.iter().filter(|(_, set)| set.contains(vip));
         let Some((pool, _)) = holding.next() else {
@@ -420,36 +450,52 @@ fn announcers(
                 pool.name_any()
             ));
         }
-        let Some(selector) = pool
-            .spec
-            .announcement
-            .as_ref()
-            .and_then(|announcement| announcement.node_selector.clone())
-        else {
+        let Some(announcement) = &pool.spec.announcement else {
             continue;
         };
-        let nodes = match Selector::try_from(selector) {
-            Ok(selector) => labels
-                .iter()
-                .filter(|(_, labels)| selector.matches(labels))
-                .map(|(name, _)| name.clone())
-                .collect(),
-            Err(error) => {
-                notes.push(format!(
-                    "pool {}: announcement.nodeSelector is invalid ({}); no node announces VIP {vip}",
-                    pool.name_any(),
-                    error.0
-                ));
-                BTreeSet::new()
-            }
-        };
-        result.insert(
-            vip,
-            Announcers {
+        if let Some(selector) = announcement.node_selector.clone() {
+            let announcers = announcers(pool, vip, selector, labels, notes);
+            result.announcers.insert(vip, announcers);
+        }
+        if !announcement.interfaces.is_empty() {
+            let interfaces = AnnounceInterfaces {
                 pool: pool.name_any(),
-                nodes,
-            },
-        );
+                interfaces: announcement.interfaces.iter().cloned().collect(),
+            };
+            result.interfaces.insert(vip, interfaces);
+        }
+        if let Some(garp) = &announcement.garp {
+            result.garp.insert(vip, garp.settings());
+        }
     }
     result
+}
+
+/// The nodes `selector` (`pool`'s node selector) lets announce `vip`.
+fn announcers(
+    pool: &AddressPool,
+    vip: Ipv4Addr,
+    selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, BTreeMap<String, String>>,
+    notes: &mut Vec<String>,
+) -> Announcers {
+    let nodes = match Selector::try_from(selector) {
+        Ok(selector) => labels
+            .iter()
+            .filter(|(_, labels)| selector.matches(labels))
+            .map(|(name, _)| name.clone())
+            .collect(),
+        Err(error) => {
+            notes.push(format!(
+                "pool {}: announcement.nodeSelector is invalid ({}); no node announces VIP {vip}",
+                pool.name_any(),
+                error.0
+            ));
+            BTreeSet::new()
+        }
+    };
+    Announcers {
+        pool: pool.name_any(),
+        nodes,
+    }
 }

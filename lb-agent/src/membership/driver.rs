@@ -233,11 +233,15 @@ impl Driver {
                 return;
             }
         };
-        if !self.is_peer(opened.sender, from.ip()) || !claims(opened.payload, opened.sender, from) {
+        let header: Option<Header<Identity>> = PostcardCodec.decode_header(opened.payload).ok();
+        let src = header.map(|header| header.src).filter(|src| {
+            self.is_peer(opened.sender, from.ip()) && claims(src, opened.sender, from)
+        });
+        let Some(src) = src else {
             Counters::bump(&self.counters.unknown_sender);
             tracing::debug!(%from, sender = opened.sender, "dropped gossip datagram from an unknown sender");
             return;
-        }
+        };
         Counters::bump(&self.counters.accepted);
         if !self.settled && !self.heard.contains(opened.sender) {
             self.heard.insert(opened.sender.to_owned());
@@ -246,10 +250,38 @@ impl Driver {
         if self.left {
             return;
         }
+        self.rejoin_if_cut_off(&src);
         if let Err(error) = self.swim.handle_data(opened.payload, &mut self.runtime) {
             Counters::bump(&self.counters.protocol_errors);
             tracing::debug!(%from, %error, "gossip message refused");
         }
+    }
+
+    /// A peer this node holds down speaks while every peer is down to this node: the
+    /// partition that cut this node off has healed, and the peers hold it down too.
+    /// Rejoining as a new generation before foca answers keeps the verdicts this node
+    /// reached alone from reaching the peers: foca would answer the peer that it is down
+    /// and, as that peer holds this node down, make the peer rejoin as well (and so every
+    /// node of the other side), each rejoin unsettling the views again.
+    fn rejoin_if_cut_off(&mut self, sender: &Identity) {
+        let alone = self.swim.iter_members().next().is_none();
+        let held_down = || {
+            self.swim
+                .iter_membership_state()
+                .any(|member| member.state() == State::Down && member.id() == sender)
+        };
+        if !alone || !held_down() {
+            return;
+        }
+        let Some(renewed) = foca::Identity::renew(&self.local) else {
+            return;
+        };
+        tracing::info!(
+            peer = %sender.name,
+            generation = renewed.generation,
+            "heard from a peer again after holding every peer down; rejoining as a new generation"
+        );
+        self.start_generation(renewed);
     }
 
     #[cfg(test)]
@@ -603,9 +635,8 @@ impl Driver {
     }
 }
 
-/// Whether the SWIM message in `payload` comes from the identity the datagram was
-/// signed as, at the address it came from.
-fn claims(payload: &[u8], sender: &str, from: SocketAddr) -> bool {
-    let header: Result<Header<Identity>, _> = PostcardCodec.decode_header(payload);
-    header.is_ok_and(|header| header.src.name == sender && SocketAddr::V4(header.src.addr) == from)
+/// Whether a SWIM message from `src` is from the identity the datagram was signed as,
+/// at the address it came from.
+fn claims(src: &Identity, sender: &str, from: SocketAddr) -> bool {
+    src.name == sender && SocketAddr::V4(src.addr) == from
 }

@@ -31,9 +31,13 @@
 //! It rejoins as a new generation when the interface is back ([`Membership::rejoin`]),
 //! forgetting what it knew of the cluster before the outage and learning it again from
 //! the peers' answers to its join requests, within a round trip. The same happens when
-//! the cluster declared it down (a partition it did not notice). Pre-outage knowledge is
-//! stale, and a suspicion it raised as its link failed, lost on the way out, would
-//! otherwise never be refuted nor time out.
+//! the cluster declared it down (a partition it did not notice), and when a node that
+//! held every peer down hears from one of them again (it was the one cut off: only it
+//! rejoins, so its stale verdicts never make the other side rejoin too). Pre-outage
+//! knowledge is stale, and a suspicion it raised as its link failed, lost on the way
+//! out, would otherwise never be refuted nor time out. Absent peers get a join request
+//! every [`Timing::rejoin_interval`], so the two sides of a healed partition meet within
+//! one.
 
 pub mod auth;
 mod driver;
@@ -220,7 +224,7 @@ impl Default for Timing {
             probe_timeout: Duration::from_millis(40),
             suspicion: Duration::from_millis(300),
             gossip_interval: Duration::from_millis(100),
-            rejoin_interval: Duration::from_secs(1),
+            rejoin_interval: Duration::from_millis(200),
             join_timeout: Duration::from_secs(1),
         }
     }

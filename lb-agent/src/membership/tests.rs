@@ -532,3 +532,69 @@ async fn a_healed_partition_converges_to_all_alive_on_every_node() {
     let converged = stalls.discount(converged);
     assert!(converged < limit, "{converged:?}");
 }
+
+fn generation(member: &Membership, name: &str) -> Option<u64> {
+    member.view().borrow().members[name].generation
+}
+
+/// A node cut off long enough that it holds every peer down while they hold it down (a
+/// partition of one). On the heal only that node may rejoin as a new generation: its
+/// verdicts are stale, and answering a peer with them would make that peer rejoin too,
+/// unsettling the side that never lost touch.
+#[tokio::test]
+async fn a_node_that_held_every_peer_down_rejoins_alone_when_the_partition_heals() {
+    let members = cluster(10, 3).await;
+    joined(&members).await;
+    let isolated = &members[0];
+    let others = &members[1..];
+    let before: Vec<Option<u64>> = others
+        .iter()
+        .map(|member| generation(member, &member.view().borrow().local))
+        .collect();
+    let isolated_before = generation(isolated, "node1");
+    cut_link(isolated, true);
+    until(&mut isolated.view(), PATIENCE, "every peer down", |view| {
+        view.liveness("node2") == Liveness::Down && view.liveness("node3") == Liveness::Down
+    })
+    .await;
+    for member in others {
+        until(&mut member.view(), PATIENCE, "node1 down", |view| {
+            view.liveness("node1") == Liveness::Down
+        })
+        .await;
+    }
+    cut_link(isolated, false);
+    let stalls = Stalls::start();
+    let healed = Instant::now();
+    for member in &members {
+        until(
+            &mut member.view(),
+            PATIENCE,
+            "everyone alive after the partition healed",
+            all_alive,
+        )
+        .await;
+    }
+    let converged = healed.elapsed();
+    eprintln!(
+        "partition of one healed: every node sees every node alive after {converged:?} (the machine stalled the test for {:?})",
+        stalls.total()
+    );
+    let after: Vec<Option<u64>> = others
+        .iter()
+        .map(|member| generation(member, &member.view().borrow().local))
+        .collect();
+    assert_eq!(after, before, "a node that never lost touch rejoined");
+    assert!(generation(isolated, "node1") > isolated_before);
+    for member in others {
+        assert_eq!(
+            generation(member, "node1"),
+            generation(isolated, "node1"),
+            "the peers know node1's new generation"
+        );
+    }
+    // A join request of the next round at the latest, then a round trip.
+    let limit = Timing::default().rejoin_interval + MARGIN;
+    let converged = stalls.discount(converged);
+    assert!(converged < limit, "{converged:?}");
+}

@@ -269,3 +269,54 @@ fn this_node_down_keeps_its_pods_but_leaves_the_node_rings() {
     assert_eq!(count(&state.rings["web"].pod, "10.42.0.7"), POD_RING_SIZE);
     assert_eq!(state.backends[&ip("10.42.0.7")], BackendState::Active);
 }
+
+#[test]
+fn memoized_passes_equal_fresh_computations() {
+    let mut tables = Tables::default();
+    let mut inputs = example();
+    let edits: [fn(&mut Inputs); 5] = [
+        |_| {},
+        |inputs| {
+            inputs.services[0]
+                .endpoints
+                .push(endpoint("10.42.0.8", "node1"))
+        },
+        |inputs| {
+            inputs.down.insert("node2".into());
+        },
+        |inputs| inputs.services[0].endpoints[0].terminating = true,
+        |inputs| {
+            inputs.down.clear();
+            inputs.services.reverse();
+        },
+    ];
+    for edit in edits {
+        edit(&mut inputs);
+        assert_eq!(
+            desired_state_with(&inputs, &mut tables),
+            desired_state(&inputs)
+        );
+    }
+}
+
+#[test]
+fn the_memo_holds_only_the_tables_of_the_last_pass() {
+    let distinct = |state: &State| {
+        state
+            .rings
+            .values()
+            .flat_map(|rings| [rings.node.clone(), rings.pod.clone()])
+            .collect::<std::collections::HashSet<Table>>()
+            .len()
+    };
+    let mut tables = Tables::default();
+    let mut inputs = example();
+    let state = desired_state_with(&inputs, &mut tables);
+    assert_eq!(tables.len(), distinct(&state));
+    inputs.services.retain(|service| service.name != "web");
+    let state = desired_state_with(&inputs, &mut tables);
+    assert_eq!(tables.len(), distinct(&state));
+    inputs.services.clear();
+    desired_state_with(&inputs, &mut tables);
+    assert!(tables.is_empty());
+}

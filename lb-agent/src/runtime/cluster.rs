@@ -7,7 +7,13 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use crate::{config::Standalone, election::Announcers, membership::Peer, model::Inputs};
+use crate::{
+    arp,
+    config::Standalone,
+    election::{AnnounceInterfaces, Announcers},
+    membership::Peer,
+    model::Inputs,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
@@ -24,6 +30,12 @@ pub struct Cluster {
     pub owners: BTreeMap<Ipv4Addr, String>,
     /// VIPs whose address pool restricts which nodes may announce them.
     pub announcers: BTreeMap<Ipv4Addr, Announcers>,
+    /// VIPs whose address pool restricts the interfaces they are announced on.
+    pub announce_interfaces: BTreeMap<Ipv4Addr, AnnounceInterfaces>,
+    /// Each node's announce interface, as the node published it, by node name.
+    pub node_interfaces: BTreeMap<String, String>,
+    /// VIPs whose address pool sets its own gratuitous ARP timing instead of the node's.
+    pub garp: BTreeMap<Ipv4Addr, arp::Settings>,
 }
 
 impl Cluster {
@@ -44,6 +56,9 @@ impl Cluster {
                 .map(|(vip, owner)| (vip, owner.to_owned()))
                 .collect(),
             announcers: BTreeMap::new(),
+            announce_interfaces: BTreeMap::new(),
+            node_interfaces: BTreeMap::new(),
+            garp: BTreeMap::new(),
         }
     }
 

@@ -11,8 +11,9 @@
 //!
 //! Loop, on every membership change, interface change, SIGHUP or new cluster state:
 //! [`reconcile::plan`] (inputs and elections) -> [`reconcile::Reconciler`] (diff and
-//! apply) -> owned VIPs to the ARP announcer. Every ownership change is logged with its
-//! time:
+//! apply) -> owned VIPs to the ARP announcer, all announced again when membership gained
+//! a member ([`announce`]: a partition may have healed). Every ownership change is logged
+//! with its time:
 //!
 //! ```text
 //! 2026-11-21T20:15:03.412Z INFO VIP owner changed vip=172.16.200.20 from=node1 to=node2
@@ -25,6 +26,7 @@
 //! keeps flowing) and the process exits 0; the next agent adopts the pins. After SIGKILL
 //! the pins stay too.
 
+mod announce;
 pub mod cluster;
 mod provider;
 pub mod reconcile;
@@ -32,9 +34,7 @@ pub mod settings;
 pub mod source;
 
 use std::{
-    collections::BTreeSet,
     io,
-    net::Ipv4Addr,
     sync::{Arc, PoisonError},
     time::{Duration, SystemTime},
 };
@@ -284,7 +284,9 @@ struct Agent<S> {
     members: Members,
     shared: Arc<Shared>,
     telemetry: Arc<Telemetry>,
-    owned: watch::Sender<BTreeSet<Ipv4Addr>>,
+    owned: watch::Sender<arp::Owned>,
+    /// The membership view of the last [`Agent::step`], for the members gained since.
+    seen_view: Option<View>,
     owners: Owners,
     announce_interface: String,
     /// The last apply failed: retry on the next tick.
@@ -296,7 +298,16 @@ struct Agent<S> {
 }
 
 /// Runs the agent on `source` until SIGTERM or SIGINT, then hands over.
-pub async fn run<S: Source>(mut source: S) -> Result<(), RuntimeError> {
+pub async fn run<S: Source>(source: S) -> Result<(), RuntimeError> {
+    run_with(source, Arc::new(Telemetry::new())).await
+}
+
+/// [`run`], recording into `telemetry`, which others (the IPAM) may share: `/metrics`
+/// shows what they count too.
+pub async fn run_with<S: Source>(
+    mut source: S,
+    telemetry: Arc<Telemetry>,
+) -> Result<(), RuntimeError> {
     let settings = source.settings().clone();
     let interface = lan_interface(&settings)?;
     let cluster = source.first().await;
@@ -309,19 +320,19 @@ pub async fn run<S: Source>(mut source: S) -> Result<(), RuntimeError> {
     let announce_interface = settings
         .announce_interface()
         .map_or_else(|| interface.clone(), str::to_owned);
+    source.publish_interface(&announce_interface);
     let reconciler = reconciler.with_mac(announce_mac(&announce_interface));
     let view = members.view(&cluster);
     let problem = interface_problem(&announce_interface);
     let first = plan(&cluster, &view, mtu, problem.as_deref());
     let mut state = AgentState::new(settings, cluster, interface.clone(), mtu, reconciler, first);
     state.interface_problem = problem;
-    let telemetry = Arc::new(Telemetry::new());
     // Tables first, then attach: the first packet already sees the whole configuration.
     if let Some(took) = state.apply().map_err(RuntimeError::Apply)? {
         telemetry.observe_map_sync(took);
     }
     attach(&mut ebpf, &interface, &pins, &mut state)?;
-    let (owned, owned_rx) = watch::channel(BTreeSet::new());
+    let (owned, owned_rx) = watch::channel(arp::Owned::default());
     state.start_announcer(&announce_interface, owned_rx);
     let shared = Arc::new(Shared::new(
         state,
@@ -337,6 +348,7 @@ pub async fn run<S: Source>(mut source: S) -> Result<(), RuntimeError> {
         shared,
         telemetry,
         owned,
+        seen_view: None,
         owners: Owners::default(),
         announce_interface,
         retry: false,
@@ -516,15 +528,21 @@ impl<S: Source> Agent<S> {
                 }
             }
         }
-        let owned = state.plan.owned.clone();
+        let owned = state.plan.owned_vips(state.settings.arp);
         drop(state);
-        let changed = self.owned.send_if_modified(|current| {
-            let changed = *current != owned;
-            *current = owned.clone();
-            changed
-        });
-        if changed {
-            self.source.announced(&owned);
+        let gained = self
+            .seen_view
+            .as_ref()
+            .map(|before| announce::gained(before, &view))
+            .unwrap_or_default();
+        self.seen_view = Some(view);
+        let reannounce = !gained.is_empty();
+        if reannounce {
+            tracing::info!(members = ?gained, vips = owned.len(), "membership gained members (a partition may have healed): announcing every owned VIP again");
+        }
+        let keys = owned.keys().copied().collect();
+        if announce::publish(&self.owned, owned, reannounce) {
+            self.source.announced(&keys);
         }
     }
 
@@ -606,7 +624,7 @@ impl<S: Source> Agent<S> {
     /// SIGTERM: stop announcing, leave the gossip, keep the data path.
     async fn hand_over(&mut self) {
         tracing::info!("stopping: handing over to the other nodes");
-        self.owned.send_replace(BTreeSet::new());
+        self.owned.send_modify(|owned| owned.vips.clear());
         if let Some(announcer) = self.lock().announcer.take() {
             announcer.stop();
             tracing::info!("ARP announcements stopped");
@@ -687,12 +705,11 @@ impl AgentState {
         self.reconciler.reconcile(&self.plan.inputs)
     }
 
-    fn start_announcer(&mut self, interface: &str, owned: watch::Receiver<BTreeSet<Ipv4Addr>>) {
-        let settings = self.settings.arp;
+    fn start_announcer(&mut self, interface: &str, owned: watch::Receiver<arp::Owned>) {
         let started = arp::interface::select(&SysPaths::live(), Some(interface))
             .map_err(|error| error.to_string())
             .and_then(|selected| {
-                Announcer::start(&selected, settings, owned).map_err(|error| error.to_string())
+                Announcer::start_per_vip(&selected, owned).map_err(|error| error.to_string())
             });
         match started {
             Ok(announcer) => {

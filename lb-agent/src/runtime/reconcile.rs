@@ -11,11 +11,12 @@ use std::{
 
 use super::cluster::Cluster;
 use crate::{
+    arp,
     dataplane::{Dataplane, DataplaneError},
     diff::diff,
     election::{Candidate, Demand, Election, elect_all, owned_by},
     membership::View,
-    model::{Inputs, State, desired_state},
+    model::{Inputs, State, Tables, desired_state_with},
 };
 
 /// What one pass decided.
@@ -26,6 +27,19 @@ pub struct Plan {
     /// The VIPs this node announces: none until the membership view has settled, so a
     /// starting agent never claims a VIP a live peer holds.
     pub owned: BTreeSet<Ipv4Addr>,
+    /// Gratuitous ARP timing of the owned VIPs whose pool sets its own; the others use
+    /// the node's.
+    pub garp: BTreeMap<Ipv4Addr, arp::Settings>,
+}
+
+impl Plan {
+    /// Every owned VIP with the gratuitous ARP timing it is announced with.
+    pub fn owned_vips(&self, node: arp::Settings) -> arp::OwnedVips {
+        self.owned
+            .iter()
+            .map(|vip| (*vip, self.garp.get(vip).copied().unwrap_or(node)))
+            .collect()
+    }
 }
 
 /// The inputs and elections for `cluster` as `view` sees it. `link_mtu` is the
@@ -56,6 +70,7 @@ pub fn plan(
                 .filter(|_| &peer.name == local)
                 .map(str::to_owned),
             ready: !cluster.unready.contains(&peer.name),
+            announce_interface: cluster.node_interfaces.get(&peer.name).cloned(),
         })
         .collect();
     let owners = cluster
@@ -66,6 +81,7 @@ pub fn plan(
     let mut demands = Demand::from_inputs(&inputs, &owners);
     for demand in &mut demands {
         demand.announcers = cluster.announcers.get(&demand.vip).cloned();
+        demand.interfaces = cluster.announce_interfaces.get(&demand.vip).cloned();
     }
     let elections = elect_all(&candidates, &demands);
     let owned = if view.settled {
@@ -73,10 +89,17 @@ pub fn plan(
     } else {
         BTreeSet::new()
     };
+    let garp = cluster
+        .garp
+        .iter()
+        .filter(|(vip, _)| owned.contains(vip))
+        .map(|(vip, settings)| (*vip, *settings))
+        .collect();
     Plan {
         inputs,
         elections,
         owned,
+        garp,
     }
 }
 
@@ -88,6 +111,9 @@ pub struct Reconciler<D> {
     applied: State,
     /// The announce interface's MAC address; the inputs do not know the interface.
     mac: [u8; 6],
+    /// Maglev tables of the last pass, so a pass rebuilds only the tables whose
+    /// backends changed.
+    tables: Tables,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -98,6 +124,7 @@ impl<D: Dataplane> Reconciler<D> {
             dataplane,
             applied,
             mac: [0; 6],
+            tables: Tables::default(),
         })
     }
 
@@ -119,7 +146,7 @@ impl<D: Dataplane> Reconciler<D> {
     /// updates took, `None` when nothing changed. After a failed update the maps are read
     /// back, so the next pass diffs against what they really hold.
     pub fn reconcile(&mut self, inputs: &Inputs) -> Result<Option<Duration>, DataplaneError> {
-        let mut desired = desired_state(inputs);
+        let mut desired = desired_state_with(inputs, &mut self.tables);
         desired.node.mac = self.mac;
         let changes = diff(&self.applied, &desired);
         if changes.is_empty() {

@@ -37,6 +37,11 @@ pub trait Source {
 
     /// The VIPs this node announces from now on.
     fn announced(&mut self, owned: &BTreeSet<Ipv4Addr>);
+
+    /// The interface this node announces VIPs on, once known at start: a source that
+    /// restricts VIPs to interfaces (the Kubernetes pools) tells the other nodes. The
+    /// standalone file has no such restriction, so by default nothing is done.
+    fn publish_interface(&mut self, _interface: &str) {}
 }
 
 /// How often the file is looked at.

@@ -162,3 +162,27 @@ fn gossip_counters_convert_by_reason() {
     assert_eq!(status.dropped["forged"], 2);
     assert_eq!(status.dropped["replayed"], 0);
 }
+
+#[test]
+fn ipam_counters_carry_pool_and_reason_labels() {
+    let telemetry = Telemetry::new();
+    telemetry.ipam_allocated(Some("lan"));
+    telemetry.ipam_allocated(Some("lan"));
+    telemetry.ipam_allocated(None);
+    telemetry.ipam_failed(Some("dmz"), "PoolExhausted");
+    telemetry.ipam_failed(None, "InvalidAnnotation");
+    telemetry.ipam_released(Some("lan"));
+    let text = telemetry.render(status()).expect("render");
+    let lines = lines(&text);
+    for expected in [
+        "# TYPE xdplb_ipam_allocations counter",
+        "xdplb_ipam_allocations_total{pool=\"lan\"} 2",
+        "xdplb_ipam_allocations_total{pool=\"\"} 1",
+        "xdplb_ipam_allocation_failures_total{pool=\"dmz\",reason=\"PoolExhausted\"} 1",
+        "xdplb_ipam_allocation_failures_total{pool=\"\",reason=\"InvalidAnnotation\"} 1",
+        "xdplb_ipam_releases_total{pool=\"lan\"} 1",
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+    }
+    assert_eq!(telemetry.ipam_counts().allocations["lan"], 2);
+}

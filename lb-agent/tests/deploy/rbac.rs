@@ -54,6 +54,13 @@ pub const CLUSTER: &[Rule] = &[
     },
     Rule {
         group: "",
+        resources: &["nodes"],
+        verbs: &["patch"],
+        names: &[],
+        why: "k8s::source: this node's announce interface annotation (merge patch)",
+    },
+    Rule {
+        group: "",
         resources: &["namespaces"],
         verbs: READ,
         names: &[],

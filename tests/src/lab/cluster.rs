@@ -37,6 +37,8 @@ use super::{
 };
 use crate::netns::Process;
 
+mod kubernetes;
+
 /// Where the lab's VIPs live; the client sends this range onto the LAN and ARPs.
 pub const VIP_CIDR: &str = "172.16.200.0/24";
 /// The web VIP of the homelab write-ups (Traefik there).
@@ -242,6 +244,8 @@ struct Slot {
 pub struct Cluster {
     slots: RefCell<Vec<Slot>>,
     _servers: Vec<Process>,
+    /// Kubernetes mode: the API double the agents watch.
+    kubernetes: Option<kubernetes::Kubernetes>,
     lab: Lab,
     bpffs: BpfFs,
     scratch: TempDir,
@@ -253,15 +257,27 @@ impl Cluster {
     /// Builds a LAN of `nodes` nodes with `services`, starts an agent on every node and
     /// returns once they agree on an owner for every VIP.
     pub fn start(nodes: usize, services: Vec<Service>) -> anyhow::Result<Self> {
+        Self::start_with(nodes, services, |_, _| Ok(None))
+    }
+
+    /// [`Self::start`], with the agents in Kubernetes mode when `kubernetes` (called
+    /// once the lab exists) returns an API double.
+    fn start_with(
+        nodes: usize,
+        services: Vec<Service>,
+        kubernetes: impl FnOnce(&Lab, &[Service]) -> anyhow::Result<Option<kubernetes::Kubernetes>>,
+    ) -> anyhow::Result<Self> {
         let binaries = Binaries::locate()?;
         let scratch = tempfile::Builder::new().prefix("xdplb-lab-").tempdir()?;
         let bpffs = BpfFs::mount(&scratch.path().join("bpffs"))?;
         let pods = pods_per_node(nodes, &services)?;
         let lab = Lab::new(&pods.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
         lab.route_to_lan(VIP_CIDR)?;
+        let kubernetes = kubernetes(&lab, &services)?;
         let mut cluster = Self {
             slots: RefCell::new((0..nodes).map(|_| Slot::default()).collect()),
             _servers: Vec::new(),
+            kubernetes,
             lab,
             bpffs,
             scratch,
@@ -285,10 +301,18 @@ impl Cluster {
         services: Vec<Service>,
         scenario: impl FnOnce(&Self) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
+        Self::run_test(name, || Self::start(nodes, services), scenario)
+    }
+
+    fn run_test(
+        name: &str,
+        start: impl FnOnce() -> anyhow::Result<Self>,
+        scenario: impl FnOnce(&Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         if super::skip_unless_root(name) {
             return Ok(());
         }
-        let cluster = Self::start(nodes, services)?;
+        let cluster = start()?;
         let outcome = scenario(&cluster);
         if outcome.is_err() {
             cluster.dump_logs();
@@ -300,6 +324,9 @@ impl Cluster {
     fn boot(&mut self) -> anyhow::Result<()> {
         self._servers = self.start_servers()?;
         self.write_configs()?;
+        if let Some(kubernetes) = &self.kubernetes {
+            kubernetes.publish(self)?;
+        }
         let names: Vec<String> = self.lab.nodes.iter().map(|n| n.name.clone()).collect();
         for name in &names {
             self.spawn_agent(name)?;
@@ -429,11 +456,14 @@ impl Cluster {
 
     fn spawn_agent(&self, node: &str) -> anyhow::Result<()> {
         let index = self.slot_index(node)?;
-        let command = format!(
-            "{} --config {}",
-            shell_quote(self.binaries.agent.display()),
-            shell_quote(self.config(node).display())
-        );
+        let command = match &self.kubernetes {
+            Some(kubernetes) => kubernetes.agent_command(self, node)?,
+            None => format!(
+                "{} --config {}",
+                shell_quote(self.binaries.agent.display()),
+                shell_quote(self.config(node).display())
+            ),
+        };
         let process = spawn_logged(
             &self.lab.nodes[index].netns,
             &command,

@@ -106,12 +106,24 @@ pub fn requests_during<T>(
     pace: Pace,
     work: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, Requests)> {
+    requests_during_at_most(netns, target, pace, MAX_RUN, work)
+}
+
+/// [`requests_during`] for work that takes longer than [`MAX_RUN`]: the loop stops
+/// after `limit` at the latest.
+pub fn requests_during_at_most<T>(
+    netns: &Netns,
+    target: SocketAddrV4,
+    pace: Pace,
+    limit: Duration,
+    work: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Requests)> {
     let stop = Arc::new(AtomicBool::new(false));
     thread::scope(|scope| {
         let loop_stop = Arc::clone(&stop);
         let requests = scope.spawn(move || {
             in_netns(netns, async move {
-                request_loop(target, pace, &loop_stop).await
+                request_loop(target, pace, limit, &loop_stop).await
             })
         });
         let outcome = StopOnDrop(&stop).run(work);
@@ -200,9 +212,10 @@ fn in_netns<T>(
 async fn request_loop(
     target: SocketAddrV4,
     pace: Pace,
+    limit: Duration,
     stop: &AtomicBool,
 ) -> anyhow::Result<Vec<Attempt>> {
-    let deadline = Instant::now() + MAX_RUN;
+    let deadline = Instant::now() + limit;
     let mut ticker = interval(pace.every);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut running = JoinSet::new();

@@ -81,6 +81,10 @@ pub struct PoolSummary {
     /// `None` until the agent holding the IPAM lease writes the pool's status.
     pub assigned: Option<u64>,
     pub available: Option<u64>,
+    /// `announcement.interfaces`: only nodes announcing on one of them own the pool's
+    /// addresses; empty: any node's announce interface.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
     pub conditions: Vec<ConditionSummary>,
 }
 
@@ -93,6 +97,12 @@ impl PoolSummary {
             auto_assign: pool.spec.auto_assign,
             assigned: status.map(|status| status.assigned),
             available: status.map(|status| status.available),
+            interfaces: pool
+                .spec
+                .announcement
+                .as_ref()
+                .map(|announcement| announcement.interfaces.clone())
+                .unwrap_or_default(),
             conditions: status
                 .map(|status| {
                     status

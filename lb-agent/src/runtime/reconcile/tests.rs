@@ -7,7 +7,7 @@ use crate::{
     election::Ineligible,
     fixtures::ip,
     membership::Liveness,
-    model::BackendState,
+    model::{BackendState, desired_state},
 };
 
 const EXAMPLE: &str = include_str!("../../../examples/standalone.yaml");

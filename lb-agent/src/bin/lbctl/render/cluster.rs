@@ -29,6 +29,14 @@ fn conditions(pool: &PoolSummary) -> String {
     shown.join("; ")
 }
 
+/// The interfaces the pool is announced on; any announce interface when it lists none.
+fn interfaces(pool: &PoolSummary) -> String {
+    if pool.interfaces.is_empty() {
+        return "any".to_owned();
+    }
+    pool.interfaces.join(",")
+}
+
 fn count(value: Option<u64>) -> String {
     value.map_or_else(|| NONE.to_owned(), |value| value.to_string())
 }
@@ -46,6 +54,7 @@ pub fn pools(pools: &[PoolSummary]) -> String {
             "AUTO ASSIGN",
             "ASSIGNED",
             "AVAILABLE",
+            "INTERFACES",
             "CONDITIONS",
         ],
         &["ASSIGNED", "AVAILABLE"],
@@ -57,6 +66,7 @@ pub fn pools(pools: &[PoolSummary]) -> String {
             pool.auto_assign.to_string(),
             count(pool.assigned),
             count(pool.available),
+            interfaces(pool),
             conditions(pool),
         ]);
     }

@@ -1,0 +1,96 @@
+//! Bad input, table by table: the standalone file, the Kubernetes settings file,
+//! AddressPools (at admission and in the controller), Service annotations and specs, and
+//! lbctl's arguments. Every bad input must be refused with a message, condition or event
+//! that names the problem, and none may crash anything or lose state that existed
+//! before it (the running configuration, IPAM allocations). Each table also holds valid
+//! controls that must pass.
+//!
+//! `cargo test -p lb-agent --test bad_input -- --nocapture` prints one
+//! `BAD-INPUT <category>: N cases` line per category and the total.
+
+mod k8s_support;
+
+#[path = "bad_input/lbctl.rs"]
+mod lbctl;
+#[path = "bad_input/pools.rs"]
+mod pools;
+#[path = "bad_input/services.rs"]
+mod services;
+#[path = "bad_input/standalone.rs"]
+mod standalone;
+#[path = "bad_input/table.rs"]
+mod table;
+
+use table::{count, summary};
+
+#[tokio::test]
+async fn standalone_files_are_refused_and_the_running_one_stays() {
+    standalone::run().await;
+}
+
+#[test]
+fn kubernetes_settings_are_refused() {
+    standalone::run_settings();
+}
+
+#[test]
+fn bad_address_pools_are_refused_at_admission() {
+    pools::run_admission();
+}
+
+#[test]
+fn bad_address_pools_get_conditions_and_keep_allocations() {
+    pools::run_controller();
+}
+
+#[tokio::test]
+async fn bad_annotations_get_conditions_and_events_and_keep_allocations() {
+    services::run("service-annotations", services::annotation_cases()).await;
+}
+
+#[tokio::test]
+async fn bad_service_specs_get_conditions_and_events_and_keep_allocations() {
+    services::run("service-specs", services::spec_cases()).await;
+}
+
+#[test]
+fn service_specs_the_data_path_cannot_serve_are_noted() {
+    services::run_translate();
+}
+
+#[test]
+fn bad_lbctl_arguments_are_refused() {
+    lbctl::run();
+}
+
+/// The suite's size per category, for RELIABILITY.md.
+#[test]
+fn at_least_sixty_bad_inputs() {
+    let translate = services::translate_cases();
+    let categories = [
+        ("standalone-config", standalone::counts()),
+        (
+            "kubernetes-settings",
+            count(standalone::settings_cases().iter().map(|case| &case.2)),
+        ),
+        ("addresspools", pools::counts()),
+        (
+            "service-annotations",
+            services::counts(&services::annotation_cases()),
+        ),
+        ("service-specs", {
+            let (a, b) = services::counts(&services::spec_cases());
+            let (c, d) = count(translate.iter().map(|case| &case.3));
+            (a + c, b + d)
+        }),
+        ("lbctl", lbctl::counts()),
+    ];
+    let mut total = (0, 0);
+    for (category, (rejected, accepted)) in categories {
+        println!("{}", summary(category, rejected, accepted));
+        assert!(rejected > 0 && accepted > 0, "{category}");
+        total = (total.0 + rejected, total.1 + accepted);
+    }
+    println!("{}", summary("total", total.0, total.1));
+    assert!(total.0 >= 60, "only {} bad inputs", total.0);
+}

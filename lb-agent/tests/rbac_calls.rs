@@ -1,0 +1,483 @@
+//! The RBAC in deploy/ against the API calls the agent really makes. The agent's
+//! Kubernetes code runs against a recording API double: the source's reflectors and its
+//! `Announced` events (`KubeSource`), and the IPAM (`ipam_controller::run`: the Lease
+//! created, renewed and released, pools and namespaces and Services listed and watched,
+//! a Service's address and a pool's counts written, events created and, when repeated,
+//! patched; the announce interface written on the agent's own Node). Every request becomes an RBAC check (verb, API group, resource or
+//! resource/subresource, namespace, name), and the test asserts both directions: the
+//! ClusterRole and Role (plain manifests and the Helm chart's render) allow every call,
+//! and every grant they make is used by some call.
+//!
+//! lbctl is not part of this: its cluster commands run with the user's kubeconfig, as
+//! kubectl does, not under the agent's ServiceAccount (in the pod, `kubectl exec ...
+//! lbctl` is for the socket commands, which use no API). It reads the agent's ConfigMap,
+//! which the agent itself never does, so the ServiceAccount deliberately cannot.
+
+mod k8s_support;
+// Shared with deploy_manifests.rs, which uses the parts this test does not.
+#[allow(dead_code)]
+mod deploy;
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use deploy::{
+    helm,
+    objects::{Object, all_typed, deploy_dir, documents, read_dir},
+    rbac::{Grant, granted},
+};
+use http::{Method, StatusCode};
+use k8s_openapi::api::rbac::v1::PolicyRule;
+use k8s_support::{ApiDouble, Received, Respond, client, echo, echo_onto, fail, list, reply};
+use lb_agent::{
+    ipam::ClassPolicy,
+    k8s::{
+        ipam_controller, lease::LeaseSettings, settings::KubernetesSettings, source::KubeSource,
+    },
+    runtime::Source as _,
+    telemetry::Telemetry,
+};
+use serde_json::{Value, json};
+use tokio::{sync::watch, time::timeout};
+
+/// The cluster the double serves.
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: { name: node1 }
+status:
+  addresses: [ { type: InternalIP, address: 10.0.0.11 } ]
+  conditions: [ { type: Ready, status: "True" } ]
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: edge, labels: { team: edge } }
+---
+apiVersion: xdplb.io/v1alpha1
+kind: AddressPool
+metadata: { name: lan, generation: 1 }
+spec: { addresses: ["192.168.8.240-192.168.8.250"] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: edge, uid: uid-web, generation: 1 }
+spec:
+  type: LoadBalancer
+  loadBalancerClass: xdplb.io/lb
+  selector: { app: web }
+  ports: [ { port: 80, protocol: TCP, targetPort: 8080 } ]
+status:
+  loadBalancer: { ingress: [ { ip: 192.168.8.240, ipMode: VIP } ] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: api, namespace: edge, uid: uid-api, generation: 1 }
+spec:
+  type: LoadBalancer
+  loadBalancerClass: xdplb.io/lb
+  ports: [ { port: 443, protocol: TCP } ]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: web-1, namespace: edge, labels: { kubernetes.io/service-name: web } }
+addressType: IPv4
+endpoints: [ { addresses: [10.42.0.7], nodeName: node1, conditions: { ready: true } } ]
+ports: [ { port: 8080, protocol: TCP } ]
+"#;
+
+/// One API request as RBAC sees it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Call {
+    verb: String,
+    group: String,
+    /// `resource` or `resource/subresource`.
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// The RBAC attributes of a request, as the API server derives them.
+fn call(method: &Method, uri: &str) -> Call {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("not a resource path: {uri}"),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => (Some(*namespace), rest),
+        rest => (None, rest),
+    };
+    let resource = match rest {
+        [resource, _, subresource] => format!("{resource}/{subresource}"),
+        [resource, ..] => (*resource).to_owned(),
+        [] => panic!("no resource in {uri}"),
+    };
+    let name = rest.get(1).map(|name| (*name).to_owned());
+    let watching = query.split('&').any(|pair| pair == "watch=true");
+    let verb = match (method.as_str(), &name) {
+        ("GET", Some(_)) => "get",
+        ("GET", None) if watching => "watch",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", Some(_)) => "delete",
+        ("DELETE", None) => "deletecollection",
+        (other, _) => panic!("unexpected method {other}"),
+    };
+    Call {
+        verb: verb.to_owned(),
+        group: group.to_owned(),
+        resource,
+        namespace: namespace.map(str::to_owned),
+        name,
+    }
+}
+
+/// A ClusterRole's grants, and a Role's with its namespace.
+struct Permissions {
+    cluster: BTreeSet<Grant>,
+    namespaced: BTreeSet<Grant>,
+    namespace: String,
+}
+
+fn allows(grant: &Grant, call: &Call) -> bool {
+    let (group, resource, verb, name) = grant;
+    *group == call.group
+        && *resource == call.resource
+        && *verb == call.verb
+        && (name == "*" || call.name.as_deref() == Some(name.as_str()))
+}
+
+impl Permissions {
+    fn from_objects(objects: &[Object]) -> Self {
+        let mut cluster = None;
+        let mut role = None;
+        for object in objects {
+            match object {
+                Object::ClusterRole(r) => cluster = Some(r.rules.clone().unwrap_or_default()),
+                Object::Role(r) => {
+                    let namespace = r.metadata.namespace.clone().expect("the Role's namespace");
+                    role = Some((r.rules.clone().unwrap_or_default(), namespace));
+                }
+                _ => {}
+            }
+        }
+        let (rules, namespace) = role.expect("a Role");
+        Self::new(&cluster.expect("a ClusterRole"), &rules, namespace)
+    }
+
+    fn new(cluster: &[PolicyRule], namespaced: &[PolicyRule], namespace: String) -> Self {
+        Self {
+            cluster: granted(cluster),
+            namespaced: granted(namespaced),
+            namespace,
+        }
+    }
+
+    fn allow(&self, call: &Call) -> bool {
+        self.cluster.iter().any(|grant| allows(grant, call))
+            || (call.namespace.as_deref() == Some(&self.namespace)
+                && self.namespaced.iter().any(|grant| allows(grant, call)))
+    }
+
+    /// Calls not allowed, and grants no call used; `None` when both are empty.
+    fn compare(&self, calls: &BTreeSet<Call>) -> Option<String> {
+        let denied: Vec<&Call> = calls.iter().filter(|call| !self.allow(call)).collect();
+        let used = |grant: &Grant, namespaced: bool| {
+            calls.iter().any(|call| {
+                allows(grant, call)
+                    && (!namespaced || call.namespace.as_deref() == Some(&self.namespace))
+            })
+        };
+        let unused: Vec<&Grant> = self
+            .cluster
+            .iter()
+            .filter(|grant| !used(grant, false))
+            .chain(self.namespaced.iter().filter(|grant| !used(grant, true)))
+            .collect();
+        (!denied.is_empty() || !unused.is_empty())
+            .then(|| format!("calls not allowed: {denied:#?}\ngrants never used: {unused:#?}"))
+    }
+}
+
+/// What the double holds and saw.
+#[derive(Default)]
+struct Fake {
+    objects: Vec<Value>,
+    lease: Option<Value>,
+    version: u64,
+    seen: Vec<(Method, String)>,
+}
+
+fn kind_at(path: &str) -> Option<(&'static str, &'static str)> {
+    Some(match path {
+        "/api/v1/nodes" => ("Node", "v1"),
+        "/api/v1/namespaces" => ("Namespace", "v1"),
+        "/api/v1/services" => ("Service", "v1"),
+        "/apis/discovery.k8s.io/v1/endpointslices" => ("EndpointSlice", "discovery.k8s.io/v1"),
+        "/apis/xdplb.io/v1alpha1/addresspools" => ("AddressPool", "xdplb.io/v1alpha1"),
+        _ => return None,
+    })
+}
+
+impl Fake {
+    /// Answers as the API server would; open watches are kept (no events) in `open`.
+    fn answer(&mut self, request: &Received, respond: Respond, open: &mut Vec<Respond>) {
+        let rbac = call(&request.method, &request.uri);
+        self.seen
+            .push((request.method.clone(), request.uri.clone()));
+        self.version += 1;
+        let version = self.version.to_string();
+        match (rbac.verb.as_str(), rbac.resource.as_str()) {
+            ("watch", _) => open.push(respond),
+            ("list", _) => match kind_at(request.path()) {
+                Some((kind, api_version)) => {
+                    let items: Vec<Value> = self
+                        .objects
+                        .iter()
+                        .filter(|object| object["kind"] == kind)
+                        .cloned()
+                        .collect();
+                    let body = list(api_version, &format!("{kind}List"), &version, &items);
+                    reply(respond, StatusCode::OK, &body);
+                }
+                None => fail(respond, 404, "NotFound"),
+            },
+            ("get", "leases") => match &self.lease {
+                Some(lease) => reply(respond, StatusCode::OK, lease),
+                None => fail(respond, 404, "NotFound"),
+            },
+            ("create" | "update", "leases") => {
+                let mut lease = request.body.clone();
+                lease["metadata"]["resourceVersion"] = json!(version);
+                self.lease = Some(lease.clone());
+                let status = match rbac.verb.as_str() {
+                    "create" => StatusCode::CREATED,
+                    _ => StatusCode::OK,
+                };
+                reply(respond, status, &lease);
+            }
+            ("patch", "services/status" | "addresspools/status" | "nodes") => {
+                let name = rbac.name.as_deref().unwrap_or_default();
+                let object = self
+                    .objects
+                    .iter()
+                    .find(|object| object["metadata"]["name"] == name)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                echo_onto(respond, request, &object);
+            }
+            ("create", "events") => reply(respond, StatusCode::CREATED, &request.body),
+            ("patch", "events") => echo(respond, request, Some(&version)),
+            _ => fail(respond, 404, "NotFound"),
+        }
+    }
+}
+
+async fn serve(mut api: ApiDouble, fake: Arc<Mutex<Fake>>) {
+    let mut open = Vec::new();
+    while let Some((request, respond)) = api.next_within(Duration::from_secs(30)).await {
+        fake.lock()
+            .expect("fake")
+            .answer(&request, respond, &mut open);
+    }
+}
+
+/// Whether the double saw `method` on a path ending in `suffix`.
+fn saw(fake: &Mutex<Fake>, method: &Method, suffix: &str) -> usize {
+    let fake = fake.lock().expect("fake");
+    fake.seen
+        .iter()
+        .filter(|(m, uri)| {
+            m == method && uri.split('?').next().unwrap_or_default().ends_with(suffix)
+        })
+        .count()
+}
+
+async fn until(fake: &Mutex<Fake>, what: &str, done: impl Fn(&Mutex<Fake>) -> bool) {
+    let waited = timeout(Duration::from_secs(20), async {
+        while !done(fake) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if waited.is_err() {
+        let seen = &fake.lock().expect("fake").seen;
+        panic!("the agent never got to {what}; it sent {seen:#?}");
+    }
+}
+
+/// Runs the agent's Kubernetes code through everything it does; returns its calls.
+async fn agent_calls(namespace: &str) -> BTreeSet<Call> {
+    let fake = Arc::new(Mutex::new(Fake {
+        objects: k8s_support::documents(CLUSTER),
+        ..Fake::default()
+    }));
+    let (client, api) = client();
+    let server = tokio::spawn(serve(api, Arc::clone(&fake)));
+
+    let settings = KubernetesSettings::parse("").expect("defaults");
+    let mut source = KubeSource::start(client.clone(), &settings, "node1".to_owned());
+    timeout(Duration::from_secs(10), source.first())
+        .await
+        .expect("the first cluster");
+    let (stop, stopping) = watch::channel(false);
+    let lease = LeaseSettings {
+        renew_every: Duration::from_millis(100),
+        ..LeaseSettings::new(namespace, "agent-1")
+    };
+    let ipam = tokio::spawn(ipam_controller::run(
+        client,
+        ClassPolicy::default(),
+        lease,
+        stopping,
+        Arc::new(Telemetry::new()),
+    ));
+
+    // The announce interface on this node's Node, as the runtime publishes it at start.
+    source.publish_interface("eth0");
+    until(&fake, "publishing the interface", |f| {
+        saw(f, &Method::PATCH, "/nodes/node1") > 0
+    })
+    .await;
+
+    // The VIP taken over twice: `Announced` on web, then the same event again (patched).
+    let vip: Ipv4Addr = "192.168.8.240".parse().expect("address");
+    source.announced(&BTreeSet::from([vip]));
+    until(&fake, "announcing", |f| {
+        saw(f, &Method::POST, "/events") > 0
+    })
+    .await;
+    source.announced(&BTreeSet::new());
+    source.announced(&BTreeSet::from([vip]));
+    until(&fake, "the repeated event", |f| {
+        let fake = f.lock().expect("fake");
+        fake.seen
+            .iter()
+            .any(|(method, uri)| *method == Method::PATCH && uri.contains("/events/"))
+    })
+    .await;
+    until(&fake, "allocating for edge/api", |f| {
+        saw(f, &Method::PATCH, "/services/api/status") > 0
+    })
+    .await;
+    until(&fake, "the pool's status", |f| {
+        saw(f, &Method::PATCH, "/addresspools/lan/status") > 0
+    })
+    .await;
+    until(&fake, "renewing the lease", |f| {
+        saw(f, &Method::PUT, "/leases/xdplb-ipam") > 0
+    })
+    .await;
+
+    // A stopping agent hands the Lease over.
+    let renewals = saw(&fake, &Method::PUT, "/leases/xdplb-ipam");
+    stop.send_replace(true);
+    timeout(Duration::from_secs(10), ipam)
+        .await
+        .expect("the IPAM stops")
+        .expect("the IPAM task");
+    assert!(
+        saw(&fake, &Method::PUT, "/leases/xdplb-ipam") > renewals,
+        "released"
+    );
+    let holder = fake.lock().expect("fake").lease.clone().expect("a lease");
+    assert_eq!(holder["spec"]["holderIdentity"], Value::Null, "{holder}");
+    drop(source);
+    server.abort();
+
+    let seen = fake.lock().expect("fake").seen.clone();
+    seen.iter().map(|(method, uri)| call(method, uri)).collect()
+}
+
+fn chart_objects() -> Vec<Object> {
+    let chart = deploy_dir().join("helm/xdplb");
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart.join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values parse");
+    let template = std::fs::read_to_string(chart.join("templates/rbac.yaml")).expect("rbac.yaml");
+    let rendered = helm::render(&template, &values, "xdplb-system").expect("rbac.yaml renders");
+    all_typed(&documents("templates/rbac.yaml", &rendered).expect("YAML"))
+}
+
+#[tokio::test]
+async fn the_rbac_grants_exactly_the_calls_the_agent_makes() {
+    let manifests =
+        Permissions::from_objects(&all_typed(&read_dir(&deploy_dir().join("manifests"))));
+    let chart = Permissions::from_objects(&chart_objects());
+    assert_eq!(chart.namespace, manifests.namespace);
+    let calls = agent_calls(&manifests.namespace).await;
+    let summary: BTreeSet<String> = calls
+        .iter()
+        .map(|call| {
+            let name = call
+                .name
+                .as_deref()
+                .map(|name| format!(" {name}"))
+                .unwrap_or_default();
+            let group = if call.group.is_empty() {
+                "core"
+            } else {
+                &call.group
+            };
+            format!("{} {group}/{}{name}", call.verb, call.resource)
+        })
+        .collect();
+    println!("RBAC: the agent made {} distinct calls:", calls.len());
+    for line in &summary {
+        println!("  {line}");
+    }
+    assert_eq!(
+        manifests.compare(&calls),
+        None,
+        "deploy/manifests/10-rbac.yaml"
+    );
+    assert_eq!(
+        chart.compare(&calls),
+        None,
+        "the Helm chart's templates/rbac.yaml"
+    );
+
+    // The comparison sees one rule too few and one too many.
+    let objects = all_typed(&read_dir(&deploy_dir().join("manifests")));
+    let Some(Object::ClusterRole(role)) =
+        objects.iter().find(|o| matches!(o, Object::ClusterRole(_)))
+    else {
+        panic!("a ClusterRole");
+    };
+    let rules = role.rules.clone().unwrap_or_default();
+    let namespaced = PolicyRule {
+        api_groups: Some(vec!["coordination.k8s.io".into()]),
+        resources: Some(vec!["leases".into()]),
+        verbs: vec!["get".into(), "update".into(), "create".into()],
+        ..PolicyRule::default()
+    };
+    let without_patch: Vec<PolicyRule> = rules
+        .iter()
+        .filter(|rule| rule.resources.as_deref() != Some(&["services/status".to_owned()][..]))
+        .cloned()
+        .collect();
+    let narrower = Permissions::new(
+        &without_patch,
+        std::slice::from_ref(&namespaced),
+        manifests.namespace.clone(),
+    );
+    let message = narrower.compare(&calls).expect("a denied call");
+    assert!(message.contains("services/status"), "{message}");
+    let mut wider = rules.clone();
+    wider[0].verbs.push("get".into());
+    let wider = Permissions::new(&wider, &[namespaced], manifests.namespace.clone());
+    let message = wider.compare(&calls).expect("an unused grant");
+    assert!(
+        message.contains("\"services\",\n        \"get\""),
+        "{message}"
+    );
+}

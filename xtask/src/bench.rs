@@ -1,0 +1,333 @@
+//! `cargo xtask bench`: setup, a release build of every binary, then the `bench` program
+//! of the `tests` crate as root. Its measurements become `bench/results.json` (with the
+//! date, kernel, CPU and commit), `BENCHMARKS.md`, the chart `bench/results.png` and the
+//! summary block of `README.md`; the table is printed at the end. `--part NAME` runs one
+//! part and only prints its table (the files always describe a whole run).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use nix::unistd::Uid;
+use serde::{Deserialize, Serialize};
+
+use crate::{cmd, lab::target_dir, setup};
+
+mod chart;
+
+const README_BEGIN: &str = "<!-- bench:begin -->";
+const README_END: &str = "<!-- bench:end -->";
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Run only this part (program, maglev, control-plane, forwarding, failover) and
+    /// print its table without writing any file.
+    #[arg(long, value_name = "NAME")]
+    part: Option<String>,
+}
+
+/// One figure as the `bench` program prints it (`tests::bench::Measurement`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    pub group: String,
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+    pub detail: String,
+    pub target: Option<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub text: String,
+    pub met: bool,
+}
+
+/// Where and when the figures were taken.
+#[derive(Debug, Serialize)]
+struct Machine {
+    date: String,
+    kernel: String,
+    cpu: String,
+    cores: usize,
+    commit: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Results<'a> {
+    #[serde(flatten)]
+    machine: &'a Machine,
+    measurements: &'a [Measurement],
+}
+
+pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
+    setup::run()?;
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "--release", "--bins"])
+            .current_dir(root),
+    )?;
+    let measurements = measure(root, options.part.as_deref())?;
+    let machine = machine(root)?;
+    if options.part.is_none() {
+        write_files(root, &machine, &measurements)?;
+    }
+    println!("{}", tables(&machine, &measurements));
+    Ok(())
+}
+
+/// Runs the bench program (through sudo unless root) and parses its JSON.
+fn measure(root: &Path, part: Option<&str>) -> anyhow::Result<Vec<Measurement>> {
+    let bench = target_dir(root).join("release").join("bench");
+    let mut command = if Uid::effective().is_root() {
+        Command::new(&bench)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(&bench);
+        sudo
+    };
+    command
+        .args(part)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    eprintln!("+ {}", bench.display());
+    let output = command
+        .output()
+        .with_context(|| format!("starting {}", bench.display()))?;
+    if !output.status.success() {
+        bail!("{} failed ({})", bench.display(), output.status);
+    }
+    serde_json::from_slice(&output.stdout).context("parsing the bench program's JSON")
+}
+
+fn machine(root: &Path) -> anyhow::Result<Machine> {
+    let text = |program: &str, args: &[&str]| -> anyhow::Result<String> {
+        let output = Command::new(program)
+            .args(args)
+            .current_dir(root)
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map_or_else(
+            || "unknown CPU".to_owned(),
+            |(_, model)| model.trim().to_owned(),
+        );
+    Ok(Machine {
+        date: text("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?,
+        kernel: text("uname", &["-r"])?,
+        cpu,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        commit: text("git", &["rev-parse", "--short", "HEAD"])?,
+    })
+}
+
+fn write_files(root: &Path, machine: &Machine, measurements: &[Measurement]) -> anyhow::Result<()> {
+    let dir = root.join("bench");
+    fs::create_dir_all(&dir)?;
+    let results = Results {
+        machine,
+        measurements,
+    };
+    write(
+        &dir.join("results.json"),
+        &(serde_json::to_string_pretty(&results)? + "\n"),
+    )?;
+    write(
+        &root.join("BENCHMARKS.md"),
+        &benchmarks_md(machine, measurements),
+    )?;
+    chart::draw(
+        &dir.join("results.png"),
+        machine_line(machine),
+        measurements,
+    )?;
+    eprintln!("wrote {}", dir.join("results.png").display());
+    let readme = root.join("README.md");
+    let text = fs::read_to_string(&readme).context("reading README.md")?;
+    write(
+        &readme,
+        &with_summary(&text, &summary(machine, measurements)),
+    )
+}
+
+fn write(path: &PathBuf, text: &str) -> anyhow::Result<()> {
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn machine_line(machine: &Machine) -> String {
+    format!(
+        "{}, Linux {}, {} ({} cores), commit {}",
+        machine.date, machine.kernel, machine.cpu, machine.cores, machine.commit
+    )
+}
+
+/// Measurements by group, groups in the order they first appear.
+fn groups(measurements: &[Measurement]) -> Vec<(&str, Vec<&Measurement>)> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_group: BTreeMap<&str, Vec<&Measurement>> = BTreeMap::new();
+    for measurement in measurements {
+        let group = measurement.group.as_str();
+        if !order.contains(&group) {
+            order.push(group);
+        }
+        by_group.entry(group).or_default().push(measurement);
+    }
+    order
+        .into_iter()
+        .map(|group| (group, by_group.remove(group).unwrap_or_default()))
+        .collect()
+}
+
+/// A value with as many decimals as its size needs.
+fn value(measurement: &Measurement) -> String {
+    let v = measurement.value;
+    if !v.is_finite() {
+        return "n/a".to_owned();
+    }
+    let decimals = match v.abs() {
+        a if a >= 100.0 => 0,
+        a if a >= 10.0 => 1,
+        a if a >= 1.0 => 2,
+        _ => 4,
+    };
+    format!("{v:.decimals$}")
+}
+
+fn target_cells(measurement: &Measurement) -> (String, &'static str) {
+    match &measurement.target {
+        Some(target) => (
+            target.text.clone(),
+            if target.met { "yes" } else { "**no**" },
+        ),
+        None => ("—".to_owned(), "—"),
+    }
+}
+
+fn benchmarks_md(machine: &Machine, measurements: &[Measurement]) -> String {
+    let mut text = String::from(
+        "# Benchmarks\n\n\
+         Written by `cargo xtask bench` (do not edit by hand). Ratios compare programs and \
+         paths measured side by side in the same run; absolute figures depend on the \
+         machine and on whatever else it was doing, and are never asserted by tests.\n\n",
+    );
+    let _ = writeln!(text, "Run: {}.\n", machine_line(machine));
+    text.push_str("![results](bench/results.png)\n\n");
+    for (group, rows) in groups(measurements) {
+        let _ = writeln!(text, "## {group}\n");
+        text.push_str("| figure | value | unit | target | met | how measured |\n");
+        text.push_str("|---|---:|---|---|---|---|\n");
+        for m in rows {
+            let (target, met) = target_cells(m);
+            let _ = writeln!(
+                text,
+                "| {} | {} | {} | {} | {} | {} |",
+                m.name,
+                value(m),
+                m.unit,
+                target,
+                met,
+                m.detail.replace('|', "\\|")
+            );
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// The README block: the machine and every figure that has a target.
+fn summary(machine: &Machine, measurements: &[Measurement]) -> String {
+    let mut text = format!(
+        "Measured {}. Full tables and method: [BENCHMARKS.md](BENCHMARKS.md).\n\n\
+         | part | figure | value | target | met |\n|---|---|---:|---|---|\n",
+        machine_line(machine)
+    );
+    for m in measurements.iter().filter(|m| m.target.is_some()) {
+        let (target, met) = target_cells(m);
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} {} | {} | {} |",
+            m.group,
+            m.name,
+            value(m),
+            m.unit,
+            target,
+            met
+        );
+    }
+    text
+}
+
+/// `readme` with the text between the markers replaced by `summary`; without markers, a
+/// Benchmarks section holding them is appended.
+fn with_summary(readme: &str, summary: &str) -> String {
+    let block = format!("{README_BEGIN}\n{summary}{README_END}");
+    match (readme.find(README_BEGIN), readme.find(README_END)) {
+        (Some(begin), Some(end)) if begin < end => format!(
+            "{}{block}{}",
+            &readme[..begin],
+            &readme[end + README_END.len()..]
+        ),
+        _ => format!("{}\n\n## Benchmarks\n\n{block}\n", readme.trim_end()),
+    }
+}
+
+/// The plain-text tables printed at the end of a run.
+fn tables(machine: &Machine, measurements: &[Measurement]) -> String {
+    let mut text = format!("\n{}\n", machine_line(machine));
+    for (group, rows) in groups(measurements) {
+        let _ = writeln!(text, "\n{group}");
+        let width = rows.iter().map(|m| m.name.len()).max().unwrap_or(0);
+        for m in rows {
+            let (target, met) = target_cells(m);
+            let met = met.trim_matches('*');
+            let _ = writeln!(
+                text,
+                "  {:width$}  {:>10} {:<4} {:>12} {}",
+                m.name,
+                value(m),
+                m.unit,
+                target,
+                if m.target.is_some() { met } else { "" }
+            );
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_replaces_only_the_marked_block() {
+        let readme = format!("# x\n\nintro\n{README_BEGIN}\nold\n{README_END}\n\nrest\n");
+        let updated = with_summary(&readme, "new\n");
+        assert_eq!(
+            updated,
+            format!("# x\n\nintro\n{README_BEGIN}\nnew\n{README_END}\n\nrest\n")
+        );
+        assert_eq!(with_summary(&updated, "new\n"), updated);
+    }
+
+    #[test]
+    fn without_markers_a_section_is_appended() {
+        let updated = with_summary("# x\n", "new\n");
+        assert_eq!(
+            updated,
+            format!("# x\n\n## Benchmarks\n\n{README_BEGIN}\nnew\n{README_END}\n")
+        );
+    }
+}
