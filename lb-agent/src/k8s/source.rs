@@ -53,7 +53,8 @@ use crate::{
     runtime::{Cluster, Settings, Source},
 };
 
-/// Changes arriving within this window are translated once.
+/// At most one translation per window: the first change is translated at once, and the
+/// changes arriving in the window after it (a burst of watch events) together once more.
 const SETTLE: Duration = Duration::from_millis(100);
 /// The events' reporting controller for announcements.
 pub const REPORTER: &str = "xdplb.io/agent";
@@ -244,8 +245,9 @@ pub async fn translate_changes(
                 changed
             });
         }
-        changed.notified().await;
         sleep(SETTLE).await;
+        // `notify_one` leaves a permit, so a change during the sleep is not missed.
+        changed.notified().await;
     }
 }
 

@@ -31,7 +31,7 @@
 //! Anything left out is reported in [`Translation::notes`], which the source logs.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     sync::Arc,
 };
@@ -185,6 +185,7 @@ impl Translator {
             let created = |service: &Service| service.metadata.creation_timestamp.clone();
             (created(a.1), &a.0).cmp(&(created(b.1), &b.0))
         });
+        let service_slices = slices_by_service(&snapshot.slices);
         let mut taken = BTreeSet::new();
         let mut services = Vec::new();
         for (name, service, vip) in ours {
@@ -194,10 +195,12 @@ impl Translator {
                 ));
                 continue;
             }
-            let slices = slices_of(service, &snapshot.slices);
+            let slices = service_slices
+                .get(&(service.namespace(), service.name_any()))
+                .map_or(&[][..], Vec::as_slice);
             let mut ports = Vec::new();
             for port in service_ports(service) {
-                match core_port(&name, port, &slices) {
+                match core_port(&name, port, slices) {
                     Ok(core) if taken.insert((vip, core.port, core.protocol)) => ports.push(core),
                     Ok(core) => notes.push(format!(
                         "{name}: {vip}:{}/{} is already served by another Service; port left out",
@@ -211,7 +214,7 @@ impl Translator {
                 continue;
             }
             services.push(CoreService {
-                endpoints: endpoints(&name, &slices, notes),
+                endpoints: endpoints(&name, slices, notes),
                 name,
                 vip,
                 ports,
@@ -304,17 +307,21 @@ fn traffic_policy(service: &Service) -> TrafficPolicy {
     }
 }
 
-/// The Service's IPv4 slices.
-fn slices_of<'a>(service: &Service, slices: &'a [Arc<EndpointSlice>]) -> Vec<&'a EndpointSlice> {
-    let namespace = service.namespace();
-    let name = service.name_any();
-    slices
-        .iter()
-        .filter(|slice| slice.address_type == "IPv4")
-        .filter(|slice| slice.namespace() == namespace)
-        .filter(|slice| slice.labels().get(SERVICE_NAME_LABEL) == Some(&name))
-        .map(AsRef::as_ref)
-        .collect()
+/// The IPv4 slices by the (namespace, name) of the Service they belong to: one pass over
+/// the slices instead of one per Service.
+fn slices_by_service(
+    slices: &[Arc<EndpointSlice>],
+) -> HashMap<(Option<String>, String), Vec<&EndpointSlice>> {
+    let mut index: HashMap<_, Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices.iter().filter(|slice| slice.address_type == "IPv4") {
+        if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
+            index
+                .entry((slice.namespace(), service.clone()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    index
 }
 
 fn parse_protocol(name: Option<&str>) -> Option<Protocol> {

@@ -66,7 +66,7 @@ use crate::{
         sysctl::{self, SysctlError},
     },
     membership::{self, GossipKey, KeyError, Membership, MembershipError, View},
-    model::desired_state,
+    model::{Tables, desired_state_with},
     status::Ownership,
     telemetry::{OwnershipChange, Telemetry},
 };
@@ -379,10 +379,14 @@ fn open_dataplane(
         adopted_maps,
     } = loader::load_pinned(&capacities, pins)?;
     let maps = Maps::take(&mut ebpf).map_err(|error| RuntimeError::Adopt(error.into()))?;
-    let named_by = desired_state(&cluster.inputs(mtu));
+    // The tables built here to name the ports are the first pass's too.
+    let mut tables = Tables::default();
+    let named_by = desired_state_with(&cluster.inputs(mtu), &mut tables);
     let dataplane =
         KernelDataplane::adopt(maps, capacities, &named_by).map_err(RuntimeError::Adopt)?;
-    let reconciler = Reconciler::new(dataplane).map_err(RuntimeError::Adopt)?;
+    let reconciler = Reconciler::new(dataplane)
+        .map_err(RuntimeError::Adopt)?
+        .with_tables(tables);
     if adopted_maps > 0 {
         let held = reconciler.applied();
         tracing::info!(

@@ -134,6 +134,12 @@ impl<D: Dataplane> Reconciler<D> {
         Self { mac, ..self }
     }
 
+    /// Starts the memo from `tables`, e.g. built while adopting the maps, so the first
+    /// pass does not build them again.
+    pub fn with_tables(self, tables: Tables) -> Self {
+        Self { tables, ..self }
+    }
+
     pub fn dataplane(&self) -> &D {
         &self.dataplane
     }

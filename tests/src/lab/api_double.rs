@@ -174,6 +174,17 @@ impl ApiDouble {
         lock(&self.store).write(key, object);
         Ok(())
     }
+
+    /// The stored objects of `resource` (the plural), in every namespace, as the agents
+    /// last could read them.
+    pub fn objects(&self, resource: &str) -> Vec<Value> {
+        lock(&self.store)
+            .objects
+            .iter()
+            .filter(|(key, _)| key.collection.resource == resource)
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
 }
 
 impl Drop for ApiDouble {

@@ -10,6 +10,7 @@ use std::{
     collections::BTreeSet,
     fs,
     net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
 };
 
 use anyhow::Context as _;
@@ -68,28 +69,16 @@ impl Kubernetes {
 
     /// Every object the agents read, before any agent starts.
     pub(super) fn publish(&self, cluster: &Cluster) -> anyhow::Result<()> {
-        for name in [SERVICE_NAMESPACE, AGENT_NAMESPACE] {
-            let namespace = Namespace {
-                metadata: meta(name, None),
-                ..Namespace::default()
-            };
-            self.api.put("namespaces", to_json(&namespace)?)?;
-        }
-        for node in &cluster.lab.nodes {
-            self.api
-                .put("nodes", to_json(&kube_node(&node.name, node.addr))?)?;
-        }
-        self.api.put(
-            "addresspools",
-            json!({
-                "apiVersion": "xdplb.io/v1alpha1",
-                "kind": "AddressPool",
-                "metadata": { "name": "lab" },
-                "spec": { "addresses": [VIP_CIDR] },
-            }),
-        )?;
+        let nodes: Vec<(String, Ipv4Addr)> = cluster
+            .lab
+            .nodes
+            .iter()
+            .map(|node| (node.name.clone(), node.addr))
+            .collect();
+        self.api.publish_cluster(&nodes, VIP_CIDR)?;
         for service in &cluster.services {
-            self.api.put("services", to_json(&kube_service(service))?)?;
+            self.api
+                .put_service(service.name, service.vip, service.app.ports())?;
             self.publish_slice(service)?;
         }
         Ok(())
@@ -97,8 +86,14 @@ impl Kubernetes {
 
     fn publish_slice(&self, service: &Service) -> anyhow::Result<()> {
         let published = self.published.borrow();
-        let slice = endpoint_slice(service, &published);
-        self.api.put("endpointslices", to_json(&slice)?)
+        let endpoints: Vec<(Ipv4Addr, String)> = service
+            .pods
+            .iter()
+            .filter(|pod| published.contains(pod))
+            .map(|&pod| (pod, node_name(pod)))
+            .collect();
+        self.api
+            .put_endpoint_slice(service.name, service.app.ports(), &endpoints)
     }
 
     /// The settings file and the command line of `node`'s agent.
@@ -114,13 +109,82 @@ impl Kubernetes {
                 socket = cluster.socket(node).display(),
             ),
         )?;
-        let kubeconfig = cluster.scratch().join("kubeconfig");
-        fs::write(&kubeconfig, kubeconfig_yaml(self.api.address()))?;
+        self.api.agent_command(
+            &cluster.binaries.agent,
+            &settings,
+            &cluster.scratch().join("kubeconfig"),
+            node,
+        )
+    }
+}
+
+/// What an agent in Kubernetes mode reads, for harnesses that run agents against a
+/// double of their own (the control-plane bench) as well as for the lab.
+impl ApiDouble {
+    /// The Namespaces, the Ready `nodes` (name, InternalIP) and an AddressPool of `pool`.
+    pub fn publish_cluster(&self, nodes: &[(String, Ipv4Addr)], pool: &str) -> anyhow::Result<()> {
+        for name in [SERVICE_NAMESPACE, AGENT_NAMESPACE] {
+            let namespace = Namespace {
+                metadata: meta(name, None),
+                ..Namespace::default()
+            };
+            self.put("namespaces", to_json(&namespace)?)?;
+        }
+        for (name, address) in nodes {
+            self.put("nodes", to_json(&kube_node(name, *address))?)?;
+        }
+        self.put(
+            "addresspools",
+            json!({
+                "apiVersion": "xdplb.io/v1alpha1",
+                "kind": "AddressPool",
+                "metadata": { "name": "lab" },
+                "spec": { "addresses": [pool] },
+            }),
+        )
+    }
+
+    /// A LoadBalancer Service of the agents' class asking for `vip` (`xdplb.io/ips`),
+    /// without status: the agent holding the IPAM Lease assigns it. `ports` are
+    /// (port, protocol, target port).
+    pub fn put_service(
+        &self,
+        name: &str,
+        vip: Ipv4Addr,
+        ports: &[(u16, &str, u16)],
+    ) -> anyhow::Result<()> {
+        self.put("services", to_json(&kube_service(name, vip, ports))?)
+    }
+
+    /// Creates or replaces the EndpointSlice of Service `name`: `endpoints` (address,
+    /// node name), all ready, on the Service's target ports.
+    pub fn put_endpoint_slice(
+        &self,
+        name: &str,
+        ports: &[(u16, &str, u16)],
+        endpoints: &[(Ipv4Addr, String)],
+    ) -> anyhow::Result<()> {
+        self.put(
+            "endpointslices",
+            to_json(&endpoint_slice(name, ports, endpoints))?,
+        )
+    }
+
+    /// Writes `kubeconfig` (pointing at this double) and returns the shell command that
+    /// runs `agent` in Kubernetes mode as `node` with `settings`.
+    pub fn agent_command(
+        &self,
+        agent: &Path,
+        settings: &Path,
+        kubeconfig: &Path,
+        node: &str,
+    ) -> anyhow::Result<String> {
+        fs::write(kubeconfig, kubeconfig_yaml(self.address()))?;
         Ok(format!(
             "env KUBECONFIG={} {} kubernetes --settings {} --node {node} --namespace \
              {AGENT_NAMESPACE} --pod {node}-agent",
             shell_quote(kubeconfig.display()),
-            shell_quote(cluster.binaries.agent.display()),
+            shell_quote(agent.display()),
             shell_quote(settings.display()),
         ))
     }
@@ -208,9 +272,9 @@ fn port_name(port: u16, protocol: &str) -> String {
     format!("{}-{port}", protocol.to_lowercase())
 }
 
-fn kube_service(service: &Service) -> KubeService {
-    let vip = service.vip.to_string();
-    let mut metadata = meta(service.name, Some(SERVICE_NAMESPACE));
+fn kube_service(name: &str, vip: Ipv4Addr, ports: &[(u16, &str, u16)]) -> KubeService {
+    let vip = vip.to_string();
+    let mut metadata = meta(name, Some(SERVICE_NAMESPACE));
     metadata.annotations = Some(
         [
             ("xdplb.io/ips".to_owned(), vip.clone()),
@@ -225,9 +289,7 @@ fn kube_service(service: &Service) -> KubeService {
             load_balancer_class: Some("xdplb.io/lb".to_owned()),
             external_traffic_policy: Some("Cluster".to_owned()),
             ports: Some(
-                service
-                    .app
-                    .ports()
+                ports
                     .iter()
                     .map(|&(port, protocol, target)| ServicePort {
                         name: Some(port_name(port, protocol)),
@@ -244,26 +306,22 @@ fn kube_service(service: &Service) -> KubeService {
     }
 }
 
-fn endpoint_slice(service: &Service, published: &BTreeSet<Ipv4Addr>) -> EndpointSlice {
-    let mut metadata = meta(service.name, Some(SERVICE_NAMESPACE));
-    metadata.labels = Some(
-        [(
-            "kubernetes.io/service-name".to_owned(),
-            service.name.to_owned(),
-        )]
-        .into(),
-    );
+fn endpoint_slice(
+    name: &str,
+    ports: &[(u16, &str, u16)],
+    endpoints: &[(Ipv4Addr, String)],
+) -> EndpointSlice {
+    let mut metadata = meta(name, Some(SERVICE_NAMESPACE));
+    metadata.labels = Some([("kubernetes.io/service-name".to_owned(), name.to_owned())].into());
     EndpointSlice {
         metadata,
         address_type: "IPv4".to_owned(),
         endpoints: Some(
-            service
-                .pods
+            endpoints
                 .iter()
-                .filter(|pod| published.contains(pod))
-                .map(|pod| Endpoint {
-                    addresses: vec![pod.to_string()],
-                    node_name: Some(node_name(*pod)),
+                .map(|(address, node)| Endpoint {
+                    addresses: vec![address.to_string()],
+                    node_name: Some(node.clone()),
                     conditions: Some(EndpointConditions {
                         ready: Some(true),
                         serving: Some(true),
@@ -274,9 +332,7 @@ fn endpoint_slice(service: &Service, published: &BTreeSet<Ipv4Addr>) -> Endpoint
                 .collect(),
         ),
         ports: Some(
-            service
-                .app
-                .ports()
+            ports
                 .iter()
                 .map(|&(port, protocol, target)| EndpointPort {
                     name: Some(port_name(port, protocol)),
