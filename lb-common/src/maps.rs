@@ -7,6 +7,9 @@
 pub const SERVICES: &str = "SERVICES";
 /// vip -> [`crate::types::VipValue`]: every address this cluster load-balances.
 pub const VIPS: &str = "VIPS";
+/// Slot ([`crate::vip_filter::slot`]) -> `u32` count of the VIPs folding there: XDP
+/// looks `VIPS` up only when the destination's count is not zero.
+pub const VIP_FILTER: &str = "VIP_FILTER";
 /// Ring slot -> [`crate::types::NodeRing`]: weighted Maglev table over backend nodes.
 pub const NODE_RINGS: &str = "NODE_RINGS";
 /// Ring slot -> [`crate::types::PodRing`]: Maglev table over this node's local pods.
@@ -39,6 +42,8 @@ pub const POD_RING_SIZE: usize = 4093;
 pub const MAX_SERVICES_DEFAULT: u32 = 256;
 /// Spare ring slots: a changed ring is written to a free slot, then services flip to it.
 pub const RING_SPARE_SLOTS: u32 = 8;
+/// `VIP_FILTER` slots: every 16-bit fold of an address (256 KiB).
+pub const VIP_FILTER_SLOTS: u32 = 1 << 16;
 /// Default `(vip, port, proto)` entries.
 pub const MAX_SERVICE_PORTS_DEFAULT: u32 = 1024;
 /// Default distinct VIP addresses.

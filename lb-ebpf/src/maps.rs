@@ -10,6 +10,7 @@ use lb_common::{
     maps::{
         MAX_BACKENDS_DEFAULT, MAX_FLOWS_DEFAULT, MAX_PEERS, MAX_REPLY_FLOWS_DEFAULT,
         MAX_SERVICE_PORTS_DEFAULT, MAX_SERVICES_DEFAULT, MAX_VIPS_DEFAULT, RING_SPARE_SLOTS,
+        VIP_FILTER_SLOTS,
     },
     reasons,
     types::{
@@ -26,6 +27,11 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 
 #[map]
 pub static VIPS: HashMap<u32, VipValue> = HashMap::with_max_entries(MAX_VIPS_DEFAULT, 0);
+
+/// A plain array, not per-CPU: the verifier inlines its lookup into a bounds check and an
+/// add, which is what makes the non-VIP path cheaper than one hash lookup.
+#[map]
+pub static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SLOTS, 0);
 
 #[map]
 pub static NODE_RINGS: Array<NodeRing> = Array::with_max_entries(RING_SLOTS, 0);

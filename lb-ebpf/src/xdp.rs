@@ -1,6 +1,6 @@
 //! `xdp_lb`: classifies every frame on the LAN interface and dispatches VIP traffic to
-//! the reply, tunnel or local-delivery paths. Non-VIP traffic leaves after at most one
-//! hash lookup, untouched.
+//! the reply, tunnel or local-delivery paths. Non-VIP traffic leaves untouched after one
+//! array lookup in the VIP prefilter (and a hash lookup only when its slot holds a VIP).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -9,12 +9,13 @@ use lb_common::{
         DataplaneConfig, FlowKey, PROTO_ICMP, PROTO_IPIP, PROTO_TCP, PROTO_UDP, ServiceKey,
         ServiceValue, VIP_F_DROP_UNKNOWN_PORTS, VipValue,
     },
+    vip_filter,
 };
 
 use crate::{
     encap,
     icmp::{self, Message},
-    maps::{CONFIG, PEERS, SERVICES, VIPS},
+    maps::{CONFIG, PEERS, SERVICES, VIP_FILTER, VIPS},
     nat,
     parse::{self, EthHdr, IP_MF_OFFSET, IPV4_HLEN, Ipv4Hdr, Ports, TCP_HLEN, UDP_HLEN},
     select::{self, Target},
@@ -115,8 +116,19 @@ fn addressed_here(ctx: &XdpContext, config: &DataplaneConfig) -> Result<(), Verd
 
 #[inline(always)]
 fn lookup_vip(addr: u32) -> Option<VipValue> {
+    if !maybe_vip(addr) {
+        return None;
+    }
     // SAFETY: the value is copied out at once.
     unsafe { VIPS.get(addr) }.copied()
+}
+
+/// False only when no VIP folds to `addr`'s slot: then `addr` is surely no VIP.
+#[inline(always)]
+fn maybe_vip(addr: u32) -> bool {
+    VIP_FILTER
+        .get(vip_filter::slot(addr))
+        .is_some_and(|count| *count != 0)
 }
 
 /// IPIP addressed to this node: accepted only from peers and only around VIP traffic.

@@ -23,6 +23,7 @@ use aya::{
     maps::MapInfo,
     programs::{SchedClassifier, tc::TcAttachType},
 };
+use lb_common::maps as names;
 use nix::{
     mount::{MntFlags, umount2},
     sys::signal::{Signal, kill},
@@ -34,20 +35,21 @@ use tests::{
 };
 
 const INTERFACE: &str = "eth0";
-const MAPS: [&str; 13] = [
-    "SERVICES",
-    "VIPS",
-    "NODE_RINGS",
-    "POD_RINGS",
-    "BACKENDS",
-    "PEERS",
-    "FLOWS",
-    "REPLY_FLOWS",
-    "CONFIG",
-    "REASON_STATS",
-    "VIP_STATS",
-    "BACKEND_STATS",
-    "ICMP_RATE",
+const MAPS: [&str; 14] = [
+    names::SERVICES,
+    names::VIPS,
+    names::VIP_FILTER,
+    names::NODE_RINGS,
+    names::POD_RINGS,
+    names::BACKENDS,
+    names::PEERS,
+    names::FLOWS,
+    names::REPLY_FLOWS,
+    names::CONFIG,
+    names::REASON_STATS,
+    names::VIP_STATS,
+    names::BACKEND_STATS,
+    names::ICMP_RATE,
 ];
 const START: Duration = Duration::from_secs(20);
 const STOP: Duration = Duration::from_secs(10);

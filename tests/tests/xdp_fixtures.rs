@@ -15,6 +15,7 @@ use lb_common::{
         BACKEND_DRAINING, BackendStats, FlowValue, PROTO_TCP, PROTO_UDP, SERVICE_F_LOCAL_ONLY,
         VIP_F_DROP_UNKNOWN_PORTS, VipStats,
     },
+    vip_filter,
 };
 use nix::{
     sched::{CpuSet, sched_getaffinity, sched_setaffinity},
@@ -161,6 +162,45 @@ fn non_vip_ipv4_passes_untouched() -> Result<()> {
     assert_passes_untouched(&mut lb, &input, PASS_NOT_VIP)?;
     assert_eq!(lb.vip_stats()?.packets, 0);
     Ok(())
+}
+
+/// No VIP, but in [`VIP`]'s prefilter slot: 10 ^ 194 == 192 ^ 8 and 0 ^ 88 == 168 ^ 240.
+const SLOT_SHARER: Ipv4Addr = Ipv4Addr::new(10, 0, 194, 88);
+
+#[test]
+fn vip_prefilter_slot_shared_with_a_non_vip() -> Result<()> {
+    assert_eq!(
+        vip_filter::slot(wire(VIP)),
+        vip_filter::slot(wire(SLOT_SHARER))
+    );
+    let mut lb = Dataplane::with_services()?;
+    assert_eq!(lb.maps.vips.slot_count(wire(SLOT_SHARER))?, 1);
+    // The slot holds a VIP, so the hash lookup decides: not this address.
+    let sharer = L2::LAN.ipv4(&packets::tcp(
+        CLIENT,
+        SocketAddrV4::new(SLOT_SHARER, 443),
+        b"x",
+    ));
+    assert_passes_untouched(&mut lb, &sharer, PASS_NOT_VIP)?;
+    let run = lb.xdp(&https_frame(CLIENT))?;
+    assert_eq!(run.action, XDP_PASS);
+    assert_dnat_tcp(&decode(&run.frame)?, CLIENT, POD, HTTPS_TARGET)?;
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_LOCAL_DNAT, 1)])?;
+
+    // A second VIP in the slot counts once, however often it is written.
+    lb.add_vip(SLOT_SHARER, 0)?;
+    lb.add_vip(SLOT_SHARER, VIP_F_DROP_UNKNOWN_PORTS)?;
+    assert_eq!(lb.maps.vips.slot_count(wire(VIP))?, 2);
+    assert_dropped(&mut lb, &sharer, DROP_UNKNOWN_PORT)?;
+    // Removing the first VIP leaves the second one found; removing it twice counts once.
+    lb.maps.vips.remove(&wire(VIP))?;
+    lb.maps.vips.remove(&wire(VIP))?;
+    assert_eq!(lb.maps.vips.slot_count(wire(VIP))?, 1);
+    assert_dropped(&mut lb, &sharer, DROP_UNKNOWN_PORT)?;
+    assert_passes_untouched(&mut lb, &https_frame(CLIENT), PASS_NOT_VIP)?;
+    lb.maps.vips.remove(&wire(SLOT_SHARER))?;
+    assert_eq!(lb.maps.vips.slot_count(wire(VIP))?, 0);
+    assert_passes_untouched(&mut lb, &sharer, PASS_NOT_VIP)
 }
 
 #[test]

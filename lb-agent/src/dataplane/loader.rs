@@ -16,7 +16,9 @@
 //!   never runs without a program.
 //! * The TC program is attached with TCX (a BPF link), which needs Linux 6.6 or later.
 //! * Pins outlive the agent: after SIGTERM or SIGKILL the programs keep forwarding with
-//!   the maps as they were, and the next agent adopts both. [`cleanup`] detaches and
+//!   the maps as they were, and the next agent adopts both. Adopted VIPs get their
+//!   `VIP_FILTER` slots recounted before anything attaches (`maps::Vips`), so the new
+//!   program never filters out a VIP the old agent left behind. [`cleanup`] detaches and
 //!   removes everything (uninstall).
 
 use std::{
@@ -151,7 +153,7 @@ fn spec<K, V>(name: &'static str, max_entries: u32, setting: Option<&'static str
 }
 
 /// Every map of the data path: pinned, and checked before a pinned one is reused.
-fn map_specs(capacities: &Capacities) -> [MapSpec; 13] {
+fn map_specs(capacities: &Capacities) -> [MapSpec; 14] {
     let ring_slots = capacities.ring_slots();
     [
         spec::<ServiceKey, ServiceValue>(
@@ -160,6 +162,7 @@ fn map_specs(capacities: &Capacities) -> [MapSpec; 13] {
             Some("capacities.servicePorts"),
         ),
         spec::<u32, VipValue>(names::VIPS, capacities.vips, Some("capacities.vips")),
+        spec::<u32, u32>(names::VIP_FILTER, names::VIP_FILTER_SLOTS, None),
         spec::<u32, NodeRing>(names::NODE_RINGS, ring_slots, Some("capacities.services")),
         spec::<u32, PodRing>(names::POD_RINGS, ring_slots, Some("capacities.services")),
         spec::<u32, BackendValue>(

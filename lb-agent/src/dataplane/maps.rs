@@ -11,6 +11,7 @@ use lb_common::{
         BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NodeRing, PeerValue,
         PodRing, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats, VipValue,
     },
+    vip_filter,
 };
 
 /// A map operation failed; `map` names the map for logs and metric labels.
@@ -129,6 +130,88 @@ impl<V: Pod> TypedArray<V> {
     }
 }
 
+/// `VIPS` with its prefilter `VIP_FILTER`, which counts the VIPs of each
+/// [`vip_filter::slot`]. Every write goes through here and keeps the two in step: a new
+/// VIP is counted before XDP can find it and uncounted only after it is gone, so a
+/// count may briefly exceed the VIPs (a wasted hash lookup) but never fall short (a VIP
+/// passed to the kernel as not one).
+pub struct Vips {
+    table: TypedHash<u32, VipValue>,
+    filter: TypedArray<u32>,
+}
+
+impl Vips {
+    /// Opens both maps. When `VIPS` holds entries they are a previous agent's (pinned
+    /// maps adopted), and the filter is recounted from them: a previous agent may have
+    /// died between the two writes, or predate the filter, whose fresh map is all zero.
+    fn open(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let mut vips = Self {
+            table: TypedHash::open(ebpf, names::VIPS)?,
+            filter: TypedArray::open(ebpf, names::VIP_FILTER)?,
+        };
+        let entries = vips.table.entries()?;
+        if !entries.is_empty() {
+            vips.recount(entries.iter().map(|(vip, _)| *vip))?;
+        }
+        Ok(vips)
+    }
+
+    pub fn get(&self, vip: &u32) -> Result<Option<VipValue>, MapsError> {
+        self.table.get(vip)
+    }
+
+    pub fn entries(&self) -> Result<Vec<(u32, VipValue)>, MapsError> {
+        self.table.entries()
+    }
+
+    /// Inserts or updates `vip`; only a new one adds to its slot's count.
+    pub fn insert(&mut self, vip: &u32, value: &VipValue) -> Result<(), MapsError> {
+        if self.table.get(vip)?.is_some() {
+            return self.table.insert(vip, value);
+        }
+        self.adjust(*vip, 1)?;
+        self.table.insert(vip, value).inspect_err(|_| {
+            // Undo the count; should that fail too, it only costs lookups.
+            let _ = self.adjust(*vip, -1);
+        })
+    }
+
+    /// Removes `vip`; only one that existed takes from its slot's count.
+    pub fn remove(&mut self, vip: &u32) -> Result<(), MapsError> {
+        if self.table.get(vip)?.is_none() {
+            return Ok(());
+        }
+        self.table.remove(vip)?;
+        self.adjust(*vip, -1)
+    }
+
+    /// How many VIPs share `addr`'s filter slot (for inspection and tests).
+    pub fn slot_count(&self, addr: u32) -> Result<u32, MapsError> {
+        self.filter.get(vip_filter::slot(addr))
+    }
+
+    fn adjust(&mut self, vip: u32, delta: i32) -> Result<(), MapsError> {
+        let slot = vip_filter::slot(vip);
+        let count = self.filter.get(slot)?.saturating_add_signed(delta);
+        self.filter.set(slot, &count)
+    }
+
+    /// Sets every slot to the number of `vips` folding there, writing only the slots
+    /// that differ.
+    fn recount(&mut self, vips: impl Iterator<Item = u32>) -> Result<(), MapsError> {
+        let mut counts = vec![0u32; names::VIP_FILTER_SLOTS as usize];
+        for vip in vips {
+            counts[vip_filter::slot(vip) as usize] += 1;
+        }
+        for (slot, count) in (0u32..).zip(&counts) {
+            if self.filter.get(slot)? != *count {
+                self.filter.set(slot, count)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Counter values summed over CPUs.
 pub trait Accumulate: Pod + Default {
     fn accumulate(&mut self, other: &Self);
@@ -223,7 +306,7 @@ impl<K: Pod, V: Accumulate> CounterHash<K, V> {
 /// Every map of the data path, typed.
 pub struct Maps {
     pub services: TypedHash<ServiceKey, ServiceValue>,
-    pub vips: TypedHash<u32, VipValue>,
+    pub vips: Vips,
     pub node_rings: TypedArray<NodeRing>,
     pub pod_rings: TypedArray<PodRing>,
     pub backends: TypedHash<u32, BackendValue>,
@@ -241,7 +324,7 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
             services: TypedHash::open(ebpf, names::SERVICES)?,
-            vips: TypedHash::open(ebpf, names::VIPS)?,
+            vips: Vips::open(ebpf)?,
             node_rings: TypedArray::open(ebpf, names::NODE_RINGS)?,
             pod_rings: TypedArray::open(ebpf, names::POD_RINGS)?,
             backends: TypedHash::open(ebpf, names::BACKENDS)?,
