@@ -55,7 +55,8 @@ use crate::{
 
 /// At most one translation per window: the first change is translated at once, and the
 /// changes arriving in the window after it (a burst of watch events) together once more.
-const SETTLE: Duration = Duration::from_millis(100);
+/// Kept short: a change that follows another within the window waits for its end.
+const SETTLE: Duration = Duration::from_millis(25);
 /// The events' reporting controller for announcements.
 pub const REPORTER: &str = "xdplb.io/agent";
 /// The field manager of the agent's writes to its Node.
