@@ -189,6 +189,14 @@ mod tests {
         sent
     }
 
+    /// The times (ms) at which `of` was announced.
+    fn times(sent: &[(u64, Ipv4Addr)], of: Ipv4Addr) -> Vec<u64> {
+        sent.iter()
+            .filter(|(_, vip)| *vip == of)
+            .map(|(ms, _)| *ms)
+            .collect()
+    }
+
     #[test]
     fn takeover_sends_at_once_then_repeats_at_the_interval() {
         let start = Instant::now();
@@ -272,14 +280,8 @@ mod tests {
         latest.reannounce += 1;
         schedule.follow(&latest, healed);
         let sent = timeline(&mut schedule, healed, 3000);
-        let times = |of: Ipv4Addr| -> Vec<u64> {
-            sent.iter()
-                .filter(|(_, vip)| *vip == of)
-                .map(|(ms, _)| *ms)
-                .collect()
-        };
-        assert_eq!(times(A), [0, 500, 1000, 1500]);
-        assert_eq!(times(B), [0, 500, 1000, 1500]);
+        assert_eq!(times(&sent, A), [0, 500, 1000, 1500]);
+        assert_eq!(times(&sent, B), [0, 500, 1000, 1500]);
         // The same request seen again (any later change of the set) starts nothing.
         let later = healed + MS * 4000;
         latest.vips = owned(&[A], Settings::default());
@@ -310,14 +312,8 @@ mod tests {
         let mut schedule = Schedule::default();
         schedule.owned_changed(&latest, start);
         let sent = timeline(&mut schedule, start, 4500);
-        let times = |of: Ipv4Addr| -> Vec<u64> {
-            sent.iter()
-                .filter(|(_, vip)| *vip == of)
-                .map(|(ms, _)| *ms)
-                .collect()
-        };
-        assert_eq!(times(A), [0, 500, 1000, 1500]);
-        assert_eq!(times(B), [0, 200, 2000, 4000]);
+        assert_eq!(times(&sent, A), [0, 500, 1000, 1500]);
+        assert_eq!(times(&sent, B), [0, 200, 2000, 4000]);
     }
 
     #[test]

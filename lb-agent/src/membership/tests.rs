@@ -148,6 +148,41 @@ fn all_alive(view: &View) -> bool {
 }
 
 /// Every datagram to or from `member` is lost from now on, or no longer.
+/// Waits until every member holds `node1` down.
+async fn until_node1_down_on(members: &[Membership]) {
+    for member in members {
+        until(&mut member.view(), PATIENCE, "node1 down", |view| {
+            view.liveness("node1") == Liveness::Down
+        })
+        .await;
+    }
+}
+
+/// Waits until every member sees every member alive; prints and returns the time since
+/// `healed`, less the machine's stalls.
+async fn all_alive_after(
+    members: &[Membership],
+    healed: Instant,
+    stalls: &Stalls,
+    what: &str,
+) -> Duration {
+    for member in members {
+        until(
+            &mut member.view(),
+            PATIENCE,
+            "everyone alive after the heal",
+            all_alive,
+        )
+        .await;
+    }
+    let converged = healed.elapsed();
+    eprintln!(
+        "{what}: every node sees every node alive after {converged:?} (the machine stalled the test for {:?})",
+        stalls.total()
+    );
+    stalls.discount(converged)
+}
+
 fn cut_link(member: &Membership, cut: bool) {
     member.link_cut.store(cut, Ordering::Relaxed);
 }
@@ -452,12 +487,7 @@ async fn a_healed_link_converges_to_all_alive_on_every_node() {
     still_suspecting(isolated);
     // The agent notices that its link is down and leaves.
     isolated.leave().await;
-    for member in &members[1..] {
-        until(&mut member.view(), PATIENCE, "node1 down", |view| {
-            view.liveness("node1") == Liveness::Down
-        })
-        .await;
-    }
+    until_node1_down_on(&members[1..]).await;
     cut_link(isolated, false);
     let stalls = Stalls::start();
     isolated.rejoin().await;
@@ -472,22 +502,8 @@ async fn a_healed_link_converges_to_all_alive_on_every_node() {
             .all(|member| member.liveness.is_up()),
         "{rejoined:?}"
     );
-    for member in &members {
-        until(
-            &mut member.view(),
-            PATIENCE,
-            "everyone alive after the link healed",
-            all_alive,
-        )
-        .await;
-    }
-    let converged = healed.elapsed();
-    eprintln!(
-        "healed link: every node sees every node alive after {converged:?} (the machine stalled the test for {:?})",
-        stalls.total()
-    );
+    let converged = all_alive_after(&members, healed, &stalls, "healed link").await;
     // Join requests and their answers: a round trip.
-    let converged = stalls.discount(converged);
     assert!(converged < Duration::from_secs(1), "{converged:?}");
 }
 
@@ -502,34 +518,15 @@ async fn a_healed_partition_converges_to_all_alive_on_every_node() {
     let isolated = &members[0];
     cut_link(isolated, true);
     suspicion_lost(isolated).await;
-    for member in &members[1..] {
-        until(&mut member.view(), PATIENCE, "node1 down", |view| {
-            view.liveness("node1") == Liveness::Down
-        })
-        .await;
-    }
+    until_node1_down_on(&members[1..]).await;
     still_suspecting(isolated);
     cut_link(isolated, false);
     let stalls = Stalls::start();
     let healed = Instant::now();
-    for member in &members {
-        until(
-            &mut member.view(),
-            PATIENCE,
-            "everyone alive after the partition healed",
-            all_alive,
-        )
-        .await;
-    }
-    let converged = healed.elapsed();
-    eprintln!(
-        "healed partition: every node sees every node alive after {converged:?} (the machine stalled the test for {:?})",
-        stalls.total()
-    );
+    let converged = all_alive_after(&members, healed, &stalls, "healed partition").await;
     // Node1 probes a peer, which answers that node1 is down; node1 rejoins, a round trip.
     // A join request of the next round at the latest.
     let limit = Timing::default().rejoin_interval + MARGIN;
-    let converged = stalls.discount(converged);
     assert!(converged < limit, "{converged:?}");
 }
 
@@ -557,29 +554,11 @@ async fn a_node_that_held_every_peer_down_rejoins_alone_when_the_partition_heals
         view.liveness("node2") == Liveness::Down && view.liveness("node3") == Liveness::Down
     })
     .await;
-    for member in others {
-        until(&mut member.view(), PATIENCE, "node1 down", |view| {
-            view.liveness("node1") == Liveness::Down
-        })
-        .await;
-    }
+    until_node1_down_on(others).await;
     cut_link(isolated, false);
     let stalls = Stalls::start();
     let healed = Instant::now();
-    for member in &members {
-        until(
-            &mut member.view(),
-            PATIENCE,
-            "everyone alive after the partition healed",
-            all_alive,
-        )
-        .await;
-    }
-    let converged = healed.elapsed();
-    eprintln!(
-        "partition of one healed: every node sees every node alive after {converged:?} (the machine stalled the test for {:?})",
-        stalls.total()
-    );
+    let converged = all_alive_after(&members, healed, &stalls, "partition of one healed").await;
     let after: Vec<Option<u64>> = others
         .iter()
         .map(|member| generation(member, &member.view().borrow().local))
@@ -595,6 +574,5 @@ async fn a_node_that_held_every_peer_down_rejoins_alone_when_the_partition_heals
     }
     // A join request of the next round at the latest, then a round trip.
     let limit = Timing::default().rejoin_interval + MARGIN;
-    let converged = stalls.discount(converged);
     assert!(converged < limit, "{converged:?}");
 }
