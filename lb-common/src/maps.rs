@@ -14,8 +14,11 @@ pub const VIP_FILTER: &str = "VIP_FILTER";
 pub const NODE_RINGS: &str = "NODE_RINGS";
 /// Ring slot -> [`crate::types::PodRing`]: Maglev table over this node's local pods.
 pub const POD_RINGS: &str = "POD_RINGS";
-/// Backend (node or pod) address -> [`crate::types::BackendValue`]: liveness for cached flows.
+/// Backend (node or pod) address -> [`crate::types::BackendValue`]: its state and slot.
 pub const BACKENDS: &str = "BACKENDS";
+/// Backend slot -> `u32` address of the backend holding it (0: free). A cached flow's
+/// backend is alive while its slot still holds its address.
+pub const BACKEND_SLOTS: &str = "BACKEND_SLOTS";
 /// Peer node address -> [`crate::types::PeerValue`]: the only sources IPIP is accepted from.
 pub const PEERS: &str = "PEERS";
 /// Client flow -> chosen backend (LRU, per-CPU LRU lists).
@@ -28,8 +31,11 @@ pub const CONFIG: &str = "CONFIG";
 pub const REASON_STATS: &str = "REASON_STATS";
 /// Per-CPU [`crate::types::VipStats`] indexed by [`crate::types::VipValue::stats_index`].
 pub const VIP_STATS: &str = "VIP_STATS";
-/// Per-CPU [`crate::types::BackendStats`] keyed by backend address (LRU).
+/// Per-CPU [`crate::types::BackendStats`] indexed by backend slot.
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
+/// Per-CPU [`crate::types::NextHop`] indexed by backend slot: the FIB's answer for a
+/// backend node, so encapsulation asks the FIB once per node and [`NEXT_HOP_TTL_JIFFIES`].
+pub const NEXT_HOPS: &str = "NEXT_HOPS";
 /// Per-CPU token bucket for ICMP replies generated in XDP.
 pub const ICMP_RATE: &str = "ICMP_RATE";
 
@@ -37,6 +43,11 @@ pub const ICMP_RATE: &str = "ICMP_RATE";
 pub const NODE_RING_SIZE: usize = 16381;
 /// Prime Maglev table size for the pod level: >= 100 x local pods for up to 40 pods per node.
 pub const POD_RING_SIZE: usize = 4093;
+
+/// How long a cached next hop is used before the FIB is asked again: 25 jiffies, 25 ms
+/// to 100 ms depending on the kernel's HZ, so a neighbour's new MAC address is picked up
+/// that fast while the FIB is asked a few times a second per node and CPU.
+pub const NEXT_HOP_TTL_JIFFIES: u64 = 25;
 
 /// Default number of load-balanced Services (each owns one ring slot).
 pub const MAX_SERVICES_DEFAULT: u32 = 256;
@@ -48,7 +59,7 @@ pub const VIP_FILTER_SLOTS: u32 = 1 << 16;
 pub const MAX_SERVICE_PORTS_DEFAULT: u32 = 1024;
 /// Default distinct VIP addresses.
 pub const MAX_VIPS_DEFAULT: u32 = 256;
-/// Default backend (nodes + local pods) entries.
+/// Default backend (nodes + local pods) entries, and slots.
 pub const MAX_BACKENDS_DEFAULT: u32 = 4096;
 /// Peer node entries.
 pub const MAX_PEERS: u32 = 256;

@@ -29,6 +29,9 @@ pub const BACKEND_DRAINING: u32 = 2;
 /// A ring slot holding this address means "no backend".
 pub const RING_EMPTY: u32 = 0;
 
+/// A backend slot that matches nothing: a flow cached with it selects again next time.
+pub const NO_SLOT: u32 = u32::MAX;
+
 /// Key of [`crate::maps::SERVICES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,6 +84,9 @@ pub struct PodRing {
 pub struct BackendValue {
     /// `BACKEND_*`.
     pub state: u32,
+    /// The backend's index in [`crate::maps::BACKEND_SLOTS`],
+    /// [`crate::maps::BACKEND_STATS`] and [`crate::maps::NEXT_HOPS`].
+    pub slot: u32,
 }
 
 /// Value of [`crate::maps::PEERS`].
@@ -103,13 +109,17 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of [`crate::maps::FLOWS`]. Each level fills its own field lazily: the node that
+/// Value of [`crate::maps::FLOWS`]. Each level fills its own fields lazily: the node that
 /// receives from the LAN records the backend node, the backend node records the pod.
+/// With each address goes its backend slot, so a cache hit checks liveness with an array
+/// lookup (`BACKEND_SLOTS[slot] == address`) instead of a hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub node: u32,
     pub pod: u32,
+    pub node_slot: u32,
+    pub pod_slot: u32,
 }
 
 /// Key of [`crate::maps::REPLY_FLOWS`]: a reply as the pod sends it.
@@ -174,6 +184,22 @@ pub struct BackendStats {
     pub bytes: u64,
 }
 
+/// Value of [`crate::maps::NEXT_HOPS`] (per CPU): the FIB's answer for a backend node,
+/// reused until it is [`crate::maps::NEXT_HOP_TTL_JIFFIES`] old.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// Interface the FIB sends the packet out of.
+    pub ifindex: u32,
+    /// Interface the packet arrived on when the FIB was asked (part of its question).
+    pub ingress: u32,
+    pub _pad: u32,
+    /// `jiffies` when the FIB answered; 0: never.
+    pub looked_up: u64,
+}
+
 /// Value of [`crate::maps::ICMP_RATE`] (per CPU token bucket).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -188,15 +214,16 @@ const _: () = {
     assert!(size_of::<VipValue>() == 8);
     assert!(size_of::<NodeRing>() == 4 * NODE_RING_SIZE);
     assert!(size_of::<PodRing>() == 4 * POD_RING_SIZE);
-    assert!(size_of::<BackendValue>() == 4);
+    assert!(size_of::<BackendValue>() == 8);
     assert!(size_of::<PeerValue>() == 4);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<FlowValue>() == 8);
+    assert!(size_of::<FlowValue>() == 16);
     assert!(size_of::<ReplyKey>() == 16);
     assert!(size_of::<ReplyValue>() == 12);
     assert!(size_of::<DataplaneConfig>() == 20);
     assert!(size_of::<VipStats>() == 64);
     assert!(size_of::<BackendStats>() == 16);
+    assert!(size_of::<NextHop>() == 32);
     assert!(size_of::<RateState>() == 16);
 };
 
@@ -227,6 +254,7 @@ mod pod {
         DataplaneConfig,
         VipStats,
         BackendStats,
+        NextHop,
         RateState,
     );
 }

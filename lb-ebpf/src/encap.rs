@@ -1,18 +1,25 @@
 //! IPv4-in-IPv4 between nodes: encapsulation towards the backend node with the next hop
-//! from the kernel FIB, and removal of the outer header on the backend node.
+//! from the kernel FIB (cached per node and CPU for a few jiffies), and removal of the
+//! outer header on the backend node.
 
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use lb_common::{reasons, types::PROTO_IPIP};
+use lb_common::{
+    maps::NEXT_HOP_TTL_JIFFIES,
+    reasons,
+    types::{NextHop, PROTO_IPIP},
+};
 
 use crate::{
+    maps::NEXT_HOPS,
     parse::{self, EthHdr, IP_DF, IPV4_HLEN, Ipv4Hdr},
+    select::Backend,
     verdict::{Outcome, Verdict},
 };
 
@@ -33,7 +40,7 @@ pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), Verdict> {
 /// Wraps the IPv4 packet at `l3` in an outer header from `own_addr` to `node` and picks
 /// the way out. The L2 header (with its VLAN tag) moves to the new front.
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, l3: usize, own_addr: u32, node: u32) -> Outcome {
+pub fn encapsulate(ctx: &XdpContext, l3: usize, own_addr: u32, node: &Backend) -> Outcome {
     let malformed = Verdict::drop(reasons::DROP_MALFORMED);
     let inner: Ipv4Hdr = parse::read(ctx, l3).ok_or(malformed)?;
     adjust_head(ctx, -(IPV4_HLEN as i32))?;
@@ -51,22 +58,69 @@ pub fn encapsulate(ctx: &XdpContext, l3: usize, own_addr: u32, node: u32) -> Out
         proto: PROTO_IPIP,
         check: 0,
         saddr: own_addr,
-        daddr: node,
+        daddr: node.addr,
     };
     outer.check = outer.computed_check();
     if !parse::write(ctx, l3, outer) {
         return Err(malformed);
     }
-    Ok(route(ctx, &outer))
+    Ok(route(ctx, &outer, node.slot))
 }
 
-/// Next hop from the FIB. Without a usable answer (e.g. no neighbour entry yet) the
-/// packet goes to the kernel, which forwards it and resolves the neighbour. Both need
-/// `forwarding=1` on the LAN interface, and that fallback also `accept_local=1`: the
+/// Sends the encapsulated frame to its next hop: the cached one of backend `slot` while
+/// it is fresh, else the FIB's. Without a usable FIB answer (e.g. no neighbour entry
+/// yet) the packet goes to the kernel, which forwards it and resolves the neighbour. Both
+/// need `forwarding=1` on the LAN interface, and that fallback also `accept_local=1`: the
 /// outer source is this node's own address, a martian to the input path otherwise.
 #[inline(always)]
-fn route(ctx: &XdpContext, outer: &Ipv4Hdr) -> Verdict {
+fn route(ctx: &XdpContext, outer: &Ipv4Hdr, slot: u32) -> Verdict {
     let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: reads a kernel clock, no arguments.
+    let now = unsafe { bpf_jiffies64() };
+    let hop = match cached_hop(slot, ingress, now) {
+        Some(hop) => hop,
+        None => match fib(ctx, outer, ingress, now) {
+            Some(hop) => {
+                if let Some(cache) = NEXT_HOPS.get_ptr_mut(slot) {
+                    // SAFETY: a per-CPU array slot belongs to this CPU for the whole run.
+                    unsafe { *cache = hop };
+                }
+                hop
+            }
+            None => return Verdict::pass(reasons::PASS_FIB_FALLBACK),
+        },
+    };
+    let Some(eth) = parse::ptr_at::<EthHdr>(ctx, 0) else {
+        return Verdict::pass(reasons::PASS_FIB_FALLBACK);
+    };
+    // SAFETY: `ptr_at` checked the Ethernet header lies inside the frame.
+    unsafe {
+        (*eth).dst = hop.dst_mac;
+        (*eth).src = hop.src_mac;
+    }
+    if hop.ifindex == ingress {
+        return Verdict::tx(reasons::TX_ENCAP);
+    }
+    // SAFETY: bpf_redirect only records the target interface for after the program.
+    let action = unsafe { bpf_redirect(hop.ifindex, 0) };
+    Verdict {
+        action: action as u32,
+        reason: reasons::TX_ENCAP,
+    }
+}
+
+/// This CPU's answer for backend `slot`, if the FIB gave it for this ingress interface
+/// less than [`NEXT_HOP_TTL_JIFFIES`] ago.
+#[inline(always)]
+fn cached_hop(slot: u32, ingress: u32, now: u64) -> Option<NextHop> {
+    let hop = *NEXT_HOPS.get(slot)?;
+    let fresh = hop.looked_up != 0 && now.wrapping_sub(hop.looked_up) < NEXT_HOP_TTL_JIFFIES;
+    (fresh && hop.ingress == ingress).then_some(hop)
+}
+
+/// The FIB's next hop for `outer`, stamped `now`.
+#[inline(always)]
+fn fib(ctx: &XdpContext, outer: &Ipv4Hdr, ingress: u32, now: u64) -> Option<NextHop> {
     // SAFETY: `bpf_fib_lookup` params are plain integers; all-zero is a valid value.
     let mut params: FibParams = unsafe { zeroed() };
     params.family = AF_INET;
@@ -78,26 +132,14 @@ fn route(ctx: &XdpContext, outer: &Ipv4Hdr) -> Verdict {
     params.ifindex = ingress;
     // SAFETY: `params` is a live, correctly sized `bpf_fib_lookup` on the stack.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0) };
-    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        return Verdict::pass(reasons::PASS_FIB_FALLBACK);
-    }
-    let Some(eth) = parse::ptr_at::<EthHdr>(ctx, 0) else {
-        return Verdict::pass(reasons::PASS_FIB_FALLBACK);
-    };
-    // SAFETY: `ptr_at` checked the Ethernet header lies inside the frame.
-    unsafe {
-        (*eth).dst = params.dmac;
-        (*eth).src = params.smac;
-    }
-    if params.ifindex == ingress {
-        return Verdict::tx(reasons::TX_ENCAP);
-    }
-    // SAFETY: bpf_redirect only records the target interface for after the program.
-    let action = unsafe { bpf_redirect(params.ifindex, 0) };
-    Verdict {
-        action: action as u32,
-        reason: reasons::TX_ENCAP,
-    }
+    (rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS)).then_some(NextHop {
+        dst_mac: params.dmac,
+        src_mac: params.smac,
+        ifindex: params.ifindex,
+        ingress,
+        _pad: 0,
+        looked_up: now,
+    })
 }
 
 /// Removes the outer IPv4 header behind the L2 header at `l3`.

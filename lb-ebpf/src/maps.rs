@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     maps::{
@@ -14,8 +14,9 @@ use lb_common::{
     },
     reasons,
     types::{
-        BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NodeRing, PeerValue,
-        PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats, VipValue,
+        BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NextHop, NodeRing,
+        PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats,
+        VipValue,
     },
 };
 
@@ -43,6 +44,14 @@ pub static POD_RINGS: Array<PodRing> = Array::with_max_entries(RING_SLOTS, 0);
 pub static BACKENDS: HashMap<u32, BackendValue> =
     HashMap::with_max_entries(MAX_BACKENDS_DEFAULT, 0);
 
+/// Arrays for what a flow-table hit needs per backend: the verifier inlines their
+/// lookups, where each hash lookup by address costs a hash and a bucket walk.
+#[map]
+pub static BACKEND_SLOTS: Array<u32> = Array::with_max_entries(MAX_BACKENDS_DEFAULT, 0);
+
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS_DEFAULT, 0);
+
 #[map]
 pub static PEERS: HashMap<u32, PeerValue> = HashMap::with_max_entries(MAX_PEERS, 0);
 
@@ -65,8 +74,8 @@ pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason
 pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS_DEFAULT, 0);
 
 #[map]
-pub static BACKEND_STATS: LruPerCpuHashMap<u32, BackendStats> =
-    LruPerCpuHashMap::with_max_entries(MAX_BACKENDS_DEFAULT, 0);
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS_DEFAULT, 0);
 
 #[map]
 pub static ICMP_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);

@@ -5,21 +5,30 @@ use lb_common::{
     hash::{NODE_SEED, POD_SEED, flow_hash},
     reasons,
     types::{
-        FlowKey, FlowValue, NodeRing, PodRing, RING_EMPTY, SERVICE_F_LOCAL_ONLY, ServiceValue,
+        FlowKey, FlowValue, NO_SLOT, NodeRing, PodRing, RING_EMPTY, SERVICE_F_LOCAL_ONLY,
+        ServiceValue,
     },
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, NODE_RINGS, POD_RINGS},
+    maps::{BACKEND_SLOTS, BACKENDS, FLOWS, NODE_RINGS, POD_RINGS},
     stats,
     verdict::Verdict,
 };
+
+/// A backend (node or pod) as a flow uses it.
+#[derive(Clone, Copy)]
+pub struct Backend {
+    pub addr: u32,
+    /// Its index in the per-backend arrays; [`NO_SLOT`] if it has none.
+    pub slot: u32,
+}
 
 /// Where the node level sends a flow.
 #[derive(Clone, Copy)]
 pub enum Target {
     Local,
-    Remote(u32),
+    Remote(Backend),
 }
 
 /// A Maglev table: maps a flow hash to a backend address.
@@ -51,7 +60,7 @@ fn slot<const N: usize>(backends: &[u32; N], hash: u32) -> u32 {
 }
 
 #[inline(always)]
-fn pick<R: Ring>(ring: Option<&R>, flow: &FlowKey, seed: u32) -> Result<u32, Verdict> {
+fn pick<R: Ring>(ring: Option<&R>, flow: &FlowKey, seed: u32) -> Result<Backend, Verdict> {
     let hash = flow_hash(
         flow.client,
         flow.client_port,
@@ -61,15 +70,33 @@ fn pick<R: Ring>(ring: Option<&R>, flow: &FlowKey, seed: u32) -> Result<u32, Ver
         seed,
     );
     match ring.map(|ring| ring.at(hash)) {
-        Some(backend) if backend != RING_EMPTY => Ok(backend),
+        Some(addr) if addr != RING_EMPTY => Ok(Backend {
+            addr,
+            slot: slot_of(addr),
+        }),
         _ => Err(Verdict::drop(reasons::DROP_NO_BACKEND)),
     }
 }
 
-/// A cached backend is kept while it exists at all: draining backends keep their flows.
+/// The slot of a backend a table names. User space writes a backend before any table
+/// names it, so [`NO_SLOT`] only shows in a race; the flow then selects again.
 #[inline(always)]
-fn alive(backend: u32) -> bool {
-    backend != RING_EMPTY && BACKENDS.get_ptr(backend).is_some()
+fn slot_of(addr: u32) -> u32 {
+    match BACKENDS.get_ptr(addr) {
+        // SAFETY: the value is read at once.
+        Some(value) => unsafe { (*value).slot },
+        None => NO_SLOT,
+    }
+}
+
+/// A cached backend is kept while its slot still holds it, draining ones included: user
+/// space clears the slot of a removed backend, and a reused slot holds another address.
+#[inline(always)]
+fn alive(backend: &Backend) -> bool {
+    backend.addr != RING_EMPTY
+        && BACKEND_SLOTS
+            .get(backend.slot)
+            .is_some_and(|held| *held == backend.addr)
 }
 
 /// The flow's cache entry, if any.
@@ -103,8 +130,13 @@ pub fn node(flow: &FlowKey, service: &ServiceValue, own_addr: u32) -> Result<Tar
     let entry = cached(flow);
     // SAFETY: see `remember`.
     let hit = entry
-        .map(|value| unsafe { (*value).node })
-        .filter(|node| alive(*node));
+        .map(|value| unsafe {
+            Backend {
+                addr: (*value).node,
+                slot: (*value).node_slot,
+            }
+        })
+        .filter(alive);
     let node = match hit {
         Some(node) => {
             stats::count(reasons::FLOW_CACHE_HIT);
@@ -113,11 +145,14 @@ pub fn node(flow: &FlowKey, service: &ServiceValue, own_addr: u32) -> Result<Tar
         None => {
             stats::count(reasons::FLOW_CACHE_MISS);
             let node = pick(NODE_RINGS.get(service.ring_slot), flow, NODE_SEED)?;
-            remember(flow, entry, |value| value.node = node);
+            remember(flow, entry, |value| {
+                value.node = node.addr;
+                value.node_slot = node.slot;
+            });
             node
         }
     };
-    Ok(if node == own_addr {
+    Ok(if node.addr == own_addr {
         Target::Local
     } else {
         Target::Remote(node)
@@ -126,16 +161,24 @@ pub fn node(flow: &FlowKey, service: &ServiceValue, own_addr: u32) -> Result<Tar
 
 /// Pod-level choice on the node that delivers the flow.
 #[inline(always)]
-pub fn pod(flow: &FlowKey, service: &ServiceValue) -> Result<u32, Verdict> {
+pub fn pod(flow: &FlowKey, service: &ServiceValue) -> Result<Backend, Verdict> {
     let entry = cached(flow);
     // SAFETY: see `remember`.
     let hit = entry
-        .map(|value| unsafe { (*value).pod })
-        .filter(|pod| alive(*pod));
+        .map(|value| unsafe {
+            Backend {
+                addr: (*value).pod,
+                slot: (*value).pod_slot,
+            }
+        })
+        .filter(alive);
     if let Some(pod) = hit {
         return Ok(pod);
     }
     let pod = pick(POD_RINGS.get(service.ring_slot), flow, POD_SEED)?;
-    remember(flow, entry, |value| value.pod = pod);
+    remember(flow, entry, |value| {
+        value.pod = pod.addr;
+        value.pod_slot = pod.slot;
+    });
     Ok(pod)
 }

@@ -1,7 +1,7 @@
 //! Per-CPU counters: why each packet got its verdict, per VIP, per backend.
 //! Per-CPU values need no atomics: the program never migrates while it runs.
 
-use lb_common::types::{BackendStats, VipStats};
+use lb_common::types::VipStats;
 
 use crate::maps::{BACKEND_STATS, REASON_STATS, VIP_STATS};
 
@@ -23,19 +23,14 @@ pub fn vip(index: u32, update: impl FnOnce(&mut VipStats)) {
     }
 }
 
-/// Counts one packet of `bytes` sent to `backend` (node or pod address).
+/// Counts one packet of `bytes` sent to the backend (node or pod) in `slot`.
 #[inline(always)]
-pub fn backend(backend: u32, bytes: u64) {
-    match BACKEND_STATS.get_ptr_mut(backend) {
-        // SAFETY: the per-CPU value belongs to this CPU for the program's whole run.
-        Some(stats) => unsafe {
+pub fn backend(slot: u32, bytes: u64) {
+    if let Some(stats) = BACKEND_STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU array slot belongs to this CPU for the program's whole run.
+        unsafe {
             (*stats).packets += 1;
             (*stats).bytes += bytes;
-        },
-        None => {
-            let first = BackendStats { packets: 1, bytes };
-            // An LRU map makes room by itself; a failure only loses one sample.
-            let _ = BACKEND_STATS.insert(backend, first, 0);
         }
     }
 }

@@ -314,8 +314,8 @@ fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload) -> Outcom
     let bytes = parse::frame_len(ctx) as u64;
     match target {
         Target::Remote(node) => {
-            let verdict = encap::encapsulate(ctx, l3, flow.node_addr, node)?;
-            stats::backend(node, bytes);
+            let verdict = encap::encapsulate(ctx, l3, flow.node_addr, &node)?;
+            stats::backend(node.slot, bytes);
             stats::vip(flow.stats_index, |stats| stats.encapsulated += 1);
             Ok(verdict)
         }
@@ -323,10 +323,12 @@ fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload) -> Outcom
             let pod = select::pod(&flow.key, &flow.service)?;
             let port = flow.service.target_port;
             match payload {
-                Payload::Transport => nat::dnat(ctx, l3, &flow.key, pod, port, flow.stats_index)?,
-                Payload::IcmpError => icmp::dnat_error(ctx, l3, &flow.key, pod, port)?,
+                Payload::Transport => {
+                    nat::dnat(ctx, l3, &flow.key, pod.addr, port, flow.stats_index)?
+                }
+                Payload::IcmpError => icmp::dnat_error(ctx, l3, &flow.key, pod.addr, port)?,
             }
-            stats::backend(pod, bytes);
+            stats::backend(pod.slot, bytes);
             stats::vip(flow.stats_index, |stats| stats.delivered_local += 1);
             Ok(Verdict::pass(flow.path.delivered()))
         }

@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
@@ -15,7 +15,7 @@ use lb_agent::dataplane::{
 };
 use lb_common::{
     maglev::{self, Backend},
-    maps::{NODE_RING_SIZE, POD_RING_SIZE},
+    maps::{MAX_BACKENDS_DEFAULT, NODE_RING_SIZE, POD_RING_SIZE},
     reasons,
     types::{
         BACKEND_ACTIVE, BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NodeRing,
@@ -221,11 +221,36 @@ impl Dataplane {
         Ok(maglev::build(&backends, size))
     }
 
+    /// Adds `addr` in the next free slot, or sets the state of the one it has.
     pub fn set_backend(&mut self, addr: Ipv4Addr, state: u32) -> Result<()> {
+        let slot = match self.maps.backends.get(&wire(addr))? {
+            Some(existing) => existing.slot,
+            None => self.free_backend_slot()?,
+        };
         Ok(self
             .maps
             .backends
-            .insert(&wire(addr), &BackendValue { state })?)
+            .insert(&wire(addr), &BackendValue { state, slot })?)
+    }
+
+    /// The slot `addr` holds (it must be a backend).
+    pub fn backend_slot(&self, addr: Ipv4Addr) -> Result<u32> {
+        let value = self.maps.backends.get(&wire(addr))?;
+        Ok(value.with_context(|| format!("{addr} is no backend"))?.slot)
+    }
+
+    /// The lowest slot no backend holds.
+    fn free_backend_slot(&self) -> Result<u32> {
+        let used: Vec<u32> = self
+            .maps
+            .backends
+            .entries()?
+            .iter()
+            .map(|(_, value)| value.slot)
+            .collect();
+        (0..MAX_BACKENDS_DEFAULT)
+            .find(|slot| !used.contains(slot))
+            .context("every backend slot is in use")
     }
 
     pub fn remove_backend(&mut self, addr: Ipv4Addr) -> Result<()> {
@@ -248,7 +273,7 @@ impl Dataplane {
     }
 
     pub fn backend_stats(&self, addr: Ipv4Addr) -> Result<BackendStats> {
-        Ok(self.maps.backend_stats.total(&wire(addr))?)
+        Ok(self.maps.backends.totals(&wire(addr))?)
     }
 
     /// Runs `xdp_lb` on `frame` as received by the namespace's loopback device.
@@ -346,16 +371,22 @@ impl Dataplane {
              sysctl -qw net.ipv4.conf.{name}.forwarding=1"
         ))?;
         if let Some(mac) = peer_mac {
-            let mac = mac.map(|byte| format!("{byte:02x}")).join(":");
-            self.netns.run(&format!(
-                "ip neigh replace {peer_ip} lladdr {mac} dev {name} nud permanent"
-            ))?;
+            self.set_neighbour(name, peer_ip, mac)?;
         }
         Ok(self
             .netns
             .run(&format!("cat /sys/class/net/{name}/ifindex"))?
             .trim()
             .parse()?)
+    }
+
+    /// Makes `mac` the neighbour entry of `ip` on interface `link`.
+    pub fn set_neighbour(&self, link: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        let mac = mac.map(|byte| format!("{byte:02x}")).join(":");
+        self.netns.run(&format!(
+            "ip neigh replace {ip} lladdr {mac} dev {link} nud permanent"
+        ))?;
+        Ok(())
     }
 
     /// The MAC address of interface `name` in the namespace.

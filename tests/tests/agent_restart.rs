@@ -35,13 +35,15 @@ use tests::{
 };
 
 const INTERFACE: &str = "eth0";
-const MAPS: [&str; 14] = [
+const MAPS: [&str; 16] = [
     names::SERVICES,
     names::VIPS,
     names::VIP_FILTER,
     names::NODE_RINGS,
     names::POD_RINGS,
     names::BACKENDS,
+    names::BACKEND_SLOTS,
+    names::NEXT_HOPS,
     names::PEERS,
     names::FLOWS,
     names::REPLY_FLOWS,

@@ -2,7 +2,10 @@
 //! the frame as it leaves (decoded, every checksum verified) and the reason counters
 //! that moved. Privileged (root); run with `--test-threads=1`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use etherparse::{
@@ -17,17 +20,16 @@ use lb_common::{
     },
     vip_filter,
 };
-use nix::{
-    sched::{CpuSet, sched_getaffinity, sched_setaffinity},
-    unistd::Pid,
-};
 use tests::{
+    cpu::OnOneCpu,
     fixture::*,
     packets::{self, Decoded, L2, NODE_MAC, decode, quoted_ports},
 };
 
 /// MAC address of the next hop the static neighbour entries point at.
 const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x02];
+/// The next hop's MAC address after its neighbour entry changed.
+const MOVED_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x03];
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x02];
 /// A LAN router that reports errors about our replies.
 const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
@@ -81,9 +83,15 @@ fn assert_untouched(run: &Run, input: &[u8]) {
 /// Asserts `CLIENT`'s HTTPS flow cached as chosen by `node` for `POD`, and `POD`'s
 /// replies recorded as the VIP's.
 fn assert_https_flow_to_pod(lb: &Dataplane, node: u32) -> Result<()> {
+    let node_slot = match node {
+        0 => 0,
+        node => lb.backend_slot(Ipv4Addr::from(node.to_ne_bytes()))?,
+    };
     let chosen = FlowValue {
         node,
         pod: wire(POD),
+        node_slot,
+        pod_slot: lb.backend_slot(POD)?,
     };
     assert_eq!(https_flow(lb)?, Some(chosen));
     let pod = SocketAddrV4::new(POD, HTTPS_TARGET);
@@ -501,30 +509,6 @@ fn echo_reply_keeps_the_vlan_tag() -> Result<()> {
     lb.expect_reasons(&[(TX_ICMP_ECHO_REPLY, 1)])
 }
 
-/// Pins the calling thread to one CPU (the token bucket is per CPU) until dropped.
-struct OnOneCpu {
-    original: CpuSet,
-}
-
-impl OnOneCpu {
-    fn pin() -> Result<Self> {
-        let original = sched_getaffinity(Pid::from_raw(0))?;
-        let cpu = (0..CpuSet::count())
-            .find(|cpu| original.is_set(*cpu).unwrap_or(false))
-            .expect("the thread may run somewhere");
-        let mut only = CpuSet::new();
-        only.set(cpu)?;
-        sched_setaffinity(Pid::from_raw(0), &only)?;
-        Ok(Self { original })
-    }
-}
-
-impl Drop for OnOneCpu {
-    fn drop(&mut self) {
-        let _ = sched_setaffinity(Pid::from_raw(0), &self.original);
-    }
-}
-
 #[test]
 fn echo_replies_are_rate_limited() -> Result<()> {
     let mut lb = Dataplane::with_services()?;
@@ -792,7 +776,8 @@ fn remote_flow_is_encapsulated_and_sent_back_out() -> Result<()> {
         https_flow(&lb)?,
         Some(FlowValue {
             node: wire(PEER),
-            pod: 0
+            node_slot: lb.backend_slot(PEER)?,
+            ..FlowValue::default()
         })
     );
     Ok(())
@@ -871,6 +856,51 @@ fn draining_node_keeps_its_flows_until_it_is_gone() -> Result<()> {
     assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, PEER2);
     lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_FIB_FALLBACK, 1)])?;
     assert_eq!(https_flow(&lb)?.map(|flow| flow.node), Some(wire(PEER2)));
+    Ok(())
+}
+
+#[test]
+fn a_reused_backend_slot_does_not_inherit_flows_or_counters() -> Result<()> {
+    let mut lb = Dataplane::with_services()?;
+    lb.set_node_ring(HTTPS_SLOT, &[PEER])?;
+    assert_eq!(outer_dst(&lb.xdp(&https_frame(CLIENT))?)?, PEER);
+    let slot = lb.backend_slot(PEER)?;
+    lb.remove_backend(PEER)?;
+    lb.set_node_ring(HTTPS_SLOT, &[PEER2])?;
+    assert_eq!(lb.backend_slot(PEER2)?, slot, "the freed slot is reused");
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_FIB_FALLBACK, 1)])?;
+    let input = https_frame(CLIENT);
+    assert_eq!(outer_dst(&lb.xdp(&input)?)?, PEER2);
+    lb.expect_reasons(&[(FLOW_CACHE_MISS, 1), (PASS_FIB_FALLBACK, 1)])?;
+    let counted = lb.backend_stats(PEER2)?;
+    assert_eq!((counted.packets, counted.bytes), (1, input.len() as u64));
+    Ok(())
+}
+
+#[test]
+fn a_changed_next_hop_is_picked_up_within_the_cache_lifetime() -> Result<()> {
+    let (mut lb, lan) = towards_peer()?;
+    // The cache is per CPU.
+    let _pinned = OnOneCpu::pin()?;
+    let input = https_frame(CLIENT);
+    let next_hop = |lb: &mut Dataplane| -> Result<[u8; 6]> {
+        let run = lb.xdp_on(&input, lan)?;
+        assert_eq!(run.action, XDP_TX);
+        Ok(decode(&run.frame)?.l2().dst)
+    };
+    let asked = Instant::now();
+    assert_eq!(next_hop(&mut lb)?, NEXT_HOP_MAC);
+    lb.set_neighbour("lan0", PEER, MOVED_HOP_MAC)?;
+    let cached = next_hop(&mut lb)?;
+    // 25 jiffies are 25 ms at HZ=1000: only a run surely inside that can tell.
+    if asked.elapsed() < Duration::from_millis(20) {
+        assert_eq!(cached, NEXT_HOP_MAC, "the FIB's answer is reused");
+    }
+    let deadline = asked + Duration::from_secs(1);
+    while next_hop(&mut lb)? != MOVED_HOP_MAC {
+        assert!(Instant::now() < deadline, "the new neighbour is never used");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     Ok(())
 }
 

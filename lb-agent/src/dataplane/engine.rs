@@ -11,7 +11,7 @@ use lb_common::maps::{MAX_PEERS, SERVICES};
 use super::{Dataplane, DataplaneError, MapStore, loader::Capacities, wire};
 use crate::{
     diff::{Changes, Delta},
-    model::{Interner, PortKey, PortTarget, Rings, State, Vip},
+    model::{BackendState, Interner, PortKey, PortTarget, Rings, State, Vip},
 };
 
 /// Free indices of an array map, lowest first.
@@ -77,19 +77,22 @@ fn count_after<'a, K: Ord + 'a, V>(
 }
 
 /// A dataplane over `S`. It remembers what it wrote (ports, which ring slot each service
-/// uses, which statistics slot each VIP uses) so updates never need to read the maps.
+/// uses, which statistics slot each VIP uses, which slot each backend has) so updates
+/// never need to read the maps.
 #[derive(Debug)]
 pub struct Engine<S> {
     store: S,
     capacities: Capacities,
     ring_pool: IndexPool,
     stats_pool: IndexPool,
+    backend_pool: IndexPool,
     /// Service name -> ring slot its ports point at.
     slots: BTreeMap<String, u32>,
     /// VIP -> statistics slot.
     stats: BTreeMap<Ipv4Addr, u32>,
     ports: BTreeMap<PortKey, PortTarget>,
-    backends: BTreeSet<Ipv4Addr>,
+    /// Backend -> its slot in the per-backend arrays.
+    backends: BTreeMap<Ipv4Addr, u32>,
     peers: BTreeSet<Ipv4Addr>,
 }
 
@@ -100,11 +103,12 @@ impl<S: MapStore> Engine<S> {
             store,
             ring_pool: IndexPool::new(capacities.ring_slots()),
             stats_pool: IndexPool::new(capacities.vips),
+            backend_pool: IndexPool::new(capacities.backends),
             capacities,
             slots: BTreeMap::new(),
             stats: BTreeMap::new(),
             ports: BTreeMap::new(),
-            backends: BTreeSet::new(),
+            backends: BTreeMap::new(),
             peers: BTreeSet::new(),
         }
     }
@@ -159,11 +163,19 @@ impl<S: MapStore> Engine<S> {
             }
             engine.slots.insert(name, slot);
         }
-        let backends = engine.store.backends()?;
-        engine.backends = backends
-            .into_iter()
-            .map(|(address, _)| wire::ip(address))
-            .collect();
+        for (address, value) in engine.store.backends()? {
+            if !engine.backend_pool.claim(value.slot) {
+                return Err(DataplaneError::Foreign {
+                    map: lb_common::maps::BACKENDS,
+                    detail: format!(
+                        "{} uses backend slot {}, out of range or shared",
+                        wire::ip(address),
+                        value.slot
+                    ),
+                });
+            }
+            engine.backends.insert(wire::ip(address), value.slot);
+        }
         let peers = engine.store.peers()?;
         engine.peers = peers.into_iter().map(wire::ip).collect();
         Ok(engine)
@@ -217,7 +229,7 @@ impl<S: MapStore> Engine<S> {
             ),
             (
                 "backends",
-                count_after(self.backends.iter(), &changes.backends),
+                count_after(self.backends.keys(), &changes.backends),
                 limits.backends,
             ),
             (
@@ -267,6 +279,40 @@ impl<S: MapStore> Engine<S> {
             self.stats_pool.put(index);
         }
         Ok(())
+    }
+
+    /// Writes `address` in its slot, taking a free one for a new backend.
+    fn upsert_backend(
+        &mut self,
+        address: Ipv4Addr,
+        state: BackendState,
+    ) -> Result<(), DataplaneError> {
+        let (slot, new) = match self.backends.get(&address) {
+            Some(slot) => (*slot, false),
+            None => {
+                let slot = self.backend_pool.take().ok_or(DataplaneError::Capacity {
+                    what: "backends",
+                    needed: self.backends.len() + 1,
+                    capacity: self.capacities.backends,
+                })?;
+                (slot, true)
+            }
+        };
+        let written = self
+            .store
+            .insert_backend(wire::addr(address), &wire::backend_value(state, slot));
+        match written {
+            Ok(()) => {
+                self.backends.insert(address, slot);
+                Ok(())
+            }
+            Err(error) => {
+                if new {
+                    self.backend_pool.put(slot);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Writes `rings` into a free slot, points the service's ports at it, then frees the
@@ -381,9 +427,7 @@ impl<S: MapStore> Dataplane for Engine<S> {
             self.peers.insert(*peer);
         }
         for (address, state) in &changes.backends.upsert {
-            self.store
-                .insert_backend(wire::addr(*address), &wire::backend_value(*state))?;
-            self.backends.insert(*address);
+            self.upsert_backend(*address, *state)?;
         }
         for (vip, value) in &changes.vips.upsert {
             self.upsert_vip(*vip, value)?;
@@ -415,7 +459,9 @@ impl<S: MapStore> Dataplane for Engine<S> {
         }
         for address in &changes.backends.remove {
             self.store.remove_backend(wire::addr(*address))?;
-            self.backends.remove(address);
+            if let Some(slot) = self.backends.remove(address) {
+                self.backend_pool.put(slot);
+            }
         }
         for peer in &changes.peers.remove {
             self.store.remove_peer(wire::addr(*peer))?;

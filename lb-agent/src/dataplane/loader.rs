@@ -41,8 +41,9 @@ use aya::{
 use lb_common::{
     maps as names, reasons,
     types::{
-        BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NodeRing, PeerValue,
-        PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats, VipValue,
+        BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NextHop, NodeRing,
+        PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats,
+        VipValue,
     },
 };
 
@@ -153,7 +154,7 @@ fn spec<K, V>(name: &'static str, max_entries: u32, setting: Option<&'static str
 }
 
 /// Every map of the data path: pinned, and checked before a pinned one is reused.
-fn map_specs(capacities: &Capacities) -> [MapSpec; 14] {
+fn map_specs(capacities: &Capacities) -> [MapSpec; 16] {
     let ring_slots = capacities.ring_slots();
     [
         spec::<ServiceKey, ServiceValue>(
@@ -167,6 +168,16 @@ fn map_specs(capacities: &Capacities) -> [MapSpec; 14] {
         spec::<u32, PodRing>(names::POD_RINGS, ring_slots, Some("capacities.services")),
         spec::<u32, BackendValue>(
             names::BACKENDS,
+            capacities.backends,
+            Some("capacities.backends"),
+        ),
+        spec::<u32, u32>(
+            names::BACKEND_SLOTS,
+            capacities.backends,
+            Some("capacities.backends"),
+        ),
+        spec::<u32, NextHop>(
+            names::NEXT_HOPS,
             capacities.backends,
             Some("capacities.backends"),
         ),
@@ -403,6 +414,8 @@ fn configured_loader<'a>(capacities: &Capacities) -> EbpfLoader<'a> {
         .map_max_entries(names::NODE_RINGS, capacities.ring_slots())
         .map_max_entries(names::POD_RINGS, capacities.ring_slots())
         .map_max_entries(names::BACKENDS, capacities.backends)
+        .map_max_entries(names::BACKEND_SLOTS, capacities.backends)
+        .map_max_entries(names::NEXT_HOPS, capacities.backends)
         .map_max_entries(names::BACKEND_STATS, capacities.backends)
         .map_max_entries(names::FLOWS, capacities.flows)
         .map_max_entries(names::REPLY_FLOWS, capacities.reply_flows);

@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use lb_common::{
     maps as names, reasons,
@@ -212,6 +212,88 @@ impl Vips {
     }
 }
 
+/// `BACKENDS` with the arrays XDP indexes by [`BackendValue::slot`]: `BACKEND_SLOTS`
+/// (which address holds each slot) and `BACKEND_STATS`. Every write goes through here
+/// and keeps them in step: a slot names its backend before `BACKENDS` hands the slot
+/// out, and is cleared only after the backend is gone from `BACKENDS`; a slot taken by a
+/// new address starts from zero counters.
+pub struct Backends {
+    table: TypedHash<u32, BackendValue>,
+    slots: TypedArray<u32>,
+    stats: CounterArray<BackendStats>,
+}
+
+impl Backends {
+    /// Opens the three maps and rewrites `BACKEND_SLOTS` from `BACKENDS`: a previous
+    /// agent (pinned maps adopted) may have died between two writes.
+    fn open(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let mut backends = Self {
+            table: TypedHash::open(ebpf, names::BACKENDS)?,
+            slots: TypedArray::open(ebpf, names::BACKEND_SLOTS)?,
+            stats: CounterArray::open(ebpf, names::BACKEND_STATS)?,
+        };
+        backends.resync()?;
+        Ok(backends)
+    }
+
+    pub fn get(&self, address: &u32) -> Result<Option<BackendValue>, MapsError> {
+        self.table.get(address)
+    }
+
+    pub fn entries(&self) -> Result<Vec<(u32, BackendValue)>, MapsError> {
+        self.table.entries()
+    }
+
+    /// Inserts or updates `address` in the slot `value` names.
+    pub fn insert(&mut self, address: &u32, value: &BackendValue) -> Result<(), MapsError> {
+        if self.slots.get(value.slot)? != *address {
+            self.stats.reset(value.slot)?;
+            self.slots.set(value.slot, address)?;
+        }
+        self.table.insert(address, value)
+    }
+
+    /// Removes `address` and frees its slot; one that is already gone is not an error.
+    pub fn remove(&mut self, address: &u32) -> Result<(), MapsError> {
+        let Some(value) = self.table.get(address)? else {
+            return Ok(());
+        };
+        self.table.remove(address)?;
+        if self.slots.get(value.slot)? == *address {
+            self.slots.set(value.slot, &FREE_SLOT)?;
+        }
+        Ok(())
+    }
+
+    /// The counters of `address` summed over CPUs; zero for an unknown address.
+    pub fn totals(&self, address: &u32) -> Result<BackendStats, MapsError> {
+        match self.table.get(address)? {
+            Some(value) => self.stats.total(value.slot),
+            None => Ok(BackendStats::default()),
+        }
+    }
+
+    /// Sets every slot to the address `BACKENDS` gives it (free if none), writing only
+    /// the slots that differ.
+    fn resync(&mut self) -> Result<(), MapsError> {
+        let mut wanted = vec![FREE_SLOT; self.slots.len() as usize];
+        for (address, value) in self.table.entries()? {
+            if let Some(slot) = wanted.get_mut(value.slot as usize) {
+                *slot = address;
+            }
+        }
+        for (slot, address) in (0u32..).zip(&wanted) {
+            if self.slots.get(slot)? != *address {
+                self.slots.set(slot, address)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `BACKEND_SLOTS` holds for a slot no backend uses (no backend has address 0).
+const FREE_SLOT: u32 = 0;
+
 /// Counter values summed over CPUs.
 pub trait Accumulate: Pod + Default {
     fn accumulate(&mut self, other: &Self);
@@ -269,7 +351,7 @@ impl<V: Accumulate> CounterArray<V> {
         Ok(sum(&values))
     }
 
-    /// Zeroes one index on every CPU (a VIP's statistics slot being reused).
+    /// Zeroes one index on every CPU (a statistics slot being reused).
     pub fn reset(&mut self, index: u32) -> Result<(), MapsError> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(_, error)| failed(self.name)(MapError::IoError(error)))?;
@@ -279,44 +361,19 @@ impl<V: Accumulate> CounterArray<V> {
     }
 }
 
-/// A per-CPU (LRU) hash of counters, read as sums.
-pub struct CounterHash<K: Pod, V: Accumulate> {
-    name: &'static str,
-    map: PerCpuHashMap<MapData, K, V>,
-}
-
-impl<K: Pod, V: Accumulate> CounterHash<K, V> {
-    fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, MapsError> {
-        Ok(Self {
-            name,
-            map: convert(name, take(ebpf, name)?)?,
-        })
-    }
-
-    /// The summed counters of `key`, zero if the kernel never counted it.
-    pub fn total(&self, key: &K) -> Result<V, MapsError> {
-        match self.map.get(key, 0) {
-            Ok(values) => Ok(sum(&values)),
-            Err(MapError::KeyNotFound) => Ok(V::default()),
-            Err(source) => Err(failed(self.name)(source)),
-        }
-    }
-}
-
 /// Every map of the data path, typed.
 pub struct Maps {
     pub services: TypedHash<ServiceKey, ServiceValue>,
     pub vips: Vips,
     pub node_rings: TypedArray<NodeRing>,
     pub pod_rings: TypedArray<PodRing>,
-    pub backends: TypedHash<u32, BackendValue>,
+    pub backends: Backends,
     pub peers: TypedHash<u32, PeerValue>,
     pub flows: TypedHash<FlowKey, FlowValue>,
     pub reply_flows: TypedHash<ReplyKey, ReplyValue>,
     pub config: TypedArray<DataplaneConfig>,
     pub reason_stats: CounterArray<u64>,
     pub vip_stats: CounterArray<VipStats>,
-    pub backend_stats: CounterHash<u32, BackendStats>,
 }
 
 impl Maps {
@@ -327,14 +384,13 @@ impl Maps {
             vips: Vips::open(ebpf)?,
             node_rings: TypedArray::open(ebpf, names::NODE_RINGS)?,
             pod_rings: TypedArray::open(ebpf, names::POD_RINGS)?,
-            backends: TypedHash::open(ebpf, names::BACKENDS)?,
+            backends: Backends::open(ebpf)?,
             peers: TypedHash::open(ebpf, names::PEERS)?,
             flows: TypedHash::open(ebpf, names::FLOWS)?,
             reply_flows: TypedHash::open(ebpf, names::REPLY_FLOWS)?,
             config: TypedArray::open(ebpf, names::CONFIG)?,
             reason_stats: CounterArray::open(ebpf, names::REASON_STATS)?,
             vip_stats: CounterArray::open(ebpf, names::VIP_STATS)?,
-            backend_stats: CounterHash::open(ebpf, names::BACKEND_STATS)?,
         })
     }
 

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
-    maps::{NODE_RING_SIZE, POD_RING_SIZE, VIP_STATS},
+    maps::{BACKEND_SLOTS, NODE_RING_SIZE, POD_RING_SIZE, VIP_STATS},
     types::{
         BackendValue, DataplaneConfig, NodeRing, PodRing, RING_EMPTY, ServiceKey, ServiceValue,
         VipStats, VipValue,
@@ -31,6 +31,7 @@ pub struct MemoryMaps {
     config: DataplaneConfig,
     peers: BTreeSet<u32>,
     backends: BTreeMap<u32, BackendValue>,
+    backend_slots: u32,
     vips: BTreeMap<u32, VipValue>,
     /// One CPU's worth of counters per statistics slot.
     vip_stats: Vec<VipStats>,
@@ -50,6 +51,7 @@ impl MemoryMaps {
             config: DataplaneConfig::default(),
             peers: BTreeSet::new(),
             backends: BTreeMap::new(),
+            backend_slots: capacities.backends,
             vips: BTreeMap::new(),
             vip_stats: vec![VipStats::default(); capacities.vips as usize],
             ring_slots: capacities.ring_slots(),
@@ -150,6 +152,24 @@ impl MapStore for MemoryMaps {
     }
 
     fn insert_backend(&mut self, address: u32, value: &BackendValue) -> Result<(), DataplaneError> {
+        if value.slot >= self.backend_slots {
+            return Err(DataplaneError::OutOfRange {
+                map: BACKEND_SLOTS,
+                index: value.slot,
+            });
+        }
+        if let Some((other, _)) = self
+            .backends
+            .iter()
+            .find(|(other, held)| **other != address && held.slot == value.slot)
+        {
+            return Err(hazard(format!(
+                "backend slot {} given to {} while {} holds it",
+                value.slot,
+                wire::ip(address),
+                wire::ip(*other)
+            )));
+        }
         self.backends.insert(address, *value);
         Ok(())
     }

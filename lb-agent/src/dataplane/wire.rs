@@ -97,12 +97,13 @@ pub fn vip(raw: &VipValue) -> Vip {
     }
 }
 
-pub fn backend_value(state: BackendState) -> BackendValue {
+pub fn backend_value(state: BackendState, slot: u32) -> BackendValue {
     BackendValue {
         state: match state {
             BackendState::Active => BACKEND_ACTIVE,
             BackendState::Draining => BACKEND_DRAINING,
         },
+        slot,
     }
 }
 

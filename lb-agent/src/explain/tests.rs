@@ -259,6 +259,7 @@ fn cache_entries_are_compared_with_the_tables() {
     let agree = CacheLookup::from_entry(Some(&FlowValue {
         node: wire::addr(node),
         pod: 0,
+        ..FlowValue::default()
     }));
     assert_eq!(
         agree,

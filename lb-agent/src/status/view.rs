@@ -44,7 +44,7 @@ impl MapsView for KernelDataplane {
     }
 
     fn backend_counters(&self, address: Ipv4Addr) -> Result<BackendCounters, MapsError> {
-        let total = self.store().backend_stats.total(&wire::addr(address))?;
+        let total = self.store().backends.totals(&wire::addr(address))?;
         Ok(total.into())
     }
 

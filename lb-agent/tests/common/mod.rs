@@ -165,6 +165,7 @@ impl Runtime {
                 FlowValue {
                     node: raw(node),
                     pod,
+                    ..FlowValue::default()
                 },
             )
         };

@@ -33,13 +33,10 @@ use anyhow::{Context as _, Result, ensure};
 use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use lb_common::maps::{BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
 use lb_common::types::PROTO_TCP;
-use nix::{
-    sched::{CpuSet, sched_getaffinity, sched_setaffinity},
-    unistd::Pid,
-};
 
 use super::{Measurement, median};
 use crate::{
+    cpu::OnOneCpu,
     fixture::{
         CLIENT, Dataplane, HTTPS, HTTPS_SLOT, HTTPS_TARGET, NODE, PEER, POD, TC_ACT_OK, XDP_PASS,
         XDP_TX, reply_key, reply_value, vip,
@@ -117,7 +114,7 @@ impl Programs<'_> {
 }
 
 pub fn run() -> Result<Vec<Measurement>> {
-    let _pinned = PinnedCpu::pin()?;
+    let _pinned = OnOneCpu::pin()?;
     let mut dataplane = Dataplane::with_services()?;
     let lan = prepare(&mut dataplane)?;
     let cases = cases(lan);
@@ -404,28 +401,4 @@ fn report(figures: &[(&Case, f64)]) -> Vec<Measurement> {
         "new flow per call minus timer overhead, over the TX reference with repeat",
     ));
     out
-}
-
-/// Keeps the calling thread on the CPU it runs on until dropped, so every case sees the
-/// same caches and per-CPU maps.
-struct PinnedCpu {
-    original: CpuSet,
-}
-
-impl PinnedCpu {
-    fn pin() -> Result<Self> {
-        let original = sched_getaffinity(Pid::from_raw(0))?;
-        // SAFETY: sched_getcpu has no preconditions; it only reads the current CPU.
-        let cpu = unsafe { libc::sched_getcpu() };
-        let mut only = CpuSet::new();
-        only.set(usize::try_from(cpu).context("sched_getcpu failed")?)?;
-        sched_setaffinity(Pid::from_raw(0), &only)?;
-        Ok(Self { original })
-    }
-}
-
-impl Drop for PinnedCpu {
-    fn drop(&mut self) {
-        let _ = sched_setaffinity(Pid::from_raw(0), &self.original);
-    }
 }

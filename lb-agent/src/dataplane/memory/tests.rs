@@ -1,3 +1,8 @@
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
 use lb_common::types::{NodeRing, PodRing, ServiceValue, VipValue};
 
 use super::*;
@@ -141,6 +146,64 @@ fn a_ring_change_moves_the_service_to_another_slot() {
     // The released slot is the lowest free one again.
     dataplane.apply(&diff(&second, &first)).expect("apply back");
     assert_eq!(dataplane.ring_slot("web"), Some(web_before));
+}
+
+/// Backend address -> slot, as the maps hold them.
+fn backend_slots(dataplane: &MemoryDataplane) -> BTreeMap<Ipv4Addr, u32> {
+    let entries = dataplane.store().backends().expect("backends");
+    entries
+        .into_iter()
+        .map(|(address, value)| (wire::ip(address), value.slot))
+        .collect()
+}
+
+#[test]
+fn backends_keep_their_slots_and_a_freed_one_is_reused() {
+    let first = desired_state(&example());
+    let mut dataplane = fresh(&first);
+    let before = backend_slots(&dataplane);
+    let distinct: BTreeSet<u32> = before.values().copied().collect();
+    assert_eq!(distinct.len(), before.len(), "one slot per backend");
+
+    let terminating = edited(|inputs| {
+        inputs.services[0].endpoints[0].ready = false;
+        inputs.services[0].endpoints[0].terminating = true;
+    });
+    dataplane.apply(&diff(&first, &terminating)).expect("drain");
+    assert_eq!(
+        backend_slots(&dataplane),
+        before,
+        "a state change keeps slots"
+    );
+
+    let gone = edited(|inputs| {
+        inputs.services[0].endpoints.remove(0);
+    });
+    dataplane.apply(&diff(&terminating, &gone)).expect("remove");
+    let freed: BTreeSet<u32> = before
+        .iter()
+        .filter(|(address, _)| !gone.backends.contains_key(*address))
+        .map(|(_, slot)| *slot)
+        .collect();
+    assert!(!freed.is_empty(), "a backend left");
+    let replaced = edited(|inputs| {
+        inputs.services[0].endpoints.remove(0);
+        inputs.services[0]
+            .endpoints
+            .push(endpoint("10.42.0.99", "node1"));
+    });
+    dataplane.apply(&diff(&gone, &replaced)).expect("add");
+    let after = backend_slots(&dataplane);
+    let new_slot = after.get(&ip("10.42.0.99")).expect("new backend");
+    assert!(
+        freed.contains(new_slot),
+        "{new_slot} is not one of {freed:?}"
+    );
+    let distinct: BTreeSet<u32> = after.values().copied().collect();
+    assert_eq!(distinct.len(), after.len(), "one slot per backend");
+
+    let adopted = Engine::adopt(dataplane.into_store(), small(), &replaced).expect("adopt");
+    assert_eq!(backend_slots(&adopted), after, "adoption keeps every slot");
 }
 
 #[test]
@@ -303,4 +366,17 @@ fn the_memory_maps_catch_unsafe_orders() {
         .remove_backend(wire::addr(ip("10.0.0.99")))
         .expect_err("ring names it");
     assert_eq!(in_use.metric_label(), "hazard");
+
+    let shared = maps
+        .insert_backend(wire::addr(ip("10.0.0.98")), &Default::default())
+        .expect_err("slot 0 is 10.0.0.99's");
+    assert!(shared.to_string().contains("10.0.0.99"), "{shared}");
+    let beyond = BackendValue {
+        slot: small().backends,
+        ..Default::default()
+    };
+    let out_of_range = maps
+        .insert_backend(wire::addr(ip("10.0.0.98")), &beyond)
+        .expect_err("no such slot");
+    assert_eq!(out_of_range.metric_label(), "out_of_range");
 }

@@ -103,6 +103,7 @@ fn maps() -> Maps {
                 FlowValue {
                     node: wire::addr(ip("10.0.0.12")),
                     pod: 0,
+                    ..FlowValue::default()
                 },
             ),
             (
@@ -110,6 +111,7 @@ fn maps() -> Maps {
                 FlowValue {
                     node: wire::addr(ip("10.0.0.11")),
                     pod: wire::addr(ip("10.42.0.7")),
+                    ..FlowValue::default()
                 },
             ),
             (
@@ -117,6 +119,7 @@ fn maps() -> Maps {
                 FlowValue {
                     node: wire::addr(ip("10.0.0.11")),
                     pod: wire::addr(ip("10.42.0.7")),
+                    ..FlowValue::default()
                 },
             ),
         ],
