@@ -52,6 +52,10 @@ pub struct ServiceValue {
     pub target_port: u16,
     /// `SERVICE_F_*`.
     pub flags: u16,
+    /// The VIP's [`VipValue::stats_index`], so TCP and UDP to a service port need no
+    /// `VIPS` lookup.
+    pub stats_index: u32,
+    pub _pad: u32,
 }
 
 /// Value of [`crate::maps::VIPS`].
@@ -210,7 +214,7 @@ pub struct RateState {
 
 const _: () = {
     assert!(size_of::<ServiceKey>() == 8);
-    assert!(size_of::<ServiceValue>() == 8);
+    assert!(size_of::<ServiceValue>() == 16);
     assert!(size_of::<VipValue>() == 8);
     assert!(size_of::<NodeRing>() == 4 * NODE_RING_SIZE);
     assert!(size_of::<PodRing>() == 4 * POD_RING_SIZE);

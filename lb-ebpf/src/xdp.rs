@@ -55,7 +55,6 @@ enum Payload {
 struct Flow {
     key: FlowKey,
     service: ServiceValue,
-    stats_index: u32,
     node_addr: u32,
     path: Path,
 }
@@ -82,10 +81,60 @@ fn classify(ctx: &XdpContext) -> Outcome {
     if ip.proto == PROTO_IPIP {
         return tunnel(ctx, l3, &ip, &config());
     }
-    let vip = lookup_vip(ip.daddr).ok_or(Verdict::pass(reasons::PASS_NOT_VIP))?;
+    let dest = lookup_dest(ctx, l3, &ip).ok_or(Verdict::pass(reasons::PASS_NOT_VIP))?;
     let config = config();
     addressed_here(ctx, &config)?;
-    vip_traffic(ctx, l3, &vip, &config, Path::Lan)
+    vip_traffic(ctx, l3, &dest, &config, Path::Lan)
+}
+
+/// What the maps say about a VIP packet's destination.
+#[derive(Clone, Copy)]
+struct Dest {
+    vip: VipValue,
+    /// The service of the packet's port, when it was looked up already.
+    service: Option<ServiceValue>,
+}
+
+/// The destination of a packet to a VIP, `None` for any other. TCP and UDP to a service
+/// port (the bulk of VIP traffic) are found by one `SERVICES` lookup, which carries the
+/// VIP's statistics index; everything else, and any header the lookup cannot read
+/// plainly, is looked up in `VIPS` and judged in full later.
+#[inline(always)]
+fn lookup_dest(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<Dest> {
+    if !maybe_vip(ip.daddr) {
+        return None;
+    }
+    if let Some(service) = service_port(ctx, l3, ip) {
+        let vip = VipValue {
+            stats_index: service.stats_index,
+            // Only consulted for ports without a service.
+            flags: 0,
+        };
+        return Some(Dest {
+            vip,
+            service: Some(service),
+        });
+    }
+    // SAFETY: the value is copied out at once.
+    let vip = unsafe { VIPS.get(ip.daddr) }.copied()?;
+    Some(Dest { vip, service: None })
+}
+
+/// The service of a TCP or UDP packet without IP options; `None` for others.
+#[inline(always)]
+fn service_port(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<ServiceValue> {
+    if (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) || ip.version_ihl != 0x45 {
+        return None;
+    }
+    let ports: Ports = parse::read(ctx, l3 + IPV4_HLEN)?;
+    let key = ServiceKey {
+        vip: ip.daddr,
+        port: ports.dst,
+        proto: ip.proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 #[inline(always)]
@@ -114,13 +163,15 @@ fn addressed_here(ctx: &XdpContext, config: &DataplaneConfig) -> Result<(), Verd
     }
 }
 
+/// The VIP `addr`, if it is one.
 #[inline(always)]
-fn lookup_vip(addr: u32) -> Option<VipValue> {
+fn lookup_vip(addr: u32) -> Option<Dest> {
     if !maybe_vip(addr) {
         return None;
     }
     // SAFETY: the value is copied out at once.
-    unsafe { VIPS.get(addr) }.copied()
+    let vip = unsafe { VIPS.get(addr) }.copied()?;
+    Some(Dest { vip, service: None })
 }
 
 /// False only when no VIP folds to `addr`'s slot: then `addr` is surely no VIP.
@@ -143,12 +194,12 @@ fn tunnel(ctx: &XdpContext, l3: usize, outer: &Ipv4Hdr, config: &DataplaneConfig
     }
     check_header(ctx, l3)?;
     let inner: Ipv4Hdr = parse::read(ctx, l3 + IPV4_HLEN).ok_or_else(malformed)?;
-    let vip = (inner.version() == 4)
+    let dest = (inner.version() == 4)
         .then(|| lookup_vip(inner.daddr))
         .flatten()
         .ok_or(Verdict::drop(reasons::DROP_IPIP_NOT_VIP))?;
     encap::decapsulate(ctx, l3)?;
-    vip_traffic(ctx, l3, &vip, config, Path::Tunnel)
+    vip_traffic(ctx, l3, &dest, config, Path::Tunnel)
 }
 
 /// Counts a VIP packet and its drop, if it ends in one.
@@ -156,20 +207,21 @@ fn tunnel(ctx: &XdpContext, l3: usize, outer: &Ipv4Hdr, config: &DataplaneConfig
 fn vip_traffic(
     ctx: &XdpContext,
     l3: usize,
-    vip: &VipValue,
+    dest: &Dest,
     config: &DataplaneConfig,
     path: Path,
 ) -> Outcome {
     let bytes = parse::frame_len(ctx) as u64;
-    stats::vip(vip.stats_index, |stats| {
+    let stats_index = dest.vip.stats_index;
+    stats::vip(stats_index, |stats| {
         stats.packets += 1;
         stats.bytes += bytes;
     });
-    let verdict = match dispatch(ctx, l3, vip, config, path) {
+    let verdict = match dispatch(ctx, l3, dest, config, path) {
         Ok(verdict) | Err(verdict) => verdict,
     };
     if verdict.is_drop() {
-        stats::vip(vip.stats_index, |stats| stats.dropped += 1);
+        stats::vip(stats_index, |stats| stats.dropped += 1);
     }
     Ok(verdict)
 }
@@ -178,14 +230,14 @@ fn vip_traffic(
 fn dispatch(
     ctx: &XdpContext,
     l3: usize,
-    vip: &VipValue,
+    dest: &Dest,
     config: &DataplaneConfig,
     path: Path,
 ) -> Outcome {
     let ip = check_header(ctx, l3)?;
     match ip.proto {
-        PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, vip, config, path),
-        PROTO_ICMP => icmp_to_vip(ctx, l3, &ip, vip, config, path),
+        PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, dest, config, path),
+        PROTO_ICMP => icmp_to_vip(ctx, l3, &ip, &dest.vip, config, path),
         _ => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
     }
 }
@@ -216,7 +268,7 @@ fn transport(
     ctx: &XdpContext,
     l3: usize,
     ip: &Ipv4Hdr,
-    vip: &VipValue,
+    dest: &Dest,
     config: &DataplaneConfig,
     path: Path,
 ) -> Outcome {
@@ -231,7 +283,7 @@ fn transport(
     }
     let ports: Ports = parse::read(ctx, l3 + IPV4_HLEN).ok_or_else(malformed)?;
     if path == Path::Lan {
-        icmp::check_fits(ctx, l3, ip, config, vip.stats_index)?;
+        icmp::check_fits(ctx, l3, ip, config, dest.vip.stats_index)?;
     }
     let key = FlowKey {
         client: ip.saddr,
@@ -241,7 +293,11 @@ fn transport(
         proto: ip.proto,
         _pad: [0; 3],
     };
-    let flow = resolve(key, vip, config, path)?;
+    let flow = match dest.service {
+        // Looked up with this very key: `dispatch` admitted no IP options.
+        Some(service) => known_flow(key, service, config, path),
+        None => resolve(key, &dest.vip, config, path)?,
+    };
     forward(ctx, l3, &flow, Payload::Transport)
 }
 
@@ -286,13 +342,7 @@ fn resolve(
     };
     // SAFETY: the value is copied out at once.
     match unsafe { SERVICES.get(service_key) }.copied() {
-        Some(service) => Ok(Flow {
-            key,
-            service,
-            stats_index: vip.stats_index,
-            node_addr: config.node_addr,
-            path,
-        }),
+        Some(service) => Ok(known_flow(key, service, config, path)),
         // A peer tunnels only ports it knows; this node not knowing the port means the
         // two disagree for a moment, and handing the packet to the kernel would route
         // it back to the VIP owner, which could tunnel it here again.
@@ -300,6 +350,16 @@ fn resolve(
             Err(Verdict::drop(reasons::DROP_UNKNOWN_PORT))
         }
         None => Err(Verdict::pass(reasons::PASS_UNKNOWN_PORT)),
+    }
+}
+
+#[inline(always)]
+fn known_flow(key: FlowKey, service: ServiceValue, config: &DataplaneConfig, path: Path) -> Flow {
+    Flow {
+        key,
+        service,
+        node_addr: config.node_addr,
+        path,
     }
 }
 
@@ -316,7 +376,7 @@ fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload) -> Outcom
         Target::Remote(node) => {
             let verdict = encap::encapsulate(ctx, l3, flow.node_addr, &node)?;
             stats::backend(node.slot, bytes);
-            stats::vip(flow.stats_index, |stats| stats.encapsulated += 1);
+            stats::vip(flow.service.stats_index, |stats| stats.encapsulated += 1);
             Ok(verdict)
         }
         Target::Local => {
@@ -324,12 +384,12 @@ fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload) -> Outcom
             let port = flow.service.target_port;
             match payload {
                 Payload::Transport => {
-                    nat::dnat(ctx, l3, &flow.key, pod.addr, port, flow.stats_index)?
+                    nat::dnat(ctx, l3, &flow.key, pod.addr, port, flow.service.stats_index)?
                 }
                 Payload::IcmpError => icmp::dnat_error(ctx, l3, &flow.key, pod.addr, port)?,
             }
             stats::backend(pod.slot, bytes);
-            stats::vip(flow.stats_index, |stats| stats.delivered_local += 1);
+            stats::vip(flow.service.stats_index, |stats| stats.delivered_local += 1);
             Ok(Verdict::pass(flow.path.delivered()))
         }
     }

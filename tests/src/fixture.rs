@@ -86,6 +86,16 @@ pub fn flow_key(client: SocketAddrV4, vip: SocketAddrV4, proto: u8) -> FlowKey {
     }
 }
 
+/// The `SERVICES` key of a VIP socket.
+pub fn service_key(socket: SocketAddrV4, proto: u8) -> ServiceKey {
+    ServiceKey {
+        vip: wire(*socket.ip()),
+        port: wire_port(socket.port()),
+        proto,
+        _pad: 0,
+    }
+}
+
 /// One program run: its verdict and the frame as it left.
 #[derive(Debug)]
 pub struct Run {
@@ -172,18 +182,18 @@ impl Dataplane {
         ring_slot: u32,
         flags: u16,
     ) -> Result<()> {
-        let key = ServiceKey {
-            vip: wire(*socket.ip()),
-            port: wire_port(socket.port()),
-            proto,
-            _pad: 0,
-        };
         let value = ServiceValue {
             ring_slot,
             target_port: wire_port(target_port),
             flags,
+            stats_index: VIP_STATS_INDEX,
+            _pad: 0,
         };
-        Ok(self.maps.services.insert(&key, &value)?)
+        Ok(self.maps.services.insert(&service_key(socket, proto), &value)?)
+    }
+
+    pub fn remove_service(&mut self, socket: SocketAddrV4, proto: u8) -> Result<()> {
+        Ok(self.maps.services.remove(&service_key(socket, proto))?)
     }
 
     /// Fills a node ring (equal weights) and marks its nodes active.

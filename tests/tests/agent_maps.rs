@@ -134,16 +134,31 @@ fn example_state_lands_in_the_maps() -> anyhow::Result<()> {
     assert_ne!(web, dns);
     let mut services = maps.services.entries()?;
     services.sort_by_key(|(key, _)| *key);
-    let value = |slot, target: u16| ServiceValue {
+    let counted_as = |vip: &str| dataplane.stats_index(vip.parse().expect("VIP"));
+    let (web_stats, dns_stats) = (counted_as(WEB_VIP), counted_as(DNS_VIP));
+    let value = |slot, target: u16, stats: Option<u32>| ServiceValue {
         ring_slot: slot,
         target_port: target.to_be(),
-        flags: 0,
+        stats_index: stats.expect("the VIP has a statistics slot"),
+        ..ServiceValue::default()
     };
     let mut expected = vec![
-        (service_key(WEB_VIP, 80, PROTO_TCP), value(web, 8080)),
-        (service_key(WEB_VIP, 443, PROTO_TCP), value(web, 8443)),
-        (service_key(DNS_VIP, 53, PROTO_UDP), value(dns, 5353)),
-        (service_key(DNS_VIP, 53, PROTO_TCP), value(dns, 5353)),
+        (
+            service_key(WEB_VIP, 80, PROTO_TCP),
+            value(web, 8080, web_stats),
+        ),
+        (
+            service_key(WEB_VIP, 443, PROTO_TCP),
+            value(web, 8443, web_stats),
+        ),
+        (
+            service_key(DNS_VIP, 53, PROTO_UDP),
+            value(dns, 5353, dns_stats),
+        ),
+        (
+            service_key(DNS_VIP, 53, PROTO_TCP),
+            value(dns, 5353, dns_stats),
+        ),
     ];
     expected.sort_by_key(|(key, _)| *key);
     assert_eq!(services, expected);

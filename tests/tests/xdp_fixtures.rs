@@ -200,7 +200,10 @@ fn vip_prefilter_slot_shared_with_a_non_vip() -> Result<()> {
     lb.add_vip(SLOT_SHARER, VIP_F_DROP_UNKNOWN_PORTS)?;
     assert_eq!(lb.maps.vips.slot_count(wire(VIP))?, 2);
     assert_dropped(&mut lb, &sharer, DROP_UNKNOWN_PORT)?;
-    // Removing the first VIP leaves the second one found; removing it twice counts once.
+    // Removing the first VIP (after its ports, as the agent does) leaves the second one
+    // found; removing it twice counts once.
+    lb.remove_service(vip(HTTPS), PROTO_TCP)?;
+    lb.remove_service(vip(DNS), PROTO_UDP)?;
     lb.maps.vips.remove(&wire(VIP))?;
     lb.maps.vips.remove(&wire(VIP))?;
     assert_eq!(lb.maps.vips.slot_count(wire(VIP))?, 1);

@@ -340,8 +340,8 @@ impl<S: MapStore> Engine<S> {
             .filter(|(_, target)| target.service == service)
         {
             // On failure the previous slot stays allocated: entries may still use it.
-            self.store
-                .insert_service(&wire::service_key(key), &wire::service_value(target, slot))?;
+            let value = self.service_value(key, target, slot)?;
+            self.store.insert_service(&wire::service_key(key), &value)?;
         }
         if let Some(previous) = previous {
             self.ring_pool.put(previous);
@@ -356,10 +356,25 @@ impl<S: MapStore> Engine<S> {
                     port: key.to_string(),
                     service: target.service.clone(),
                 })?;
-        self.store
-            .insert_service(&wire::service_key(key), &wire::service_value(target, slot))?;
+        let value = self.service_value(key, target, slot)?;
+        self.store.insert_service(&wire::service_key(key), &value)?;
         self.ports.insert(*key, target.clone());
         Ok(())
+    }
+
+    /// The `SERVICES` value of `key`, with its VIP's statistics index.
+    fn service_value(
+        &self,
+        key: &PortKey,
+        target: &PortTarget,
+        ring_slot: u32,
+    ) -> Result<lb_common::types::ServiceValue, DataplaneError> {
+        let stats_index = self
+            .stats_index(key.vip)
+            .ok_or_else(|| DataplaneError::UnknownVip {
+                port: key.to_string(),
+            })?;
+        Ok(wire::service_value(target, ring_slot, stats_index))
     }
 
     fn remove_port(&mut self, key: &PortKey) -> Result<(), DataplaneError> {

@@ -271,8 +271,14 @@ impl MapStore for MemoryMaps {
                 value.ring_slot
             )));
         }
-        if !self.vips.contains_key(&key.vip) {
+        let Some(vip) = self.vips.get(&key.vip) else {
             return Err(hazard(format!("{port} inserted before its VIP")));
+        };
+        if vip.stats_index != value.stats_index {
+            return Err(hazard(format!(
+                "{port} counts into statistics slot {}, its VIP into {}",
+                value.stats_index, vip.stats_index
+            )));
         }
         self.services.insert(*key, *value);
         Ok(())

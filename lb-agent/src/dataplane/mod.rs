@@ -43,6 +43,8 @@ pub enum DataplaneError {
     },
     #[error("no free ring slot: all {slots} are in use")]
     NoFreeRingSlot { slots: u32 },
+    #[error("port {port} has no VIP entry")]
+    UnknownVip { port: String },
     #[error("port {port} refers to service {service}, which has no rings")]
     UnknownService { port: String, service: String },
     #[error("service {service} is removed but port entries still refer to it")]
@@ -62,6 +64,7 @@ impl DataplaneError {
             Self::Map(_) => "map",
             Self::Capacity { .. } => "capacity",
             Self::NoFreeRingSlot { .. } => "no_ring_slot",
+            Self::UnknownVip { .. } => "unknown_vip",
             Self::UnknownService { .. } => "unknown_service",
             Self::StillReferenced { .. } => "still_referenced",
             Self::Foreign { .. } => "foreign_entry",

@@ -331,7 +331,7 @@ fn the_memory_maps_catch_unsafe_orders() {
     let value = ServiceValue {
         ring_slot: 3,
         target_port: 80u16.to_be(),
-        flags: 0,
+        ..Default::default()
     };
     maps.insert_vip(key.vip, &vip_value()).expect("vip");
     let early = maps
@@ -340,6 +340,14 @@ fn the_memory_maps_catch_unsafe_orders() {
     assert_eq!(early.metric_label(), "hazard");
 
     maps.write_rings(3, &node, &pod).expect("rings");
+    let miscounted = ServiceValue {
+        stats_index: 1,
+        ..value
+    };
+    let other_slot = maps
+        .insert_service(&key, &miscounted)
+        .expect_err("statistics slot of another VIP");
+    assert!(other_slot.to_string().contains("slot 1"), "{other_slot}");
     maps.insert_service(&key, &value).expect("service");
     let rewrite = maps.write_rings(3, &node, &pod).expect_err("slot in use");
     assert!(rewrite.to_string().contains("ring slot 3"), "{rewrite}");
