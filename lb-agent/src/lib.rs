@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod diff;
 pub mod election;
 pub mod explain;
+pub mod heap;
 pub mod ipam;
 pub mod k8s;
 pub mod membership;

@@ -12,10 +12,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_support::{documents, of_kind};
 use lb_agent::{
     arp,
@@ -23,6 +20,7 @@ use lb_agent::{
     ipam::ClassPolicy,
     k8s::{
         crd::AddressPool,
+        slice::Slice,
         translate::{Snapshot, TranslateError, Translation, Translator},
     },
     membership::{Peer, View},
@@ -45,7 +43,7 @@ fn snapshot(documents: &[Value]) -> Snapshot {
     Snapshot {
         nodes: arc(of_kind::<Node>(documents, "Node")),
         services: arc(of_kind::<Service>(documents, "Service")),
-        slices: arc(of_kind::<EndpointSlice>(documents, "EndpointSlice")),
+        slices: arc(of_kind::<Slice>(documents, "EndpointSlice")),
         pools: arc(of_kind::<AddressPool>(documents, "AddressPool")),
     }
 }

@@ -189,7 +189,10 @@ impl Dataplane {
             stats_index: VIP_STATS_INDEX,
             _pad: 0,
         };
-        Ok(self.maps.services.insert(&service_key(socket, proto), &value)?)
+        Ok(self
+            .maps
+            .services
+            .insert(&service_key(socket, proto), &value)?)
     }
 
     pub fn remove_service(&mut self, socket: SocketAddrV4, proto: u8) -> Result<()> {

@@ -117,7 +117,7 @@ async fn main() -> ExitCode {
         eprintln!("error: --config FILE is required (or set XDPLB_CONFIG)");
         return ExitCode::from(EXIT_BAD_CONFIG);
     };
-    let standalone = match config::load(&path) {
+    let standalone = match config::load_apart(&path) {
         Ok(standalone) => standalone,
         Err(error) => return bad_config(&path, &error),
     };

@@ -460,6 +460,23 @@ fn the_example_file_on_disk_loads() {
 }
 
 #[test]
+fn loading_apart_gives_what_loading_gives() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, EXAMPLE).expect("written");
+    let apart = load_apart(&good).expect("the example is valid");
+    assert_eq!(apart, load(&good).expect("the example is valid"));
+    let invalid = dir.path().join("invalid.yaml");
+    std::fs::write(&invalid, edit("protocol: UDP", "protocol: SCTP")).expect("written");
+    let error = load_apart(&invalid).expect_err("SCTP is refused");
+    let expected = load(&invalid).expect_err("SCTP is refused");
+    assert_eq!(error.to_string(), expected.to_string());
+    assert!(matches!(
+        load_apart(&dir.path().join("missing.yaml")),
+        Err(ConfigError::Read(_))
+    ));
+}
+#[test]
 fn optional_keys_have_kubernetes_like_defaults() {
     let text = "node: a\ninterface: eth0\npeers:\n  - { name: a, address: 192.168.8.2 }\nservices:\n  - name: ssh\n    vip: 192.168.8.240\n    ports:\n      - port: 22\n    endpoints:\n      - { address: 192.168.8.2, node: a }\n";
     let standalone = parse(text).expect("minimal file");

@@ -40,7 +40,6 @@ use kube::{
     Api, Client, Resource as _, ResourceExt as _,
     api::{Patch, PatchParams},
     runtime::{
-        WatchStreamExt as _,
         events::{Event, EventType, Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -708,10 +707,7 @@ where
         + Sync
         + 'static,
 {
-    reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).backoff(super::source::WatchBackoff::default()),
-    )
+    reflector::reflector(writer, super::source::watch(api))
 }
 
 async fn until_listed<K>(

@@ -6,5 +6,7 @@ pub mod ipam_controller;
 pub mod lease;
 pub mod pool_status;
 pub mod settings;
+pub mod settle;
+pub mod slice;
 pub mod source;
 pub mod translate;

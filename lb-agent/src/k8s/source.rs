@@ -18,11 +18,8 @@
 
 use std::{collections::BTreeSet, fmt::Debug, net::Ipv4Addr, sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams},
@@ -37,7 +34,7 @@ use kube::{
 use rand::{RngExt as _, rngs::StdRng};
 use serde::de::DeserializeOwned;
 use tokio::{
-    sync::{Notify, mpsc, watch},
+    sync::{mpsc, watch},
     task::JoinHandle,
     time::sleep,
 };
@@ -45,6 +42,8 @@ use tokio::{
 use super::{
     crd::AddressPool,
     settings::KubernetesSettings,
+    settle::{BASE_WINDOW, Changes, next_window},
+    slice::Slice,
     translate::{Snapshot, Translation, Translator},
 };
 use crate::{
@@ -53,10 +52,6 @@ use crate::{
     runtime::{Cluster, Settings, Source},
 };
 
-/// At most one translation per window: the first change is translated at once, and the
-/// changes arriving in the window after it (a burst of watch events) together once more.
-/// Kept short: a change that follows another within the window waits for its end.
-const SETTLE: Duration = Duration::from_millis(25);
 /// The events' reporting controller for announcements.
 pub const REPORTER: &str = "xdplb.io/agent";
 /// The field manager of the agent's writes to its Node.
@@ -108,7 +103,7 @@ impl Backoff for WatchBackoff {
 pub struct Stores {
     pub nodes: Store<Node>,
     pub services: Store<Service>,
-    pub slices: Store<EndpointSlice>,
+    pub slices: Store<Slice>,
     pub pools: Store<AddressPool>,
 }
 
@@ -133,22 +128,31 @@ impl Stores {
     }
 }
 
-/// Keeps `writer`'s store in step with `api`, notifying `changed` after every event.
+/// The watch of `api` the agent's reflectors follow: retried with [`WatchBackoff`], and
+/// without `metadata.managedFields`, which the agent never reads and which is often
+/// larger than the rest of the object.
+pub fn watch<K>(api: Api<K>) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        .modify(|object| object.meta_mut().managed_fields = None)
+}
+
+/// Keeps `writer`'s store in step with `api`, recording every event in `changed`.
 /// Errors are logged once per outage; the store keeps its content meanwhile.
 fn reflect<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
-    changed: Arc<Notify>,
+    changed: Arc<Changes>,
 ) -> JoinHandle<()>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let kind = K::kind(&()).into_owned();
     tokio::spawn(async move {
-        let mut events = std::pin::pin!(reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).backoff(WatchBackoff::default())
-        ));
+        let mut events = std::pin::pin!(reflector::reflector(writer, watch(api)));
         let mut failing = false;
         while let Some(event) = events.next().await {
             match event {
@@ -159,7 +163,7 @@ where
                         tracing::info!(%kind, "watch restored");
                         failing = false;
                     }
-                    changed.notify_one();
+                    changed.record();
                 }
                 Err(error) => {
                     if !failing {
@@ -173,7 +177,7 @@ where
 }
 
 /// Starts a reflector per kind; returns their stores and tasks.
-pub fn reflect_all(client: &Client, changed: &Arc<Notify>) -> (Stores, Vec<JoinHandle<()>>) {
+pub fn reflect_all(client: &Client, changed: &Arc<Changes>) -> (Stores, Vec<JoinHandle<()>>) {
     let (nodes, node_writer) = reflector::store();
     let (services, service_writer) = reflector::store();
     let (slices, slice_writer) = reflector::store();
@@ -190,7 +194,7 @@ pub fn reflect_all(client: &Client, changed: &Arc<Notify>) -> (Stores, Vec<JoinH
             Arc::clone(changed),
         ),
         reflect(
-            Api::<EndpointSlice>::all(client.clone()),
+            Api::<Slice>::all(client.clone()),
             slice_writer,
             Arc::clone(changed),
         ),
@@ -209,17 +213,20 @@ pub fn reflect_all(client: &Client, changed: &Arc<Notify>) -> (Stores, Vec<JoinH
     (stores, tasks)
 }
 
-/// Translates the stores whenever they change and publishes each new cluster. Notes
-/// and errors are logged when they change, not on every pass.
+/// Translates the stores whenever they change and publishes each new cluster: the first
+/// change at once, the changes arriving within the settle window after a translation
+/// (see [`super::settle`]) together at its end. Notes and errors are logged when they
+/// change, not on every pass.
 pub async fn translate_changes(
     stores: Stores,
     translator: Translator,
-    changed: Arc<Notify>,
-    cluster: watch::Sender<Option<Cluster>>,
+    changed: Arc<Changes>,
+    cluster: watch::Sender<Option<Arc<Cluster>>>,
 ) {
     stores.ready().await;
     tracing::info!("Kubernetes state listed");
     let mut last: Option<Result<Vec<String>, String>> = None;
+    let mut window = BASE_WINDOW;
     loop {
         let outcome = translator.translate(&stores.snapshot());
         let report = match &outcome {
@@ -241,14 +248,17 @@ pub async fn translate_changes(
         }
         if let Ok(translation) = outcome {
             cluster.send_if_modified(|current| {
-                let changed = current.as_ref() != Some(&translation.cluster);
-                *current = Some(translation.cluster);
-                changed
+                if current.as_deref() == Some(&translation.cluster) {
+                    return false;
+                }
+                *current = Some(Arc::new(translation.cluster));
+                true
             });
         }
-        sleep(SETTLE).await;
-        // `notify_one` leaves a permit, so a change during the sleep is not missed.
-        changed.notified().await;
+        sleep(window).await;
+        window = next_window(window, changed.take());
+        // A change during the translation or the window left a permit: no wait then.
+        changed.recorded().await;
     }
 }
 
@@ -257,7 +267,7 @@ pub struct KubeSource {
     client: Client,
     node: String,
     settings: Settings,
-    cluster: watch::Receiver<Option<Cluster>>,
+    cluster: watch::Receiver<Option<Arc<Cluster>>>,
     announced: mpsc::UnboundedSender<BTreeSet<Ipv4Addr>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -271,7 +281,7 @@ impl KubeSource {
             mtu: settings.mtu,
             icmp_rate_per_sec: settings.icmp_rate_per_second,
         };
-        let changed = Arc::new(Notify::new());
+        let changed = Arc::new(Changes::default());
         let (stores, mut tasks) = reflect_all(&client, &changed);
         let (cluster_tx, cluster) = watch::channel(None);
         tasks.push(tokio::spawn(translate_changes(
@@ -316,7 +326,7 @@ impl Source for KubeSource {
         &self.settings
     }
 
-    async fn first(&mut self) -> Cluster {
+    async fn first(&mut self) -> Arc<Cluster> {
         tracing::info!("waiting for the Kubernetes state");
         let first = match self.cluster.wait_for(Option::is_some).await {
             Ok(cluster) => cluster.clone(),
@@ -329,7 +339,7 @@ impl Source for KubeSource {
         }
     }
 
-    async fn next(&mut self) -> Cluster {
+    async fn next(&mut self) -> Arc<Cluster> {
         loop {
             if self.cluster.changed().await.is_err() {
                 return std::future::pending().await;
@@ -340,7 +350,7 @@ impl Source for KubeSource {
         }
     }
 
-    fn reload(&mut self) -> Option<Cluster> {
+    fn reload(&mut self) -> Option<Arc<Cluster>> {
         tracing::info!(
             "SIGHUP: the settings are read at start only, and the cluster is watched; nothing to reload"
         );

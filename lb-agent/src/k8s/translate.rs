@@ -37,10 +37,7 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::{
-        core::v1::{Node, Service, ServicePort as KubePort},
-        discovery::v1::EndpointSlice,
-    },
+    api::core::v1::{Node, Service, ServicePort as KubePort},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use kube::{
@@ -48,7 +45,10 @@ use kube::{
     core::{Selector, SelectorExt as _},
 };
 
-use super::crd::AddressPool;
+use super::{
+    crd::AddressPool,
+    slice::{Address, Slice},
+};
 use crate::{
     arp,
     election::{ANNOUNCE_INTERFACE_ANNOTATION, AnnounceInterfaces, Announcers},
@@ -71,7 +71,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct Snapshot {
     pub nodes: Vec<Arc<Node>>,
     pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    pub slices: Vec<Arc<Slice>>,
     pub pools: Vec<Arc<AddressPool>>,
 }
 
@@ -309,10 +309,8 @@ fn traffic_policy(service: &Service) -> TrafficPolicy {
 
 /// The IPv4 slices by the (namespace, name) of the Service they belong to: one pass over
 /// the slices instead of one per Service.
-fn slices_by_service(
-    slices: &[Arc<EndpointSlice>],
-) -> HashMap<(Option<String>, String), Vec<&EndpointSlice>> {
-    let mut index: HashMap<_, Vec<&EndpointSlice>> = HashMap::new();
+fn slices_by_service(slices: &[Arc<Slice>]) -> HashMap<(Option<String>, String), Vec<&Slice>> {
+    let mut index: HashMap<_, Vec<&Slice>> = HashMap::new();
     for slice in slices.iter().filter(|slice| slice.address_type == "IPv4") {
         if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
             index
@@ -332,11 +330,7 @@ fn parse_protocol(name: Option<&str>) -> Option<Protocol> {
     }
 }
 
-fn core_port(
-    service: &str,
-    port: &KubePort,
-    slices: &[&EndpointSlice],
-) -> Result<ServicePort, String> {
+fn core_port(service: &str, port: &KubePort, slices: &[&Slice]) -> Result<ServicePort, String> {
     let Some(protocol) = parse_protocol(port.protocol.as_deref()) else {
         return Err(format!(
             "{service}: port {} is {}; only TCP and UDP are served",
@@ -361,7 +355,7 @@ fn core_port(
 
 /// The target port the slices list for `port`: the one most endpoints use when pods
 /// resolve a named port differently (the data path has one target per port).
-fn resolved_target(port: &KubePort, protocol: Protocol, slices: &[&EndpointSlice]) -> Option<u16> {
+fn resolved_target(port: &KubePort, protocol: Protocol, slices: &[&Slice]) -> Option<u16> {
     let name = port.name.as_deref().unwrap_or_default();
     let mut votes: BTreeMap<u16, usize> = BTreeMap::new();
     for slice in slices {
@@ -383,24 +377,26 @@ fn resolved_target(port: &KubePort, protocol: Protocol, slices: &[&EndpointSlice
         .map(|(number, _)| number)
 }
 
-fn endpoints(service: &str, slices: &[&EndpointSlice], notes: &mut Vec<String>) -> Vec<Endpoint> {
+fn endpoints(service: &str, slices: &[&Slice], notes: &mut Vec<String>) -> Vec<Endpoint> {
     let mut found: BTreeMap<Ipv4Addr, Endpoint> = BTreeMap::new();
     for endpoint in slices
         .iter()
         .flat_map(|slice| slice.endpoints.iter().flatten())
     {
         let conditions = endpoint.conditions.clone().unwrap_or_default();
-        let Some(node) = endpoint.node_name.clone() else {
+        let Some(node) = endpoint.node_name.as_deref() else {
+            let addresses: Vec<String> =
+                endpoint.addresses.iter().map(ToString::to_string).collect();
             notes.push(format!(
                 "{service}: endpoint {} has no nodeName; left out",
-                endpoint.addresses.join(",")
+                addresses.join(",")
             ));
             continue;
         };
-        for address in endpoint.addresses.iter().filter_map(|a| a.parse().ok()) {
+        for address in endpoint.addresses.iter().filter_map(Address::ipv4) {
             let candidate = Endpoint {
                 address,
-                node: node.clone(),
+                node: node.to_owned(),
                 ready: conditions.ready.unwrap_or(true),
                 terminating: conditions.terminating.unwrap_or(false),
             };

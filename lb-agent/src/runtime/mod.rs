@@ -552,7 +552,7 @@ impl<S: Source> Agent<S> {
 
     /// Runs `cluster` from now on. This node's identity (name and address) cannot change
     /// under a running gossip and data path: it stays as it started, the rest applies.
-    async fn apply_cluster(&mut self, mut cluster: Cluster) {
+    async fn apply_cluster(&mut self, mut cluster: Arc<Cluster>) {
         let running = Arc::clone(&self.lock().cluster);
         if cluster.inputs.node != running.inputs.node {
             if self.new_identity.as_ref() != Some(&cluster.inputs.node) {
@@ -563,9 +563,9 @@ impl<S: Source> Agent<S> {
                 );
                 self.new_identity = Some(cluster.inputs.node.clone());
             }
-            cluster.inputs.node = running.inputs.node.clone();
+            Arc::make_mut(&mut cluster).inputs.node = running.inputs.node.clone();
         }
-        if *running == cluster {
+        if running == cluster {
             return;
         }
         let peers_changed = cluster.inputs.peers != running.inputs.peers;
@@ -573,7 +573,7 @@ impl<S: Source> Agent<S> {
             let settings = Arc::clone(&self.lock().settings);
             self.members.set_peers(&settings, &cluster).await;
         }
-        self.lock().cluster = Arc::new(cluster);
+        self.lock().cluster = cluster;
         self.step();
     }
 

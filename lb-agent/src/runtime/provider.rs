@@ -48,7 +48,7 @@ pub(super) struct AgentState {
 impl AgentState {
     pub fn new(
         settings: Settings,
-        cluster: Cluster,
+        cluster: Arc<Cluster>,
         interface: String,
         mtu: u32,
         reconciler: Reconciler<KernelDataplane>,
@@ -56,7 +56,7 @@ impl AgentState {
     ) -> Self {
         let mut state = Self {
             settings: Arc::new(settings),
-            cluster: Arc::new(cluster),
+            cluster,
             interface,
             mtu,
             reconciler,

@@ -9,6 +9,7 @@ use std::{
     net::Ipv4Addr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -22,14 +23,16 @@ pub trait Source {
     /// Settings read at start; they never change while the agent runs.
     fn settings(&self) -> &Settings;
 
-    /// The cluster as the source first knows it; waits until it does.
-    fn first(&mut self) -> impl Future<Output = Cluster>;
+    /// The cluster as the source first knows it; waits until it does. Shared: a source
+    /// that keeps the cluster it published (to compare the next one with) and the loop
+    /// running it hold one copy.
+    fn first(&mut self) -> impl Future<Output = Arc<Cluster>>;
 
     /// Waits for the next cluster to apply. Cancel-safe: the loop `select!`s on it.
-    fn next(&mut self) -> impl Future<Output = Cluster>;
+    fn next(&mut self) -> impl Future<Output = Arc<Cluster>>;
 
     /// SIGHUP: the cluster to apply now, if reading the source again gives one.
-    fn reload(&mut self) -> Option<Cluster>;
+    fn reload(&mut self) -> Option<Arc<Cluster>>;
 
     /// Whether the node list follows the source while running (then the gossip's peers
     /// follow it too); otherwise the gossip keeps the nodes it started with.
@@ -110,7 +113,7 @@ impl ConfigSource {
 
     /// Reads the file and compares it with `running`.
     pub fn reload(&self, running: &Standalone) -> Reload {
-        match config::load(&self.path) {
+        match config::load_apart(&self.path) {
             Err(error) => Reload::Invalid(error),
             Ok(new) if &new == running => Reload::Unchanged,
             Ok(new) => match running.reloaded(new) {
@@ -152,7 +155,7 @@ impl FileSource {
         }
     }
 
-    fn read_again(&mut self) -> Option<Cluster> {
+    fn read_again(&mut self) -> Option<Arc<Cluster>> {
         let path = self.file.path().display().to_string();
         match self.file.reload(&self.running) {
             Reload::Unchanged => {
@@ -168,7 +171,7 @@ impl FileSource {
                 }
                 tracing::info!("applying the new configuration");
                 self.running = *config;
-                Some(Cluster::from_standalone(&self.running))
+                Some(Arc::new(Cluster::from_standalone(&self.running)))
             }
             Reload::Invalid(error) => {
                 self.failures += 1;
@@ -191,11 +194,11 @@ impl Source for FileSource {
         &self.settings
     }
 
-    async fn first(&mut self) -> Cluster {
-        Cluster::from_standalone(&self.running)
+    async fn first(&mut self) -> Arc<Cluster> {
+        Arc::new(Cluster::from_standalone(&self.running))
     }
 
-    async fn next(&mut self) -> Cluster {
+    async fn next(&mut self) -> Arc<Cluster> {
         loop {
             self.poll.tick().await;
             if self.file.changed() {
@@ -207,7 +210,7 @@ impl Source for FileSource {
         }
     }
 
-    fn reload(&mut self) -> Option<Cluster> {
+    fn reload(&mut self) -> Option<Arc<Cluster>> {
         tracing::info!(file = %self.file.path().display(), "SIGHUP: reloading the configuration");
         self.read_again()
     }

@@ -9,10 +9,7 @@
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use http::{Method, StatusCode};
-use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use kube::runtime::reflector;
 use lb_agent::{
     ipam::{ClassPolicy, ServiceKey},
@@ -20,6 +17,7 @@ use lb_agent::{
         crd::AddressPool,
         ipam_controller::{ALLOCATED_CONDITION, Context, reconcile},
         pool_status,
+        slice::Slice,
         translate::{Snapshot, Translator},
     },
 };
@@ -609,7 +607,7 @@ fn snapshot(services: &[Value], pools: &str) -> Snapshot {
             )
         })
         .collect();
-    let slice = |service: &str, endpoint: Value| -> Arc<EndpointSlice> {
+    let slice = |service: &str, endpoint: Value| -> Arc<Slice> {
         Arc::new(
             serde_json::from_value(json!({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",

@@ -138,7 +138,8 @@ fn kubernetes(out: &mut Vec<Measurement>) -> Result<()> {
 }
 
 /// The agent's translation of the whole API state into its cluster, which its source
-/// runs after every watch event (once the 100 ms settle window has passed): timed in
+/// runs after watch events (once its settle window, 25 ms growing to 200 ms in bursts,
+/// has passed): timed in
 /// process on what the double holds after the run (the VIPs the agent assigned
 /// included), to split the Kubernetes change latency.
 fn translation(api: &ApiDouble, out: &mut Vec<Measurement>) -> Result<()> {
@@ -570,7 +571,8 @@ impl Bench {
             Start::FreshInstall => (
                 "cold start, Kubernetes fresh install (the agent's IPAM assigns the VIPs)",
                 "no status yet, each asking for its VIP; the agent, the only one, takes the IPAM Lease \
-                 and writes the 1000 statuses one by one, each write a watch event that retranslates",
+                 and writes the 1000 statuses one by one, each a watch event; the settle window grows \
+                 while they arrive in bursts, so they are translated a few at a time",
             ),
             Start::Restart => (
                 "cold start, Kubernetes agent start: 1,000 services x 50 endpoints programmed",

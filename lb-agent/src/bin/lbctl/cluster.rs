@@ -6,10 +6,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
-use k8s_openapi::api::{
-    core::v1::{ConfigMap, Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
 use kube::{Api, Client, ResourceExt as _, api::ListParams};
 use lb_agent::{
     explain::{self, Explanation, Query},
@@ -21,6 +18,7 @@ use lb_agent::{
         crd::AddressPool,
         ipam_controller::ALLOCATED_CONDITION,
         settings::KubernetesSettings,
+        slice::Slice,
         translate::{SERVICE_NAME_LABEL, Snapshot, TranslateError, Translator},
     },
     membership::View,
@@ -140,7 +138,7 @@ pub async fn snapshot(client: &Client) -> Result<Snapshot, ClusterError> {
     Ok(Snapshot {
         nodes: shared(list(Api::<Node>::all(client.clone()), "Nodes").await?),
         services: shared(list(Api::<Service>::all(client.clone()), "Services").await?),
-        slices: shared(list(Api::<EndpointSlice>::all(client.clone()), "EndpointSlices").await?),
+        slices: shared(list(Api::<Slice>::all(client.clone()), "EndpointSlices").await?),
         pools: shared(list(Api::<AddressPool>::all(client.clone()), "AddressPools").await?),
     })
 }
@@ -203,7 +201,7 @@ pub struct ServiceSummary {
     pub problem: Option<String>,
 }
 
-fn endpoints(service: &Service, slices: &[Arc<EndpointSlice>]) -> EndpointCount {
+fn endpoints(service: &Service, slices: &[Arc<Slice>]) -> EndpointCount {
     let name = service.name_any();
     let mut all = BTreeMap::new();
     for slice in slices.iter().filter(|slice| {
