@@ -329,7 +329,7 @@ impl<'a> Builder<'a> {
                 .state
                 .rings
                 .get(service)
-                .map_or(Cow::Borrowed(&[]), |rings| Cow::Borrowed(&rings.pod));
+                .map_or(Cow::Borrowed(&[]), |rings| Cow::Owned(rings.pod.to_vec()));
         }
         self.inputs
             .services
@@ -374,8 +374,8 @@ impl<'a> Builder<'a> {
             .state
             .rings
             .get(service)
-            .map_or(&[][..], |rings| &rings.node[..]);
-        let choice = Choice::lookup(&self.explanation.query, NODE_SEED, ring);
+            .map_or_else(Vec::new, |rings| rings.node.to_vec());
+        let choice = Choice::lookup(&self.explanation.query, NODE_SEED, &ring);
         self.explanation.node_choice = Some(choice);
         self.step(choice.describe("Node level", "NODE_SEED"));
         let Some(address) = choice.backend else {

@@ -326,8 +326,8 @@ impl<S: MapStore> Engine<S> {
             })?;
         let written = self.store.write_rings(
             slot,
-            &wire::node_ring(&rings.node),
-            &wire::pod_ring(&rings.pod),
+            &wire::node_ring(rings.node.iter()),
+            &wire::pod_ring(rings.pod.iter()),
         );
         if let Err(error) = written {
             self.ring_pool.put(slot);

@@ -120,13 +120,13 @@ pub fn backend_state(address: u32, raw: &BackendValue) -> Result<BackendState, D
     }
 }
 
-fn fill(slots: &mut [u32], table: &[Ipv4Addr]) {
+fn fill(slots: &mut [u32], table: impl IntoIterator<Item = Ipv4Addr>) {
     for (slot, address) in slots.iter_mut().zip(table) {
-        *slot = addr(*address);
+        *slot = addr(address);
     }
 }
 
-pub fn node_ring(table: &[Ipv4Addr]) -> Box<NodeRing> {
+pub fn node_ring(table: impl IntoIterator<Item = Ipv4Addr>) -> Box<NodeRing> {
     let mut ring = Box::new(NodeRing {
         backends: [0; lb_common::maps::NODE_RING_SIZE],
     });
@@ -134,7 +134,7 @@ pub fn node_ring(table: &[Ipv4Addr]) -> Box<NodeRing> {
     ring
 }
 
-pub fn pod_ring(table: &[Ipv4Addr]) -> Box<PodRing> {
+pub fn pod_ring(table: impl IntoIterator<Item = Ipv4Addr>) -> Box<PodRing> {
     let mut ring = Box::new(PodRing {
         backends: [0; lb_common::maps::POD_RING_SIZE],
     });

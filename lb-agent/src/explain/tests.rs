@@ -64,7 +64,10 @@ fn cluster_flow_follows_both_tables_of_the_state() {
 
     let node_hash = query.hash(NODE_SEED);
     let node_slot = node_hash % NODE_RING_SIZE as u32;
-    let node = state.rings["web"].node[node_slot as usize];
+    let node = state.rings["web"]
+        .node
+        .get(node_slot as usize)
+        .expect("slot");
     let choice = explanation
         .node_choice
         .expect("Cluster uses the node table");
@@ -108,7 +111,7 @@ fn agrees_with_each_nodes_own_rings() {
             .find(|(name, _)| *name == node.name)
             .expect("known node");
         let slot = query.hash(POD_SEED) % POD_RING_SIZE as u32;
-        let expected = own.rings["web"].pod[slot as usize];
+        let expected = own.rings["web"].pod.get(slot as usize).expect("slot");
         assert_eq!(
             explanation.destination,
             Some(SocketAddrV4::new(expected, 8080)),

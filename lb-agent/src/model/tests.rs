@@ -1,12 +1,10 @@
-use std::net::Ipv4Addr;
-
 use lb_common::maps::{NODE_RING_SIZE, POD_RING_SIZE};
 
 use super::*;
 use crate::fixtures::{endpoint, example, example_as, ip};
 
-fn count(table: &[Ipv4Addr], address: &str) -> usize {
-    table.iter().filter(|entry| **entry == ip(address)).count()
+fn count(table: &Table, address: &str) -> usize {
+    table.iter().filter(|entry| *entry == ip(address)).count()
 }
 
 fn service_mut<'a>(inputs: &'a mut Inputs, name: &str) -> &'a mut Service {

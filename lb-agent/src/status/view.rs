@@ -21,7 +21,7 @@ use super::{
 use crate::{
     dataplane::{kernel::KernelDataplane, maps::MapsError, wire},
     explain::{self, CacheLookup, Explanation, Query, recorded},
-    model::{Inputs, PortKey, Protocol, Service, State, TrafficPolicy, Vip, node_shares},
+    model::{Inputs, PortKey, Protocol, Service, State, Table, TrafficPolicy, Vip, node_shares},
 };
 
 /// Live values of the data path. [`KernelDataplane`] implements it over the BPF maps.
@@ -115,8 +115,10 @@ fn fraction(count: u32, size: usize) -> f64 {
 }
 
 /// Slots of `table` holding `address`.
-fn slots(table: &[Ipv4Addr], address: Ipv4Addr) -> u32 {
-    let count = table.iter().filter(|slot| **slot == address).count();
+fn slots(table: Option<&Table>, address: Ipv4Addr) -> u32 {
+    let count = table.map_or(0, |table| {
+        table.iter().filter(|slot| *slot == address).count()
+    });
     u32::try_from(count).unwrap_or(u32::MAX)
 }
 
@@ -221,8 +223,8 @@ impl View<'_> {
 
     fn service(&self, service: &Service, live: &mut Live<'_>) -> ServiceStatus {
         let rings = self.state.rings.get(&service.name);
-        let node_table = rings.map_or(&[][..], |rings| &rings.node[..]);
-        let pod_table = rings.map_or(&[][..], |rings| &rings.pod[..]);
+        let node_table = rings.map(|rings| &rings.node);
+        let pod_table = rings.map(|rings| &rings.pod);
         let table_used = service.traffic_policy == TrafficPolicy::Cluster;
         let nodes = node_shares(self.inputs, service)
             .into_iter()

@@ -305,7 +305,7 @@ fn a_port_of_an_unknown_service_is_refused() {
 }
 
 fn empty_rings() -> (Box<NodeRing>, Box<PodRing>) {
-    (wire::node_ring(&[]), wire::pod_ring(&[]))
+    (wire::node_ring([]), wire::pod_ring([]))
 }
 
 fn web_key() -> ServiceKey {
@@ -354,7 +354,7 @@ fn the_memory_maps_catch_unsafe_orders() {
     let orphan = maps.remove_vip(key.vip).expect_err("port still there");
     assert_eq!(orphan.metric_label(), "hazard");
 
-    let stranger = wire::node_ring(&[ip("10.0.0.99")]);
+    let stranger = wire::node_ring([ip("10.0.0.99")]);
     let unknown = maps
         .write_rings(4, &stranger, &pod)
         .expect_err("unknown backend");

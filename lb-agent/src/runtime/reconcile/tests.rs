@@ -47,7 +47,7 @@ fn slots_of(state: &State, service: &str, address: &str) -> usize {
     state.rings[service]
         .node
         .iter()
-        .filter(|entry| **entry == ip(address))
+        .filter(|entry| *entry == ip(address))
         .count()
 }
 
