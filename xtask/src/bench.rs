@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: setup, a release build of every binary, then the `bench` program
 //! of the `tests` crate as root. Its measurements become `bench/results.json` (with the
 //! date, kernel, CPU and commit), `BENCHMARKS.md`, the chart `bench/results.png` and the
-//! summary block of `README.md`; the table is printed at the end. `--part NAME` runs one
-//! part and only prints its table (the files always describe a whole run).
+//! summary block of `README.md`; the table is printed at the end. Both documents also
+//! carry the hand-written analysis in `bench/limits.md` (what limits each missed target),
+//! so it sits next to the figures it explains. `--part NAME` runs one part and only
+//! prints its table (the files always describe a whole run).
 
 use std::{
     collections::BTreeMap,
@@ -22,6 +24,9 @@ mod chart;
 
 const README_BEGIN: &str = "<!-- bench:begin -->";
 const README_END: &str = "<!-- bench:end -->";
+/// The hand-written analysis of the missed targets, relative to the workspace root.
+const LIMITS: &str = "bench/limits.md";
+const LIMITS_HEADING: &str = "What limits the missed targets";
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -143,9 +148,11 @@ fn write_files(root: &Path, machine: &Machine, measurements: &[Measurement]) -> 
         &dir.join("results.json"),
         &(serde_json::to_string_pretty(&results)? + "\n"),
     )?;
+    let limits =
+        fs::read_to_string(root.join(LIMITS)).with_context(|| format!("reading {LIMITS}"))?;
     write(
         &root.join("BENCHMARKS.md"),
-        &benchmarks_md(machine, measurements),
+        &benchmarks_md(machine, measurements, &limits),
     )?;
     chart::draw(
         &dir.join("results.png"),
@@ -157,7 +164,7 @@ fn write_files(root: &Path, machine: &Machine, measurements: &[Measurement]) -> 
     let text = fs::read_to_string(&readme).context("reading README.md")?;
     write(
         &readme,
-        &with_summary(&text, &summary(machine, measurements)),
+        &with_summary(&text, &summary(machine, measurements, &limits)),
     )
 }
 
@@ -216,7 +223,7 @@ fn target_cells(measurement: &Measurement) -> (String, &'static str) {
     }
 }
 
-fn benchmarks_md(machine: &Machine, measurements: &[Measurement]) -> String {
+fn benchmarks_md(machine: &Machine, measurements: &[Measurement], limits: &str) -> String {
     let mut text = String::from(
         "# Benchmarks\n\n\
          Written by `cargo xtask bench` (do not edit by hand). Ratios compare programs and \
@@ -244,11 +251,13 @@ fn benchmarks_md(machine: &Machine, measurements: &[Measurement]) -> String {
         }
         text.push('\n');
     }
+    let _ = write!(text, "## {LIMITS_HEADING}\n\n{}", limits.trim_start());
     text
 }
 
-/// The README block: the machine and every figure that has a target.
-fn summary(machine: &Machine, measurements: &[Measurement]) -> String {
+/// The README block: the machine, every figure that has a target, and the analysis of
+/// the missed ones.
+fn summary(machine: &Machine, measurements: &[Measurement], limits: &str) -> String {
     let mut text = format!(
         "Measured {}. Full tables and method: [BENCHMARKS.md](BENCHMARKS.md).\n\n\
          | part | figure | value | target | met |\n|---|---|---:|---|---|\n",
@@ -267,6 +276,7 @@ fn summary(machine: &Machine, measurements: &[Measurement]) -> String {
             met
         );
     }
+    let _ = write!(text, "\n{LIMITS_HEADING}:\n\n{}", limits.trim_start());
     text
 }
 
@@ -320,6 +330,40 @@ mod tests {
             format!("# x\n\nintro\n{README_BEGIN}\nnew\n{README_END}\n\nrest\n")
         );
         assert_eq!(with_summary(&updated, "new\n"), updated);
+    }
+
+    #[test]
+    fn both_documents_explain_the_missed_targets_after_their_figures() {
+        let machine = Machine {
+            date: "2026-11-22 00:00 UTC".into(),
+            kernel: "6.18".into(),
+            cpu: "test CPU".into(),
+            cores: 2,
+            commit: "abc1234".into(),
+        };
+        let missed = Measurement {
+            group: "program".into(),
+            name: "flow hit / minimal TX".into(),
+            value: 12.7,
+            unit: "x".into(),
+            detail: "per call".into(),
+            target: Some(Target {
+                text: "<= 3x".into(),
+                met: false,
+            }),
+        };
+        let limits = "\n- **Flow hit.** Two hash lookups.\n";
+        for text in [
+            benchmarks_md(&machine, std::slice::from_ref(&missed), limits),
+            summary(&machine, std::slice::from_ref(&missed), limits),
+        ] {
+            let figure = text.find("flow hit / minimal TX").expect("the figure");
+            let heading = text.find(LIMITS_HEADING).expect("the heading");
+            let analysis = text
+                .find("- **Flow hit.** Two hash lookups.\n")
+                .expect("analysis");
+            assert!(figure < heading && heading < analysis, "{text}");
+        }
     }
 
     #[test]
