@@ -6,7 +6,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use lb_common::maps::{MAX_PEERS, SERVICES};
+use lb_common::maps::{BACKENDS, MAX_PEERS, SERVICES, VIPS};
 
 use super::{Dataplane, DataplaneError, MapStore, loader::Capacities, wire};
 use crate::{
@@ -38,6 +38,24 @@ impl IndexPool {
     /// Marks `index` used; false if it is out of range or already used.
     fn claim(&mut self, index: u32) -> bool {
         self.free.remove(&index)
+    }
+
+    /// Claims the `index` that `owner`'s entry in `map` uses (pinned maps adopted): an
+    /// index out of range or used twice means the maps hold what this agent never wrote.
+    fn claim_found(
+        &mut self,
+        index: u32,
+        map: &'static str,
+        owner: Ipv4Addr,
+        what: &str,
+    ) -> Result<(), DataplaneError> {
+        if self.claim(index) {
+            return Ok(());
+        }
+        Err(DataplaneError::Foreign {
+            map,
+            detail: format!("{owner} uses {what} {index}, out of range or shared"),
+        })
     }
 }
 
@@ -126,17 +144,11 @@ impl<S: MapStore> Engine<S> {
     ) -> Result<Self, DataplaneError> {
         let mut engine = Self::with_store(store, capacities);
         for (vip, value) in engine.store.vips()? {
-            if !engine.stats_pool.claim(value.stats_index) {
-                return Err(DataplaneError::Foreign {
-                    map: lb_common::maps::VIPS,
-                    detail: format!(
-                        "{} uses statistics slot {}, out of range or shared",
-                        wire::ip(vip),
-                        value.stats_index
-                    ),
-                });
-            }
-            engine.stats.insert(wire::ip(vip), value.stats_index);
+            let vip = wire::ip(vip);
+            engine
+                .stats_pool
+                .claim_found(value.stats_index, VIPS, vip, "statistics slot")?;
+            engine.stats.insert(vip, value.stats_index);
         }
         let mut by_slot: BTreeMap<u32, Vec<(PortKey, lb_common::types::ServiceValue)>> =
             BTreeMap::new();
@@ -164,17 +176,11 @@ impl<S: MapStore> Engine<S> {
             engine.slots.insert(name, slot);
         }
         for (address, value) in engine.store.backends()? {
-            if !engine.backend_pool.claim(value.slot) {
-                return Err(DataplaneError::Foreign {
-                    map: lb_common::maps::BACKENDS,
-                    detail: format!(
-                        "{} uses backend slot {}, out of range or shared",
-                        wire::ip(address),
-                        value.slot
-                    ),
-                });
-            }
-            engine.backends.insert(wire::ip(address), value.slot);
+            let address = wire::ip(address);
+            engine
+                .backend_pool
+                .claim_found(value.slot, BACKENDS, address, "backend slot")?;
+            engine.backends.insert(address, value.slot);
         }
         let peers = engine.store.peers()?;
         engine.peers = peers.into_iter().map(wire::ip).collect();

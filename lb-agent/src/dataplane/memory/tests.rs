@@ -207,6 +207,23 @@ fn backends_keep_their_slots_and_a_freed_one_is_reused() {
 }
 
 #[test]
+fn adoption_refuses_a_statistics_slot_used_twice() {
+    let mut maps = MemoryMaps::new(&small());
+    for vip in ["172.16.200.20", "172.16.200.21"] {
+        maps.insert_vip(wire::addr(ip(vip)), &vip_value())
+            .expect("vip");
+    }
+    let refused = Engine::adopt(maps, small(), &State::default()).expect_err("shared slot");
+    assert_eq!(refused.metric_label(), "foreign_entry");
+    assert!(
+        refused
+            .to_string()
+            .contains("172.16.200.21 uses statistics slot 0"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn a_reused_stats_slot_starts_from_zero() {
     let first = desired_state(&example());
     let mut dataplane = fresh(&first);
