@@ -306,6 +306,10 @@ pub enum MembershipError {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the gossip thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the gossip thread ended while starting")]
+    Ended,
 }
 
 /// This agent's boot epoch: microseconds since the Unix epoch.
@@ -315,14 +319,24 @@ pub fn boot_epoch() -> u64 {
         .map_or(0, |elapsed| elapsed.as_micros() as u64)
 }
 
-/// The running gossip. Dropping it stops the gossip without a goodbye (as a crash would);
-/// [`Membership::hand_over`] leaves the cluster first.
+/// The running gossip, on a thread of its own: probes, acks and timers never wait for
+/// the agent's work (a translation or a full map rewrite takes the agent's thread for
+/// tens to hundreds of milliseconds, long enough for peers to suspect a node whose
+/// gossip waited behind it). Dropping it stops the gossip without a goodbye (as a crash
+/// would); [`Membership::hand_over`] leaves the cluster first.
 #[derive(Debug)]
 pub struct Membership {
     view: watch::Receiver<View>,
     counters: Arc<Counters>,
+    /// Closing it ends the gossip thread at its next event.
     commands: mpsc::Sender<Command>,
-    task: tokio::task::JoinHandle<()>,
+    #[cfg(test)]
+    link_cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the gossip thread hands back once its socket is bound.
+struct Started {
+    view: watch::Receiver<View>,
     #[cfg(test)]
     link_cut: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -331,18 +345,20 @@ impl Membership {
     /// Binds the gossip socket and starts joining the peers.
     pub async fn start(settings: Settings) -> Result<Self, MembershipError> {
         let counters = Arc::new(Counters::default());
-        let (driver, view) = Driver::bind(settings, Arc::clone(&counters)).await?;
-        #[cfg(test)]
-        let link_cut = Arc::clone(&driver.link_cut);
         let (commands, receiver) = mpsc::channel(4);
-        let task = tokio::spawn(driver.run(receiver));
+        let (started, bound) = oneshot::channel();
+        let driver_counters = Arc::clone(&counters);
+        std::thread::Builder::new()
+            .name("gossip".into())
+            .spawn(move || gossip_thread(settings, driver_counters, receiver, started))
+            .map_err(MembershipError::Thread)?;
+        let started = bound.await.map_err(|_| MembershipError::Ended)??;
         Ok(Self {
-            view,
+            view: started.view,
             counters,
             commands,
-            task,
             #[cfg(test)]
-            link_cut,
+            link_cut: started.link_cut,
         })
     }
 
@@ -385,12 +401,42 @@ impl Membership {
         if self.commands.send(Command::HandOver(done)).await.is_ok() {
             let _ = sent.await;
         }
-        self.task.abort();
     }
 }
 
-impl Drop for Membership {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// Runs the gossip on a single-threaded runtime of its own until the commands close.
+/// The socket is bound here: a tokio socket belongs to the runtime that created it.
+fn gossip_thread(
+    settings: Settings,
+    counters: Arc<Counters>,
+    commands: mpsc::Receiver<Command>,
+    started: oneshot::Sender<Result<Started, MembershipError>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = started.send(Err(MembershipError::Thread(error)));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match Driver::bind(settings, counters).await {
+            Ok((driver, view)) => {
+                let handed = Started {
+                    view,
+                    #[cfg(test)]
+                    link_cut: Arc::clone(&driver.link_cut),
+                };
+                if started.send(Ok(handed)).is_ok() {
+                    driver.run(commands).await;
+                }
+            }
+            Err(error) => {
+                let _ = started.send(Err(error));
+            }
+        }
+    });
 }
