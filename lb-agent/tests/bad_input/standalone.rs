@@ -352,7 +352,17 @@ pub fn file_cases() -> Vec<FileCase> {
                 END,
                 "      - { address: 10.42.1.9, node: node2 }\nicmpRatePerSecond: ~\n",
             )],
-            &["icmpRatePerSecond"],
+            &["icmpRatePerSecond", "`~` is no value"],
+        ),
+        case(
+            "null as a default name",
+            &[("interface: eth0", "interface: ~")],
+            &["interface", "`~` is no value: leave the key out"],
+        ),
+        case(
+            "null deep in a list",
+            &[(END, "      - { address: 10.42.1.9, node: null }\n")],
+            &["node", "`null` is no value"],
         ),
     ]
 }
