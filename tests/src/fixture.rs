@@ -407,14 +407,7 @@ impl Dataplane {
         let text = self
             .netns
             .run(&format!("cat /sys/class/net/{name}/address"))?;
-        let bytes: Vec<u8> = text
-            .trim()
-            .split(':')
-            .map(|byte| u8::from_str_radix(byte, 16))
-            .collect::<Result<_, _>>()?;
-        bytes
-            .try_into()
-            .map_err(|bytes| anyhow::anyhow!("not a MAC address: {bytes:?}"))
+        crate::packets::parse_mac(&text)
     }
 }
 

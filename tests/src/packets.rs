@@ -77,6 +77,19 @@ impl L2 {
     }
 }
 
+/// A MAC address as `ip` and sysfs print it (`02:00:00:00:0b:02`).
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("MAC {text:?}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("MAC {text:?} is not 6 bytes"))
+}
+
 /// A TCP segment (ACK|PSH) carrying `payload`.
 pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     let mut header = TcpHeader::new(src.port(), dst.port(), 1000, 64240);

@@ -21,6 +21,7 @@ use tempfile::TempDir;
 use tests::{
     lab::{CLIENT_ADDR, Capture, LAN_IFACE, Lab, Node},
     netns::Netns,
+    packets::parse_mac,
 };
 use tokio::sync::watch;
 
@@ -587,17 +588,6 @@ fn mac_of_link(netns: &Netns, link: &str) -> anyhow::Result<Mac> {
             .run(&format!("cat /sys/class/net/{link}/address"))?
             .trim(),
     )
-}
-
-fn parse_mac(text: &str) -> anyhow::Result<Mac> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|byte| u8::from_str_radix(byte, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("MAC {text:?}"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("MAC {text:?} is not 6 bytes"))
 }
 
 fn mac_text(mac: Mac) -> String {

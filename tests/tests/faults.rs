@@ -25,6 +25,7 @@ use tests::lab::{
     entries, failing_until, node_table_members, requests_during, requests_during_at_most,
     syn_flood, wait_for,
 };
+use tests::packets::parse_mac;
 
 const NODES: usize = 3;
 /// The bound the issue sets on recovery from a node, link or partition fault.
@@ -462,17 +463,6 @@ fn broken_echo(report: &EchoReport) -> Option<String> {
         .error
         .as_ref()
         .map(|error| format!("port {}: {error}", report.local_port))
-}
-
-fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|byte| u8::from_str_radix(byte, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("MAC {text:?}"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("MAC {text:?} is not 6 bytes"))
 }
 
 /// The API outage: the issue's five minutes, unless `XDPLB_API_OUTAGE_SECS` asks for
