@@ -42,20 +42,6 @@ const AFTERMATH: Duration = Duration::from_millis(1500);
 /// How long the agents may take to notice a fault before the test gives up.
 const NOTICE: Duration = Duration::from_secs(10);
 
-/// Web pods on every node.
-fn web_service() -> Service {
-    Service {
-        name: "web",
-        vip: WEB_VIP,
-        app: App::Web,
-        pods: vec![
-            Ipv4Addr::new(10, 42, 0, 7),
-            Ipv4Addr::new(10, 42, 1, 5),
-            Ipv4Addr::new(10, 42, 2, 5),
-        ],
-    }
-}
-
 /// A line echo service on the web VIP, its pods on every node.
 fn echo_service() -> Service {
     Service {
@@ -118,7 +104,7 @@ fn backend_node_killed_leaves_the_owners_tables_through_gossip() -> anyhow::Resu
     Cluster::test(
         "backend_node_killed_leaves_the_owners_tables_through_gossip",
         NODES,
-        vec![web_service()],
+        vec![Service::web()],
         backend_killed_scenario,
     )
 }
@@ -376,7 +362,7 @@ fn syn_flood_neither_breaks_established_flows_nor_blocks_new_ones() -> anyhow::R
     Cluster::test(
         "syn_flood_neither_breaks_established_flows_nor_blocks_new_ones",
         NODES,
-        vec![web_service(), echo_service()],
+        vec![Service::web(), echo_service()],
         flood_scenario,
     )
 }
@@ -495,7 +481,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 /// back, an endpoint added then must reach the maps.
 #[test]
 fn api_server_unreachable_for_five_minutes_changes_nothing() -> anyhow::Result<()> {
-    let mut web = web_service();
+    let mut web = Service::web();
     web.pods.push(LATE_POD);
     Cluster::test_kubernetes(
         "api_server_unreachable_for_five_minutes_changes_nothing",

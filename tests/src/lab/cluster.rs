@@ -104,19 +104,24 @@ pub struct Service {
 }
 
 impl Service {
+    /// Web pods on all three nodes, on [`WEB_VIP`].
+    pub fn web() -> Self {
+        Self {
+            name: "web",
+            vip: WEB_VIP,
+            app: App::Web,
+            pods: vec![
+                Ipv4Addr::new(10, 42, 0, 7),
+                Ipv4Addr::new(10, 42, 1, 5),
+                Ipv4Addr::new(10, 42, 2, 5),
+            ],
+        }
+    }
+
     /// The homelab of the lab program: web pods on all three nodes, one DNS pod.
     pub fn homelab() -> Vec<Self> {
         vec![
-            Self {
-                name: "web",
-                vip: WEB_VIP,
-                app: App::Web,
-                pods: vec![
-                    Ipv4Addr::new(10, 42, 0, 7),
-                    Ipv4Addr::new(10, 42, 1, 5),
-                    Ipv4Addr::new(10, 42, 2, 5),
-                ],
-            },
+            Self::web(),
             Self {
                 name: "dns",
                 vip: DNS_VIP,
