@@ -722,20 +722,13 @@ type MemberViews = BTreeMap<String, Vec<(String, MemberState, u64)>>;
 
 /// Every node's view of the members.
 fn members(cluster: &Cluster) -> anyhow::Result<MemberViews> {
-    cluster
-        .lab()
-        .nodes
-        .iter()
-        .map(|node| {
-            let status = cluster.status(&node.name)?;
-            let view = status
-                .members
-                .iter()
-                .map(|member| (member.name.clone(), member.state, member.incarnation))
-                .collect();
-            Ok((node.name.clone(), view))
-        })
-        .collect()
+    cluster.per_node(|status| {
+        status
+            .members
+            .iter()
+            .map(|member| (member.name.clone(), member.state, member.incarnation))
+            .collect()
+    })
 }
 
 fn dropped(status: &AgentStatus) -> BTreeMap<String, u64> {

@@ -212,20 +212,13 @@ fn partition_heals_to_one_owner_per_vip_within_a_second() -> anyhow::Result<()> 
 fn owners_by_node(
     cluster: &Cluster,
 ) -> anyhow::Result<BTreeMap<String, BTreeMap<Ipv4Addr, String>>> {
-    cluster
-        .lab()
-        .nodes
-        .iter()
-        .map(|node| {
-            let status = cluster.status(&node.name)?;
-            let owners = status
-                .vips
-                .iter()
-                .filter_map(|vip| Some((vip.vip, vip.owner.clone()?)))
-                .collect();
-            Ok((node.name.clone(), owners))
-        })
-        .collect()
+    cluster.per_node(|status| {
+        status
+            .vips
+            .iter()
+            .filter_map(|vip| Some((vip.vip, vip.owner.clone()?)))
+            .collect()
+    })
 }
 
 /// The agreed owners, once the client's ARP cache also names the web VIP owner's MAC

@@ -593,6 +593,18 @@ impl Cluster {
         self.lbctl_json(node, &["status"])
     }
 
+    /// `view` of every node's status, by node name.
+    pub fn per_node<T>(
+        &self,
+        view: impl Fn(&AgentStatus) -> T,
+    ) -> anyhow::Result<BTreeMap<String, T>> {
+        self.lab()
+            .nodes
+            .iter()
+            .map(|node| Ok((node.name.clone(), view(&self.status(&node.name)?))))
+            .collect()
+    }
+
     /// `node`'s Prometheus metrics, scraped inside its namespace.
     pub fn metrics(&self, node: &str) -> anyhow::Result<String> {
         self.node(node)?.netns.run(&format!(
