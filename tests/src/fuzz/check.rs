@@ -154,6 +154,15 @@ fn same_residual(before: u16, after: u16, what: &str) -> Checked {
     })
 }
 
+/// [`same_residual`] of the one's-complement sum over `range` of both frames.
+fn same_sum(before: &[u8], after: &[u8], range: Range<usize>, what: &str) -> Checked {
+    same_residual(
+        header_residual(&before[range.clone()]),
+        header_residual(&after[range]),
+        what,
+    )
+}
+
 /// Whether `xdp_lb` may act on the frame at all: IPv4 to a VIP, or IPIP to this node,
 /// sent to this node's MAC. Everything else must pass bit for bit unchanged.
 fn addressed_to_xdp(frame: &[u8]) -> bool {
@@ -321,16 +330,8 @@ fn dnat(before: &[u8], after: &[u8]) -> Checked {
                 addr(after, 40) == pod && be16(after, 48) == service.pod_port(),
                 || "the quoted reply was not rewritten to the pod".into(),
             )?;
-            same_residual(
-                header_residual(&before[28..48]),
-                header_residual(&after[28..48]),
-                "quoted IPv4 header",
-            )?;
-            same_residual(
-                header_residual(&before[20..total]),
-                header_residual(&after[20..total]),
-                "ICMP",
-            )?;
+            same_sum(before, after, 28..48, "quoted IPv4 header")?;
+            same_sum(before, after, 20..total, "ICMP")?;
             service
         }
         proto => {
@@ -365,11 +366,7 @@ fn dnat(before: &[u8], after: &[u8]) -> Checked {
     ensure(service.pods.iter().any(|addr| addr.octets() == pod), || {
         format!("DNAT to {pod:?}, not a pod of the service")
     })?;
-    same_residual(
-        header_residual(&before[..20]),
-        header_residual(&after[..20]),
-        "IPv4 header",
-    )?;
+    same_sum(before, after, 0..20, "IPv4 header")?;
     only_changed(before, after, &allowed, "DNATed packet")
 }
 
@@ -438,16 +435,8 @@ fn echo_reply(input: &[u8], output: &[u8], l3: usize) -> Checked {
         addr(after, 12) == addr(before, 16) && addr(after, 16) == addr(before, 12),
         || "echo reply addresses not swapped".into(),
     )?;
-    same_residual(
-        header_residual(&before[..20]),
-        header_residual(&after[..20]),
-        "IPv4 header",
-    )?;
-    same_residual(
-        header_residual(&before[20..total]),
-        header_residual(&after[20..total]),
-        "ICMP",
-    )?;
+    same_sum(before, after, 0..20, "IPv4 header")?;
+    same_sum(before, after, 20..total, "ICMP")?;
     only_changed(before, after, &[8..9, 10..20, 20..21, 22..24], "echo reply")
 }
 
@@ -577,11 +566,7 @@ fn reply_rewritten(input: &[u8], output: &[u8], l3: usize, l4: usize) -> Checked
         })?;
         allowed.push(mss..mss + 2);
     }
-    same_residual(
-        header_residual(&input[l3..l4]),
-        header_residual(&output[l3..l4]),
-        "IPv4 header",
-    )?;
+    same_sum(input, output, l3..l4, "IPv4 header")?;
     if proto == PROTO_UDP && be16(input, check) == 0 {
         ensure(be16(output, check) == 0, || {
             "a UDP datagram without checksum got one".into()
