@@ -161,30 +161,31 @@ fn corrupt(rng: &mut Rng, mut base: Base, turn: u64) -> Case {
 }
 
 fn read_field(bytes: &[u8], field: &Field) -> u64 {
-    let whole = bytes
-        .iter()
-        .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte));
-    let mask = if field.bits == 64 {
-        u64::MAX
-    } else {
-        (1u64 << field.bits) - 1
-    };
-    (whole >> field.shift) & mask
+    (big_endian(bytes) >> field.shift) & value_mask(field)
 }
 
 fn write_field(bytes: &mut [u8], field: &Field, value: u64) {
-    let whole = bytes
-        .iter()
-        .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte));
-    let mask = if field.bits == 64 {
-        u64::MAX
-    } else {
-        ((1u64 << field.bits) - 1) << field.shift
-    };
-    let whole = (whole & !mask) | ((value << field.shift) & mask);
+    let mask = value_mask(field) << field.shift;
+    let whole = (big_endian(bytes) & !mask) | ((value << field.shift) & mask);
     let len = bytes.len();
     for (i, byte) in bytes.iter_mut().enumerate() {
         *byte = (whole >> (8 * (len - 1 - i))) as u8;
+    }
+}
+
+/// The bytes as one big-endian number (at most 8 of them).
+fn big_endian(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte))
+}
+
+/// The field's bits, unshifted.
+fn value_mask(field: &Field) -> u64 {
+    if field.bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << field.bits) - 1
     }
 }
 
