@@ -30,6 +30,8 @@ struct Fake {
     lists_fail: bool,
     /// Sent as an ADDED event on the next Service watch.
     added: Option<Value>,
+    /// The open Service watch, for [`add_service`].
+    service_watch: Option<Respond>,
     failed_watches: usize,
     failed_lists: usize,
     events: Vec<Value>,
@@ -60,6 +62,16 @@ fn stream(respond: Respond, events: &[Value]) {
     respond.send_response(http::Response::new(Body::from(lines.into_bytes())));
 }
 
+/// Sends `object` to the agent as an ADDED Service: on the open Service watch (which
+/// then ends, as a watch may, and is opened again), else on the next one.
+fn add_service(fake: &Shared, object: Value) {
+    let mut state = fake.lock().expect("fake");
+    match state.service_watch.take() {
+        Some(respond) => stream(respond, &[json!({ "type": "ADDED", "object": object })]),
+        None => state.added = Some(object),
+    }
+}
+
 async fn serve(mut api: ApiDouble, fake: Shared) {
     // Open watches stay unanswered while the API is up.
     let mut open: Vec<Respond> = Vec::new();
@@ -85,6 +97,8 @@ async fn serve(mut api: ApiDouble, fake: Shared) {
                 stream(respond, &[json!({ "type": "ERROR", "object": gone })]);
             } else if let Some(object) = state.added.take_if(|_| kind == "Service") {
                 stream(respond, &[json!({ "type": "ADDED", "object": object })]);
+            } else if kind == "Service" {
+                state.service_watch = Some(respond);
             } else {
                 open.push(respond);
             }
@@ -209,16 +223,7 @@ async fn the_owner_reports_the_vips_it_takes_over() {
     source.announced(&BTreeSet::from([dns_vip]));
     // Still owned: no new event.
     source.announced(&BTreeSet::from([dns_vip]));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if fake.lock().expect("fake").events.len() >= 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no events");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let events = fake.lock().expect("fake").events.clone();
+    let events = events_settled(&fake, 2).await;
     // Both CoreDNS Services share the VIP; each gets one event.
     let regarding: BTreeSet<String> = events
         .iter()
@@ -241,4 +246,66 @@ async fn the_owner_reports_the_vips_it_takes_over() {
         assert_eq!(event["reportingInstance"], "node1");
         assert_eq!(event["metadata"]["namespace"], "kube-system");
     }
+}
+
+/// The events the agent published, once there are `count` and no more follow.
+async fn events_settled(fake: &Shared, count: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fake.lock().expect("fake").events.len() < count {
+        let events = fake.lock().expect("fake").events.clone();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {count} events: {events:?}",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = fake.lock().expect("fake").events.clone();
+    assert_eq!(events.len(), count, "{events:?}");
+    events
+}
+
+/// The real API server showed it: CoreDNS's TCP Service got the address its UDP Service
+/// held after this node already announced it, and never got its event.
+#[tokio::test]
+async fn a_service_that_later_shares_an_announced_vip_gets_its_event_once() {
+    let mut documents = documents(CLUSTER);
+    let position = documents
+        .iter()
+        .position(|document| document["metadata"]["name"] == "coredns-tcp")
+        .expect("coredns-tcp");
+    let mut coredns_tcp = documents.remove(position);
+    coredns_tcp["metadata"]["resourceVersion"] = json!("101");
+    let fake = Shared::new(Mutex::new(Fake {
+        documents,
+        ..Fake::default()
+    }));
+    let (client, api) = client();
+    tokio::spawn(serve(api, Arc::clone(&fake)));
+    let settings = KubernetesSettings::parse("").expect("defaults");
+    let mut source = KubeSource::start(client, &settings, "node1".into());
+    timeout(Duration::from_secs(5), source.first())
+        .await
+        .expect("the first cluster");
+    let dns_vip = "192.168.8.241".parse().expect("vip");
+    source.announced(&BTreeSet::from([dns_vip]));
+    let events = events_settled(&fake, 1).await;
+    assert_eq!(events[0]["regarding"]["name"], "coredns-udp");
+
+    // The owned VIPs stay the same, so the runtime reports nothing new: the new
+    // cluster alone brings the event.
+    add_service(&fake, coredns_tcp);
+    let next = timeout(Duration::from_secs(5), source.next())
+        .await
+        .expect("the cluster with coredns-tcp");
+    assert!(service_names(&next).contains(&"kube-system/coredns-tcp".to_owned()));
+    let events = events_settled(&fake, 2).await;
+    assert_eq!(events[1]["regarding"]["name"], "coredns-tcp");
+    assert_eq!(events[1]["reason"], "Announced");
+    assert_eq!(events[1]["note"], "192.168.8.241 announced from node node1");
+
+    // Reported again (a healed partition): nobody gets a second event.
+    source.announced(&BTreeSet::from([dns_vip]));
+    events_settled(&fake, 2).await;
 }

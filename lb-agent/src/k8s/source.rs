@@ -9,7 +9,8 @@
 //! at once, so a half-listed store is never translated.
 //!
 //! The owner of a VIP reports `Announced` events ("announced from node X") on the
-//! Services of that VIP when it takes it over.
+//! Services of that VIP when it takes it over, and on a Service that shows an owned VIP
+//! later (see [`report_announcements`]).
 //!
 //! At start the agent writes its announce interface on its own Node (annotation
 //! [`ANNOUNCE_INTERFACE_ANNOTATION`]), so every agent can tell which nodes may own the
@@ -26,7 +27,7 @@ use kube::{
     runtime::{
         WatchStreamExt as _,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         utils::Backoff,
         watcher,
     },
@@ -48,7 +49,6 @@ use super::{
 };
 use crate::{
     election::ANNOUNCE_INTERFACE_ANNOTATION,
-    ipam::status_addresses,
     runtime::{Cluster, Settings, Source},
 };
 
@@ -298,6 +298,7 @@ impl KubeSource {
         let recorder = Recorder::new(client.clone(), reporter);
         tasks.push(tokio::spawn(report_announcements(
             owned,
+            cluster.clone(),
             stores.services,
             recorder,
             node.clone(),
@@ -400,34 +401,74 @@ pub async fn publish_interface(api: Api<Node>, node: String, interface: String) 
     }
 }
 
-/// Reports `Announced` on the Services of every VIP this node takes over.
+/// Reports `Announced` once on every Service this node announces: on all the Services
+/// of a VIP when it takes the VIP over, and on a Service that shows an owned VIP later
+/// (CoreDNS's TCP Service given the address its UDP Service already has). The runtime
+/// reports its VIPs only when they change, so new clusters are followed too. A Service
+/// whose VIP this node gives up gets the event again at the next takeover.
 pub async fn report_announcements(
     mut owned: mpsc::UnboundedReceiver<BTreeSet<Ipv4Addr>>,
+    mut cluster: watch::Receiver<Option<Arc<Cluster>>>,
     services: Store<Service>,
     recorder: Recorder,
     node: String,
 ) {
-    let mut previous = BTreeSet::new();
-    while let Some(now) = owned.recv().await {
-        for vip in now.difference(&previous) {
-            let announcing = services
-                .state()
-                .into_iter()
-                .filter(|service| status_addresses(service).contains(vip));
-            for service in announcing {
-                let event = Event {
-                    type_: EventType::Normal,
-                    reason: "Announced".to_owned(),
-                    note: Some(format!("{vip} announced from node {node}")),
-                    action: "Announce".to_owned(),
-                    secondary: None,
-                };
-                if let Err(error) = recorder.publish(&event, &service.object_ref(&())).await {
-                    tracing::warn!(%error, %vip, "publishing the Announced event failed");
-                }
-            }
+    let mut vips = BTreeSet::new();
+    let mut announced = BTreeSet::new();
+    loop {
+        tokio::select! {
+            now = owned.recv() => match now {
+                Some(now) => vips = now,
+                None => return,
+            },
+            changed = cluster.changed() => if changed.is_err() {
+                return;
+            },
         }
-        previous = now;
+        let current = announcing(cluster.borrow_and_update().as_deref(), &vips);
+        for (name, vip) in current.difference(&announced) {
+            announce(&services, &recorder, name, *vip, &node).await;
+        }
+        announced = current;
+    }
+}
+
+/// The served Services (`ns/name`) of `cluster` whose VIP is one of `vips`.
+fn announcing(
+    cluster: Option<&Cluster>,
+    vips: &BTreeSet<Ipv4Addr>,
+) -> BTreeSet<(String, Ipv4Addr)> {
+    cluster
+        .into_iter()
+        .flat_map(|cluster| &cluster.inputs.services)
+        .filter(|service| vips.contains(&service.vip))
+        .map(|service| (service.name.clone(), service.vip))
+        .collect()
+}
+
+/// Publishes `Announced` on the Service `name` (`ns/name`).
+async fn announce(
+    services: &Store<Service>,
+    recorder: &Recorder,
+    name: &str,
+    vip: Ipv4Addr,
+    node: &str,
+) {
+    let Some((namespace, name)) = name.split_once('/') else {
+        return;
+    };
+    let Some(service) = services.get(&ObjectRef::new(name).within(namespace)) else {
+        return;
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Announced".to_owned(),
+        note: Some(format!("{vip} announced from node {node}")),
+        action: "Announce".to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &service.object_ref(&())).await {
+        tracing::warn!(%error, %vip, "publishing the Announced event failed");
     }
 }
 
