@@ -31,7 +31,10 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt as _};
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use schemars::{
+    JsonSchema, Schema, SchemaGenerator, json_schema,
+    transform::{RecursiveTransform, Transform as _},
+};
 use serde::{Deserialize, Serialize};
 
 /// The API group of every xdplb resource.
@@ -74,6 +77,7 @@ pub const MIN_GARP_INTERVAL_MS: u32 = 100;
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats)]
 pub struct AddressPoolSpec {
     /// The pool's IPv4 addresses: CIDRs (192.168.8.240/29, 172.16.200.53/32 for a single
     /// address) or inclusive ranges (192.168.8.240-192.168.8.250). IPv6 is not supported
@@ -202,6 +206,7 @@ fn default_garp_refresh() -> u32 {
 /// Written by the agent that holds the IPAM lease.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats)]
 pub struct AddressPoolStatus {
     /// Addresses of the pool in use by Services.
     #[serde(default)]
@@ -277,6 +282,23 @@ fn garp_rules() -> serde_json::Value {
             "message": "refreshSeconds must be 0 (off) or last at least the takeover burst (repeats × intervalMilliseconds)",
         },
     ])
+}
+
+/// The `format`s the API server knows for integers. schemars gives unsigned fields
+/// `uint32` and `uint64`, which the API server and Helm warn about ("unrecognized
+/// format"); their `minimum: 0` and bounds already say what the format would.
+const INTEGER_FORMATS: [&str; 2] = ["int32", "int64"];
+
+/// Drops integer formats Kubernetes does not know, in `schema` and every subschema.
+fn kubernetes_formats(schema: &mut Schema) {
+    RecursiveTransform(|schema: &mut Schema| {
+        let integer = schema.get("type").and_then(serde_json::Value::as_str) == Some("integer");
+        let format = schema.get("format").and_then(serde_json::Value::as_str);
+        if integer && format.is_some_and(|format| !INTEGER_FORMATS.contains(&format)) {
+            schema.remove("format");
+        }
+    })
+    .transform(schema);
 }
 
 fn addresses_schema(_: &mut SchemaGenerator) -> Schema {

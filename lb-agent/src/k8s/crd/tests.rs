@@ -221,3 +221,72 @@ fn the_schema_bounds_what_cel_must_walk() {
     assert_eq!(priority["minimum"].as_f64(), Some(0.0));
     assert_eq!(spec["autoAssign"]["default"], true);
 }
+
+/// Every `format` in `schema` and its subschemas.
+fn formats(schema: &Value, found: &mut Vec<String>) {
+    match schema {
+        Value::Object(fields) => {
+            if let Some(Value::String(format)) = fields.get("format") {
+                found.push(format.clone());
+            }
+            fields.values().for_each(|value| formats(value, found));
+        }
+        Value::Array(items) => items.iter().for_each(|item| formats(item, found)),
+        _ => {}
+    }
+}
+
+/// The API server warns "unrecognized format" (and `helm install` repeats it) for any
+/// format outside its list (k8s.io/apiextensions-apiserver, validation/formats.go).
+#[test]
+fn the_schema_uses_only_formats_kubernetes_knows() {
+    const KNOWN: [&str; 28] = [
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "binary",
+        "password",
+        "date",
+        "date-time",
+        "datetime",
+        "duration",
+        "bsonobjectid",
+        "uri",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "cidr",
+        "mac",
+        "uuid",
+        "uuid3",
+        "uuid4",
+        "uuid5",
+        "isbn",
+        "isbn10",
+        "isbn13",
+        "creditcard",
+        "ssn",
+    ];
+    let mut found = Vec::new();
+    formats(&schema(), &mut found);
+    let unknown: Vec<&String> = found
+        .iter()
+        .filter(|format| !KNOWN.contains(&format.as_str()))
+        .collect();
+    assert_eq!(unknown, Vec::<&String>::new(), "all formats: {found:?}");
+    assert!(
+        found.iter().any(|format| format == "date-time"),
+        "the walk reaches the conditions' lastTransitionTime: {found:?}"
+    );
+    let garp = &schema()["properties"]["spec"]["properties"]["announcement"]["properties"]["garp"]
+        ["properties"]["repeats"];
+    assert_eq!(garp["type"], "integer");
+    assert_eq!(
+        garp["minimum"].as_f64(),
+        Some(0.0),
+        "the bound stays: {garp}"
+    );
+}
