@@ -1,8 +1,9 @@
 //! Everything under deploy/ parses into its Kubernetes type (strictly: no unknown
 //! fields), the DaemonSet runs unprivileged with exactly the capabilities it needs, the
 //! RBAC grants exactly what the agent uses, the pieces reference each other correctly,
-//! the examples get the seed homelab's addresses from the IPAM, and the Helm chart
-//! renders the same objects as the plain manifests.
+//! the examples get the seed homelab's addresses from the IPAM, the Helm chart renders
+//! (real `helm template`) the same objects as the plain manifests and lints clean, and
+//! the README's install steps work as written.
 
 mod deploy;
 
@@ -15,7 +16,7 @@ use std::{
 use deploy::{
     helm,
     objects::{self, Document, Object, deploy_dir, documents, read_dir, strict},
-    rbac,
+    rbac, readme,
 };
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
@@ -548,30 +549,8 @@ fn the_examples_get_the_seed_addresses() {
 }
 
 fn chart_values() -> Value {
-    let text =
-        std::fs::read_to_string(deploy_dir().join("helm/xdplb/values.yaml")).expect("values");
+    let text = std::fs::read_to_string(helm::chart_dir().join("values.yaml")).expect("values");
     serde_yaml::from_str(&text).expect("values.yaml parses")
-}
-
-/// Every object the chart's templates render with `values`, as written (JSON values).
-fn render_chart(values: &Value) -> Vec<Document> {
-    let dir = deploy_dir().join("helm/xdplb/templates");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("templates")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|path| {
-            let template = std::fs::read_to_string(path).expect("template");
-            let rendered = helm::render(&template, values, NAMESPACE)
-                .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
-            documents(&path.display().to_string(), &rendered)
-                .unwrap_or_else(|error| panic!("{error}\nrendered:\n{rendered}"))
-        })
-        .collect()
 }
 
 /// The first place `left` and `right` differ, as a path; `None` when equal.
@@ -594,61 +573,74 @@ fn first_difference(path: &str, left: &Value, right: &Value) -> Option<String> {
     }
 }
 
+/// An object's kind and name.
+type Key = (String, String);
+
 /// Documents by kind and name.
-fn by_name(documents: &[Document]) -> BTreeMap<(String, String), Value> {
+fn by_name(documents: &[Document]) -> BTreeMap<Key, Value> {
     documents
         .iter()
         .map(|d| ((d.kind().to_owned(), d.name().to_owned()), d.value.clone()))
         .collect()
 }
 
+/// Where the chart rendered by `helm template` with its defaults differs from
+/// `plain`, object by object (the chart's side first).
+fn chart_difference(rendered: &[Document], plain: &[Document]) -> Option<String> {
+    let (rendered, plain) = (by_name(rendered), by_name(plain));
+    if rendered.keys().ne(plain.keys()) {
+        return Some(format!(
+            "objects: the chart renders {:?}, deploy/ has {:?}",
+            rendered.keys().collect::<Vec<_>>(),
+            plain.keys().collect::<Vec<_>>()
+        ));
+    }
+    plain.iter().find_map(|(key, value)| {
+        first_difference("", &rendered[key], value)
+            .map(|difference| format!("{key:?}: the chart and deploy/ differ at {difference}"))
+    })
+}
+
 #[test]
 fn the_helm_chart_renders_the_plain_manifests() {
-    let values = chart_values();
-    let rendered = render_chart(&values);
+    let rendered = helm::template(NAMESPACE, &[]);
     objects::all_typed(&rendered);
-    let mut plain = by_name(&manifests());
+    let mut plain = manifests();
     // Helm stores the release in its namespace before creating anything, so the
     // namespace comes from deploy/manifests/00-namespace.yaml (or --create-namespace).
-    plain
-        .remove(&("Namespace".to_owned(), NAMESPACE.to_owned()))
-        .expect("the plain Namespace");
+    plain.retain(|document| document.kind() != "Namespace");
     assert_eq!(
-        values.get("namespace"),
+        chart_values().get("namespace"),
         None,
         "no value can make the chart's namespace"
     );
-    let rendered_objects = by_name(&rendered);
-    assert_eq!(
-        rendered_objects.keys().collect::<Vec<_>>(),
-        plain.keys().collect::<Vec<_>>(),
-        "default values render the plain manifests' objects"
-    );
-    for (key, value) in &plain {
-        let difference = first_difference("", &rendered_objects[key], value);
-        assert_eq!(
-            difference, None,
-            "{key:?}: the chart (left) and deploy/manifests differ"
-        );
-    }
+    plain.extend(read_dir(&deploy_dir().join("crds")));
+    assert_eq!(chart_difference(&rendered, &plain), None);
 
-    // The Secret when given a key, and still no Namespace.
-    let mut with = values.clone();
-    helm::merge(
-        &mut with,
-        &json!({
-            "gossip": { "key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0" },
-            "nodeSelector": { "xdplb.io/lan": "true" },
-            "image": { "tag": "0.2.0" },
-        }),
+    // A different value anywhere shows, at its place.
+    let retagged = helm::template(NAMESPACE, &["--set", "image.tag=0.2.0"]);
+    let difference = chart_difference(&retagged, &plain).expect("another image");
+    assert!(
+        difference.contains(".spec.template.spec.containers[0].image:"),
+        "{difference}"
     );
-    let rendered = by_name(&render_chart(&with));
+}
+
+#[test]
+fn the_helm_chart_creates_the_gossip_secret_only_when_given_the_key() {
+    let key = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0";
+    let rendered = by_name(&helm::template(
+        NAMESPACE,
+        &[
+            "--set-string",
+            &format!("gossip.key={key},gossip.secretName=lan-key"),
+            "--set-string",
+            "nodeSelector.xdplb\\.io/lan=true",
+        ],
+    ));
     assert!(!rendered.keys().any(|(kind, _)| kind == "Namespace"));
-    let secret = &rendered[&("Secret".to_owned(), "xdplb-gossip-key".to_owned())];
-    assert_eq!(
-        secret["stringData"]["key"],
-        "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
-    );
+    let secret = &rendered[&("Secret".to_owned(), "lan-key".to_owned())];
+    assert_eq!(secret["stringData"]["key"], key);
     assert_eq!(
         secret["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
@@ -657,11 +649,128 @@ fn the_helm_chart_renders_the_plain_manifests() {
     let pod = &set["spec"]["template"]["spec"];
     assert_eq!(pod["nodeSelector"], json!({ "xdplb.io/lan": "true" }));
     assert_eq!(
-        pod["containers"][0]["image"],
-        "registry.example.invalid/xdplb/lb-agent:0.2.0"
+        pod["volumes"][1]["projected"]["sources"][1]["secret"]["name"],
+        "lan-key"
     );
     let set: DaemonSet = strict(set).expect("the DaemonSet still parses");
     assert_eq!(daemonset_problems(&set), Vec::<String>::new());
+}
+
+#[test]
+fn helm_lint_strict_is_clean() {
+    println!("{}", helm::lint());
+}
+
+/// Problems of the README's install steps when a reader runs them in order: an object
+/// created twice (which `kubectl create` and `helm install` refuse), a namespace or the
+/// agents' Secret that no step up to this one made.
+fn install_problems(commands: &[readme::Command]) -> Vec<String> {
+    let effects: Vec<_> = commands
+        .iter()
+        .filter_map(|command| Some((command, command.effect()?)))
+        .collect();
+    let mut problems = Vec::new();
+    for (index, (command, effect)) in effects.iter().enumerate() {
+        let earlier = made_before(&effects[..index], command);
+        let created = by_name(&effect.objects);
+        let exists = |kind: &str, name: &str| {
+            let key = (kind.to_owned(), name.to_owned());
+            earlier.contains_key(&key) || created.contains_key(&key)
+        };
+        let at = format!("step {}: `{}`", command.step, command.line);
+        for (key, value) in &created {
+            if let Some(step) = earlier.get(key).filter(|_| !effect.updates_existing) {
+                problems.push(format!("{at} creates {key:?}, which step {step} created"));
+            }
+            if let Some(namespace) = value["metadata"]["namespace"].as_str()
+                && !exists("Namespace", namespace)
+            {
+                problems.push(format!(
+                    "{at}: {key:?} in namespace {namespace}, not made yet"
+                ));
+            }
+            if let Some(secret) = agents_secret(value)
+                && !exists("Secret", secret)
+            {
+                problems.push(format!(
+                    "{at}: the agents read Secret {secret}, not made yet"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The objects of the `effects` a reader ran before `command`, with their step.
+fn made_before<'a>(
+    effects: &'a [(&readme::Command, readme::Effect)],
+    command: &readme::Command,
+) -> BTreeMap<Key, &'a str> {
+    effects
+        .iter()
+        .filter(|(other, _)| command.follows(other))
+        .flat_map(|(other, effect)| {
+            by_name(&effect.objects)
+                .into_keys()
+                .map(|key| (key, other.step.as_str()))
+        })
+        .collect()
+}
+
+/// The Secret a DaemonSet's agents read their gossip key from.
+fn agents_secret(object: &Value) -> Option<&str> {
+    let volumes = object["spec"]["template"]["spec"]["volumes"].as_array()?;
+    volumes
+        .iter()
+        .filter_map(|volume| volume["projected"]["sources"].as_array())
+        .flatten()
+        .find_map(|source| source["secret"]["name"].as_str())
+}
+
+#[test]
+fn the_readmes_install_steps_work_as_written() {
+    let commands = readme::commands();
+    for path in ["kubectl apply -f deploy/manifests/", "helm install "] {
+        assert!(
+            commands
+                .iter()
+                .any(|command| command.line.starts_with(path)),
+            "the README documents `{path}`: {commands:#?}"
+        );
+    }
+    assert_eq!(install_problems(&commands), Vec::<String>::new());
+
+    // The defect this guards against: the key given to Helm after step 2 made the Secret.
+    let mut twice = commands;
+    let helm = twice
+        .iter_mut()
+        .find(|c| c.line.starts_with("helm "))
+        .unwrap();
+    helm.line
+        .push_str(" --set-string gossip.key=c2VjcmV0LXNlY3JldC1zZWNyZXQ=");
+    let problems = install_problems(&twice).join("\n");
+    assert!(
+        problems.contains("creates (\"Secret\", \"xdplb-gossip-key\"), which step 2 created"),
+        "{problems}"
+    );
+}
+
+/// The value at dotted `name` (`gossip.key`) of `values`.
+fn value_at<'a>(values: &'a Value, name: &str) -> Option<&'a Value> {
+    name.split('.')
+        .try_fold(values, |value, key| value.get(key))
+}
+
+#[test]
+fn every_value_the_readme_names_is_in_the_chart() {
+    let values = chart_values();
+    let names = readme::values();
+    assert!(names.contains(&"gossip.secretName".to_owned()), "{names:?}");
+    let unknown: Vec<&String> = names
+        .iter()
+        .filter(|name| value_at(&values, name).is_none())
+        .collect();
+    assert_eq!(unknown, Vec::<&String>::new(), "not in values.yaml");
 }
 
 /// Helm installs the CRD from the chart's crds/ (never templated), a copy of the

@@ -27,7 +27,7 @@ use std::{
 
 use deploy::{
     helm,
-    objects::{Object, all_typed, deploy_dir, documents, read_dir},
+    objects::{Object, all_typed, deploy_dir, read_dir},
     rbac::{Grant, granted},
 };
 use http::{Method, StatusCode};
@@ -398,14 +398,10 @@ async fn agent_calls(namespace: &str) -> BTreeSet<Call> {
 }
 
 fn chart_objects() -> Vec<Object> {
-    let chart = deploy_dir().join("helm/xdplb");
-    let values: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(chart.join("values.yaml")).expect("values.yaml"),
-    )
-    .expect("values parse");
-    let template = std::fs::read_to_string(chart.join("templates/rbac.yaml")).expect("rbac.yaml");
-    let rendered = helm::render(&template, &values, "xdplb-system").expect("rbac.yaml renders");
-    all_typed(&documents("templates/rbac.yaml", &rendered).expect("YAML"))
+    all_typed(&helm::template(
+        "xdplb-system",
+        &["--show-only", "templates/rbac.yaml"],
+    ))
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod helm;
 mod lab;
 mod setup;
 mod test;

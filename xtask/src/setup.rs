@@ -44,6 +44,7 @@ pub fn run() -> anyhow::Result<()> {
         rust_components()?,
         bpf_linker()?,
         cargo_fuzz()?,
+        crate::helm::install()?,
     ]
     .into_iter()
     .flatten()

@@ -1,6 +1,7 @@
 //! Reading and checking deploy/: shared by the tests that need the manifests, the RBAC
-//! the agent needs, or the Helm chart rendered.
+//! the agent needs, the Helm chart rendered, or the README's install commands.
 
 pub mod helm;
 pub mod objects;
 pub mod rbac;
+pub mod readme;

@@ -22,9 +22,14 @@ use lb_agent::k8s::crd::AddressPool;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+/// The repository's root.
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// The repository's deploy/ directory.
 pub fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    repo_dir().join("deploy")
 }
 
 /// One manifest, typed.
