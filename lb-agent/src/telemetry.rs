@@ -20,7 +20,8 @@
 //!
 //! The IPAM (Kubernetes mode, on the agent holding its Lease) counts its allocations,
 //! refusals and releases here too ([`Telemetry::ipam_allocated`] and siblings), by pool
-//! and reason.
+//! and reason. In Kubernetes mode every agent also counts the Service status addresses
+//! it ignores ([`Telemetry::status_address_ignored`]).
 //!
 //! Every name starts with `xdplb_`; counters end in `_total`.
 
@@ -28,7 +29,10 @@ use std::{
     collections::BTreeMap,
     fmt,
     net::Ipv4Addr,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -89,6 +93,7 @@ pub struct Telemetry {
     ownership_changes: Mutex<BTreeMap<(Ipv4Addr, OwnershipChange), u64>>,
     map_sync: Histogram,
     ipam: Mutex<IpamCounts>,
+    ignored_status_addresses: AtomicU64,
 }
 
 impl Default for Telemetry {
@@ -104,6 +109,7 @@ impl Telemetry {
             // 0.25 ms to about 4 s: one VIP's ports up to a full reload of large rings.
             map_sync: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             ipam: Mutex::new(IpamCounts::default()),
+            ignored_status_addresses: AtomicU64::new(0),
         }
     }
 
@@ -139,6 +145,17 @@ impl Telemetry {
         self.ipam().clone()
     }
 
+    /// A Service's status newly shows an address this node may not own (see
+    /// [`crate::k8s::translate::IgnoredAddress`]).
+    pub fn status_address_ignored(&self) {
+        self.ignored_status_addresses
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ignored_status_addresses(&self) -> u64 {
+        self.ignored_status_addresses.load(Ordering::Relaxed)
+    }
+
     pub fn ownership_changed(&self, vip: Ipv4Addr, change: OwnershipChange) {
         let mut changes = self
             .ownership_changes
@@ -163,6 +180,7 @@ impl Telemetry {
                 .clone(),
             map_sync: self.map_sync.clone(),
             ipam: self.ipam_counts(),
+            ignored_status_addresses: self.ignored_status_addresses(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register_collector(Box::new(scrape));
@@ -179,6 +197,7 @@ struct Scrape {
     ownership_changes: BTreeMap<(Ipv4Addr, OwnershipChange), u64>,
     map_sync: Histogram,
     ipam: IpamCounts,
+    ignored_status_addresses: u64,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -333,6 +352,13 @@ impl Scrape {
                 .reasons
                 .iter()
                 .map(|(reason, count)| (vec![("reason", reason.clone())], *count)),
+        )?;
+        single(
+            encoder,
+            "ignored_status_addresses",
+            "Service status addresses no valid AddressPool lists (or beyond the Service's one VIP) that this node ignored: never announced nor forwarded",
+            Kind::Counter,
+            self.ignored_status_addresses,
         )?;
         if let Some(arp) = &self.status.arp {
             let counters = [

@@ -11,11 +11,11 @@ use std::{
 };
 
 use http::{Method, StatusCode};
-use k8s_support::{ApiDouble, Respond, client, documents, fail, list, reply};
-use kube::client::Body;
+use k8s_support::{ApiDouble, Respond, client, documents, fail, list, reply, stream};
 use lb_agent::{
     k8s::{settings::KubernetesSettings, source::KubeSource},
     runtime::{Cluster, Source},
+    telemetry::Telemetry,
 };
 use serde_json::{Value, json};
 use tokio::time::timeout;
@@ -51,15 +51,6 @@ fn kind_of(path: &str) -> Option<(&'static str, &'static str, &'static str)> {
         }
         _ => None,
     }
-}
-
-/// Answers a watch with `events`, then ends it.
-fn stream(respond: Respond, events: &[Value]) {
-    let lines: String = events
-        .iter()
-        .map(|event| event.to_string() + "\n")
-        .collect();
-    respond.send_response(http::Response::new(Body::from(lines.into_bytes())));
 }
 
 /// Sends `object` to the agent as an ADDED Service: on the open Service watch (which
@@ -308,4 +299,74 @@ async fn a_service_that_later_shares_an_announced_vip_gets_its_event_once() {
     // Reported again (a healed partition): nobody gets a second event.
     source.announced(&BTreeSet::from([dns_vip]));
     events_settled(&fake, 2).await;
+}
+
+/// The real API server showed a node announcing an address that another writer had
+/// put into a Service's status, outside every pool: it is left out, counted and
+/// reported on the Service once.
+#[tokio::test]
+async fn a_status_address_outside_every_pool_is_ignored_counted_and_reported_once() {
+    let mut documents = documents(CLUSTER);
+    documents.extend(k8s_support::documents(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: { name: squatter, namespace: default, resourceVersion: "90" }
+spec:
+  type: LoadBalancer
+  loadBalancerClass: xdplb.io/lb
+  ports: [ { port: 80, protocol: TCP, targetPort: 80 } ]
+status: { loadBalancer: { ingress: [ { ip: 10.9.9.9, ipMode: VIP } ] } }
+"#,
+    ));
+    let fake = Shared::new(Mutex::new(Fake {
+        documents,
+        ..Fake::default()
+    }));
+    let (client, api) = client();
+    tokio::spawn(serve(api, Arc::clone(&fake)));
+    let settings = KubernetesSettings::parse("").expect("defaults");
+    let telemetry = Arc::new(Telemetry::new());
+    let mut source =
+        KubeSource::start_with(client, &settings, "node1".into(), Arc::clone(&telemetry));
+    let first = timeout(Duration::from_secs(5), source.first())
+        .await
+        .expect("the first cluster");
+    assert!(
+        !service_names(&first).contains(&"default/squatter".to_owned()),
+        "{:?}",
+        service_names(&first)
+    );
+    let events = events_settled(&fake, 1).await;
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["reason"], "AddressIgnored");
+    assert_eq!(events[0]["regarding"]["name"], "squatter");
+    assert_eq!(events[0]["reportingInstance"], "node1");
+    assert_eq!(
+        events[0]["note"],
+        "10.9.9.9 in status.loadBalancer.ingress is ignored: no valid AddressPool lists it, so no node announces or forwards it"
+    );
+    assert_eq!(telemetry.ignored_status_addresses(), 1);
+
+    // Another change: still ignored, neither reported nor counted again.
+    add_service(
+        &fake,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": { "name": "whoami", "namespace": "default", "resourceVersion": "101" },
+            "spec": {
+                "type": "LoadBalancer",
+                "loadBalancerClass": "xdplb.io/lb",
+                "ports": [ { "port": 80, "protocol": "TCP", "targetPort": 80 } ],
+            },
+            "status": { "loadBalancer": { "ingress": [ { "ip": "192.168.8.242", "ipMode": "VIP" } ] } },
+        }),
+    );
+    let next = timeout(Duration::from_secs(5), source.next())
+        .await
+        .expect("the cluster with whoami");
+    assert!(service_names(&next).contains(&"default/whoami".to_owned()));
+    events_settled(&fake, 1).await;
+    assert_eq!(telemetry.ignored_status_addresses(), 1);
 }

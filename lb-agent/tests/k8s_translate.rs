@@ -21,7 +21,7 @@ use lb_agent::{
     k8s::{
         crd::AddressPool,
         slice::Slice,
-        translate::{Snapshot, TranslateError, Translation, Translator},
+        translate::{IgnoredAddress, Snapshot, TranslateError, Translation, Translator},
     },
     membership::{Peer, View},
     model::{BackendState, Endpoint, Protocol, ServicePort, TrafficPolicy, desired_state},
@@ -116,24 +116,128 @@ fn only_our_services_with_an_assigned_vip_are_served() {
             ("kube-system/traefik", ip("192.168.8.240")),
         ]
     );
-    // As the default class, the agent takes the class-less `legacy` too.
+    // As the default class, the agent takes the class-less `legacy` too, once a pool
+    // lists the address MetalLB gave it.
     let default = Translator {
         class: ClassPolicy {
             default_class: true,
         },
         ..translator("node1")
     };
-    let cluster = default
-        .translate(&snapshot(&documents(CLUSTER)))
-        .expect("translates")
-        .cluster;
-    assert!(
-        cluster
+    let legacy = |translation: &Translation| {
+        translation
+            .cluster
             .inputs
             .services
             .iter()
-            .any(|service| service.name == "default/legacy" && service.vip == ip("192.168.7.230"))
+            .find(|service| service.name == "default/legacy")
+            .map(|service| service.vip)
+    };
+    let without_pool = default
+        .translate(&snapshot(&documents(CLUSTER)))
+        .expect("translates");
+    assert_eq!(legacy(&without_pool), None);
+    let mut documents = documents(CLUSTER);
+    documents.extend(k8s_support::documents(
+        r#"
+apiVersion: xdplb.io/v1alpha1
+kind: AddressPool
+metadata: { name: migrated }
+spec: { addresses: ["192.168.7.230-192.168.7.235"] }
+"#,
+    ));
+    let with_pool = default
+        .translate(&snapshot(&documents))
+        .expect("translates");
+    assert_eq!(legacy(&with_pool), Some(ip("192.168.7.230")));
+    assert!(with_pool.ignored.is_empty(), "{:?}", with_pool.ignored);
+}
+
+/// The real API server showed a node announcing an address that another writer had put
+/// into a Service's status, outside every pool: a node owns only addresses that a valid
+/// pool lists; anything else in a status is left out and listed as ignored.
+#[test]
+fn status_addresses_outside_every_valid_pool_are_never_served() {
+    let mut documents = documents(CLUSTER);
+    documents.extend(k8s_support::documents(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: { name: squatter, namespace: default }
+spec:
+  type: LoadBalancer
+  loadBalancerClass: xdplb.io/lb
+  ports: [ { port: 80, protocol: TCP, targetPort: 80 } ]
+status: { loadBalancer: { ingress: [ { ip: 10.9.9.9, ipMode: VIP } ] } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: doubled, namespace: default }
+spec:
+  type: LoadBalancer
+  loadBalancerClass: xdplb.io/lb
+  ports: [ { port: 80, protocol: TCP, targetPort: 80 } ]
+status: { loadBalancer: { ingress: [ { ip: 10.9.9.10 }, { ip: 192.168.8.245, ipMode: VIP } ] } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: stranded, namespace: default }
+spec:
+  type: LoadBalancer
+  loadBalancerClass: xdplb.io/lb
+  ports: [ { port: 80, protocol: TCP, targetPort: 80 } ]
+status: { loadBalancer: { ingress: [ { ip: 192.168.9.1, ipMode: VIP } ] } }
+---
+apiVersion: xdplb.io/v1alpha1
+kind: AddressPool
+metadata: { name: broken }
+spec: { addresses: ["192.168.9.1/24"] }
+"#,
+    ));
+    let translation = translator("node1")
+        .translate(&snapshot(&documents))
+        .expect("translates");
+    let served: BTreeMap<&str, Ipv4Addr> = translation
+        .cluster
+        .inputs
+        .services
+        .iter()
+        .map(|service| (service.name.as_str(), service.vip))
+        .collect();
+    assert!(!served.contains_key("default/squatter"), "{served:?}");
+    assert!(!served.contains_key("default/stranded"), "{served:?}");
+    assert_eq!(served.get("default/doubled"), Some(&ip("192.168.8.245")));
+    let ignored = |name: &str, address: &str, served: Option<&str>| IgnoredAddress {
+        namespace: "default".into(),
+        name: name.into(),
+        ip: ip(address),
+        served: served.map(ip),
+    };
+    assert_eq!(
+        translation.ignored.iter().cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            ignored("squatter", "10.9.9.9", None),
+            ignored("doubled", "10.9.9.10", Some("192.168.8.245")),
+            ignored("stranded", "192.168.9.1", None),
+        ])
     );
+    let notes = translation.notes.join("\n");
+    for expected in [
+        "default/squatter: 10.9.9.9 in status.loadBalancer.ingress is ignored: no valid AddressPool lists it",
+        "default/doubled: 10.9.9.10 in status.loadBalancer.ingress is ignored: the Service is served on 192.168.8.245 alone",
+    ] {
+        assert!(
+            notes.contains(expected),
+            "{expected} missing from:\n{notes}"
+        );
+    }
+    // No node is elected for them, so none announces them.
+    let view = all_alive(&translation.cluster.inputs.peers, "node1");
+    let planned = plan(&translation.cluster, &view, 1500, None);
+    for address in ["10.9.9.9", "10.9.9.10", "192.168.9.1"] {
+        assert!(!planned.elections.contains_key(&ip(address)), "{address}");
+    }
+    assert!(planned.elections.contains_key(&ip("192.168.8.245")));
 }
 
 #[test]

@@ -160,7 +160,8 @@ async fn kubernetes(
         .await
         .context("connecting to the Kubernetes API")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    // One telemetry for both, so the agent's /metrics shows the IPAM's counters.
+    // One telemetry for all three, so the agent's /metrics shows the IPAM's and the
+    // source's counters.
     let telemetry = Arc::new(Telemetry::new());
     let ipam = tokio::spawn(ipam_controller::run(
         client.clone(),
@@ -169,7 +170,7 @@ async fn kubernetes(
         stopped,
         Arc::clone(&telemetry),
     ));
-    let source = KubeSource::start(client, &settings, node);
+    let source = KubeSource::start_with(client, &settings, node, Arc::clone(&telemetry));
     let result = runtime::run_with(source, telemetry).await;
     stop.send_replace(true);
     if tokio::time::timeout(RELEASE_TIMEOUT, ipam).await.is_err() {

@@ -10,7 +10,9 @@
 //!
 //! The owner of a VIP reports `Announced` events ("announced from node X") on the
 //! Services of that VIP when it takes it over, and on a Service that shows an owned VIP
-//! later (see [`report_announcements`]).
+//! later (see [`report_announcements`]). Every agent counts the status addresses the
+//! translation ignores and reports each once with a Warning event `AddressIgnored`
+//! ([`report_ignored`]).
 //!
 //! At start the agent writes its announce interface on its own Node (annotation
 //! [`ANNOUNCE_INTERFACE_ANNOTATION`]), so every agent can tell which nodes may own the
@@ -45,11 +47,12 @@ use super::{
     settings::KubernetesSettings,
     settle::{BASE_WINDOW, Changes, next_window},
     slice::Slice,
-    translate::{Snapshot, Translation, Translator},
+    translate::{IgnoredAddress, Snapshot, Translation, Translator},
 };
 use crate::{
     election::ANNOUNCE_INTERFACE_ANNOTATION,
     runtime::{Cluster, Settings, Source},
+    telemetry::Telemetry,
 };
 
 /// The events' reporting controller for announcements.
@@ -213,15 +216,16 @@ pub fn reflect_all(client: &Client, changed: &Arc<Changes>) -> (Stores, Vec<Join
     (stores, tasks)
 }
 
-/// Translates the stores whenever they change and publishes each new cluster: the first
-/// change at once, the changes arriving within the settle window after a translation
-/// (see [`super::settle`]) together at its end. Notes and errors are logged when they
-/// change, not on every pass.
+/// Translates the stores whenever they change and publishes each new cluster, and the
+/// status addresses it ignores: the first change at once, the changes arriving within
+/// the settle window after a translation (see [`super::settle`]) together at its end.
+/// Notes and errors are logged when they change, not on every pass.
 pub async fn translate_changes(
     stores: Stores,
     translator: Translator,
     changed: Arc<Changes>,
     cluster: watch::Sender<Option<Arc<Cluster>>>,
+    ignored: watch::Sender<Vec<IgnoredAddress>>,
 ) {
     stores.ready().await;
     tracing::info!("Kubernetes state listed");
@@ -247,6 +251,13 @@ pub async fn translate_changes(
             last = Some(report);
         }
         if let Ok(translation) = outcome {
+            ignored.send_if_modified(|current| {
+                let modified = *current != translation.ignored;
+                if modified {
+                    current.clone_from(&translation.ignored);
+                }
+                modified
+            });
             cluster.send_if_modified(|current| {
                 if current.as_deref() == Some(&translation.cluster) {
                     return false;
@@ -275,6 +286,16 @@ pub struct KubeSource {
 impl KubeSource {
     /// Starts watching the API for node `node`.
     pub fn start(client: Client, settings: &KubernetesSettings, node: String) -> Self {
+        Self::start_with(client, settings, node, Arc::new(Telemetry::new()))
+    }
+
+    /// [`KubeSource::start`], counting into `telemetry` (the agent's, for `/metrics`).
+    pub fn start_with(
+        client: Client,
+        settings: &KubernetesSettings,
+        node: String,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         let translator = Translator {
             node: node.clone(),
             class: settings.class_policy(),
@@ -284,11 +305,13 @@ impl KubeSource {
         let changed = Arc::new(Changes::default());
         let (stores, mut tasks) = reflect_all(&client, &changed);
         let (cluster_tx, cluster) = watch::channel(None);
+        let (ignored_tx, ignored) = watch::channel(Vec::new());
         tasks.push(tokio::spawn(translate_changes(
             stores.clone(),
             translator,
             changed,
             cluster_tx,
+            ignored_tx,
         )));
         let (announced, owned) = mpsc::unbounded_channel();
         let reporter = Reporter {
@@ -296,6 +319,12 @@ impl KubeSource {
             instance: Some(node.clone()),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        tasks.push(tokio::spawn(report_ignored(
+            ignored,
+            stores.services.clone(),
+            recorder.clone(),
+            telemetry,
+        )));
         tasks.push(tokio::spawn(report_announcements(
             owned,
             cluster.clone(),
@@ -457,9 +486,6 @@ async fn announce(
     let Some((namespace, name)) = name.split_once('/') else {
         return;
     };
-    let Some(service) = services.get(&ObjectRef::new(name).within(namespace)) else {
-        return;
-    };
     let event = Event {
         type_: EventType::Normal,
         reason: "Announced".to_owned(),
@@ -467,8 +493,56 @@ async fn announce(
         action: "Announce".to_owned(),
         secondary: None,
     };
-    if let Err(error) = recorder.publish(&event, &service.object_ref(&())).await {
-        tracing::warn!(%error, %vip, "publishing the Announced event failed");
+    publish_event(services, recorder, namespace, name, &event).await;
+}
+
+/// Counts every status address newly in `ignored` and reports it on its Service with a
+/// Warning event `AddressIgnored`, once while it stays ignored (again if it comes back
+/// after a fix).
+pub async fn report_ignored(
+    mut ignored: watch::Receiver<Vec<IgnoredAddress>>,
+    services: Store<Service>,
+    recorder: Recorder,
+    telemetry: Arc<Telemetry>,
+) {
+    let mut reported = BTreeSet::new();
+    while ignored.changed().await.is_ok() {
+        let now: BTreeSet<IgnoredAddress> = ignored.borrow_and_update().iter().cloned().collect();
+        for address in now.difference(&reported) {
+            telemetry.status_address_ignored();
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "AddressIgnored".to_owned(),
+                note: Some(address.to_string()),
+                action: "Ignore".to_owned(),
+                secondary: None,
+            };
+            publish_event(
+                &services,
+                &recorder,
+                &address.namespace,
+                &address.name,
+                &event,
+            )
+            .await;
+        }
+        reported = now;
+    }
+}
+
+/// Publishes `event` on the Service `namespace/name`, as the store has it.
+async fn publish_event(
+    services: &Store<Service>,
+    recorder: &Recorder,
+    namespace: &str,
+    name: &str,
+    event: &Event,
+) {
+    let Some(service) = services.get(&ObjectRef::new(name).within(namespace)) else {
+        return;
+    };
+    if let Err(error) = recorder.publish(event, &service.object_ref(&())).await {
+        tracing::warn!(%error, service = %format!("{namespace}/{name}"), reason = event.reason, "publishing an event failed");
     }
 }
 

@@ -10,7 +10,11 @@
 //!   [`ClassPolicy::responsibility`]) with an IPv4 address in
 //!   `status.loadBalancer.ingress` — the VIP the IPAM assigned. A Service still waiting
 //!   for its address is not served yet. Service `ns/name` is the core's service
-//!   `ns/name`.
+//!   `ns/name`. The VIP is the first status address that a valid AddressPool lists:
+//!   anyone may write a status, and an address outside every pool (another writer's, or
+//!   one whose pool was deleted) must never be announced. Every other status address is
+//!   left out and listed in [`Translation::ignored`], which the source counts and
+//!   reports on the Service.
 //! - Ports: TCP and UDP; the target port is the number the Service's EndpointSlices
 //!   list for the port's name, which resolves named `targetPort`s. Without any slice
 //!   listing it (no endpoints yet), a numeric `targetPort` is used as is, a named one
@@ -32,6 +36,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
     net::Ipv4Addr,
     sync::Arc,
 };
@@ -47,12 +52,14 @@ use kube::{
 
 use super::{
     crd::AddressPool,
+    pool_status,
     slice::{Address, Slice},
 };
 use crate::{
     arp,
     election::{ANNOUNCE_INTERFACE_ANNOTATION, AnnounceInterfaces, Announcers},
     ipam::{
+        Pool,
         addresses::AddressSet,
         request::{ClassPolicy, Responsibility, status_addresses},
     },
@@ -91,6 +98,35 @@ pub struct Translator {
 pub struct Translation {
     pub cluster: Cluster,
     pub notes: Vec<String>,
+    /// Status addresses of our Services that no node may own.
+    pub ignored: Vec<IgnoredAddress>,
+}
+
+/// An address in a Service's `status.loadBalancer.ingress` that is neither announced
+/// nor forwarded.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IgnoredAddress {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// The address the Service is served on instead, if any: it has one VIP.
+    pub served: Option<Ipv4Addr>,
+}
+
+impl fmt::Display for IgnoredAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ip = self.ip;
+        match self.served {
+            Some(vip) => write!(
+                f,
+                "{ip} in status.loadBalancer.ingress is ignored: the Service is served on {vip} alone"
+            ),
+            None => write!(
+                f,
+                "{ip} in status.loadBalancer.ingress is ignored: no valid AddressPool lists it, so no node announces or forwards it"
+            ),
+        }
+    }
 }
 
 /// Why there is no cluster to run at all.
@@ -130,7 +166,9 @@ impl Translator {
             .iter()
             .map(|node| (node.core.address, node.core.name.as_str()))
             .collect();
-        let services = self.services(snapshot, &node_addresses, &mut notes);
+        let (pools, _) = pool_status::compile(&snapshot.pools);
+        let mut ignored = Vec::new();
+        let services = self.services(snapshot, &pools, &node_addresses, &mut notes, &mut ignored);
         let labels: BTreeMap<String, BTreeMap<String, String>> = nodes
             .iter()
             .map(|node| (node.core.name.clone(), node.labels.clone()))
@@ -162,24 +200,33 @@ impl Translator {
             node_interfaces,
             garp: pools.garp,
         };
-        Ok(Translation { cluster, notes })
+        Ok(Translation {
+            cluster,
+            notes,
+            ignored,
+        })
     }
 
     fn services(
         &self,
         snapshot: &Snapshot,
+        pools: &[Pool],
         node_addresses: &BTreeMap<Ipv4Addr, &str>,
         notes: &mut Vec<String>,
+        ignored: &mut Vec<IgnoredAddress>,
     ) -> Vec<CoreService> {
         let mut ours: Vec<(String, &Service, Ipv4Addr)> = snapshot
             .services
             .iter()
             .filter(|service| self.class.responsibility(service) == Responsibility::Ours)
             .filter_map(|service| {
-                let vip = *status_addresses(service).first()?;
-                Some((service_name(service), service.as_ref(), vip))
+                let vip = vip(service, pools, ignored);
+                Some((service_name(service), service.as_ref(), vip?))
             })
             .collect();
+        for address in ignored.iter() {
+            notes.push(format!("{}/{}: {address}", address.namespace, address.name));
+        }
         // Older Services keep a contested port, as they keep a contested address.
         ours.sort_by(|a, b| {
             let created = |service: &Service| service.metadata.creation_timestamp.clone();
@@ -224,6 +271,24 @@ impl Translator {
         }
         services
     }
+}
+
+/// The first of `service`'s status addresses that one of `pools` lists; the others
+/// go to `ignored`.
+fn vip(service: &Service, pools: &[Pool], ignored: &mut Vec<IgnoredAddress>) -> Option<Ipv4Addr> {
+    let addresses = status_addresses(service);
+    let vip = addresses
+        .iter()
+        .copied()
+        .find(|&ip| pools.iter().any(|pool| pool.addresses.contains(ip)));
+    let others = addresses.into_iter().filter(|&ip| Some(ip) != vip);
+    ignored.extend(others.map(|ip| IgnoredAddress {
+        namespace: service.namespace().unwrap_or_default(),
+        name: service.name_any(),
+        ip,
+        served: vip,
+    }));
+    vip
 }
 
 /// A Node as the translation needs it.

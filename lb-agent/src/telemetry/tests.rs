@@ -186,3 +186,21 @@ fn ipam_counters_carry_pool_and_reason_labels() {
     }
     assert_eq!(telemetry.ipam_counts().allocations["lan"], 2);
 }
+
+#[test]
+fn ignored_status_addresses_are_counted() {
+    let telemetry = Telemetry::new();
+    let text = telemetry.render(status()).expect("render");
+    assert!(
+        lines(&text).contains(&"xdplb_ignored_status_addresses_total 0"),
+        "{text}"
+    );
+    telemetry.status_address_ignored();
+    telemetry.status_address_ignored();
+    let text = telemetry.render(status()).expect("render");
+    assert!(
+        lines(&text).contains(&"xdplb_ignored_status_addresses_total 2"),
+        "{text}"
+    );
+    assert_eq!(telemetry.ignored_status_addresses(), 2);
+}

@@ -666,7 +666,7 @@ pub fn translate_cases() -> Vec<TranslateCase> {
             Expect::Accepted,
         ),
         (
-            "VIP is a node's address",
+            "VIP is a node's address, which a pool lists",
             || {
                 vec![held(
                     "api",
@@ -674,10 +674,29 @@ pub fn translate_cases() -> Vec<TranslateCase> {
                     json!([{ "port": 443, "protocol": "TCP" }]),
                 )]
             },
-            POOLS,
+            r#"
+apiVersion: xdplb.io/v1alpha1
+kind: AddressPool
+metadata: { name: lan }
+spec: { addresses: ["192.168.8.240-192.168.8.250", "10.0.0.12/32"] }
+"#,
             rejected(&[
                 "edge/api",
                 "VIP 10.0.0.12 is the address of node node2; not served",
+            ]),
+        ),
+        (
+            "status address outside every pool (another writer's)",
+            || {
+                vec![held(
+                    "api",
+                    "10.9.9.9",
+                    json!([{ "port": 443, "protocol": "TCP" }]),
+                )]
+            },
+            POOLS,
+            rejected(&[
+                "edge/api: 10.9.9.9 in status.loadBalancer.ingress is ignored: no valid AddressPool lists it",
             ]),
         ),
         (

@@ -128,6 +128,16 @@ pub fn echo_onto(respond: Respond, received: &Received, object: &Value) {
     reply(respond, StatusCode::OK, &body);
 }
 
+/// Answers a watch with `events` (`{"type": "ADDED", "object": ...}`), then ends it, as
+/// the API server may; the client watches again from the last resourceVersion.
+pub fn stream(respond: Respond, events: &[Value]) {
+    let lines: String = events
+        .iter()
+        .map(|event| event.to_string() + "\n")
+        .collect();
+    respond.send_response(Response::new(Body::from(lines.into_bytes())));
+}
+
 /// A Kubernetes `Status` failure.
 pub fn fail(respond: Respond, code: u16, reason: &str) {
     let status = json!({
