@@ -8,7 +8,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_support::{
-    ApiDouble, Received, client, documents, echo, echo_onto, fail, list, of_kind, reply,
+    ApiDouble, Received, Respond, client, documents, echo, echo_onto, fail, list, of_kind, reply,
+    stream,
 };
 use kube::runtime::{reflector, watcher};
 use lb_agent::{
@@ -630,12 +631,127 @@ spec:
     published.expect("published");
 }
 
+const POOLS: &str = "/apis/xdplb.io/v1alpha1/addresspools";
+
+/// The API server as the IPAM leader sees it: lists of its objects, watches held open
+/// until an event is sent on them, and writes answered as the API server does (a status
+/// write of a pool it does not have gets 404).
+struct LeaderApi {
+    api: ApiDouble,
+    pools: Vec<Value>,
+    services: Vec<Value>,
+    /// Open watches, by path.
+    watches: Vec<(String, Respond)>,
+}
+
+impl LeaderApi {
+    /// Answers requests until `count` writes came; returns them.
+    async fn writes(&mut self, count: usize) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut writes = Vec::new();
+        while writes.len() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "writes so far: {writes:?}"
+            );
+            let (request, respond) = self.api.next().await;
+            writes.extend(self.answer(request, respond));
+        }
+        writes
+    }
+
+    /// Answers requests until none comes for a while; panics on a write.
+    async fn settled(&mut self) {
+        while let Some((request, respond)) = self.api.next_within(QUIET).await {
+            if let Some(write) = self.answer(request, respond) {
+                panic!("unexpected write {write:?}");
+            }
+        }
+    }
+
+    /// Deletes the pool `name`, sending the event on the open pool watch.
+    fn delete_pool(&mut self, name: &str) {
+        let position = self
+            .pools
+            .iter()
+            .position(|pool| pool["metadata"]["name"] == name)
+            .expect("the pool");
+        let mut pool = self.pools.remove(position);
+        pool["metadata"]["resourceVersion"] = json!("20");
+        let watch = self
+            .watches
+            .iter()
+            .position(|(path, _)| path == POOLS)
+            .expect("an open pool watch");
+        let (_, respond) = self.watches.remove(watch);
+        stream(respond, &[json!({ "type": "DELETED", "object": pool })]);
+    }
+
+    /// Answers `request`; returns it if it is a write.
+    fn answer(&mut self, request: Received, respond: Respond) -> Option<Received> {
+        let path = request.path().to_owned();
+        if request.is_watch() {
+            self.watches.push((path, respond));
+            return None;
+        }
+        let pool_status = path
+            .strip_prefix(POOLS)
+            .and_then(|rest| rest.strip_prefix('/')?.strip_suffix("/status"));
+        match (&request.method, path.as_str(), pool_status) {
+            (&Method::GET, POOLS, _) => reply(
+                respond,
+                StatusCode::OK,
+                &list("xdplb.io/v1alpha1", "AddressPoolList", "10", &self.pools),
+            ),
+            (&Method::GET, "/api/v1/namespaces", _) => reply(
+                respond,
+                StatusCode::OK,
+                &list("v1", "NamespaceList", "11", &[]),
+            ),
+            (&Method::GET, "/api/v1/services", _) => reply(
+                respond,
+                StatusCode::OK,
+                &list("v1", "ServiceList", "12", &self.services),
+            ),
+            (&Method::POST, _, _) => reply(respond, StatusCode::CREATED, &request.body),
+            (&Method::PATCH, _, Some(name)) => {
+                match self
+                    .pools
+                    .iter()
+                    .find(|pool| pool["metadata"]["name"] == name)
+                {
+                    Some(pool) => echo_onto(respond, &request, pool),
+                    None => fail(respond, 404, "NotFound"),
+                }
+            }
+            (&Method::PATCH, _, None) => echo(respond, &request, Some("13")),
+            _ => panic!("unexpected request {request:?}"),
+        }
+        (request.method != Method::GET).then_some(request)
+    }
+}
+
+/// Starts the IPAM leader loop on an API serving `pools` and `services`.
+fn leader(pools: Vec<Value>, services: &[&Service]) -> (tokio::task::JoinHandle<()>, LeaderApi) {
+    let (client, api) = client();
+    let ipam = tokio::spawn(serve(client, ClassPolicy::default(), "agent-1".into()));
+    let services = services
+        .iter()
+        .map(|service| serde_json::to_value(service).expect("JSON"))
+        .collect();
+    let api = LeaderApi {
+        api,
+        pools,
+        services,
+        watches: Vec::new(),
+    };
+    (ipam, api)
+}
+
 /// The whole leader loop: lists pools, namespaces and Services, rebuilds, then gives
 /// only the Service without an address one, and counts the pool.
 #[tokio::test]
 async fn the_leader_lists_rebuilds_and_allocates_only_what_is_missing() {
-    let (client, mut api) = client();
-    let pool_items: Vec<Value> = documents(LAN);
     let traefik = service(
         "kube-system",
         "traefik",
@@ -643,55 +759,8 @@ async fn the_leader_lists_rebuilds_and_allocates_only_what_is_missing() {
         holding("192.168.8.240", "lan"),
     );
     let fresh = service("default", "fresh", &["80/TCP"], json!({}));
-    let service_items = [
-        serde_json::to_value(&traefik).expect("JSON"),
-        serde_json::to_value(&fresh).expect("JSON"),
-    ];
-    let ipam = tokio::spawn(serve(client, ClassPolicy::default(), "agent-1".into()));
-    // Watches stay open (unanswered) until the test ends.
-    let mut watches = Vec::new();
-    let mut writes: Vec<Received> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while writes.len() < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "writes so far: {writes:?}"
-        );
-        let (request, respond) = api.next().await;
-        match (request.method.clone(), request.path()) {
-            (_, _) if request.is_watch() => watches.push(respond),
-            (Method::GET, "/apis/xdplb.io/v1alpha1/addresspools") => reply(
-                respond,
-                StatusCode::OK,
-                &list("xdplb.io/v1alpha1", "AddressPoolList", "10", &pool_items),
-            ),
-            (Method::GET, "/api/v1/namespaces") => {
-                reply(
-                    respond,
-                    StatusCode::OK,
-                    &list("v1", "NamespaceList", "11", &[]),
-                );
-            }
-            (Method::GET, "/api/v1/services") => reply(
-                respond,
-                StatusCode::OK,
-                &list("v1", "ServiceList", "12", &service_items),
-            ),
-            (Method::POST, _) => {
-                reply(respond, StatusCode::CREATED, &request.body);
-                writes.push(request);
-            }
-            (Method::PATCH, "/apis/xdplb.io/v1alpha1/addresspools/lan/status") => {
-                echo_onto(respond, &request, &pool_items[0]);
-                writes.push(request);
-            }
-            (Method::PATCH, _) => {
-                echo(respond, &request, Some("13"));
-                writes.push(request);
-            }
-            _ => panic!("unexpected request {request:?}"),
-        }
-    }
+    let (ipam, mut api) = leader(documents(LAN), &[&traefik, &fresh]);
+    let writes = api.writes(3).await;
     let paths: Vec<(Method, &str)> = writes
         .iter()
         .map(|write| (write.method.clone(), write.path()))
@@ -717,10 +786,136 @@ async fn the_leader_lists_rebuilds_and_allocates_only_what_is_missing() {
     assert_eq!(writes[2].body["status"]["assigned"], 2);
     assert_eq!(writes[2].body["status"]["available"], 9);
     // Nothing more: traefik already shows what it holds.
-    while let Some((request, respond)) = api.next_within(QUIET).await {
-        assert!(request.is_watch(), "unexpected request {request:?}");
-        watches.push(respond);
-    }
+    api.settled().await;
     ipam.abort();
-    drop(watches);
+}
+
+/// The real API server showed it: a Service whose pool was deleted kept a condition
+/// naming the pool until the agent restarted. It keeps its address (no node announces
+/// it), and the condition says so at once; the deleted pool's status is not written.
+#[tokio::test]
+async fn a_service_whose_pool_is_deleted_keeps_its_address_and_says_so_at_once() {
+    let traefik = service(
+        "kube-system",
+        "traefik",
+        &["443/TCP"],
+        holding("192.168.8.240", "lan"),
+    );
+    let (ipam, mut api) = leader(documents(LAN), &[&traefik]);
+    let written = api.writes(1).await;
+    written[0].expect(Method::PATCH, &format!("{POOLS}/lan/status"));
+    api.settled().await;
+
+    api.delete_pool("lan");
+    let written = api.writes(1).await;
+    written[0].expect(
+        Method::PATCH,
+        "/api/v1/namespaces/kube-system/services/traefik/status",
+    );
+    assert_eq!(
+        *ingress(&written[0]),
+        json!([{ "ip": "192.168.8.240", "ipMode": "VIP" }])
+    );
+    let gone = condition(&written[0]);
+    assert_eq!(gone["status"], "False");
+    assert_eq!(gone["reason"], "NotInAnyPool");
+    let message = gone["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("192.168.8.240, which no valid pool lists any more")
+            && message.contains("no node announces it"),
+        "{message}"
+    );
+    api.settled().await;
+    ipam.abort();
+}
+
+/// Expects the status write of pool `name`: answered with `code` as the API server's
+/// failure, or, without one, with `pool` carrying the written status.
+async fn pool_status_write(
+    api: &mut ApiDouble,
+    name: &str,
+    pools: &[Arc<AddressPool>],
+    code: Option<u16>,
+) {
+    let (write, respond) = api.next().await;
+    write.expect(
+        Method::PATCH,
+        &format!("/apis/xdplb.io/v1alpha1/addresspools/{name}/status"),
+    );
+    match code {
+        Some(404) => fail(respond, 404, "NotFound"),
+        Some(code) => fail(respond, code, "InternalError"),
+        None => {
+            let pool = pools
+                .iter()
+                .find(|pool| pool.metadata.name.as_deref() == Some(name))
+                .expect("a pool of the test");
+            echo_onto(
+                respond,
+                &write,
+                &serde_json::to_value(&**pool).expect("JSON"),
+            );
+        }
+    }
+}
+
+/// The real API server showed it: after an AddressPool was deleted the agent kept
+/// patching its status (404), and that one failure stopped the whole round.
+#[tokio::test]
+async fn deleted_pools_are_skipped_and_a_failed_write_does_not_stop_the_others() {
+    let pool = |name: &str, uid: &str, addresses: &str, extra: &str| {
+        format!(
+            "apiVersion: xdplb.io/v1alpha1\nkind: AddressPool\nmetadata: {{ name: {name}, uid: {uid}, generation: 1{extra} }}\nspec: {{ addresses: [\"{addresses}\"] }}\n---\n"
+        )
+    };
+    let attic = pool("attic", "uid-attic", "192.168.9.0/30", "");
+    // Being deleted, held by a finalizer: its status is of no use any more.
+    let leaving = pool(
+        "leaving",
+        "uid-leaving",
+        "192.168.10.0/30",
+        ", deletionTimestamp: \"2026-01-01T00:00:00Z\", finalizers: [example.com/hold]",
+    );
+    let listed = pools(&format!("{attic}{leaving}{LAN}"));
+    let (client, mut api) = client();
+    let ctx = context(client, &listed, &[]);
+    let mut statuses = PoolStatuses::default();
+
+    // attic is gone from the API server, the store has not caught up: lan still gets
+    // its status.
+    let (published, ()) = tokio::join!(statuses.publish(&listed, &ctx), async {
+        pool_status_write(&mut api, "attic", &listed, Some(404)).await;
+        pool_status_write(&mut api, "lan", &listed, None).await;
+        api.expect_silence(QUIET).await;
+    });
+    published.expect("a deleted pool is no failure");
+    // Not tried again while the store lists it.
+    let (published, ()) = tokio::join!(statuses.publish(&listed, &ctx), api.expect_silence(QUIET));
+    published.expect("nothing to write");
+
+    // Created again (a new uid) next to a new pool: its write fails, the next pool is
+    // written all the same, and the failure is reported and retried.
+    let recreated = pools(&format!(
+        "{}{leaving}{LAN}\n---\n{}",
+        pool("attic", "uid-attic-2", "192.168.9.0/30", ""),
+        pool("spare", "uid-spare", "192.168.11.0/30", "")
+    ));
+    let (published, ()) = tokio::join!(statuses.publish(&recreated, &ctx), async {
+        pool_status_write(&mut api, "attic", &recreated, Some(500)).await;
+        pool_status_write(&mut api, "spare", &recreated, None).await;
+        api.expect_silence(QUIET).await;
+    });
+    let failures = published.expect_err("attic's write failed");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].metric_label(), "pool_status");
+    assert!(
+        failures[0].to_string().contains("AddressPool attic"),
+        "{}",
+        failures[0]
+    );
+    let (published, ()) = tokio::join!(statuses.publish(&recreated, &ctx), async {
+        pool_status_write(&mut api, "attic", &recreated, None).await;
+        api.expect_silence(QUIET).await;
+    });
+    published.expect("written on the retry");
 }

@@ -21,7 +21,9 @@
 //! it. A Service whose request is invalid or cannot be met keeps the address it holds
 //! (none is taken away by a bad annotation, an edited pool or a full pool); it gets a
 //! `False` condition and a Warning event `AllocationFailed` naming the problem. Events
-//! are sent when the condition changes, not on every pass.
+//! are sent when the condition changes, not on every pass. An address that no valid
+//! pool lists any more (its pool deleted, edited or made invalid) stays too, with a
+//! `False` condition saying so as soon as the pools change: nodes do not announce it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -214,6 +216,12 @@ impl Error {
             Self::PoolStatus { .. } => "pool_status",
         }
     }
+
+    /// Whether the API server no longer has the object (404).
+    fn is_not_found(&self) -> bool {
+        let (Self::ServiceStatus { source, .. } | Self::PoolStatus { source, .. }) = self;
+        matches!(source, kube::Error::Api(status) if status.is_not_found())
+    }
 }
 
 /// What a pass over one Service came to.
@@ -388,7 +396,18 @@ async fn grant(
         Some(pool) => format!("{ip} from pool {pool}"),
         None => format!("{ip}, which no valid pool lists any more"),
     };
-    let wanted = Wanted::new(ALLOCATED_CONDITION, true, "Allocated", source.clone());
+    let wanted = match &allocation.pool {
+        Some(_) => Wanted::new(ALLOCATED_CONDITION, true, "Allocated", source.clone()),
+        // Nodes announce only addresses that a valid pool lists (see `super::translate`).
+        None => Wanted::new(
+            ALLOCATED_CONDITION,
+            false,
+            "NotInAnyPool",
+            format!(
+                "{source} (its pool was deleted, edited or made invalid); kept, but no node announces it until a pool lists it again"
+            ),
+        ),
+    };
     let generation = service.metadata.generation;
     if shows(service, Some(ip))
         && all_match(
@@ -530,29 +549,54 @@ async fn write_status(
 #[derive(Debug, Default)]
 pub struct PoolStatuses {
     written: BTreeMap<String, PoolReport>,
+    /// Pools the API server no longer has (404) though the store still lists them (its
+    /// watch has not caught up, or fails): their uids, by name. Not written again until
+    /// the store drops them; a new pool of the same name has another uid.
+    gone: BTreeMap<String, Option<String>>,
 }
 
 impl PoolStatuses {
-    /// Writes every pool status that differs from what it says now.
+    /// Writes every pool status that differs from what it says now, skipping deleted
+    /// pools; a failed write does not stop the others. Returns the failures.
     pub async fn publish(
         &mut self,
         pools: &[Arc<AddressPool>],
         ctx: &Context,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Vec<Error>> {
         let reports = pool_status::reports(pools, &ctx.allocator());
         self.written.retain(|name, _| reports.contains_key(name));
+        self.gone.retain(|name, uid| {
+            pools
+                .iter()
+                .any(|pool| pool.name_any() == *name && pool.uid() == *uid)
+        });
+        let mut failures = Vec::new();
         for pool in pools {
             let name = pool.name_any();
             let Some(report) = reports.get(&name) else {
                 continue;
             };
-            if self.written.get(&name) == Some(report) || already_says(pool, report) {
+            let deleted =
+                pool.metadata.deletion_timestamp.is_some() || self.gone.contains_key(&name);
+            if deleted || self.written.get(&name) == Some(report) || already_says(pool, report) {
                 continue;
             }
-            write_pool_status(pool, report, ctx).await?;
-            self.written.insert(name, report.clone());
+            match write_pool_status(pool, report, ctx).await {
+                Ok(()) => {
+                    self.written.insert(name, report.clone());
+                }
+                Err(error) if error.is_not_found() => {
+                    tracing::info!(pool = %name, "AddressPool deleted; its status is no longer written");
+                    self.gone.insert(name, pool.uid());
+                }
+                Err(error) => failures.push(error),
+            }
         }
-        Ok(())
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures)
+        }
     }
 }
 
@@ -788,11 +832,34 @@ impl Ipam {
         for (name, error) in &invalid {
             tracing::warn!(pool = %name, %error, "AddressPool invalid; its addresses are not assigned");
         }
+        let before = self.attributions();
         self.ctx.allocator().set_pools(valid);
         if self.rebuilt {
+            // A Service whose address changed pools (its pool deleted, edited or made
+            // invalid) gets a condition saying so now, not after the next restart.
+            let after = self.attributions();
+            for (key, pool) in &after {
+                if before.get(key) != Some(pool) {
+                    self.pass(key).await;
+                }
+            }
             self.retry_waiting().await;
             self.publish_pools().await;
         }
+    }
+
+    /// The pool each address held is attributed to, by the Service holding it.
+    fn attributions(&self) -> BTreeMap<ServiceKey, Option<String>> {
+        let allocator = self.ctx.allocator();
+        self.services
+            .state()
+            .iter()
+            .filter_map(|service| {
+                let key = ServiceKey::of(service)?;
+                let pool = allocator.allocation(&key)?.pool;
+                Some((key, pool))
+            })
+            .collect()
     }
 
     /// A pass over the Service `key` as the store has it now.
@@ -849,10 +916,13 @@ impl Ipam {
         if !self.rebuilt {
             return;
         }
-        if let Err(error) = self.statuses.publish(&self.pools.state(), &self.ctx).await {
-            // The next tick writes it again.
+        let Err(errors) = self.statuses.publish(&self.pools.state(), &self.ctx).await else {
+            return;
+        };
+        // The next tick writes them again.
+        for error in errors {
             let failures = self.ctx.metrics.failed(error.metric_label());
-            tracing::warn!(%error, failures, "writing AddressPool statuses failed");
+            tracing::warn!(%error, failures, "writing an AddressPool status failed");
         }
     }
 }
