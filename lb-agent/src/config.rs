@@ -462,19 +462,7 @@ fn unicast<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Addr, D::Er
     let address: Ipv4Addr = text
         .parse()
         .map_err(|_| D::Error::custom(format!("`{text}` is not an IPv4 address")))?;
-    let unusable = match address.octets()[0] {
-        0 => Some("in 0.0.0.0/8"),
-        127 => Some("a loopback address"),
-        224..=239 => Some("a multicast address"),
-        240.. => Some("reserved or broadcast"),
-        _ => None,
-    };
-    match unusable {
-        Some(why) => Err(D::Error::custom(format!(
-            "`{address}` is {why}; expected a unicast IPv4 address"
-        ))),
-        None => Ok(address),
-    }
+    crate::model::unicast::unicast(address).map_err(|problem| D::Error::custom(problem.to_string()))
 }
 
 fn port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {

@@ -29,6 +29,7 @@ use lb_common::{
 use serde::{Deserialize, Serialize};
 
 mod tables;
+pub mod unicast;
 
 pub use self::tables::{Interner, Table, Tables};
 

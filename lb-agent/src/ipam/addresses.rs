@@ -2,6 +2,8 @@
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
+use crate::model::unicast::{NotUnicast, first_not_unicast};
+
 /// An inclusive range of IPv4 addresses, `first <= last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AddressRange {
@@ -39,47 +41,56 @@ impl FromStr for AddressRange {
     type Err = AddressError;
 
     /// `192.168.8.240/29` or `192.168.8.240-192.168.8.250` (spaces around the dash
-    /// allowed, as MetalLB does).
+    /// allowed, as MetalLB does), of unicast addresses only.
     fn from_str(entry: &str) -> Result<Self, AddressError> {
         let problem = |problem| AddressError {
             entry: entry.to_owned(),
             problem,
         };
-        if entry.contains(':') {
-            return Err(problem(AddressProblem::Ipv6Unsupported));
+        let range = parse_range(entry).map_err(problem)?;
+        match first_not_unicast(range.first(), range.last()) {
+            Some(not_unicast) => Err(problem(AddressProblem::NotUnicast(not_unicast))),
+            None => Ok(range),
         }
-        if let Some((first, last)) = entry.split_once('-') {
-            let first = parse_ip(first.trim()).map_err(problem)?;
-            let last = parse_ip(last.trim()).map_err(problem)?;
-            if first > last {
-                return Err(problem(AddressProblem::Reversed { first, last }));
-            }
-            return Ok(Self {
-                first: first.into(),
-                last: last.into(),
-            });
-        }
-        let Some((network, prefix)) = entry.split_once('/') else {
-            return Err(problem(AddressProblem::Malformed));
-        };
-        let network = parse_ip(network).map_err(problem)?;
-        let prefix: u8 = match prefix.parse() {
-            Ok(prefix) if prefix <= 32 => prefix,
-            _ => return Err(problem(AddressProblem::Malformed)),
-        };
-        let host_mask = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
-        let first = u32::from(network);
-        if first & host_mask != 0 {
-            return Err(problem(AddressProblem::HostBits {
-                network: Ipv4Addr::from(first & !host_mask),
-                prefix,
-            }));
-        }
-        Ok(Self {
-            first,
-            last: first | host_mask,
-        })
     }
+}
+
+/// `entry` as a range of any addresses.
+fn parse_range(entry: &str) -> Result<AddressRange, AddressProblem> {
+    if entry.contains(':') {
+        return Err(AddressProblem::Ipv6Unsupported);
+    }
+    if let Some((first, last)) = entry.split_once('-') {
+        let first = parse_ip(first.trim())?;
+        let last = parse_ip(last.trim())?;
+        if first > last {
+            return Err(AddressProblem::Reversed { first, last });
+        }
+        return Ok(AddressRange {
+            first: first.into(),
+            last: last.into(),
+        });
+    }
+    let Some((network, prefix)) = entry.split_once('/') else {
+        return Err(AddressProblem::Malformed);
+    };
+    let network = parse_ip(network)?;
+    let prefix: u8 = match prefix.parse() {
+        Ok(prefix) if prefix <= 32 => prefix,
+        _ => return Err(AddressProblem::Malformed),
+    };
+    let host_mask = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+    let first = u32::from(network);
+    if first & host_mask != 0 {
+        return Err(AddressProblem::HostBits {
+            network: Ipv4Addr::from(first & !host_mask),
+            prefix,
+        });
+    }
+    Ok(AddressRange {
+        first,
+        last: first | host_mask,
+    })
 }
 
 fn parse_ip(text: &str) -> Result<Ipv4Addr, AddressProblem> {
@@ -102,6 +113,8 @@ pub enum AddressProblem {
     Reversed { first: Ipv4Addr, last: Ipv4Addr },
     #[error("host bits are set: the network is {network}/{prefix}")]
     HostBits { network: Ipv4Addr, prefix: u8 },
+    #[error(transparent)]
+    NotUnicast(NotUnicast),
     #[error(
         "not an IPv4 CIDR (192.168.8.240/29, or 192.168.8.53/32 for one address) or range (192.168.8.240-192.168.8.250)"
     )]

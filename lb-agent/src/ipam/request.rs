@@ -14,7 +14,10 @@ use std::{
 use k8s_openapi::api::core::v1::Service;
 
 use super::pool::Labels;
-use crate::model::Protocol;
+use crate::model::{
+    Protocol,
+    unicast::{NotUnicast, unicast},
+};
 
 /// `spec.loadBalancerClass` of the Services the agent serves.
 pub const LOAD_BALANCER_CLASS: &str = "xdplb.io/lb";
@@ -163,6 +166,11 @@ pub enum RequestError {
         value: String,
         problem: String,
     },
+    #[error("{field}: {problem}")]
+    NotUnicast {
+        field: &'static str,
+        problem: NotUnicast,
+    },
     #[error("{first} asks for `{first_value}` but {second} asks for `{second_value}`; keep one")]
     Conflicting {
         first: &'static str,
@@ -181,11 +189,15 @@ impl RequestError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Unnamed => "InvalidService",
-            Self::Invalid { field, .. } if *field == SPEC_LOAD_BALANCER_IP => {
-                "InvalidLoadBalancerIP"
+            Self::Invalid { field, .. } | Self::NotUnicast { field, .. } => {
+                if *field == SPEC_LOAD_BALANCER_IP {
+                    "InvalidLoadBalancerIP"
+                } else if field.starts_with("spec.") {
+                    "InvalidService"
+                } else {
+                    "InvalidAnnotation"
+                }
             }
-            Self::Invalid { field, .. } if field.starts_with("spec.") => "InvalidService",
-            Self::Invalid { .. } => "InvalidAnnotation",
             Self::Conflicting { .. } => "ConflictingRequest",
             Self::Ipv6Unsupported { .. } => "IPv6Unsupported",
             Self::UnsupportedProtocol { .. } => "UnsupportedProtocol",
@@ -344,7 +356,10 @@ fn parse_address_list(source: &'static str, raw: &str) -> Result<Ipv4Addr, Reque
         }
     }
     match addresses[..] {
-        [address] => Ok(address),
+        [address] => unicast(address).map_err(|problem| RequestError::NotUnicast {
+            field: source,
+            problem,
+        }),
         [] => Err(invalid("names no address".to_owned())),
         _ => Err(invalid(
             "names more than one IPv4 address; a Service gets one".to_owned(),

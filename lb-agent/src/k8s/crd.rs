@@ -27,7 +27,7 @@
 //! output; a test fails when the two drift apart. Regenerate it with
 //! `XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed`.
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt as _};
@@ -36,6 +36,8 @@ use schemars::{
     transform::{RecursiveTransform, Transform as _},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::model::unicast::{EXPECTED_UNICAST, NOT_UNICAST, Reserved};
 
 /// The API group of every xdplb resource.
 pub const GROUP: &str = "xdplb.io";
@@ -220,41 +222,120 @@ pub struct AddressPoolStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// The CEL rules every `spec.addresses` entry must pass, as `(rule, message)`: one
-/// message per mistake, where an OpenAPI `pattern` could only say "no match". They use
-/// regular expressions, `split` and integer arithmetic only, not the API server's newer
-/// IP library, so that older clusters accept the CRD.
-pub fn address_rules() -> Vec<(String, &'static str)> {
+/// One CEL rule of the AddressPool schema.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub rule: String,
+    pub message: &'static str,
+    /// Computes the message when it must name a value (falls back to `message`).
+    pub message_expression: Option<String>,
+}
+
+impl Rule {
+    fn new(rule: String, message: &'static str) -> Self {
+        Self {
+            rule,
+            message,
+            message_expression: None,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut rule = serde_json::json!({ "rule": self.rule, "message": self.message });
+        if let Some(expression) = &self.message_expression {
+            rule["messageExpression"] = expression.clone().into();
+        }
+        rule
+    }
+}
+
+/// The CEL rules every `spec.addresses` entry must pass: one message per mistake, where
+/// an OpenAPI `pattern` could only say "no match". They use regular expressions,
+/// `split`, macros and integer arithmetic only, not the API server's newer IP library,
+/// so that older clusters accept the CRD.
+pub fn address_rules() -> Vec<Rule> {
     let octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
     let ip = format!("{octet}([.]{octet}){{3}}");
-    let cidr = format!("^{ip}/(3[0-2]|[12]?[0-9])$");
-    let range = format!("^{ip} *- *{ip}$");
-    let first = ipv4_value("self.split('-')[0].trim()");
-    let last = ipv4_value("self.split('-')[1].trim()");
-    let network = ipv4_value("self.split('/')[0]");
+    let cidr = format!("self.matches('^{ip}/(3[0-2]|[12]?[0-9])$')");
+    let range = format!("self.matches('^{ip} *- *{ip}$')");
+    // The first address as written, of a CIDR or a range.
+    let first_text = "self.split('/')[0].split('-')[0].trim()";
+    let first = format!("({})", ipv4_value(first_text));
+    let range_last = format!("({})", ipv4_value("self.split('-')[1].trim()"));
     // Entry n is the size of a /n block: CEL has no shift or power operator.
     let block_sizes: Vec<String> = (0..=32).map(|n| (1u64 << (32 - n)).to_string()).collect();
+    let size = format!("[{}][int(self.split('/')[1])]", block_sizes.join(", "));
     vec![
-        (
+        Rule::new(
             "!self.contains(':')".to_owned(),
             "IPv6 is not supported yet",
         ),
-        (
-            format!("self.contains(':') || self.matches('{cidr}') || self.matches('{range}')"),
+        Rule::new(
+            format!("self.contains(':') || {cidr} || {range}"),
             "must be an IPv4 CIDR (192.168.8.240/29, or 192.168.8.53/32 for one address) or a range (192.168.8.240-192.168.8.250)",
         ),
-        (
-            format!("!self.matches('{range}') || {first} <= {last}"),
+        Rule::new(
+            format!("!{range} || {first} <= {range_last}"),
             "the range is reversed: its first address is above its last",
         ),
-        (
-            format!(
-                "!self.matches('{cidr}') || ({network}) % [{}][int(self.split('/')[1])] == 0",
-                block_sizes.join(", ")
-            ),
+        Rule::new(
+            format!("!{cidr} || {first} % {size} == 0"),
             "the CIDR has host bits set: write the network address (192.168.8.240/29, not 192.168.8.241/29)",
         ),
+        unicast_rule(&Entry {
+            well_formed: format!(
+                "{cidr} && {first} % {size} == 0 || {range} && {first} <= {range_last}"
+            ),
+            first_text,
+            first: &first,
+            last: &format!("({cidr} ? {first} + {size} - 1 : {range_last})"),
+        }),
     ]
+}
+
+/// CEL expressions for an address entry, for [`unicast_rule`].
+struct Entry<'a> {
+    /// True for a CIDR or range that passes the other rules.
+    well_formed: String,
+    /// The entry's first address as written.
+    first_text: &'a str,
+    /// Its first and last address as 32-bit values.
+    first: &'a str,
+    last: &'a str,
+}
+
+/// The rule of [`crate::model::unicast`]: no address of a well-formed entry is in a
+/// non-unicast block; the message names the lowest one as the IPAM and the standalone
+/// file do.
+fn unicast_rule(entry: &Entry<'_>) -> Rule {
+    let value = |address: Ipv4Addr| u32::from(address).to_string();
+    let blocks: Vec<String> = NOT_UNICAST
+        .iter()
+        .map(|block| format!("[{}, {}]", value(block.first), value(block.last)))
+        .collect();
+    let blocks = format!("[{}]", blocks.join(", "));
+    let by_first = |text: fn(&Reserved) -> String| {
+        let pairs: Vec<String> = NOT_UNICAST
+            .iter()
+            .map(|block| format!("{}: '{}'", value(block.first), text(block)))
+            .collect();
+        format!("{{{}}}", pairs.join(", "))
+    };
+    let block_firsts = by_first(|block| block.first.to_string());
+    let whats = by_first(|block| block.what.to_owned());
+    let Entry {
+        well_formed,
+        first_text,
+        first,
+        last,
+    } = entry;
+    Rule {
+        rule: format!("!({well_formed}) || {blocks}.all(b, {last} < b[0] || {first} > b[1])"),
+        message: "includes addresses that are not unicast; expected unicast IPv4 addresses",
+        message_expression: Some(format!(
+            "{blocks}.filter(b, {last} >= b[0] && {first} <= b[1]).map(b, '`' + ({first} > b[0] ? {first_text} : {block_firsts}[b[0]]) + '` is ' + {whats}[b[0]] + '; {EXPECTED_UNICAST}')[0]"
+        )),
+    }
 }
 
 /// CEL for the 32-bit value of the dotted quad that `text` (a CEL string expression)
@@ -302,10 +383,7 @@ fn kubernetes_formats(schema: &mut Schema) {
 }
 
 fn addresses_schema(_: &mut SchemaGenerator) -> Schema {
-    let rules: Vec<serde_json::Value> = address_rules()
-        .into_iter()
-        .map(|(rule, message)| serde_json::json!({ "rule": rule, "message": message }))
-        .collect();
+    let rules: Vec<serde_json::Value> = address_rules().iter().map(Rule::to_json).collect();
     json_schema!({
         "type": "array",
         "minItems": 1,

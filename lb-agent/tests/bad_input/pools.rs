@@ -209,6 +209,32 @@ pub fn admission_cases() -> Vec<(&'static str, Value, Expect)> {
             rejected(&["spec.addresses[0]", "IPv6 is not supported yet"]),
         ),
         (
+            "everything",
+            json!({ "addresses": ["0.0.0.0/0"] }),
+            rejected(&[
+                "spec.addresses[0]",
+                "`0.0.0.0` is in 0.0.0.0/8; expected a unicast IPv4 address",
+            ]),
+        ),
+        (
+            "loopback addresses",
+            json!({ "addresses": ["127.0.0.0/30"] }),
+            rejected(&["`127.0.0.0` is a loopback address; expected a unicast IPv4 address"]),
+        ),
+        (
+            "multicast addresses",
+            json!({ "addresses": ["10.0.0.0/30", "224.0.0.0/30"] }),
+            rejected(&[
+                "spec.addresses[1]",
+                "`224.0.0.0` is a multicast address; expected a unicast IPv4 address",
+            ]),
+        ),
+        (
+            "a range up to the broadcast address",
+            json!({ "addresses": ["241.0.0.0 - 255.255.255.255"] }),
+            rejected(&["`241.0.0.0` is reserved or broadcast"]),
+        ),
+        (
             "reversed range",
             json!({ "addresses": ["192.168.8.250-192.168.8.240"] }),
             rejected(&["the range is reversed"]),
@@ -391,6 +417,32 @@ pub fn controller_cases() -> Vec<PoolCase> {
             "host bits past admission",
             || vec![lan(), pool("bits", json!({ "addresses": ["10.0.0.1/30"] }))],
             rejected(&["bits", "host bits are set: the network is 10.0.0.0/30"]),
+        ),
+        (
+            "0.0.0.0/0 past admission",
+            || {
+                vec![
+                    lan(),
+                    pool("everything", json!({ "addresses": ["0.0.0.0/0"] })),
+                ]
+            },
+            rejected(&[
+                "Invalid on everything: InvalidAddresses spec.addresses: `0.0.0.0/0`: `0.0.0.0` is in 0.0.0.0/8; expected a unicast IPv4 address",
+            ]),
+        ),
+        (
+            "loopback and multicast past admission",
+            || {
+                vec![
+                    lan(),
+                    pool("lo", json!({ "addresses": ["127.0.0.0/30"] })),
+                    pool("mc", json!({ "addresses": ["224.0.0.0/30"] })),
+                ]
+            },
+            rejected(&[
+                "Invalid on lo: InvalidAddresses spec.addresses: `127.0.0.0/30`: `127.0.0.0` is a loopback address; expected a unicast IPv4 address",
+                "Invalid on mc: InvalidAddresses spec.addresses: `224.0.0.0/30`: `224.0.0.0` is a multicast address",
+            ]),
         ),
         (
             "garbage past admission",

@@ -38,6 +38,15 @@ metadata: { name: dns }
 spec: { addresses: ["172.16.200.53/32"], autoAssign: false }
 "#;
 
+/// Pools that reached the agent past admission (an API server without CEL): addresses
+/// that are not unicast, which the IPAM must not hand out whatever the pools say.
+const PAST_ADMISSION: &str = r#"
+apiVersion: xdplb.io/v1alpha1
+kind: AddressPool
+metadata: { name: everything }
+spec: { addresses: ["0.0.0.0/0"], autoAssign: false }
+"#;
+
 const WEB_IP: &str = "192.168.8.240";
 const DNS_IP: &str = "172.16.200.53";
 
@@ -126,6 +135,33 @@ pub fn annotation_cases() -> Vec<ServiceCase> {
             New,
             || annotated(&[("xdplb.io/ips", "192.168.8.245,fd00::1")]),
             &["IPv6Unsupported", "fd00::1"],
+        ),
+        bad(
+            "unspecified address",
+            New,
+            || annotated(&[("xdplb.io/ips", "0.0.0.0")]),
+            &[
+                "InvalidAnnotation",
+                "xdplb.io/ips: `0.0.0.0` is in 0.0.0.0/8; expected a unicast IPv4 address",
+            ],
+        ),
+        bad(
+            "loopback address",
+            New,
+            || annotated(&[("metallb.io/loadBalancerIPs", "127.0.0.1")]),
+            &[
+                "InvalidAnnotation",
+                "metallb.io/loadBalancerIPs: `127.0.0.1` is a loopback address; expected a unicast IPv4 address",
+            ],
+        ),
+        bad(
+            "multicast address",
+            New,
+            || annotated(&[("xdplb.io/ips", "224.0.0.1")]),
+            &[
+                "InvalidAnnotation",
+                "`224.0.0.1` is a multicast address; expected a unicast IPv4 address",
+            ],
         ),
         bad(
             "two IPv4 addresses",
@@ -277,6 +313,16 @@ pub fn spec_cases() -> Vec<ServiceCase> {
             New,
             || spec(json!({ "loadBalancerIP": "10.1.1.1" })),
             &["NotInAnyPool", "10.1.1.1 is not in any address pool"],
+        ),
+        bad(
+            "web: loadBalancerIP the broadcast address",
+            Web,
+            || spec(json!({ "loadBalancerIP": "255.255.255.255" })),
+            &[
+                "InvalidLoadBalancerIP",
+                "spec.loadBalancerIP: `255.255.255.255` is reserved or broadcast; expected a unicast IPv4 address",
+                "keeping 192.168.8.240",
+            ],
         ),
         bad(
             "loadBalancerIP not an address",
@@ -459,7 +505,8 @@ fn typed(value: Value) -> Service {
 fn context(client: kube::Client) -> Context {
     let (namespaces, _writer) = reflector::store::<Namespace>();
     let ctx = Context::new(client, ClassPolicy::default(), "agent-1", namespaces);
-    let pools: Vec<Arc<AddressPool>> = of_kind::<AddressPool>(&documents(POOLS), "AddressPool")
+    let pools = format!("{POOLS}---{PAST_ADMISSION}");
+    let pools: Vec<Arc<AddressPool>> = of_kind::<AddressPool>(&documents(&pools), "AddressPool")
         .into_iter()
         .map(Arc::new)
         .collect();

@@ -29,7 +29,7 @@ fn entries_parse_to_inclusive_ranges() {
         ("192.168.8.240/29", "192.168.8.240", "192.168.8.247"),
         ("172.16.200.53/32", "172.16.200.53", "172.16.200.53"),
         ("172.16.200.0/24", "172.16.200.0", "172.16.200.255"),
-        ("0.0.0.0/0", "0.0.0.0", "255.255.255.255"),
+        ("128.0.0.0/2", "128.0.0.0", "191.255.255.255"),
     ] {
         let range: AddressRange = entry.parse().expect(entry);
         assert_eq!(
@@ -38,8 +38,8 @@ fn entries_parse_to_inclusive_ranges() {
             "{entry}"
         );
     }
-    let everything: AddressRange = "0.0.0.0/0".parse().expect("valid");
-    assert_eq!(everything.size(), 1 << 32);
+    let widest: AddressRange = "128.0.0.0/2".parse().expect("valid");
+    assert_eq!(widest.size(), 1 << 30);
 }
 
 #[test]
@@ -58,6 +58,27 @@ fn bad_entries_are_named_with_their_problem() {
                 network: ip("192.168.8.240"),
                 prefix: 29,
             },
+        ),
+        (
+            "0.0.0.0/0",
+            AddressProblem::NotUnicast(NotUnicast {
+                address: ip("0.0.0.0"),
+                what: "in 0.0.0.0/8",
+            }),
+        ),
+        (
+            "127.0.0.0/30",
+            AddressProblem::NotUnicast(NotUnicast {
+                address: ip("127.0.0.0"),
+                what: "a loopback address",
+            }),
+        ),
+        (
+            "192.168.8.0 - 224.0.0.1",
+            AddressProblem::NotUnicast(NotUnicast {
+                address: ip("224.0.0.0"),
+                what: "a multicast address",
+            }),
         ),
         ("fd00::/64", AddressProblem::Ipv6Unsupported),
         ("fd00::1-fd00::9", AddressProblem::Ipv6Unsupported),
@@ -138,7 +159,7 @@ fn avoid_buggy_ips_skips_dot_zero_and_dot_255() {
     assert_eq!(straddling.len(), 10);
     assert_eq!(straddling.iter().count(), 10);
     assert_eq!(set(&["10.0.0.0/16"], true).len(), 65536 - 2 * 256);
-    assert_eq!(set(&["0.0.0.0/0"], true).len(), (1 << 32) - 2 * (1 << 24));
+    assert_eq!(set(&["128.0.0.0/2"], true).len(), (1 << 30) - 2 * (1 << 22));
     // Without the flag nothing is skipped.
     assert_eq!(set(&["172.16.200.0/24"], false).len(), 256);
 }

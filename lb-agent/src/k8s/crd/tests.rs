@@ -153,7 +153,11 @@ fn address_rules_admit_cidrs_and_ranges() {
         "172.16.200.53/32",
         "192.168.8.240/29",
         "10.0.0.0/8",
-        "0.0.0.0/0",
+        "1.0.0.0/8",
+        "126.0.0.0/8",
+        "128.0.0.0/2",
+        "223.255.255.255/32",
+        "1.0.0.0-126.255.255.255",
     ] {
         assert_eq!(
             cel_errors(json!({ "addresses": [entry] })),
@@ -180,6 +184,41 @@ fn address_rules_reject_bad_entries_with_their_reason() {
         let errors = cel_errors(json!({ "addresses": [entry] }));
         assert_eq!(errors.len(), 1, "{entry}: {errors:?}");
         assert!(errors[0].contains(message), "{entry}: {errors:?}");
+    }
+}
+
+/// The API server refuses what the IPAM and the standalone file refuse, in their words
+/// (the IPAM's message for the entry, which names its lowest address that is not
+/// unicast).
+#[test]
+fn address_rules_refuse_entries_that_are_not_unicast_as_the_ipam_does() {
+    for (entry, address) in [
+        ("0.0.0.0/0", "0.0.0.0"),
+        ("0.0.0.0/32", "0.0.0.0"),
+        ("127.0.0.0/30", "127.0.0.0"),
+        ("224.0.0.0/30", "224.0.0.0"),
+        ("96.0.0.0/3", "127.0.0.0"),
+        ("10.0.0.1-127.0.0.1", "127.0.0.0"),
+        ("127.0.0.9 - 127.0.0.12", "127.0.0.9"),
+        ("192.168.8.0-224.0.0.0", "224.0.0.0"),
+        ("239.255.255.255 - 240.0.0.1", "239.255.255.255"),
+        ("255.255.255.255/32", "255.255.255.255"),
+    ] {
+        let ipam = entry
+            .parse::<crate::ipam::AddressRange>()
+            .expect_err(entry)
+            .problem
+            .to_string();
+        assert!(
+            ipam.starts_with(&format!("`{address}` is ")),
+            "{entry}: {ipam}"
+        );
+        let errors = cel_errors(json!({ "addresses": [entry] }));
+        assert_eq!(errors.len(), 1, "{entry}: {errors:?}");
+        assert!(
+            errors[0].contains(&ipam),
+            "{entry}: {errors:?} lacks {ipam}"
+        );
     }
 }
 
