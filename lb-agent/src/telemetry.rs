@@ -21,7 +21,9 @@
 //! The IPAM (Kubernetes mode, on the agent holding its Lease) counts its allocations,
 //! refusals and releases here too ([`Telemetry::ipam_allocated`] and siblings), by pool
 //! and reason. In Kubernetes mode every agent also counts the Service status addresses
-//! it ignores ([`Telemetry::status_address_ignored`]).
+//! it ignores ([`Telemetry::status_address_ignored`]), and the requests that could not
+//! reach the API server ([`Telemetry::count_kubernetes_unreachable`], from
+//! [`crate::k8s::outage`]).
 //!
 //! Every name starts with `xdplb_`; counters end in `_total`.
 
@@ -94,6 +96,8 @@ pub struct Telemetry {
     map_sync: Histogram,
     ipam: Mutex<IpamCounts>,
     ignored_status_addresses: AtomicU64,
+    /// `None` outside Kubernetes mode, where the counter is not shown.
+    kubernetes_unreachable: Mutex<Option<u64>>,
 }
 
 impl Default for Telemetry {
@@ -110,6 +114,7 @@ impl Telemetry {
             map_sync: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             ipam: Mutex::new(IpamCounts::default()),
             ignored_status_addresses: AtomicU64::new(0),
+            kubernetes_unreachable: Mutex::new(None),
         }
     }
 
@@ -143,6 +148,24 @@ impl Telemetry {
 
     pub fn ipam_counts(&self) -> IpamCounts {
         self.ipam().clone()
+    }
+
+    /// Adds `requests` that could not reach the Kubernetes API server (0 shows the
+    /// counter).
+    pub fn count_kubernetes_unreachable(&self, requests: u64) {
+        *self
+            .kubernetes_unreachable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(0) += requests;
+    }
+
+    /// `None` outside Kubernetes mode.
+    pub fn kubernetes_unreachable(&self) -> Option<u64> {
+        *self
+            .kubernetes_unreachable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A Service's status newly shows an address this node may not own (see
@@ -181,6 +204,7 @@ impl Telemetry {
             map_sync: self.map_sync.clone(),
             ipam: self.ipam_counts(),
             ignored_status_addresses: self.ignored_status_addresses(),
+            kubernetes_unreachable: self.kubernetes_unreachable(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register_collector(Box::new(scrape));
@@ -198,6 +222,7 @@ struct Scrape {
     map_sync: Histogram,
     ipam: IpamCounts,
     ignored_status_addresses: u64,
+    kubernetes_unreachable: Option<u64>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -483,7 +508,17 @@ impl Collector for Scrape {
         self.encode_node(&mut encoder)?;
         self.encode_vips(&mut encoder)?;
         self.encode_gossip(&mut encoder)?;
-        self.encode_ipam(&mut encoder)
+        self.encode_ipam(&mut encoder)?;
+        match self.kubernetes_unreachable {
+            Some(requests) => single(
+                &mut encoder,
+                "kubernetes_unreachable",
+                "Requests to the Kubernetes API server that could not reach it (the log says when an outage starts and ends)",
+                Kind::Counter,
+                requests,
+            ),
+            None => Ok(()),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 use cluster::{ClusterError, Owner, SETTINGS_CONFIG_MAP};
 use http::StatusCode;
 use k8s_support::{ApiDouble, documents, list, reply};
-use kube::Client;
+use kube::{Client, Config, client::ConfigExt as _};
 use lb_agent::{
     explain::{Outcome, Query},
     ipam::request::ClassPolicy,
@@ -95,6 +95,12 @@ async fn serve(mut api: ApiDouble, objects: Vec<Value>, answers: Answers) -> Vec
             http::Method::GET,
             "lbctl only reads: {received:?}"
         );
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            received.user_agent,
+            Some(format!("lbctl/{version}")),
+            "every request names lbctl"
+        );
         let (status, body) = answer(received.path(), &objects, &answers);
         reply(respond, status, &body);
         paths.push(received.path().to_owned());
@@ -120,13 +126,25 @@ fn homelab() -> Vec<Value> {
     objects
 }
 
+/// A client of the double with lbctl's configuration: its headers, as kube's stack
+/// adds them.
+fn lbctl_client() -> (Client, ApiDouble) {
+    let url = "https://10.0.0.1:6443".parse().expect("a URL");
+    let config = cluster::configured(Config::new(url));
+    let (builder, api) = k8s_support::builder();
+    let client = builder
+        .with_layer(&config.extra_headers_layer().expect("headers"))
+        .build();
+    (client, api)
+}
+
 /// Runs `work` with a client of a double serving the homelab cluster, and returns its
 /// result with the paths it asked for.
 async fn with_cluster<T, F>(answers: Answers, work: impl FnOnce(Client) -> F) -> (T, Vec<String>)
 where
     F: std::future::Future<Output = T>,
 {
-    let (client, api) = k8s_support::client();
+    let (client, api) = lbctl_client();
     let server = tokio::spawn(serve(api, homelab(), answers));
     let result = tokio::time::timeout(Duration::from_secs(10), work(client))
         .await
@@ -375,7 +393,7 @@ async fn explain_follows_a_flow_through_the_clusters_state() {
 
 #[tokio::test]
 async fn explain_needs_nodes() {
-    let (client, api) = k8s_support::client();
+    let (client, api) = lbctl_client();
     let server = tokio::spawn(serve(api, Vec::new(), Answers::default()));
     let snapshot = cluster::snapshot(&client)
         .await

@@ -15,7 +15,12 @@ use lb_agent::{
     config::{self, Standalone},
     dataplane::loader::{self, PinDir},
     k8s::{
-        ipam_controller, lease::LeaseSettings, settings::KubernetesSettings, source::KubeSource,
+        client::agent_client,
+        ipam_controller,
+        lease::LeaseSettings,
+        outage::{ApiHealth, log_filter},
+        settings::KubernetesSettings,
+        source::KubeSource,
     },
     membership::{GossipKey, View},
     runtime::{self, Cluster, FileSource, Settings, reconcile::plan},
@@ -101,9 +106,9 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter(
+            std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref(),
+        ))
         .init();
     let cleanup_requested = match args.command {
         Some(Command::Cleanup {
@@ -156,13 +161,16 @@ async fn kubernetes(
     node: String,
     lease: LeaseSettings,
 ) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // One telemetry for all three, so the agent's /metrics shows the IPAM's and the
     // source's counters.
     let telemetry = Arc::new(Telemetry::new());
+    // One client, so the watches, the Lease and the IPAM share one view of API outages.
+    let health = ApiHealth::new(Arc::clone(&telemetry));
+    let config = kube::Config::infer()
+        .await
+        .context("finding the Kubernetes API (service account or kubeconfig)")?;
+    let client = agent_client(config, &health).context("connecting to the Kubernetes API")?;
     let ipam = tokio::spawn(ipam_controller::run(
         client.clone(),
         settings.class_policy(),

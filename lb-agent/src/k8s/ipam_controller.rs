@@ -57,6 +57,7 @@ use super::{
     conditions::{Wanted, all_match},
     crd::AddressPool,
     lease::{self, Elector, LeaseSettings},
+    outage::{unreachable, watch_unreachable},
     pool_status::{self, PoolReport},
 };
 use crate::{
@@ -209,6 +210,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the API server could not be reached (see [`super::outage`]).
+    pub fn unreachable(&self) -> bool {
+        match self {
+            Self::ServiceStatus { source, .. } | Self::PoolStatus { source, .. } => {
+                unreachable(source)
+            }
+        }
+    }
+
     /// Short label for metrics and logs.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -241,7 +251,9 @@ pub enum Outcome {
 /// Counts the failure and says when to try the Service again.
 pub fn error_policy(error: &Error, ctx: &Context) -> Duration {
     let failures = ctx.metrics.failed(error.metric_label());
-    tracing::warn!(%error, kind = error.metric_label(), failures, "IPAM reconcile failed; retrying");
+    if !error.unreachable() {
+        tracing::warn!(%error, kind = error.metric_label(), failures, "IPAM reconcile failed; retrying");
+    }
     RETRY_AFTER_ERROR
 }
 
@@ -762,6 +774,8 @@ async fn until_listed<K>(
         match event {
             Ok(watcher::Event::InitDone) => return,
             Ok(_) => {}
+            // The outage is the API health's to report.
+            Err(error) if watch_unreachable(&error) => {}
             Err(error) => tracing::warn!(%error, what, "listing for the IPAM failed; retrying"),
         }
     }
@@ -820,7 +834,9 @@ impl Ipam {
             }
             Ok(_) => return,
             Err(error) => {
-                tracing::warn!(%error, "watching Services for the IPAM failed; retrying, the allocations stay");
+                if !watch_unreachable(&error) {
+                    tracing::warn!(%error, "watching Services for the IPAM failed; retrying, the allocations stay");
+                }
                 return;
             }
         }

@@ -30,6 +30,8 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval},
 };
 
+use super::outage::unreachable;
+
 /// The Lease's name.
 pub const LEASE_NAME: &str = "xdplb-ipam";
 
@@ -87,6 +89,13 @@ pub enum LeaseError {
 }
 
 impl LeaseError {
+    /// Whether the API server could not be reached (see [`super::outage`]).
+    pub fn unreachable(&self) -> bool {
+        match self {
+            Self::Read { source, .. } | Self::Write { source, .. } => unreachable(source),
+        }
+    }
+
     /// Short label for metrics and logs.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -315,11 +324,14 @@ pub async fn run(
             }
             Err(error) => {
                 let within = renewed.is_some_and(|at| at.elapsed() < deadline);
-                // Once per outage, and at every round while still leading on borrowed time.
-                if !failing || within {
-                    tracing::warn!(%error, kind = error.metric_label(), still_leading = within, "IPAM lease round failed");
+                // An unreachable API server is the API health's to report. Other failures:
+                // once, and at every round while still leading on borrowed time.
+                if !error.unreachable() {
+                    if !failing || within {
+                        tracing::warn!(%error, kind = error.metric_label(), still_leading = within, "IPAM lease round failed");
+                    }
+                    failing = true;
                 }
-                failing = true;
                 within
             }
         };

@@ -44,6 +44,7 @@ use tokio::{
 
 use super::{
     crd::AddressPool,
+    outage::{unreachable, watch_unreachable},
     settings::KubernetesSettings,
     settle::{BASE_WINDOW, Changes, next_window},
     slice::Slice,
@@ -168,6 +169,8 @@ where
                     }
                     changed.record();
                 }
+                // The outage is the API health's to report, once for every caller.
+                Err(error) if watch_unreachable(&error) => {}
                 Err(error) => {
                     if !failing {
                         tracing::warn!(%kind, %error, "watch failed; keeping the last known state and retrying");
@@ -420,10 +423,10 @@ pub async fn publish_interface(api: Api<Node>, node: String, interface: String) 
                 return;
             }
             Err(error) => {
-                if !failing {
+                if !failing && !unreachable(&error) {
                     tracing::warn!(%node, %error, "publishing the announce interface on the Node failed; pools that list interfaces skip this node until it succeeds; retrying");
-                    failing = true;
                 }
+                failing = true;
                 sleep(PUBLISH_RETRY).await;
             }
         }

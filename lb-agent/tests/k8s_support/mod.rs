@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use kube::{Client, client::Body};
+use http::{Method, Request, Response, StatusCode, header::USER_AGENT};
+use kube::{
+    Client,
+    client::{Body, ClientBuilder},
+};
 use serde::{Deserialize as _, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle, SendResponse};
@@ -15,6 +18,9 @@ use tower_test::mock::{self, Handle, SendResponse};
 pub const WAIT: Duration = Duration::from_secs(5);
 
 pub type Respond = SendResponse<Response<Body>>;
+
+/// The client side of the double, before it becomes a `kube::Client`.
+pub type MockService = tower_test::mock::Mock<Request<Body>, Response<Body>>;
 
 /// The server side of a mocked client.
 pub struct ApiDouble {
@@ -28,6 +34,7 @@ pub struct Received {
     /// Path and query.
     pub uri: String,
     pub body: Value,
+    pub user_agent: Option<String>,
 }
 
 impl Received {
@@ -51,8 +58,14 @@ impl Received {
 
 /// A client whose every request goes to the returned double.
 pub fn client() -> (Client, ApiDouble) {
+    let (builder, api) = builder();
+    (builder.build(), api)
+}
+
+/// [`client`] before it is built, for layers of the agent's own stack on top.
+pub fn builder() -> (ClientBuilder<MockService>, ApiDouble) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), ApiDouble { handle })
+    (ClientBuilder::new(service, "default"), ApiDouble { handle })
 }
 
 impl ApiDouble {
@@ -85,6 +98,10 @@ impl ApiDouble {
 async fn read(request: Request<Body>) -> Received {
     let method = request.method().clone();
     let uri = request.uri().to_string();
+    let user_agent = request
+        .headers()
+        .get(USER_AGENT)
+        .map(|value| value.to_str().expect("an ASCII User-Agent").to_owned());
     let bytes = request
         .into_body()
         .collect_bytes()
@@ -95,7 +112,12 @@ async fn read(request: Request<Body>) -> Received {
     } else {
         serde_json::from_slice(&bytes).expect("JSON request body")
     };
-    Received { method, uri, body }
+    Received {
+        method,
+        uri,
+        body,
+        user_agent,
+    }
 }
 
 pub fn reply(respond: Respond, status: StatusCode, body: &Value) {
@@ -126,6 +148,14 @@ pub fn echo_onto(respond: Respond, received: &Received, object: &Value) {
         }
     }
     reply(respond, StatusCode::OK, &body);
+}
+
+/// No answer at all: the request fails as when the API server cannot be reached.
+pub fn refuse_connection(respond: Respond) {
+    respond.send_error(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "client error (Connect)",
+    ));
 }
 
 /// Answers a watch with `events` (`{"type": "ADDED", "object": ...}`), then ends it, as

@@ -4,10 +4,10 @@
 //! [`explain`] are pure, and compute with the agent's own code: the translation of the
 //! API objects into the core's inputs, the election and the data path's hash tables.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
-use kube::{Api, Client, ResourceExt as _, api::ListParams};
+use kube::{Api, Client, Config, ResourceExt as _, api::ListParams};
 use lb_agent::{
     explain::{self, Explanation, Query},
     ipam::{
@@ -15,6 +15,7 @@ use lb_agent::{
         request::{ClassPolicy, LOAD_BALANCER_CLASS, Responsibility, status_addresses},
     },
     k8s::{
+        client::{LBCTL_USER_AGENT, identified},
         crd::AddressPool,
         ipam_controller::ALLOCATED_CONDITION,
         settings::KubernetesSettings,
@@ -32,6 +33,19 @@ pub const SETTINGS_CONFIG_MAP: &str = "xdplb-agent";
 const SETTINGS_KEY: &str = "settings.yaml";
 /// ICMP rate of the default settings; it does not change where a flow goes.
 const ICMP_RATE: u32 = 100;
+
+/// How long to wait for the API server to accept a connection, and to answer.
+const API_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const API_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `config` as lbctl uses it: its requests name lbctl (User-Agent `lbctl/<version>`)
+/// and give up on an API server that does not answer.
+pub fn configured(config: Config) -> Config {
+    let mut config = identified(config, LBCTL_USER_AGENT);
+    config.connect_timeout = Some(API_CONNECT_TIMEOUT);
+    config.read_timeout = Some(API_READ_TIMEOUT);
+    config
+}
 
 /// Why lbctl has no answer from the cluster.
 #[derive(Debug, thiserror::Error)]

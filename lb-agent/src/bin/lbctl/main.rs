@@ -37,9 +37,6 @@ const EXIT_UNREACHABLE: u8 = 3;
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the cluster commands wait for the agent, which only adds VIP owners.
 const OWNER_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long to wait for the API server to accept a connection, and to answer.
-const API_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const API_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -312,7 +309,7 @@ async fn kube_client(args: &Args) -> Result<kube::Client, Failure> {
             ),
         )
     };
-    let mut config = if args.kubeconfig.is_none() && args.context.is_none() {
+    let config = if args.kubeconfig.is_none() && args.context.is_none() {
         kube::Config::infer()
             .await
             .map_err(|error| no_config(error.to_string()))?
@@ -331,9 +328,8 @@ async fn kube_client(args: &Args) -> Result<kube::Client, Failure> {
         }
         .map_err(|error| no_config(error.to_string()))?
     };
-    config.connect_timeout = Some(API_CONNECT_TIMEOUT);
-    config.read_timeout = Some(API_READ_TIMEOUT);
-    kube::Client::try_from(config).map_err(|error| no_config(error.to_string()))
+    kube::Client::try_from(cluster::configured(config))
+        .map_err(|error| no_config(error.to_string()))
 }
 
 /// The VIPs this node's agent reports, with their owners; `None` when no agent answers
