@@ -8,11 +8,14 @@
 //! ClusterRole and Role (plain manifests and the Helm chart's render) allow every call,
 //! and every grant they make is used by some call.
 //!
-//! lbctl is not part of this: its cluster commands run with the user's kubeconfig, as
-//! kubectl does, not under the agent's ServiceAccount (in the pod, `kubectl exec ...
-//! lbctl` is for the socket commands, which use no API). It reads the agent's ConfigMap,
-//! which the agent itself never does, so the ServiceAccount deliberately cannot.
+//! lbctl's cluster commands (`pools`, `services`, `explain --cluster`) are part of it:
+//! run in the agent's pod (`kubectl exec ... lbctl services`) they use the agent's
+//! ServiceAccount, and besides their lists they read the agent's settings (the ConfigMap
+//! `xdplb-agent`), which the agent itself reads from its mount.
 
+#[path = "../src/bin/lbctl/cluster.rs"]
+#[allow(dead_code)] // Only lbctl's reading is run here.
+mod cluster;
 mod k8s_support;
 // Shared with deploy_manifests.rs, which uses the parts this test does not.
 #[allow(dead_code)]
@@ -87,6 +90,11 @@ metadata: { name: web-1, namespace: edge, labels: { kubernetes.io/service-name: 
 addressType: IPv4
 endpoints: [ { addresses: [10.42.0.7], nodeName: node1, conditions: { ready: true } } ]
 ports: [ { port: 8080, protocol: TCP } ]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: xdplb-agent, namespace: xdplb-system }
+data: { settings.yaml: "defaultClass: true\n" }
 "#;
 
 /// One API request as RBAC sees it.
@@ -274,6 +282,18 @@ impl Fake {
                     .unwrap_or(Value::Null);
                 echo_onto(respond, request, &object);
             }
+            ("get", "configmaps") => {
+                let found = self.objects.iter().find(|object| {
+                    object["kind"] == "ConfigMap"
+                        && object["metadata"]["name"] == rbac.name.as_deref().unwrap_or_default()
+                        && object["metadata"]["namespace"]
+                            == rbac.namespace.as_deref().unwrap_or_default()
+                });
+                match found {
+                    Some(map) => reply(respond, StatusCode::OK, map),
+                    None => fail(respond, 404, "NotFound"),
+                }
+            }
             ("create", "events") => reply(respond, StatusCode::CREATED, &request.body),
             ("patch", "events") => echo(respond, request, Some(&version)),
             _ => fail(respond, 404, "NotFound"),
@@ -397,6 +417,27 @@ async fn agent_calls(namespace: &str) -> BTreeSet<Call> {
     seen.iter().map(|(method, uri)| call(method, uri)).collect()
 }
 
+/// lbctl's cluster commands, as in the agent's pod; returns their calls.
+async fn lbctl_calls(namespace: &str) -> BTreeSet<Call> {
+    let fake = Arc::new(Mutex::new(Fake {
+        objects: k8s_support::documents(CLUSTER),
+        ..Fake::default()
+    }));
+    let (client, api) = client();
+    let server = tokio::spawn(serve(api, Arc::clone(&fake)));
+    cluster::pools(&client).await.expect("lbctl pools");
+    cluster::snapshot(&client)
+        .await
+        .expect("lbctl services and explain --cluster");
+    let (class, note) = cluster::class_policy(&client, namespace).await;
+    assert_eq!(note, None, "lbctl read the agent's settings");
+    assert!(class.default_class, "as the ConfigMap says");
+    drop(client);
+    server.abort();
+    let seen = fake.lock().expect("fake").seen.clone();
+    seen.iter().map(|(method, uri)| call(method, uri)).collect()
+}
+
 fn chart_objects() -> Vec<Object> {
     all_typed(&helm::template(
         "xdplb-system",
@@ -410,7 +451,8 @@ async fn the_rbac_grants_exactly_the_calls_the_agent_makes() {
         Permissions::from_objects(&all_typed(&read_dir(&deploy_dir().join("manifests"))));
     let chart = Permissions::from_objects(&chart_objects());
     assert_eq!(chart.namespace, manifests.namespace);
-    let calls = agent_calls(&manifests.namespace).await;
+    let mut calls = agent_calls(&manifests.namespace).await;
+    calls.extend(lbctl_calls(&manifests.namespace).await);
     let summary: BTreeSet<String> = calls
         .iter()
         .map(|call| {
@@ -427,7 +469,10 @@ async fn the_rbac_grants_exactly_the_calls_the_agent_makes() {
             format!("{} {group}/{}{name}", call.verb, call.resource)
         })
         .collect();
-    println!("RBAC: the agent made {} distinct calls:", calls.len());
+    println!(
+        "RBAC: the agent and lbctl made {} distinct calls:",
+        calls.len()
+    );
     for line in &summary {
         println!("  {line}");
     }

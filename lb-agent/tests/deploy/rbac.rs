@@ -105,6 +105,13 @@ pub const NAMESPACED: &[Rule] = &[
         names: &[],
         why: "k8s::lease: the first agent creates it",
     },
+    Rule {
+        group: "",
+        resources: &["configmaps"],
+        verbs: &["get"],
+        names: &["xdplb-agent"],
+        why: "lbctl in the agent's pod: the agent's settings (defaultClass), for services and explain --cluster",
+    },
 ];
 
 /// One grant: (group, resource, verb, name or `*`).
