@@ -44,6 +44,7 @@ mod api_double;
 mod bpffs;
 mod capture;
 mod cluster;
+pub mod container;
 mod fault;
 mod flood;
 pub mod load;
@@ -401,6 +402,14 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
                 "{name} not found (looked at {candidates:?}); build it first: cargo build --bins"
             )
         })
+}
+
+/// The workspace's root directory (deploy/, the manifests, the README).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives one level below the workspace root")
+        .to_path_buf()
 }
 
 /// `text` as one word for `sh -c`.

@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod helm;
+mod image;
 mod lab;
 mod setup;
 mod test;
@@ -33,6 +34,11 @@ enum Task {
     /// Writes bench/results.json, bench/results.png, BENCHMARKS.md and the README's
     /// summary block, and prints the table. Takes several minutes.
     Bench(bench::Options),
+    /// Run setup, a release build, then build the agent's container image (Debian 12
+    /// packages, no Docker engine: mmdebstrap and buildah) and write it as an OCI
+    /// archive under target/image/, ready for `ctr images import`, `k3s ctr images
+    /// import` or `podman load` on a node.
+    Image(image::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(options) => test::run(&options),
         Task::Lab => lab::run(&test::workspace_root()),
         Task::Bench(options) => bench::run(&test::workspace_root(), &options),
+        Task::Image(options) => image::run(&test::workspace_root(), &options).map(drop),
     }
 }

@@ -29,6 +29,14 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     // `cargo xtask bench` draws its chart's text with DejaVu Sans.
     "fonts-dejavu-core",
+    // `cargo xtask image`: the root filesystem from Debian's packages, the OCI image.
+    "mmdebstrap",
+    "buildah",
+    // The container tier runs the image as a node's runtime would (containerd with
+    // runc), and checks that podman loads the archive too.
+    "containerd",
+    "runc",
+    "podman",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -51,7 +59,7 @@ pub fn run() -> anyhow::Result<()> {
     .collect();
     if actions.is_empty() {
         println!(
-            "setup: everything present (apt packages, nightly rust-src, clippy, rustfmt, {BPF_LINKER_SERIES}x, cargo-fuzz)"
+            "setup: everything present (apt packages, nightly rust-src, clippy, rustfmt, {BPF_LINKER_SERIES}x, cargo-fuzz, helm)"
         );
     }
     for action in actions {

@@ -11,11 +11,12 @@ use std::{
 use anyhow::bail;
 use nix::unistd::Uid;
 
-use crate::{cmd, setup};
+use crate::{cmd, image, setup};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Skip the privileged tier (network namespaces, BPF), which needs root.
+    /// Skip the privileged and container tiers (network namespaces, BPF, containers),
+    /// which need root.
     #[arg(long)]
     host_only: bool,
 }
@@ -55,13 +56,17 @@ impl Totals {
 
 type TierFn = fn(&Path, &mut Totals) -> anyhow::Result<()>;
 
-const TIERS: [(&str, TierFn); 5] = [
+const TIERS: [(&str, TierFn); 6] = [
     ("setup", |_, _| setup::run()),
     ("lint", lint),
     ("host", host),
     ("fuzz", fuzz),
     ("privileged", privileged),
+    ("container", container),
 ];
+
+/// The tiers that need root.
+const PRIVILEGED_TIERS: [&str; 2] = ["privileged", "container"];
 
 /// The cargo-fuzz targets in fuzz/ (a workspace of its own), each run this long.
 const FUZZ_TARGETS: [&str; 5] = [
@@ -90,7 +95,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             summary.push(format!("{name:<10} not run"));
             continue;
         }
-        if name == "privileged" && options.host_only {
+        if PRIVILEGED_TIERS.contains(&name) && options.host_only {
             summary.push(format!("{name:<10} skipped (--host-only)"));
             continue;
         }
@@ -205,8 +210,38 @@ fn privileged(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     )
 }
 
+/// Builds the image (`cargo xtask image`), then runs the tests that run it in
+/// containers; the privileged tier skips them as ignored.
+fn container(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
+    let archive = image::run(root, &image::Options { output: None })?;
+    cargo_test_with(
+        root,
+        totals,
+        &[
+            "test",
+            "-p",
+            "tests",
+            "--test",
+            "containers",
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ],
+        Command::new("cargo").env("XDPLB_IMAGE_ARCHIVE", archive),
+    )
+}
+
 fn cargo_test(root: &Path, totals: &mut Totals, args: &[&str]) -> anyhow::Result<()> {
-    cmd::run_observed(Command::new("cargo").args(args).current_dir(root), |line| {
+    cargo_test_with(root, totals, args, &mut Command::new("cargo"))
+}
+
+fn cargo_test_with(
+    root: &Path,
+    totals: &mut Totals,
+    args: &[&str],
+    cargo: &mut Command,
+) -> anyhow::Result<()> {
+    cmd::run_observed(cargo.args(args).current_dir(root), |line| {
         totals.add_line(line)
     })
 }

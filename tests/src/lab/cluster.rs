@@ -31,12 +31,14 @@ use tempfile::TempDir;
 
 use super::{
     BpfFs, LAN_IFACE, Lab, Node,
+    container::{Containerd, image::ImageArchive},
     probe::{Pace, Requests, requests_during},
     services::{ensure_running, spawn_logged},
     shell_quote, wait_for, workspace_binary,
 };
 use crate::netns::Process;
 
+mod containers;
 mod kubernetes;
 
 /// Where the lab's VIPs live; the client sends this range onto the LAN and ARPs.
@@ -234,11 +236,19 @@ impl fmt::Display for FailoverReport {
     }
 }
 
-/// One node's agent process and link state.
+/// One node's agent and link state.
 #[derive(Debug, Default)]
 struct Slot {
-    agent: Option<Process>,
+    agent: Option<Agent>,
     link_down: bool,
+}
+
+/// A running agent: its process (`ctr run` for a containerised one, which lives as long
+/// as its container) and, in a container, the container's name.
+#[derive(Debug)]
+struct Agent {
+    process: Process,
+    container: Option<String>,
 }
 
 /// The lab LAN with agents on every node and servers in every pod.
@@ -249,6 +259,8 @@ struct Slot {
 pub struct Cluster {
     slots: RefCell<Vec<Slot>>,
     _servers: Vec<Process>,
+    /// Container mode: the runtime the agents run in.
+    containers: Option<containers::Containers>,
     /// Kubernetes mode: the API double the agents watch.
     kubernetes: Option<kubernetes::Kubernetes>,
     lab: Lab,
@@ -262,14 +274,16 @@ impl Cluster {
     /// Builds a LAN of `nodes` nodes with `services`, starts an agent on every node and
     /// returns once they agree on an owner for every VIP.
     pub fn start(nodes: usize, services: Vec<Service>) -> anyhow::Result<Self> {
-        Self::start_with(nodes, services, |_, _| Ok(None))
+        Self::start_with(nodes, services, None, |_, _| Ok(None))
     }
 
-    /// [`Self::start`], with the agents in Kubernetes mode when `kubernetes` (called
-    /// once the lab exists) returns an API double.
+    /// [`Self::start`], with the agents in containers of `image` when given, and in
+    /// Kubernetes mode when `kubernetes` (called once the lab exists) returns an API
+    /// double.
     fn start_with(
         nodes: usize,
         services: Vec<Service>,
+        image: Option<ImageArchive>,
         kubernetes: impl FnOnce(&Lab, &[Service]) -> anyhow::Result<Option<kubernetes::Kubernetes>>,
     ) -> anyhow::Result<Self> {
         let binaries = Binaries::locate()?;
@@ -279,9 +293,13 @@ impl Cluster {
         let lab = Lab::new(&pods.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
         lab.route_to_lan(VIP_CIDR)?;
         let kubernetes = kubernetes(&lab, &services)?;
+        let containers = image
+            .map(|image| containers::Containers::start(scratch.path(), image))
+            .transpose()?;
         let mut cluster = Self {
             slots: RefCell::new((0..nodes).map(|_| Slot::default()).collect()),
             _servers: Vec::new(),
+            containers,
             kubernetes,
             lab,
             bpffs,
@@ -333,6 +351,11 @@ impl Cluster {
             kubernetes.publish(self)?;
         }
         let names: Vec<String> = self.lab.nodes.iter().map(|n| n.name.clone()).collect();
+        if let Some(containers) = &self.containers {
+            for name in &names {
+                self.prepare_node(containers, name)?;
+            }
+        }
         for name in &names {
             self.spawn_agent(name)?;
         }
@@ -362,9 +385,12 @@ impl Cluster {
         self.lab.node(name)
     }
 
-    /// The API socket of `node`'s agent.
+    /// The API socket of `node`'s agent (seen from the host).
     pub fn socket(&self, node: &str) -> PathBuf {
-        self.scratch().join(format!("{node}.sock"))
+        match self.containers {
+            Some(_) => containers::node_root(self, node).join("run/xdplb/agent.sock"),
+            None => self.scratch().join(format!("{node}.sock")),
+        }
     }
 
     /// `node`'s agent log.
@@ -391,9 +417,40 @@ impl Cluster {
         self.scratch().join(format!("{node}.yaml"))
     }
 
-    /// `node`'s pin directory.
+    /// `node`'s pin directory (seen from the host; a container's `/sys/fs/bpf` is the
+    /// node's directory of the lab's BPF filesystem).
     pub fn pin_dir(&self, node: &str) -> PathBuf {
-        self.bpffs.path().join(node)
+        let node_bpffs = self.bpffs.path().join(node);
+        match self.containers {
+            Some(_) => node_bpffs.join("xdplb"),
+            None => node_bpffs,
+        }
+    }
+
+    /// The container runtime of a containerised cluster.
+    pub fn containerd(&self) -> anyhow::Result<&Containerd> {
+        Ok(self.containers()?.containerd())
+    }
+
+    /// The image a containerised cluster runs.
+    pub fn image(&self) -> anyhow::Result<&ImageArchive> {
+        Ok(self.containers()?.image())
+    }
+
+    fn containers(&self) -> anyhow::Result<&containers::Containers> {
+        self.containers
+            .as_ref()
+            .context("the cluster's agents run as processes, not in containers")
+    }
+
+    /// The name of the container `node`'s agent runs in.
+    pub fn agent_container(&self, node: &str) -> anyhow::Result<String> {
+        let index = self.slot_index(node)?;
+        self.slots.borrow()[index]
+            .agent
+            .as_ref()
+            .and_then(|agent| agent.container.clone())
+            .with_context(|| format!("no agent container runs on {node}"))
     }
 
     fn slot_index(&self, node: &str) -> anyhow::Result<usize> {
@@ -429,8 +486,8 @@ impl Cluster {
         Ok(servers)
     }
 
-    /// A random key, readable by root only, and one configuration file per node: the
-    /// same peers, gossip and services everywhere, its own name, pins and socket.
+    /// A random key, readable by root only, and one configuration file per node for
+    /// agents run as processes.
     fn write_configs(&self) -> anyhow::Result<()> {
         fs::OpenOptions::new()
             .write(true)
@@ -438,6 +495,23 @@ impl Cluster {
             .mode(0o600)
             .open(self.gossip_key())?
             .write_all(random_key()?.as_bytes())?;
+        for node in &self.lab.nodes {
+            let paths = NodePaths {
+                pins: self.pin_dir(&node.name),
+                key: self.gossip_key(),
+                socket: self.socket(&node.name),
+            };
+            fs::write(
+                self.config(&node.name),
+                self.node_config(&node.name, Some(&paths)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `node`'s standalone file: the same peers, gossip and services everywhere, its own
+    /// name and, when given, `paths` (else the defaults and the Secret's key file).
+    fn node_config(&self, node: &str, paths: Option<&NodePaths>) -> String {
         let peers: String = self
             .lab
             .nodes
@@ -445,28 +519,42 @@ impl Cluster {
             .map(|node| format!("  - {{ name: {}, address: {} }}\n", node.name, node.addr))
             .collect();
         let services: String = self.services.iter().map(Service::yaml).collect();
-        for node in &self.lab.nodes {
-            let config = format!(
-                "node: {name}\ninterface: {LAN_IFACE}\npinDir: {pins}\npeers:\n{peers}\
-                 gossip:\n  keyFile: {key}\napi:\n  socket: {socket}\nservices:\n{services}",
-                name = node.name,
-                pins = self.pin_dir(&node.name).display(),
-                key = self.gossip_key().display(),
-                socket = self.socket(&node.name).display(),
-            );
-            fs::write(self.config(&node.name), config)?;
-        }
-        Ok(())
+        let (pins, key, api) = match paths {
+            Some(paths) => (
+                format!("pinDir: {}\n", paths.pins.display()),
+                paths.key.display().to_string(),
+                format!("api:\n  socket: {}\n", paths.socket.display()),
+            ),
+            None => (
+                String::new(),
+                "/etc/xdplb/gossip.key".to_owned(),
+                String::new(),
+            ),
+        };
+        format!(
+            "node: {node}\ninterface: {LAN_IFACE}\n{pins}peers:\n{peers}gossip:\n  keyFile: \
+             {key}\n{api}services:\n{services}"
+        )
     }
 
     fn spawn_agent(&self, node: &str) -> anyhow::Result<()> {
         let index = self.slot_index(node)?;
-        let command = match &self.kubernetes {
-            Some(kubernetes) => kubernetes.agent_command(self, node)?,
-            None => format!(
-                "{} --config {}",
-                shell_quote(self.binaries.agent.display()),
-                shell_quote(self.config(node).display())
+        let (command, container) = match (&self.containers, &self.kubernetes) {
+            (Some(containers), kubernetes) => {
+                if let Some(kubernetes) = kubernetes {
+                    kubernetes.write_kubeconfig(self)?;
+                }
+                let (command, name) = self.container_command(containers, node)?;
+                (command, Some(name))
+            }
+            (None, Some(kubernetes)) => (kubernetes.agent_command(self, node)?, None),
+            (None, None) => (
+                format!(
+                    "{} --config {}",
+                    shell_quote(self.binaries.agent.display()),
+                    shell_quote(self.config(node).display())
+                ),
+                None,
             ),
         };
         let process = spawn_logged(
@@ -474,7 +562,7 @@ impl Cluster {
             &command,
             &self.agent_log(node),
         )?;
-        self.slots.borrow_mut()[index].agent = Some(process);
+        self.slots.borrow_mut()[index].agent = Some(Agent { process, container });
         Ok(())
     }
 
@@ -486,7 +574,7 @@ impl Cluster {
             AGENT_READY,
             || {
                 if let Some(agent) = self.slots.borrow_mut()[index].agent.as_mut() {
-                    ensure_running(agent, &self.agent_log(node))?;
+                    ensure_running(&mut agent.process, &self.agent_log(node))?;
                 } else {
                     bail!("no agent runs on {node}");
                 }
@@ -505,15 +593,25 @@ impl Cluster {
         self.wait_ready(node)
     }
 
-    /// Sends `signal` to `node`'s agent; for anything but SIGKILL, waits until it has
-    /// exited (it handles the signal).
+    /// Sends `signal` to `node`'s agent (in a container: to the container's process,
+    /// as the runtime does); for anything but SIGKILL, waits until it has exited (it
+    /// handles the signal).
     pub fn stop_agent(&self, node: &str, signal: Signal) -> anyhow::Result<()> {
         let index = self.slot_index(node)?;
-        let mut agent = self.slots.borrow_mut()[index]
+        let Agent {
+            process: mut agent,
+            container,
+        } = self.slots.borrow_mut()[index]
             .agent
             .take()
             .with_context(|| format!("no agent runs on {node}"))?;
-        agent.signal(signal)?;
+        match container {
+            Some(name) => self
+                .containerd()?
+                .ctr_ok(&["tasks", "kill", "--signal", signal.as_str(), &name])
+                .map(drop)?,
+            None => agent.signal(signal)?,
+        }
         if signal != Signal::SIGKILL {
             wait_for(
                 &format!("the agent on {node} to exit after {signal}"),
@@ -529,7 +627,7 @@ impl Cluster {
         let index = self.slot_index(node)?;
         let mut slots = self.slots.borrow_mut();
         Ok(match slots[index].agent.as_mut() {
-            Some(agent) => !agent.has_exited()?,
+            Some(agent) => !agent.process.has_exited()?,
             None => false,
         })
     }
@@ -900,6 +998,13 @@ fn pods_per_node(nodes: usize, services: &[Service]) -> anyhow::Result<Vec<Vec<I
         .into_iter()
         .map(|set| set.into_iter().collect())
         .collect())
+}
+
+/// Where an agent run as a process keeps its files.
+struct NodePaths {
+    pins: PathBuf,
+    key: PathBuf,
+    socket: PathBuf,
 }
 
 /// 32 random bytes, hex-encoded: the shared gossip key.

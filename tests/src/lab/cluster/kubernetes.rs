@@ -50,7 +50,11 @@ pub(super) struct Kubernetes {
 impl Kubernetes {
     /// Starts the double on the lab's bridge; `withheld` pods stay out of the slices
     /// until [`Cluster::publish_endpoint`].
-    fn start(lab: &Lab, services: &[Service], withheld: &[Ipv4Addr]) -> anyhow::Result<Self> {
+    pub(super) fn start(
+        lab: &Lab,
+        services: &[Service],
+        withheld: &[Ipv4Addr],
+    ) -> anyhow::Result<Self> {
         lab.lan.run(&format!(
             "ip addr add {API_ADDR}/24 dev {}",
             crate::lab::BRIDGE
@@ -94,6 +98,15 @@ impl Kubernetes {
             .collect();
         self.api
             .put_endpoint_slice(service.name, service.app.ports(), &endpoints)
+    }
+
+    /// Writes the kubeconfig every agent reads (`<scratch>/kubeconfig`).
+    pub(super) fn write_kubeconfig(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        fs::write(
+            cluster.scratch().join("kubeconfig"),
+            kubeconfig_yaml(self.api.address()),
+        )
+        .context("writing the lab's kubeconfig")
     }
 
     /// The settings file and the command line of `node`'s agent.
@@ -203,7 +216,7 @@ impl Cluster {
         Self::run_test(
             name,
             || {
-                Self::start_with(nodes, services, |lab, services| {
+                Self::start_with(nodes, services, None, |lab, services| {
                     Kubernetes::start(lab, services, withheld).map(Some)
                 })
             },
