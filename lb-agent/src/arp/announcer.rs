@@ -19,7 +19,7 @@ use std::{
     ffi::c_int,
     io, mem,
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, IntoRawFd as _, OwnedFd, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -72,6 +72,34 @@ pub enum ArpError {
         #[source]
         source: io::Error,
     },
+}
+
+/// A raw `AF_PACKET` socket for ARP frames, not yet bound to `interface`.
+fn arp_socket(interface: &str) -> Result<OwnedFd, ArpError> {
+    let arp = libc::ETH_P_ARP as u16;
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(arp.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(ArpError::Socket {
+            interface: interface.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is a socket just opened and owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether this process may open the announcer's socket at all (CAP_NET_RAW): a
+/// node that cannot answer ARP must not take part in the election, so the agent checks
+/// this before it joins the gossip rather than retrying later.
+pub fn check_socket_permission(interface: &str) -> Result<(), ArpError> {
+    arp_socket(interface).map(drop)
 }
 
 /// A snapshot of the announcer's counters (monotonic since start).
@@ -225,20 +253,7 @@ impl Drop for Announcer {
 fn open_channel(interface: &Interface) -> Result<Port, ArpError> {
     let name = &interface.link.name;
     let arp = libc::ETH_P_ARP as u16;
-    // SAFETY: socket(2) with constant arguments; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(arp.to_be()),
-        )
-    };
-    if fd < 0 {
-        return Err(ArpError::Socket {
-            interface: name.clone(),
-            source: io::Error::last_os_error(),
-        });
-    }
+    let fd = arp_socket(name)?.into_raw_fd();
     let link = LinkState::new(fd, name);
     let config = linux::Config {
         read_timeout: Some(POLL),

@@ -110,6 +110,8 @@ pub enum RuntimeError {
         #[source]
         source: Box<LoadError>,
     },
+    #[error("the ARP announcer cannot open its socket (the agent needs CAP_NET_RAW)")]
+    ArpSocket(#[source] arp::ArpError),
     #[error("installing the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -310,6 +312,7 @@ pub async fn run_with<S: Source>(
 ) -> Result<(), RuntimeError> {
     let settings = source.settings().clone();
     let interface = lan_interface(&settings)?;
+    arp::announcer::check_socket_permission(&interface).map_err(RuntimeError::ArpSocket)?;
     let cluster = source.first().await;
     // The interface's MTU, for when the source drops `mtu`; the source's otherwise.
     let mtu = link_mtu(&interface).or_else(|error| cluster.mtu.ok_or(error))?;
