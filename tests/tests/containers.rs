@@ -280,6 +280,40 @@ fn kubernetes_agents_in_containers_serve_restart_and_fail_over() -> anyhow::Resu
     )
 }
 
+/// Each capability the DaemonSet grants is one the agent cannot start without, on a
+/// node without pins (a first install): the grant is the least that works.
+#[test]
+#[ignore = "container tier: needs the image of `cargo xtask image`"]
+fn the_agent_needs_every_capability_the_daemonset_grants() -> anyhow::Result<()> {
+    let name = "the_agent_needs_every_capability_the_daemonset_grants";
+    if skip_unless_root(name) {
+        return Ok(());
+    }
+    let image = ImageArchive::locate().context(IGNORED)?;
+    Cluster::test_containers(name, NODES, Service::homelab(), image, false, |cluster| {
+        let node = "node1";
+        let mut spare = Vec::new();
+        for (capability, _) in GRANTED {
+            match cluster.agent_without(node, capability)? {
+                (true, log) => eprintln!(
+                    "without {capability} the agent fails: {}",
+                    log.lines().last().unwrap_or_default()
+                ),
+                (false, log) => spare.push(format!("{capability}:\n{log}")),
+            }
+        }
+        // The control: with every grant the same node comes up again.
+        cluster.start_agent(node)?;
+        cluster.wait_settled()?;
+        ensure!(
+            spare.is_empty(),
+            "the DaemonSet grants more than the agent needs; it started without {}",
+            spare.join("\n")
+        );
+        Ok(())
+    })
+}
+
 fn on_containers(name: &str, kubernetes: bool) -> anyhow::Result<()> {
     if skip_unless_root(name) {
         return Ok(());

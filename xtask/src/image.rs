@@ -89,12 +89,14 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<PathBuf> {
 fn build(root: &Path, work: &Path, archive: &Path) -> anyhow::Result<()> {
     let rootfs = work.join("rootfs");
     make_rootfs(root, &rootfs)?;
-    let bin = rootfs.join("usr/local/bin");
+    // Stripped of their symbols, as deploy/Dockerfile installs them (`install -s`).
     let release = target_dir(root).join("release");
-    for binary in BINARIES {
-        fs::copy(release.join(binary), bin.join(binary))
-            .with_context(|| format!("copying {binary} into the image"))?;
-    }
+    cmd::run(
+        Command::new("install")
+            .args(["-s", "-m", "0755", "-t"])
+            .arg(rootfs.join("usr/local/bin"))
+            .args(BINARIES.map(|binary| release.join(binary))),
+    )?;
     let buildah = Buildah::new(work);
     let container = buildah.output(&["from", "scratch"])?;
     buildah.run(&["add", &container, &path_text(&rootfs)?, "/"])?;

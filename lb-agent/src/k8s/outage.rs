@@ -6,8 +6,9 @@
 //! server, an info line at the first answer after it. In between, every such request is
 //! counted (`xdplb_kubernetes_unreachable_total`) and nothing else is logged about it:
 //! callers skip their own message for an error [`unreachable`] recognises, and the
-//! agent's log filter drops kube's own per-request ERROR line ([`log_filter`]). Errors the API server answers with (403, 409, 410, ...) are
-//! no outage; their callers log them as before.
+//! agent's log filter drops kube's own per-request ERROR line ([`log_filter`]). Errors
+//! the API server answers with (403, 409, 410, ...) are no outage; their callers log
+//! them as before.
 
 use std::{
     fmt::Display,

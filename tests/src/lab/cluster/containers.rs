@@ -20,11 +20,13 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, ensure};
+use nix::sys::signal::Signal;
 
-use super::{Cluster, Service, kubernetes::Kubernetes, shell_quote};
+use super::{Cluster, Service, kubernetes::Kubernetes, shell_quote, spawn_logged, wait_for};
 use crate::lab::{
     LAN_IFACE,
     container::{
@@ -44,6 +46,9 @@ const LAB_KUBECONFIG: &str = "/etc/xdplb-lab/kubeconfig";
 const STANDALONE_KEY: &str = "standalone.yaml";
 /// The manifests' ConfigMap and Secret.
 const CONFIG_MAP: &str = "deploy/manifests/20-config.yaml";
+/// How long an agent without a capability has to fail (it loads and attaches in well
+/// under a second when it can).
+const WITHHELD_VERDICT: Duration = Duration::from_secs(20);
 
 /// containerd with the image imported, and the DaemonSet's pod template.
 #[derive(Debug)]
@@ -82,12 +87,14 @@ impl Containers {
     }
 
     /// The `ctr run` command line of `container` on `node`, and the container's name.
+    /// `withheld` names a capability the container's `add` list loses.
     fn run_command(
         &self,
         cluster: &Cluster,
         node: &str,
         container: &str,
         kubernetes: bool,
+        withheld: Option<&str>,
     ) -> anyhow::Result<(String, String)> {
         let objects = objects(cluster, node)?;
         let root = node_root(cluster, node);
@@ -100,9 +107,23 @@ impl Containers {
             bpffs: &bpffs,
             objects: &objects,
         };
+        let mut spec = self.template.container(container)?.clone();
+        if let Some(capability) = withheld {
+            let added = spec
+                .security_context
+                .as_mut()
+                .and_then(|context| context.capabilities.as_mut())
+                .and_then(|capabilities| capabilities.add.as_mut())
+                .with_context(|| format!("{container} adds no capabilities"))?;
+            ensure!(
+                added.iter().any(|cap| cap == capability),
+                "{container} is not granted {capability}"
+            );
+            added.retain(|cap| cap != capability);
+        }
         let mut request = Request {
             template: &self.template,
-            container: self.template.container(container)?,
+            container: &spec,
             image: &self.image.config,
             node: &lab_node,
             args: None,
@@ -168,7 +189,7 @@ impl Cluster {
     /// starts the agent; fails with its output if it fails.
     pub(super) fn prepare_node(&self, containers: &Containers, node: &str) -> anyhow::Result<()> {
         let kubernetes = self.kubernetes.is_some();
-        let (command, _) = containers.run_command(self, node, INIT_CONTAINER, kubernetes)?;
+        let (command, _) = containers.run_command(self, node, INIT_CONTAINER, kubernetes, None)?;
         let log = self.scratch().join(format!("init-{node}.log"));
         let output = std::process::Command::new("sh")
             .arg("-c")
@@ -188,7 +209,51 @@ impl Cluster {
         containers: &Containers,
         node: &str,
     ) -> anyhow::Result<(String, String)> {
-        containers.run_command(self, node, AGENT_CONTAINER, self.kubernetes.is_some())
+        containers.run_command(self, node, AGENT_CONTAINER, self.kubernetes.is_some(), None)
+    }
+
+    /// Replaces `node`'s agent by one started on a node without pins (as on a first
+    /// install) and without `capability`; returns whether it exited (rather than became
+    /// ready) and its log. The agent container is gone afterwards either way:
+    /// [`Cluster::start_agent`] starts the DaemonSet's again.
+    pub fn agent_without(&self, node: &str, capability: &str) -> anyhow::Result<(bool, String)> {
+        let containers = self.containers()?;
+        if self.agent_running(node)? {
+            self.stop_agent(node, Signal::SIGKILL)?;
+        }
+        let pins = self.pin_dir(node);
+        if pins.exists() {
+            fs::remove_dir_all(&pins)?;
+        }
+        let (command, name) = containers.run_command(
+            self,
+            node,
+            AGENT_CONTAINER,
+            self.kubernetes.is_some(),
+            Some(capability),
+        )?;
+        let log = self
+            .scratch()
+            .join(format!("without-{capability}-{node}.log"));
+        let mut process = spawn_logged(&self.node(node)?.netns, &command, &log)?;
+        let exited = wait_for(
+            &format!("the agent without {capability} to exit or become ready"),
+            WITHHELD_VERDICT,
+            || {
+                if process.has_exited()? {
+                    return Ok(Some(true));
+                }
+                let ready = self.status(node).is_ok_and(|status| status.ready);
+                Ok(ready.then_some(false))
+            },
+        )?;
+        if !exited {
+            containers
+                .containerd()
+                .ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", &name])?;
+        }
+        drop(process);
+        Ok((exited, fs::read_to_string(&log).unwrap_or_default()))
     }
 
     /// The standalone file of `node` as its containerised agent reads it: the paths are
