@@ -25,10 +25,7 @@ use lb_agent::{
         ipam_controller,
         lease::LeaseSettings,
         outage::{ApiHealth, log_filter},
-        settings::KubernetesSettings,
-        source::KubeSource,
     },
-    runtime::Source as _,
     status::AgentStatus,
     telemetry::Telemetry,
 };
@@ -234,11 +231,7 @@ async fn an_api_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_c
     let serving = tokio::spawn(serve(api, Arc::clone(&server)));
 
     // The watches of the source, the Lease and the IPAM's watches, all on one client.
-    let settings = KubernetesSettings::parse("").expect("defaults");
-    let mut source = KubeSource::start(client.clone(), &settings, "node1".to_owned());
-    timeout(Duration::from_secs(10), source.first())
-        .await
-        .expect("the first cluster");
+    let source = k8s_support::first_source(client.clone()).await;
     let (stop, stopping) = watch::channel(false);
     let lease = LeaseSettings {
         renew_every: Duration::from_millis(100),

@@ -204,11 +204,7 @@ async fn the_owner_reports_the_vips_it_takes_over() {
     }));
     let (client, api) = client();
     tokio::spawn(serve(api, Arc::clone(&fake)));
-    let settings = KubernetesSettings::parse("").expect("defaults");
-    let mut source = KubeSource::start(client, &settings, "node1".into());
-    timeout(Duration::from_secs(5), source.first())
-        .await
-        .expect("the first cluster");
+    let mut source = k8s_support::first_source(client).await;
 
     let dns_vip = "192.168.8.241".parse().expect("vip");
     source.announced(&BTreeSet::from([dns_vip]));
@@ -274,11 +270,7 @@ async fn a_service_that_later_shares_an_announced_vip_gets_its_event_once() {
     }));
     let (client, api) = client();
     tokio::spawn(serve(api, Arc::clone(&fake)));
-    let settings = KubernetesSettings::parse("").expect("defaults");
-    let mut source = KubeSource::start(client, &settings, "node1".into());
-    timeout(Duration::from_secs(5), source.first())
-        .await
-        .expect("the first cluster");
+    let mut source = k8s_support::first_source(client).await;
     let dns_vip = "192.168.8.241".parse().expect("vip");
     source.announced(&BTreeSet::from([dns_vip]));
     let events = events_settled(&fake, 1).await;

@@ -38,9 +38,7 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_support::{ApiDouble, Received, Respond, client, echo, echo_onto, fail, list, reply};
 use lb_agent::{
     ipam::ClassPolicy,
-    k8s::{
-        ipam_controller, lease::LeaseSettings, settings::KubernetesSettings, source::KubeSource,
-    },
+    k8s::{ipam_controller, lease::LeaseSettings},
     runtime::Source as _,
     telemetry::Telemetry,
 };
@@ -343,11 +341,7 @@ async fn agent_calls(namespace: &str) -> BTreeSet<Call> {
     let (client, api) = client();
     let server = tokio::spawn(serve(api, Arc::clone(&fake)));
 
-    let settings = KubernetesSettings::parse("").expect("defaults");
-    let mut source = KubeSource::start(client.clone(), &settings, "node1".to_owned());
-    timeout(Duration::from_secs(10), source.first())
-        .await
-        .expect("the first cluster");
+    let mut source = k8s_support::first_source(client.clone()).await;
     let (stop, stopping) = watch::channel(false);
     let lease = LeaseSettings {
         renew_every: Duration::from_millis(100),

@@ -10,6 +10,10 @@ use kube::{
     Client,
     client::{Body, ClientBuilder},
 };
+use lb_agent::{
+    k8s::{settings::KubernetesSettings, source::KubeSource},
+    runtime::Source as _,
+};
 use serde::{Deserialize as _, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle, SendResponse};
@@ -210,4 +214,15 @@ pub fn of_kind<T: DeserializeOwned>(documents: &[Value], kind: &str) -> Vec<T> {
         .filter(|document| document["kind"] == kind)
         .map(|document| serde_json::from_value(document.clone()).expect(kind))
         .collect()
+}
+
+/// A source on `client` with the default settings, as node1, once it has published its
+/// first cluster.
+pub async fn first_source(client: Client) -> KubeSource {
+    let settings = KubernetesSettings::parse("").expect("defaults");
+    let mut source = KubeSource::start(client, &settings, "node1".into());
+    tokio::time::timeout(Duration::from_secs(10), source.first())
+        .await
+        .expect("the first cluster");
+    source
 }
