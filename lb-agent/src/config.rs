@@ -65,7 +65,7 @@ use marked_yaml::{LoadError, LoaderOptions, Marker};
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::{
-    dataplane::loader::Capacities,
+    model::capacities::Capacities,
     model::{Endpoint, Inputs, Node, Protocol, Service, ServicePort, TrafficPolicy},
 };
 

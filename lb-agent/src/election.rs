@@ -39,10 +39,45 @@ use std::{
 
 use sha2::{Digest as _, Sha256};
 
-use crate::{
-    membership::Liveness,
-    model::{Inputs, TrafficPolicy},
-};
+use crate::model::{Inputs, TrafficPolicy};
+
+/// How a node looks to the gossip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Liveness {
+    /// Answers probes.
+    Alive,
+    /// Missed a probe; still counted as alive until the suspicion timeout.
+    Suspect,
+    /// Left on SIGTERM with its data path kept pinned: it still serves the flows it
+    /// holds, but owns no VIP. Down once [`HANDOVER_GRACE`](crate::membership::HANDOVER_GRACE) has passed
+    /// ([`crate::membership::View::expire_handovers`]).
+    HandingOver,
+    /// Declared dead, left, or never heard from.
+    Down,
+}
+
+impl Liveness {
+    /// Alive or suspect: still a member for election.
+    pub fn is_up(self) -> bool {
+        matches!(self, Self::Alive | Self::Suspect)
+    }
+
+    /// Its data path serves: up, or handing over.
+    pub fn serves(self) -> bool {
+        self != Self::Down
+    }
+}
+
+impl fmt::Display for Liveness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::HandingOver => "handing over",
+            Self::Down => "down",
+        })
+    }
+}
 
 /// Nodes with this label never announce VIPs (the Kubernetes convention).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";

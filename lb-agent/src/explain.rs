@@ -19,8 +19,8 @@ use lb_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::wire,
     model::{self, Inputs, PortKey, PortTarget, Protocol, State, TrafficPolicy},
+    wire,
 };
 
 /// A client flow: what `lbctl explain CLIENT VIP/PROTO` names.

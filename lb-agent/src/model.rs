@@ -28,6 +28,7 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
+pub mod capacities;
 mod tables;
 pub mod unicast;
 

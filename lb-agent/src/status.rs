@@ -63,7 +63,8 @@ pub use crate::explain::Explanation;
 use crate::{
     arp,
     dataplane::maps::MapsError,
-    membership::{self, Liveness},
+    election::Liveness,
+    membership,
     model::{Protocol, TrafficPolicy},
 };
 

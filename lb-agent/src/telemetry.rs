@@ -23,7 +23,7 @@
 //! and reason. In Kubernetes mode every agent also counts the Service status addresses
 //! it ignores ([`Telemetry::status_address_ignored`]), and the requests that could not
 //! reach the API server ([`Telemetry::count_kubernetes_unreachable`], from
-//! [`crate::k8s::outage`]).
+//! [`crate::sources::kubernetes::outage`]).
 //!
 //! Every name starts with `xdplb_`; counters end in `_total`.
 
@@ -169,7 +169,7 @@ impl Telemetry {
     }
 
     /// A Service's status newly shows an address this node may not own (see
-    /// [`crate::k8s::translate::IgnoredAddress`]).
+    /// [`crate::sources::kubernetes::translate::IgnoredAddress`]).
     pub fn status_address_ignored(&self) {
         self.ignored_status_addresses
             .fetch_add(1, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 //! RBAC grants exactly what the agent uses, the pieces reference each other correctly,
 //! the examples get the seed homelab's addresses from the IPAM, the Helm chart renders
 //! (real `helm template`) the same objects as the plain manifests and lints clean, and
-//! the README's install steps work as written.
+//! the install guide's steps (docs/install.md) work as written.
 
 mod deploy;
 
@@ -14,9 +14,9 @@ use std::{
 };
 
 use deploy::{
-    helm,
+    helm, install_guide,
     objects::{self, Document, Object, deploy_dir, documents, read_dir, strict},
-    rbac, readme,
+    rbac,
 };
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
@@ -29,7 +29,7 @@ use lb_agent::{
         pool::Pool,
         request::{ClassPolicy, Request, Responsibility},
     },
-    k8s::settings::KubernetesSettings,
+    sources::kubernetes::settings::KubernetesSettings,
 };
 use serde_json::{Value, json};
 
@@ -661,10 +661,10 @@ fn helm_lint_strict_is_clean() {
     println!("{}", helm::lint());
 }
 
-/// Problems of the README's install steps when a reader runs them in order: an object
+/// Problems of the install guide's steps when a reader runs them in order: an object
 /// created twice (which `kubectl create` and `helm install` refuse), a namespace or the
 /// agents' Secret that no step up to this one made.
-fn install_problems(commands: &[readme::Command]) -> Vec<String> {
+fn install_problems(commands: &[install_guide::Command]) -> Vec<String> {
     let effects: Vec<_> = commands
         .iter()
         .filter_map(|command| Some((command, command.effect()?)))
@@ -703,8 +703,8 @@ fn install_problems(commands: &[readme::Command]) -> Vec<String> {
 
 /// The objects of the `effects` a reader ran before `command`, with their step.
 fn made_before<'a>(
-    effects: &'a [(&readme::Command, readme::Effect)],
-    command: &readme::Command,
+    effects: &'a [(&install_guide::Command, install_guide::Effect)],
+    command: &install_guide::Command,
 ) -> BTreeMap<Key, &'a str> {
     effects
         .iter()
@@ -728,14 +728,14 @@ fn agents_secret(object: &Value) -> Option<&str> {
 }
 
 #[test]
-fn the_readmes_install_steps_work_as_written() {
-    let commands = readme::commands();
+fn the_install_guides_steps_work_as_written() {
+    let commands = install_guide::commands();
     for path in ["kubectl apply -f deploy/manifests/", "helm install "] {
         assert!(
             commands
                 .iter()
                 .any(|command| command.line.starts_with(path)),
-            "the README documents `{path}`: {commands:#?}"
+            "docs/install.md documents `{path}`: {commands:#?}"
         );
     }
     assert_eq!(install_problems(&commands), Vec::<String>::new());
@@ -762,9 +762,9 @@ fn value_at<'a>(values: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 #[test]
-fn every_value_the_readme_names_is_in_the_chart() {
+fn every_value_the_install_guide_names_is_in_the_chart() {
     let values = chart_values();
-    let names = readme::values();
+    let names = install_guide::values();
     assert!(names.contains(&"gossip.secretName".to_owned()), "{names:?}");
     let unknown: Vec<&String> = names
         .iter()

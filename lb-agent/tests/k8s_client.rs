@@ -20,10 +20,9 @@ use k8s_support::{ApiDouble, Received, Respond, fail, list, refuse_connection, r
 use kube::{Api, Config, client::ConfigExt as _};
 use lb_agent::{
     ipam::ClassPolicy,
-    k8s::{
+    ipam_controller::{self, lease::LeaseSettings},
+    sources::kubernetes::{
         client::{AGENT_USER_AGENT, identified, observed},
-        ipam_controller,
-        lease::LeaseSettings,
         outage::{ApiHealth, log_filter},
     },
     status::AgentStatus,

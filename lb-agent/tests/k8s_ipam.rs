@@ -13,14 +13,11 @@ use k8s_support::{
 };
 use kube::runtime::{reflector, watcher};
 use lb_agent::{
+    apis::{address_pool::AddressPool, pool_status},
     ipam::{ClassPolicy, ServiceKey},
-    k8s::{
-        crd::AddressPool,
-        ipam_controller::{
-            ALLOCATED_CONDITION, Context, Outcome, PoolStatuses, RETRY_AFTER_ERROR, error_policy,
-            forget, rebuild, reconcile, serve,
-        },
-        pool_status,
+    ipam_controller::{
+        ALLOCATED_CONDITION, Context, Outcome, PoolStatuses, RETRY_AFTER_ERROR, error_policy,
+        forget, rebuild, reconcile, serve,
     },
     status::AgentStatus,
 };

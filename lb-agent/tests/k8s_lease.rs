@@ -12,7 +12,7 @@ use std::{
 
 use http::{Method, StatusCode};
 use k8s_support::{ApiDouble, client, fail, reply};
-use lb_agent::k8s::lease::{self, Elector, LEASE_NAME, LeaseSettings};
+use lb_agent::ipam_controller::lease::{self, Elector, LEASE_NAME, LeaseSettings};
 use serde_json::{Value, json};
 use tokio::{
     sync::watch,

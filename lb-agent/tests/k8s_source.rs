@@ -13,8 +13,8 @@ use std::{
 use http::{Method, StatusCode};
 use k8s_support::{ApiDouble, Respond, client, documents, fail, list, reply, stream};
 use lb_agent::{
-    k8s::{settings::KubernetesSettings, source::KubeSource},
-    runtime::{Cluster, Source},
+    sources::kubernetes::{settings::KubernetesSettings, source::KubeSource},
+    sources::{Cluster, Source},
     telemetry::Telemetry,
 };
 use serde_json::{Value, json};

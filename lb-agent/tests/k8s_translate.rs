@@ -15,17 +15,17 @@ use std::{
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_support::{documents, of_kind};
 use lb_agent::{
+    apis::address_pool::AddressPool,
     arp,
     election::{ANNOUNCE_INTERFACE_ANNOTATION, EXCLUDE_LABEL, Ineligible},
     ipam::ClassPolicy,
-    k8s::{
-        crd::AddressPool,
-        slice::Slice,
-        translate::{IgnoredAddress, Snapshot, TranslateError, Translation, Translator},
-    },
     membership::{Peer, View},
     model::{BackendState, Endpoint, Protocol, ServicePort, TrafficPolicy, desired_state},
     runtime::reconcile::plan,
+    sources::kubernetes::{
+        slice::Slice,
+        translate::{IgnoredAddress, Snapshot, TranslateError, Translation, Translator},
+    },
 };
 use serde_json::Value;
 

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use lb_agent::{ipam::pool::Pool, k8s::crd::AddressPool};
+use lb_agent::{apis::address_pool::AddressPool, ipam::pool::Pool};
 use serde::Deserialize as _;
 
 /// Seed 002's MetalLB configuration, split as a GitOps repository would hold it.

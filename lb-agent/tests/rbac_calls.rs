@@ -38,8 +38,8 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_support::{ApiDouble, Received, Respond, client, echo, echo_onto, fail, list, reply};
 use lb_agent::{
     ipam::ClassPolicy,
-    k8s::{ipam_controller, lease::LeaseSettings},
-    runtime::Source as _,
+    ipam_controller::{self, lease::LeaseSettings},
+    sources::Source as _,
     telemetry::Telemetry,
 };
 use serde_json::{Value, json};

@@ -9,9 +9,9 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
 };
-use lb_agent::dataplane::{
-    loader::{self, Capacities},
-    maps::Maps,
+use lb_agent::{
+    dataplane::{loader, maps::Maps},
+    model::capacities::Capacities,
 };
 use lb_common::{
     maglev::{self, Backend},

@@ -8,9 +8,9 @@ use anyhow::{Context as _, ensure};
 use aya::Ebpf;
 use lb_agent::{
     config,
-    dataplane::{Dataplane as _, kernel::KernelDataplane, loader, loader::Capacities},
+    dataplane::{Dataplane as _, kernel::KernelDataplane, loader},
     diff::diff,
-    model::{Endpoint, Inputs, State, desired_state},
+    model::{Endpoint, Inputs, State, capacities::Capacities, desired_state},
 };
 use lb_common::{
     maglev::{self, Backend},

@@ -366,6 +366,31 @@ mod tests {
         }
     }
 
+    /// The README keeps its Benchmarks section with the markers, so a run rewrites the
+    /// block where it stands instead of appending a second section.
+    #[test]
+    fn the_readme_holds_the_marked_block_in_its_benchmarks_section() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = fs::read_to_string(&path).expect("README.md");
+        let section = readme
+            .find("\n## Benchmarks\n")
+            .expect("a Benchmarks section");
+        let begin = readme.find(README_BEGIN).expect("the begin marker");
+        let end = readme.find(README_END).expect("the end marker");
+        assert!(section < begin && begin < end, "markers out of order");
+        assert!(
+            !readme[section + 1..begin].contains("\n## "),
+            "the block is in the Benchmarks section"
+        );
+        let updated = with_summary(&readme, "new\n");
+        assert_eq!(updated.matches("\n## Benchmarks\n").count(), 1);
+        assert_eq!(&updated[..begin], &readme[..begin]);
+        assert_eq!(
+            &updated[updated.find(README_END).expect("the end marker")..],
+            &readme[end..]
+        );
+    }
+
     #[test]
     fn without_markers_a_section_is_appended() {
         let updated = with_summary("# x\n", "new\n");

@@ -14,16 +14,19 @@ use clap::{Parser, Subcommand};
 use lb_agent::{
     config::{self, Standalone},
     dataplane::loader::{self, PinDir},
-    k8s::{
-        client::agent_client,
-        ipam_controller,
-        lease::LeaseSettings,
-        outage::{ApiHealth, log_filter},
-        settings::KubernetesSettings,
-        source::KubeSource,
-    },
+    ipam_controller::{self, lease::LeaseSettings},
     membership::{GossipKey, View},
-    runtime::{self, Cluster, FileSource, Settings, reconcile::plan},
+    runtime::{self, reconcile::plan},
+    sources::{
+        Cluster, Settings,
+        file::FileSource,
+        kubernetes::{
+            client::agent_client,
+            outage::{ApiHealth, log_filter},
+            settings::KubernetesSettings,
+            source::KubeSource,
+        },
+    },
     summary,
     telemetry::Telemetry,
 };

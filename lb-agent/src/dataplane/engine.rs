@@ -8,10 +8,12 @@ use std::{
 
 use lb_common::maps::{BACKENDS, MAX_PEERS, SERVICES, VIPS};
 
-use super::{Dataplane, DataplaneError, MapStore, loader::Capacities, wire};
+use super::{Dataplane, DataplaneError, MapStore};
 use crate::{
     diff::{Changes, Delta},
+    model::capacities::Capacities,
     model::{BackendState, Interner, PortKey, PortTarget, Rings, State, Vip},
+    wire,
 };
 
 /// Free indices of an array map, lowest first.

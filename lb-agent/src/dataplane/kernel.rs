@@ -5,7 +5,8 @@ use lb_common::types::{
     BackendValue, DataplaneConfig, NodeRing, PeerValue, PodRing, ServiceKey, ServiceValue, VipValue,
 };
 
-use super::{DataplaneError, Engine, MapStore, loader::Capacities, maps::Maps};
+use super::{DataplaneError, Engine, MapStore, maps::Maps};
+use crate::model::capacities::Capacities;
 
 /// A dataplane over the maps of a loaded object.
 pub type KernelDataplane = Engine<Maps>;

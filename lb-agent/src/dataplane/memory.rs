@@ -15,7 +15,8 @@ use lb_common::{
     },
 };
 
-use super::{DataplaneError, Engine, MapStore, loader::Capacities, wire};
+use super::{DataplaneError, Engine, MapStore};
+use crate::{model::capacities::Capacities, wire};
 
 /// A dataplane over [`MemoryMaps`].
 pub type MemoryDataplane = Engine<MemoryMaps>;

@@ -12,12 +12,11 @@ pub mod maps;
 pub mod memory;
 pub mod store;
 pub mod sysctl;
-pub(crate) mod wire;
 
 pub use engine::Engine;
 pub use store::MapStore;
 
-use crate::{diff::Changes, model::State};
+use crate::{diff::Changes, model::State, wire};
 
 /// A data path that can be brought to a state and read back.
 pub trait Dataplane {
@@ -55,6 +54,12 @@ pub enum DataplaneError {
     OutOfRange { map: &'static str, index: u32 },
     #[error("unsafe update order: {0}")]
     Hazard(String),
+}
+
+impl From<wire::Foreign> for DataplaneError {
+    fn from(wire::Foreign { map, detail }: wire::Foreign) -> Self {
+        Self::Foreign { map, detail }
+    }
 }
 
 impl DataplaneError {

@@ -1,4 +1,5 @@
-//! A pool as the allocator uses it: an `AddressPool` checked and compiled once, plus the
+//! A pool as the allocator uses it: an `AddressPool` checked and compiled once
+//! (`Pool::from_resource`, in [`crate::apis::address_pool`]), plus the
 //! questions asked of it (may this Service use it, in which order, which pools overlap).
 
 use std::{
@@ -8,13 +9,9 @@ use std::{
 };
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::{
-    ResourceExt as _,
-    core::{Selector, SelectorExt as _},
-};
+use kube::core::{Selector, SelectorExt as _};
 
 use super::addresses::{AddressSet, InvalidAddresses};
-use crate::k8s::crd::AddressPool;
 
 /// Label keys to values, as on Kubernetes objects.
 pub type Labels = BTreeMap<String, String>;
@@ -67,27 +64,6 @@ pub enum Refusal {
 }
 
 impl Pool {
-    pub fn from_resource(resource: &AddressPool) -> Result<Self, PoolError> {
-        let spec = &resource.spec;
-        let addresses = AddressSet::parse(&spec.addresses, spec.avoid_buggy_ips)?;
-        let allocation = spec.service_allocation.clone().unwrap_or_default();
-        Ok(Self {
-            name: resource.name_any(),
-            addresses,
-            auto_assign: spec.auto_assign,
-            priority: allocation.priority,
-            namespaces: allocation.namespaces.into_iter().collect(),
-            namespace_selector: compile_selector(
-                "spec.serviceAllocation.namespaceSelector",
-                allocation.namespace_selector,
-            )?,
-            service_selector: compile_selector(
-                "spec.serviceAllocation.serviceSelector",
-                allocation.service_selector,
-            )?,
-        })
-    }
-
     /// Whether the pool is dedicated to some Services: such pools are tried before
     /// general ones of the same priority, as MetalLB does.
     pub fn is_restricted(&self) -> bool {
@@ -149,7 +125,8 @@ impl Pool {
     }
 }
 
-fn compile_selector(
+/// `selector` compiled, or why it cannot be (`field` names it).
+pub(crate) fn compile_selector(
     field: &'static str,
     selector: Option<LabelSelector>,
 ) -> Result<Option<Selector>, PoolError> {

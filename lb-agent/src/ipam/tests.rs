@@ -9,7 +9,7 @@ use kube::ResourceExt as _;
 use serde::Deserialize as _;
 
 use super::*;
-use crate::k8s::crd::AddressPool;
+use crate::apis::address_pool::AddressPool;
 
 const EDGE_VIPS: &str = include_str!("../../tests/fixtures/k8s/edge-vips.yaml");
 const K3S_LAN: &str = include_str!("../../tests/fixtures/k8s/k3s-lan.yaml");

@@ -47,7 +47,6 @@ mod tests;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     net::SocketAddrV4,
     sync::{
         Arc,
@@ -60,47 +59,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::auth::{GossipKey, KeyError, Reject};
 use self::driver::{Command, Driver};
-
-/// How a node looks to the gossip.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Liveness {
-    /// Answers probes.
-    Alive,
-    /// Missed a probe; still counted as alive until the suspicion timeout.
-    Suspect,
-    /// Left on SIGTERM with its data path kept pinned: it still serves the flows it
-    /// holds, but owns no VIP. Down once [`HANDOVER_GRACE`] has passed
-    /// ([`View::expire_handovers`]).
-    HandingOver,
-    /// Declared dead, left, or never heard from.
-    Down,
-}
+use crate::election::Liveness;
 
 /// How long peers keep a handing-over node's endpoints when no new agent rejoins.
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(5);
-
-impl Liveness {
-    /// Alive or suspect: still a member for election.
-    pub fn is_up(self) -> bool {
-        matches!(self, Self::Alive | Self::Suspect)
-    }
-
-    /// Its data path serves: up, or handing over.
-    pub fn serves(self) -> bool {
-        self != Self::Down
-    }
-}
-
-impl fmt::Display for Liveness {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Alive => "alive",
-            Self::Suspect => "suspect",
-            Self::HandingOver => "handing over",
-            Self::Down => "down",
-        })
-    }
-}
 
 /// One node in the [`View`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -26,8 +26,8 @@ use self::{
     metallb::{IpAddressPoolSpec, Kind},
 };
 use crate::{
+    apis::address_pool::{AddressPool, AddressPoolSpec, Announcement, ServiceAllocation},
     ipam::addresses::AddressError,
-    k8s::crd::{AddressPool, AddressPoolSpec, Announcement, ServiceAllocation},
 };
 
 /// Why the input cannot be converted. Each names the file and document.

@@ -64,7 +64,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::membership::{Liveness, MemberView};
+    use crate::{election::Liveness, membership::MemberView};
 
     const VIP: Ipv4Addr = Ipv4Addr::new(172, 16, 200, 20);
 

@@ -6,7 +6,7 @@
 //! pinned links a previous agent left), start ARP for the owned VIPs and the API.
 //!
 //! The state comes from a [`Source`]: the standalone file ([`FileSource`]) or the
-//! Kubernetes API (`crate::k8s::source::KubeSource`); both produce a [`Cluster`], and
+//! Kubernetes API (`crate::sources::kubernetes::source::KubeSource`); both produce a [`Cluster`], and
 //! everything after that is this one loop.
 //!
 //! Loop, on every membership change, interface change, SIGHUP or new cluster state:
@@ -27,11 +27,8 @@
 //! the pins stay too.
 
 mod announce;
-pub mod cluster;
 mod provider;
 pub mod reconcile;
-pub mod settings;
-pub mod source;
 
 use std::{
     io,
@@ -46,11 +43,6 @@ use tokio::{
     time::{MissedTickBehavior, interval, timeout},
 };
 
-pub use self::{
-    cluster::Cluster,
-    settings::Settings,
-    source::{FileSource, Source},
-};
 use self::{
     provider::{AgentState, Shared},
     reconcile::{Owners, Plan, Reconciler, plan},
@@ -67,6 +59,7 @@ use crate::{
     },
     membership::{self, GossipKey, KeyError, Membership, MembershipError, View},
     model::{Tables, desired_state_with},
+    sources::{Cluster, Settings, Source},
     status::Ownership,
     telemetry::{OwnershipChange, Telemetry},
 };

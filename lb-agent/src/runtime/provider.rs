@@ -8,16 +8,13 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{
-    cluster::Cluster,
-    reconcile::{Plan, Reconciler},
-    settings::Settings,
-};
+use super::reconcile::{Plan, Reconciler};
 use crate::{
     arp::Announcer,
     dataplane::kernel::KernelDataplane,
     membership::{Counters, View},
     model::Protocol,
+    sources::{Cluster, Settings},
     status::{
         self, AgentStatus, Explanation, FlowList, MapsView, MemberStatus, Ownership, ProviderError,
         StatusProvider,

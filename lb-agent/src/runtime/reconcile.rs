@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::cluster::Cluster;
 use crate::{
     arp,
     dataplane::{Dataplane, DataplaneError},
@@ -17,6 +16,7 @@ use crate::{
     election::{Candidate, Demand, Election, elect_all, owned_by},
     membership::View,
     model::{Inputs, State, Tables, desired_state_with},
+    sources::Cluster,
 };
 
 /// What one pass decided.

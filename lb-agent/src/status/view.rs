@@ -19,9 +19,10 @@ use super::{
     VipCounters, VipStatus,
 };
 use crate::{
-    dataplane::{kernel::KernelDataplane, maps::MapsError, wire},
+    dataplane::{kernel::KernelDataplane, maps::MapsError},
     explain::{self, CacheLookup, Explanation, Query, recorded},
     model::{Inputs, PortKey, Protocol, Service, State, Table, TrafficPolicy, Vip, node_shares},
+    wire,
 };
 
 /// Live values of the data path. [`KernelDataplane`] implements it over the BPF maps.

@@ -10,12 +10,12 @@ use std::{net::Ipv4Addr, sync::Arc};
 use k8s_openapi::api::core::v1::Service;
 use kube::CustomResourceExt as _;
 use lb_agent::{
-    ipam::{Allocator, ClassPolicy, ServiceKey},
-    k8s::{
-        crd::{AddressPool, CONDITION_INVALID, CONDITION_OVERLAPPING, CONDITION_READY},
-        ipam_controller::ALLOCATED_CONDITION,
+    apis::{
+        address_pool::{AddressPool, CONDITION_INVALID, CONDITION_OVERLAPPING, CONDITION_READY},
         pool_status,
     },
+    ipam::{Allocator, ClassPolicy, ServiceKey},
+    ipam_controller::ALLOCATED_CONDITION,
 };
 use serde_json::{Value, json};
 

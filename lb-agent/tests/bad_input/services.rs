@@ -12,11 +12,10 @@ use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use kube::runtime::reflector;
 use lb_agent::{
+    apis::{address_pool::AddressPool, pool_status},
     ipam::{ClassPolicy, ServiceKey},
-    k8s::{
-        crd::AddressPool,
-        ipam_controller::{ALLOCATED_CONDITION, Context, reconcile},
-        pool_status,
+    ipam_controller::{ALLOCATED_CONDITION, Context, reconcile},
+    sources::kubernetes::{
         slice::Slice,
         translate::{Snapshot, Translator},
     },

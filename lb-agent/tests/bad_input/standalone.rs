@@ -7,13 +7,14 @@ use std::path::Path;
 
 use lb_agent::{
     config::{self, Standalone},
-    dataplane::{loader::Capacities, memory::MemoryDataplane},
-    k8s::settings::KubernetesSettings,
+    dataplane::memory::MemoryDataplane,
     membership::GossipKey,
-    runtime::{
-        FileSource, Source as _,
-        reconcile::Reconciler,
-        source::{ConfigSource, Reload},
+    model::capacities::Capacities,
+    runtime::reconcile::Reconciler,
+    sources::kubernetes::settings::KubernetesSettings,
+    sources::{
+        Source as _,
+        file::{ConfigSource, FileSource, Reload},
     },
 };
 

@@ -13,8 +13,8 @@ use super::objects::{Document, documents, repo_dir};
 const PINNED: &str = "/usr/local/lib/xdplb/helm-4.1.4/helm";
 /// Another helm, e.g. on a machine where setup cannot write /usr/local.
 const OVERRIDE: &str = "XDPLB_HELM";
-/// The chart, relative to the repository root (where helm runs, as the README's
-/// commands do).
+/// The chart, relative to the repository root (where helm runs, as the install
+/// guide's commands do).
 const CHART: &str = "deploy/helm/xdplb";
 
 fn binary() -> PathBuf {
@@ -67,7 +67,7 @@ pub fn documented(command_line: &str) -> Vec<Document> {
         .strip_prefix("helm install ")
         .unwrap_or_else(|| panic!("not a helm install: {command_line}"));
     let mut command = Command::new("sh");
-    // $0 is helm: the README's own words after it, untouched.
+    // $0 is helm: the install guide's own words after it, untouched.
     command
         .args(["-c", &format!("\"$0\" template --include-crds {arguments}")])
         .arg(binary());

@@ -18,7 +18,7 @@ use k8s_openapi::{
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
-use lb_agent::k8s::crd::AddressPool;
+use lb_agent::apis::address_pool::AddressPool;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 

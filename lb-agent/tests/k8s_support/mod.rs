@@ -11,8 +11,8 @@ use kube::{
     client::{Body, ClientBuilder},
 };
 use lb_agent::{
-    k8s::{settings::KubernetesSettings, source::KubeSource},
-    runtime::Source as _,
+    sources::Source as _,
+    sources::kubernetes::{settings::KubernetesSettings, source::KubeSource},
 };
 use serde::{Deserialize as _, de::DeserializeOwned};
 use serde_json::{Value, json};

@@ -38,13 +38,13 @@ use lb_agent::{
     dataplane::{
         Dataplane as _,
         kernel::KernelDataplane,
-        loader::{self, Capacities, PinDir},
+        loader::{self, PinDir},
         maps::Maps,
     },
     diff::diff,
     ipam::request::ClassPolicy,
-    k8s::translate::{Snapshot, Translator},
-    model::{Inputs, State, Tables, desired_state_with},
+    model::{Inputs, State, Tables, capacities::Capacities, desired_state_with},
+    sources::kubernetes::translate::{Snapshot, Translator},
 };
 use lb_common::types::{PROTO_TCP, ServiceKey};
 use nix::sys::signal::Signal;

@@ -9,22 +9,22 @@ use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
 use kube::{Api, Client, Config, ResourceExt as _, api::ListParams};
 use lb_agent::{
+    apis::address_pool::AddressPool,
     explain::{self, Explanation, Query},
     ipam::{
         pool::Pool,
         request::{ClassPolicy, LOAD_BALANCER_CLASS, Responsibility, status_addresses},
     },
-    k8s::{
+    ipam_controller::ALLOCATED_CONDITION,
+    membership::View,
+    model::desired_state,
+    runtime::reconcile::plan,
+    sources::kubernetes::{
         client::{LBCTL_USER_AGENT, identified},
-        crd::AddressPool,
-        ipam_controller::ALLOCATED_CONDITION,
         settings::KubernetesSettings,
         slice::Slice,
         translate::{SERVICE_NAME_LABEL, Snapshot, TranslateError, Translator},
     },
-    membership::View,
-    model::desired_state,
-    runtime::reconcile::plan,
 };
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::apis::address_pool::AddressPool;
 
 fn resource(yaml: &str) -> AddressPool {
     serde_yaml::from_str(yaml).expect("an AddressPool")

@@ -3,11 +3,11 @@ use lb_common::maps::NODE_RING_SIZE;
 use super::*;
 use crate::{
     config,
-    dataplane::{Engine, loader::Capacities, memory::MemoryDataplane},
+    dataplane::{Engine, memory::MemoryDataplane},
     election::Ineligible,
+    election::Liveness,
     fixtures::ip,
-    membership::Liveness,
-    model::{BackendState, desired_state},
+    model::{BackendState, capacities::Capacities, desired_state},
 };
 
 const EXAMPLE: &str = include_str!("../../../examples/standalone.yaml");

@@ -352,7 +352,10 @@ fn explain_uses_the_owner_and_the_flow_cache() {
 fn members_come_from_the_gossip_view() {
     use std::time::{Duration, UNIX_EPOCH};
 
-    use crate::membership::{Liveness, MemberView, View as Gossip};
+    use crate::{
+        election::Liveness,
+        membership::{MemberView, View as Gossip},
+    };
 
     let since = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
     let member = |liveness, incarnation| MemberView {

@@ -1,11 +1,9 @@
-//! Where the running agent's [`Cluster`] comes from: the [`Source`] the control loop
-//! waits on. [`FileSource`] is the standalone file (edits noticed by polling the
+//! The standalone file as a [`Source`]: [`FileSource`] notices edits by polling the
 //! modification time, size and inode, which also catches Kubernetes' ConfigMap symlink
-//! swaps); `crate::k8s::source::KubeSource` watches the Kubernetes API.
+//! swaps.
 
 use std::{
     collections::BTreeSet,
-    future::Future,
     net::Ipv4Addr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -15,37 +13,8 @@ use std::{
 
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
-use super::{cluster::Cluster, settings::Settings};
+use super::{Cluster, Settings, Source};
 use crate::config::{self, ConfigError, ReloadRefusal, Standalone};
-
-/// What the control loop needs from a source of cluster state.
-pub trait Source {
-    /// Settings read at start; they never change while the agent runs.
-    fn settings(&self) -> &Settings;
-
-    /// The cluster as the source first knows it; waits until it does. Shared: a source
-    /// that keeps the cluster it published (to compare the next one with) and the loop
-    /// running it hold one copy.
-    fn first(&mut self) -> impl Future<Output = Arc<Cluster>>;
-
-    /// Waits for the next cluster to apply. Cancel-safe: the loop `select!`s on it.
-    fn next(&mut self) -> impl Future<Output = Arc<Cluster>>;
-
-    /// SIGHUP: the cluster to apply now, if reading the source again gives one.
-    fn reload(&mut self) -> Option<Arc<Cluster>>;
-
-    /// Whether the node list follows the source while running (then the gossip's peers
-    /// follow it too); otherwise the gossip keeps the nodes it started with.
-    fn live_peers(&self) -> bool;
-
-    /// The VIPs this node announces from now on.
-    fn announced(&mut self, owned: &BTreeSet<Ipv4Addr>);
-
-    /// The interface this node announces VIPs on, once known at start: a source that
-    /// restricts VIPs to interfaces (the Kubernetes pools) tells the other nodes. The
-    /// standalone file has no such restriction, so by default nothing is done.
-    fn publish_interface(&mut self, _interface: &str) {}
-}
 
 /// How often the file is looked at.
 const FILE_POLL: Duration = Duration::from_secs(1);

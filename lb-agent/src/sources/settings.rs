@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::{
     arp,
     config::{ApiConfig, GossipConfig, Standalone},
-    dataplane::loader::Capacities,
+    model::capacities::Capacities,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,8 +9,15 @@ use lb_common::types::{
     SERVICE_F_LOCAL_ONLY, ServiceKey, ServiceValue, VIP_F_DROP_UNKNOWN_PORTS, VipValue,
 };
 
-use super::DataplaneError;
 use crate::model::{BackendState, NodeConfig, PortKey, PortTarget, Protocol, Vip};
+
+/// A map entry this agent did not write (a value no decoding here accepts); the
+/// dataplane reports it as `DataplaneError::Foreign`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Foreign {
+    pub map: &'static str,
+    pub detail: String,
+}
 
 pub fn addr(address: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(address.octets())
@@ -48,8 +55,8 @@ pub fn service_key(key: &PortKey) -> ServiceKey {
     }
 }
 
-pub fn port_key(raw: &ServiceKey) -> Result<PortKey, DataplaneError> {
-    let protocol = Protocol::from_number(raw.proto).ok_or_else(|| DataplaneError::Foreign {
+pub fn port_key(raw: &ServiceKey) -> Result<PortKey, Foreign> {
+    let protocol = Protocol::from_number(raw.proto).ok_or_else(|| Foreign {
         map: lb_common::maps::SERVICES,
         detail: format!("protocol {}", raw.proto),
     })?;
@@ -109,11 +116,11 @@ pub fn backend_value(state: BackendState, slot: u32) -> BackendValue {
     }
 }
 
-pub fn backend_state(address: u32, raw: &BackendValue) -> Result<BackendState, DataplaneError> {
+pub fn backend_state(address: u32, raw: &BackendValue) -> Result<BackendState, Foreign> {
     match raw.state {
         BACKEND_ACTIVE => Ok(BackendState::Active),
         BACKEND_DRAINING => Ok(BackendState::Draining),
-        other => Err(DataplaneError::Foreign {
+        other => Err(Foreign {
             map: lb_common::maps::BACKENDS,
             detail: format!("{} in state {other}", ip(address)),
         }),

@@ -22,7 +22,7 @@ use crate::{
         default_pin_dir,
     },
     ipam::request::ClassPolicy,
-    runtime::Settings,
+    sources::Settings,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -1,5 +1,5 @@
-//! README.md's "Install on Kubernetes" section as a reader follows it: the shell
-//! commands of each numbered step, what they create, and the chart values it names.
+//! The install guide, docs/install.md, as a reader follows it: the shell commands of
+//! each numbered step, what they create, and the chart values it names.
 
 use serde_json::json;
 
@@ -8,10 +8,12 @@ use super::{
     objects::{Document, documents, read_dir, repo_dir},
 };
 
-const SECTION: &str = "## Install on Kubernetes";
+/// The guide, relative to the repository root.
+const GUIDE: &str = "docs/install.md";
+const TITLE: &str = "# Install on Kubernetes\n";
 
 /// One command line of a `sh` block (continuation lines joined), under the step whose
-/// `### 2.` or `### 4b.` heading precedes it.
+/// `## 2.` or `## 4b.` heading precedes it.
 #[derive(Debug)]
 pub struct Command {
     pub step: String,
@@ -20,7 +22,7 @@ pub struct Command {
 
 impl Command {
     /// Whether a reader who runs this command has run `earlier`, which precedes it in
-    /// the README: yes in the same step or a lower-numbered one; steps sharing a number
+    /// the guide: yes in the same step or a lower-numbered one; steps sharing a number
     /// (`4a`, `4b`) are alternatives.
     pub fn follows(&self, earlier: &Command) -> bool {
         let number = |step: &str| -> u32 {
@@ -66,21 +68,21 @@ pub struct Effect {
     pub updates_existing: bool,
 }
 
+/// The guide's text after its title.
 fn section() -> String {
-    let readme = std::fs::read_to_string(repo_dir().join("README.md")).expect("README.md");
-    let start = readme
-        .find(SECTION)
-        .expect("README has the install section");
-    let body = &readme[start + SECTION.len()..];
-    body[..body.find("\n## ").unwrap_or(body.len())].to_owned()
+    let guide = std::fs::read_to_string(repo_dir().join(GUIDE)).expect(GUIDE);
+    let body = guide
+        .strip_prefix(TITLE)
+        .unwrap_or_else(|| panic!("{GUIDE} opens with `{}`", TITLE.trim_end()));
+    body.to_owned()
 }
 
-/// The `4b` of a `### 4b. Title` heading.
+/// The `4b` of a `## 4b. Title` heading.
 fn step_label(heading: &str) -> String {
     let label = heading.split_once(". ").map_or("", |(label, _)| label);
     assert!(
         label.starts_with(|c: char| c.is_ascii_digit()),
-        "README install heading without a step number: {heading}"
+        "{GUIDE}: a step heading without a step number: {heading}"
     );
     label.to_owned()
 }
@@ -89,7 +91,7 @@ pub fn commands() -> Vec<Command> {
     let mut commands = Vec::new();
     let (mut step, mut in_shell, mut line) = (String::new(), false, String::new());
     for text in section().lines() {
-        if let Some(heading) = text.strip_prefix("### ") {
+        if let Some(heading) = text.strip_prefix("## ") {
             step = step_label(heading);
         } else if text.starts_with("```") {
             in_shell = text == "```sh";
@@ -144,7 +146,7 @@ pub fn values() -> Vec<String> {
         names.extend(head.split('`').skip(1).step_by(2).map(str::to_owned));
         listed += 1;
     }
-    assert!(listed > 0, "README lists no chart values after `Values`");
+    assert!(listed > 0, "{GUIDE} lists no chart values after `Values`");
     names
 }
 

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, sync::Arc};
 use kube::ResourceExt as _;
 
 use super::{
+    address_pool::{AddressPool, CONDITION_INVALID, CONDITION_OVERLAPPING, CONDITION_READY},
     conditions::Wanted,
-    crd::{AddressPool, CONDITION_INVALID, CONDITION_OVERLAPPING, CONDITION_READY},
 };
 use crate::ipam::{Allocator, Pool, PoolError, overlaps};
 

@@ -27,17 +27,20 @@
 //! output; a test fails when the two drift apart. Regenerate it with
 //! `XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed`.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::net::Ipv4Addr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::{CustomResource, CustomResourceExt as _};
+use kube::{CustomResource, CustomResourceExt as _, ResourceExt as _};
 use schemars::{
     JsonSchema, Schema, SchemaGenerator, json_schema,
     transform::{RecursiveTransform, Transform as _},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::model::unicast::{EXPECTED_UNICAST, NOT_UNICAST, Reserved};
+use crate::{
+    ipam::{Pool, PoolError, addresses::AddressSet, pool::compile_selector},
+    model::unicast::{EXPECTED_UNICAST, NOT_UNICAST, Reserved},
+};
 
 /// The API group of every xdplb resource.
 pub const GROUP: &str = "xdplb.io";
@@ -171,24 +174,37 @@ pub struct Garp {
     pub refresh_seconds: u32,
 }
 
+/// Here rather than in [`crate::ipam::pool`]: the IPAM's decisions know no API type;
+/// the API types compile into them.
+impl Pool {
+    pub fn from_resource(resource: &AddressPool) -> Result<Pool, PoolError> {
+        let spec = &resource.spec;
+        let addresses = AddressSet::parse(&spec.addresses, spec.avoid_buggy_ips)?;
+        let allocation = spec.service_allocation.clone().unwrap_or_default();
+        Ok(Self {
+            name: resource.name_any(),
+            addresses,
+            auto_assign: spec.auto_assign,
+            priority: allocation.priority,
+            namespaces: allocation.namespaces.into_iter().collect(),
+            namespace_selector: compile_selector(
+                "spec.serviceAllocation.namespaceSelector",
+                allocation.namespace_selector,
+            )?,
+            service_selector: compile_selector(
+                "spec.serviceAllocation.serviceSelector",
+                allocation.service_selector,
+            )?,
+        })
+    }
+}
+
 impl Default for Garp {
     fn default() -> Self {
         Self {
             repeats: default_garp_repeats(),
             interval_milliseconds: default_garp_interval(),
             refresh_seconds: default_garp_refresh(),
-        }
-    }
-}
-
-impl Garp {
-    /// The announcer's timing for these settings.
-    pub fn settings(&self) -> crate::arp::Settings {
-        crate::arp::Settings {
-            garp_repeats: self.repeats,
-            garp_interval: Duration::from_millis(self.interval_milliseconds.into()),
-            refresh: (self.refresh_seconds > 0)
-                .then(|| Duration::from_secs(self.refresh_seconds.into())),
         }
     }
 }
@@ -414,7 +430,7 @@ fn interfaces_schema(_: &mut SchemaGenerator) -> Schema {
 pub fn crd_yaml() -> String {
     let crd = serde_yaml::to_string(&AddressPool::crd()).expect("a CRD serializes to YAML");
     format!(
-        "# Generated from lb-agent/src/k8s/crd.rs; do not edit. Regenerate with\n\
+        "# Generated from lb-agent/src/apis/address_pool.rs; do not edit. Regenerate with\n\
          # XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed\n{crd}"
     )
 }

@@ -1,4 +1,4 @@
-//! The IPAM controller: while this agent holds the `xdplb-ipam` Lease ([`super::lease`]),
+//! The IPAM controller: while this agent holds the `xdplb-ipam` Lease ([`lease`]),
 //! it gives `LoadBalancer` Services of our class an address from the AddressPools and
 //! writes it to `status.loadBalancer.ingress` (`ipMode: VIP`), with the condition
 //! [`ALLOCATED_CONDITION`] and events; it keeps the pools' statuses current.
@@ -24,6 +24,8 @@
 //! are sent when the condition changes, not on every pass. An address that no valid
 //! pool lists any more (its pool deleted, edited or made invalid) stays too, with a
 //! `False` condition saying so as soon as the pools change: nodes do not announce it.
+
+pub mod lease;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -53,17 +55,20 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval},
 };
 
-use super::{
-    conditions::{Wanted, all_match},
-    crd::AddressPool,
-    lease::{self, Elector, LeaseSettings},
-    outage::{unreachable, watch_unreachable},
-    pool_status::{self, PoolReport},
-};
+use self::lease::{Elector, LeaseSettings};
 use crate::{
+    apis::{
+        address_pool::AddressPool,
+        conditions::{Wanted, all_match},
+        pool_status::{self, PoolReport},
+    },
     ipam::{
         Allocation, Allocator, ClassPolicy, Labels, Request, Responsibility, ServiceKey,
         status_addresses,
+    },
+    sources::kubernetes::{
+        outage::{unreachable, watch_unreachable},
+        source,
     },
     telemetry::Telemetry,
 };
@@ -210,7 +215,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the API server could not be reached (see [`super::outage`]).
+    /// Whether the API server could not be reached (see [`crate::sources::kubernetes::outage`]).
     pub fn unreachable(&self) -> bool {
         match self {
             Self::ServiceStatus { source, .. } | Self::PoolStatus { source, .. } => {
@@ -763,7 +768,7 @@ where
         + Sync
         + 'static,
 {
-    reflector::reflector(writer, super::source::watch(api))
+    reflector::reflector(writer, source::watch(api))
 }
 
 async fn until_listed<K>(

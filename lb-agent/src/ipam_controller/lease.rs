@@ -30,7 +30,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval},
 };
 
-use super::outage::unreachable;
+use crate::sources::kubernetes::outage::unreachable;
 
 /// The Lease's name.
 pub const LEASE_NAME: &str = "xdplb-ipam";
@@ -89,7 +89,7 @@ pub enum LeaseError {
 }
 
 impl LeaseError {
-    /// Whether the API server could not be reached (see [`super::outage`]).
+    /// Whether the API server could not be reached (see [`crate::sources::kubernetes::outage`]).
     pub fn unreachable(&self) -> bool {
         match self {
             Self::Read { source, .. } | Self::Write { source, .. } => unreachable(source),

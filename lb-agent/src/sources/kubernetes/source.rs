@@ -43,7 +43,6 @@ use tokio::{
 };
 
 use super::{
-    crd::AddressPool,
     outage::{unreachable, watch_unreachable},
     settings::KubernetesSettings,
     settle::{BASE_WINDOW, Changes, next_window},
@@ -51,8 +50,9 @@ use super::{
     translate::{IgnoredAddress, Snapshot, Translation, Translator},
 };
 use crate::{
+    apis::address_pool::AddressPool,
     election::ANNOUNCE_INTERFACE_ANNOTATION,
-    runtime::{Cluster, Settings, Source},
+    sources::{Cluster, Settings, Source},
     telemetry::Telemetry,
 };
 

@@ -22,7 +22,7 @@ fn crd_matches_committed() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "{} differs from the AddressPool types in lb-agent/src/k8s/crd.rs.\n\
+        "{} differs from the AddressPool types in lb-agent/src/apis/address_pool.rs.\n\
          Regenerate it with: XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed",
         path.display()
     );

@@ -39,6 +39,7 @@ use std::{
     fmt,
     net::Ipv4Addr,
     sync::Arc,
+    time::Duration,
 };
 
 use k8s_openapi::{
@@ -50,12 +51,12 @@ use kube::{
     core::{Selector, SelectorExt as _},
 };
 
-use super::{
-    crd::AddressPool,
-    pool_status,
-    slice::{Address, Slice},
-};
+use super::slice::{Address, Slice};
 use crate::{
+    apis::{
+        address_pool::{AddressPool, Garp},
+        pool_status,
+    },
     arp,
     election::{ANNOUNCE_INTERFACE_ANNOTATION, AnnounceInterfaces, Announcers},
     ipam::{
@@ -67,7 +68,7 @@ use crate::{
         Endpoint, Inputs, Node as CoreNode, Protocol, Service as CoreService, ServicePort,
         TrafficPolicy,
     },
-    runtime::Cluster,
+    sources::Cluster,
 };
 
 /// The label EndpointSlices name their Service with.
@@ -533,7 +534,7 @@ fn announcements(
             result.interfaces.insert(vip, interfaces);
         }
         if let Some(garp) = &announcement.garp {
-            result.garp.insert(vip, garp.settings());
+            result.garp.insert(vip, garp_settings(garp));
         }
     }
     result
@@ -565,5 +566,15 @@ fn announcers(
     Announcers {
         pool: pool.name_any(),
         nodes,
+    }
+}
+
+/// The announcer's timing for a pool's `garp` settings.
+fn garp_settings(garp: &Garp) -> arp::Settings {
+    arp::Settings {
+        garp_repeats: garp.repeats,
+        garp_interval: Duration::from_millis(garp.interval_milliseconds.into()),
+        refresh: (garp.refresh_seconds > 0)
+            .then(|| Duration::from_secs(garp.refresh_seconds.into())),
     }
 }

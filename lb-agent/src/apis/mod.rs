@@ -1,0 +1,6 @@
+//! The API types the agent owns (the `AddressPool` custom resource and its status
+//! conditions) and what their status should say. No I/O.
+
+pub mod address_pool;
+pub(crate) mod conditions;
+pub mod pool_status;
