@@ -1,39 +1,31 @@
 //! The xdplb node agent: a source's inputs -> desired state -> diff -> dataplane.
 //!
-//! # Layers
-//!
-//! The modules form layers; a module may import from its own layer and the layers
-//! below it, never from a layer above (`cargo xtask test` checks this, see
-//! `xtask/src/layers.rs`, which holds the same table). Bottom to top:
-//!
-//! 1. **core**: [`model`], [`diff`], [`election`], [`explain`], [`ipam`] (the IPAM's
-//!    decisions), [`summary`] and `wire` (the model in the BPF maps' byte layouts).
-//!    Pure: no I/O, no tokio, no aya.
-//! 2. **apis**: [`apis`], the `AddressPool` custom resource, its conditions and what its
-//!    status should say. Types and pure functions over them; they compile into the
-//!    core's types (`ipam::Pool`), which is why they sit above it.
-//! 3. **adapters**: [`dataplane`] (the BPF maps), [`arp`], [`membership`] (the gossip),
-//!    [`api`] and [`status`] (the local status API), [`telemetry`], [`heap`].
-//! 4. **sources**: [`sources`] (the [`sources::Source`] the control loop waits on, the
-//!    standalone file and the Kubernetes API) and [`config`] (the standalone file's
-//!    schema). A source builds a [`sources::Cluster`] that carries the adapters'
-//!    settings, which is why sources sit above the adapters.
-//! 5. **controllers**: [`ipam_controller`], the IPAM controller and its Lease; it watches
-//!    the API with the Kubernetes source's helpers.
-//! 6. **runtime**: [`runtime`] (start-up and the control loop) and [`migrate`] (MetalLB
-//!    resources to `AddressPool`s, for `lbctl migrate`).
+//! The modules form layers. A module may import from its own layer and the layers
+//! below it, never from a layer above. The `// layer:` comments among the `mod`
+//! declarations in this file's source are the order, bottom first, each with what
+//! belongs there; `cargo xtask test`'s lint tier reads them from there and fails on an
+//! upward import (`xtask/src/layers.rs`).
 
-// 1. core
+// layer: core. Pure decisions: the model, its desired state and diff, the election,
+// explanations, the IPAM's decisions, the model in the BPF maps' byte layouts (`wire`).
+// No I/O, no tokio, no aya.
 pub mod diff;
 pub mod election;
 pub mod explain;
+#[cfg(test)]
+mod fixtures;
 pub mod ipam;
 pub mod model;
 pub mod summary;
 pub(crate) mod wire;
-// 2. apis
+
+// layer: apis. The API types the agent owns (the AddressPool custom resource, its
+// conditions, what its status should say). No I/O. Above the core: an AddressPool
+// compiles into the IPAM's `Pool` and its CEL rules come from the core's unicast rule.
 pub mod apis;
-// 3. adapters
+
+// layer: adapters. The outside world: the BPF maps, ARP, the gossip, the local status
+// API, metrics, the allocator's heap.
 pub mod api;
 pub mod arp;
 pub mod dataplane;
@@ -41,14 +33,18 @@ pub mod heap;
 pub mod membership;
 pub mod status;
 pub mod telemetry;
-// 4. sources
+
+// layer: sources. Where the cluster comes from: the standalone file (`config` is its
+// schema) and the Kubernetes API. Above the adapters: a source's `Cluster` carries
+// their settings (ARP timing, gossip peers, map capacities).
 pub mod config;
 pub mod sources;
-// 5. controllers
+
+// layer: controllers. The IPAM controller and its Lease, which watch the API with the
+// Kubernetes source's helpers.
 pub mod ipam_controller;
-// 6. runtime
+
+// layer: runtime. Start-up and the control loop; `migrate` (MetalLB resources to
+// AddressPools) serves `lbctl migrate`.
 pub mod migrate;
 pub mod runtime;
-
-#[cfg(test)]
-mod fixtures;

@@ -5,6 +5,7 @@ mod cmd;
 mod helm;
 mod image;
 mod lab;
+mod layers;
 mod setup;
 mod test;
 

@@ -11,7 +11,7 @@ use std::{
 use anyhow::bail;
 use nix::unistd::Uid;
 
-use crate::{cmd, image, setup};
+use crate::{cmd, image, layers, setup};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -122,6 +122,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 }
 
 fn lint(root: &Path, _: &mut Totals) -> anyhow::Result<()> {
+    layers::check(root)?;
     cargo(root, &["fmt", "--all", "--", "--check"])?;
     cargo(
         root,
