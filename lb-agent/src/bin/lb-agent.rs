@@ -215,8 +215,8 @@ fn cleanup(pin_dir: PathBuf) -> anyhow::Result<()> {
 fn check(standalone: &Standalone) -> anyhow::Result<()> {
     let config = standalone.config();
     let cluster = Cluster::from_standalone(standalone);
-    let interface = runtime::lan_interface(&Settings::from_standalone(standalone))?;
-    let mtu = runtime::mtu(&cluster, &interface)?;
+    let interface = runtime::interface::lan_interface(&Settings::from_standalone(standalone))?;
+    let mtu = runtime::interface::mtu(&cluster, &interface)?;
     if let Some(gossip) = &config.gossip {
         let key = GossipKey::from_file(&gossip.key_file)?;
         println!(

@@ -4,14 +4,15 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use tokio::sync::watch;
 
 use super::reconcile::{Plan, Reconciler};
 use crate::{
-    arp::Announcer,
-    dataplane::kernel::KernelDataplane,
+    arp::{self, Announcer, SysPaths},
+    dataplane::{DataplaneError, kernel::KernelDataplane},
     membership::{Counters, View},
     model::Protocol,
     sources::{Cluster, Settings},
@@ -147,5 +148,75 @@ impl StatusProvider for Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .ready
+    }
+}
+/// The status of a VIP's election, for the API.
+fn ownership(election: &crate::election::Election) -> Ownership {
+    use crate::status::CandidateStatus;
+    let eligible = election
+        .verdicts
+        .iter()
+        .filter(|verdict| verdict.ineligible.is_none())
+        .count();
+    let reason = match &election.owner {
+        None => "no eligible node".to_owned(),
+        Some(owner) if election.preferred.as_ref() == Some(owner) => {
+            "preferred by `owner:` in the configuration".to_owned()
+        }
+        Some(_) if eligible == 0 => {
+            "no Ready node is eligible: highest score among the nodes that are not Ready".to_owned()
+        }
+        Some(_) => format!("highest score among {eligible} eligible members"),
+    };
+    Ownership {
+        owner: election.owner.clone(),
+        reason: Some(reason),
+        candidates: election
+            .verdicts
+            .iter()
+            .map(|verdict| CandidateStatus {
+                node: verdict.node.clone(),
+                eligible: verdict.ineligible.is_none(),
+                reason: verdict.ineligible.as_ref().map(ToString::to_string),
+                score: Some(verdict.score),
+            })
+            .collect(),
+    }
+}
+
+impl AgentState {
+    pub(super) fn set_plan(&mut self, plan: Plan) {
+        self.ownership = plan
+            .elections
+            .iter()
+            .map(|(vip, election)| (*vip, ownership(election)))
+            .collect();
+        self.plan = plan;
+    }
+
+    pub(super) fn apply(&mut self) -> Result<Option<Duration>, DataplaneError> {
+        self.reconciler.reconcile(&self.plan.inputs)
+    }
+
+    pub(super) fn start_announcer(&mut self, interface: &str, owned: watch::Receiver<arp::Owned>) {
+        let started = arp::interface::select(&SysPaths::live(), Some(interface))
+            .map_err(|error| error.to_string())
+            .and_then(|selected| {
+                Announcer::start_per_vip(&selected, owned).map_err(|error| error.to_string())
+            });
+        match started {
+            Ok(announcer) => {
+                tracing::info!(%interface, "ARP announcer started");
+                self.announcer = Some(announcer);
+                self.announcer_error = None;
+            }
+            Err(error) => {
+                // Retried every second; said once per distinct reason.
+                if self.announcer_error.as_ref() != Some(&error) {
+                    tracing::error!(%interface, %error, "ARP announcer not running; retrying every second");
+                    self.announcer_error = Some(error);
+                }
+            }
+        }
     }
 }
