@@ -288,8 +288,8 @@ fn objects(
     ]))
 }
 
-/// The manifests' `settings.yaml` with the lab's LAN interface set, as README's
-/// install section tells a user whose LAN is not the default route to do.
+/// The manifests' `settings.yaml` with the lab's LAN interface set, as the install
+/// guide's step 3 (docs/install.md) tells a user whose LAN is not the default route to do.
 fn lab_settings() -> anyhow::Result<String> {
     let text = fs::read_to_string(workspace_root().join(CONFIG_MAP))?;
     let map: k8s_openapi::api::core::v1::ConfigMap = serde_yaml::from_str(&text)?;
