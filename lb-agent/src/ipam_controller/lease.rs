@@ -156,14 +156,18 @@ impl Elector {
         }
     }
 
+    /// The Lease as the API server has it now, if it exists.
+    async fn current(&self) -> Result<Option<Lease>, LeaseError> {
+        self.api
+            .get_opt(&self.settings.name)
+            .await
+            .map_err(|error| self.read_error(error))
+    }
+
     /// One round: creates, renews or takes over the Lease when this agent may. Returns
     /// whether this agent holds it afterwards; losing a write race is `Ok(false)`.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaseError> {
-        let current = self
-            .api
-            .get_opt(&self.settings.name)
-            .await
-            .map_err(|error| self.read_error(error))?;
+        let current = self.current().await?;
         let Some(lease) = current else {
             return self.create().await;
         };
@@ -200,11 +204,7 @@ impl Elector {
 
     /// Gives the Lease up if this agent holds it, so another agent takes it at once.
     pub async fn release(&mut self) -> Result<(), LeaseError> {
-        let current = self
-            .api
-            .get_opt(&self.settings.name)
-            .await
-            .map_err(|error| self.read_error(error))?;
+        let current = self.current().await?;
         let Some(lease) = current else {
             return Ok(());
         };

@@ -425,18 +425,9 @@ async fn grant(
             ),
         ),
     };
-    let generation = service.metadata.generation;
-    if shows(service, Some(ip))
-        && all_match(
-            std::slice::from_ref(&wanted),
-            conditions(service),
-            generation,
-        )
-    {
+    if !settle_status(service, key, Some(ip), &wanted, ctx).await? {
         return Ok(());
     }
-    let condition = wanted.build(conditions(service), generation);
-    write_status(ctx, key, Some(ip), Some(&condition)).await?;
     if status_addresses(service).first() != Some(&ip) {
         tracing::info!(service = %key, %ip, pool = ?allocation.pool, "address allocated");
         ctx.telemetry.ipam_allocated(allocation.pool.as_deref());
@@ -470,18 +461,9 @@ async fn refuse(
         None => message,
     };
     let wanted = Wanted::new(ALLOCATED_CONDITION, false, reason, message.clone());
-    let generation = service.metadata.generation;
-    if shows(service, held)
-        && all_match(
-            std::slice::from_ref(&wanted),
-            conditions(service),
-            generation,
-        )
-    {
+    if !settle_status(service, key, held, &wanted, ctx).await? {
         return Ok(());
     }
-    let condition = wanted.build(conditions(service), generation);
-    write_status(ctx, key, held, Some(&condition)).await?;
     tracing::warn!(service = %key, reason, %message, "no address for the Service");
     ctx.telemetry.ipam_failed(pool, reason);
     ctx.event(
@@ -522,6 +504,30 @@ async fn withdraw(
         return Ok(Outcome::Released);
     }
     Ok(Outcome::Settled)
+}
+
+/// Writes `ip` and the condition `wanted` into the Service's status unless it already
+/// shows both; returns whether it wrote.
+async fn settle_status(
+    service: &Service,
+    key: &ServiceKey,
+    ip: Option<Ipv4Addr>,
+    wanted: &Wanted,
+    ctx: &Context,
+) -> Result<bool, Error> {
+    let generation = service.metadata.generation;
+    if shows(service, ip)
+        && all_match(
+            std::slice::from_ref(wanted),
+            conditions(service),
+            generation,
+        )
+    {
+        return Ok(false);
+    }
+    let condition = wanted.build(conditions(service), generation);
+    write_status(ctx, key, ip, Some(&condition)).await?;
+    Ok(true)
 }
 
 /// Server-side applies the IPAM's part of a Service's status; what is left out (no
