@@ -162,17 +162,7 @@ async fn an_api_outage_keeps_the_last_state_and_recovery_applies_what_changed() 
     assert!(lists >= 1, "no relist failed");
 
     // Back, with a new Service: published, everything else as before.
-    let added = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": { "name": "whoami", "namespace": "default", "resourceVersion": "101" },
-        "spec": {
-            "type": "LoadBalancer",
-            "loadBalancerClass": "xdplb.io/lb",
-            "ports": [ { "port": 80, "protocol": "TCP", "targetPort": 80 } ],
-        },
-        "status": { "loadBalancer": { "ingress": [ { "ip": "192.168.8.242", "ipMode": "VIP" } ] } },
-    });
+    let added = whoami();
     {
         let mut state = fake.lock().expect("fake");
         state.lists_fail = false;
@@ -341,24 +331,26 @@ status: { loadBalancer: { ingress: [ { ip: 10.9.9.9, ipMode: VIP } ] } }
     assert_eq!(telemetry.ignored_status_addresses(), 1);
 
     // Another change: still ignored, neither reported nor counted again.
-    add_service(
-        &fake,
-        json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": { "name": "whoami", "namespace": "default", "resourceVersion": "101" },
-            "spec": {
-                "type": "LoadBalancer",
-                "loadBalancerClass": "xdplb.io/lb",
-                "ports": [ { "port": 80, "protocol": "TCP", "targetPort": 80 } ],
-            },
-            "status": { "loadBalancer": { "ingress": [ { "ip": "192.168.8.242", "ipMode": "VIP" } ] } },
-        }),
-    );
+    add_service(&fake, whoami());
     let next = timeout(Duration::from_secs(5), source.next())
         .await
         .expect("the cluster with whoami");
     assert!(service_names(&next).contains(&"default/whoami".to_owned()));
     events_settled(&fake, 1).await;
     assert_eq!(telemetry.ignored_status_addresses(), 1);
+}
+
+/// The Service `whoami` of our class, showing 192.168.8.242 in its status.
+fn whoami() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": "whoami", "namespace": "default", "resourceVersion": "101" },
+        "spec": {
+            "type": "LoadBalancer",
+            "loadBalancerClass": "xdplb.io/lb",
+            "ports": [ { "port": 80, "protocol": "TCP", "targetPort": 80 } ],
+        },
+        "status": { "loadBalancer": { "ingress": [ { "ip": "192.168.8.242", "ipMode": "VIP" } ] } },
+    })
 }

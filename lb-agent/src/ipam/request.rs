@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 
 use super::pool::Labels;
 use crate::model::{
@@ -236,7 +236,7 @@ impl Request {
             })
         });
         let ports = service_ports(service)
-            .filter_map(|(port, protocol)| port_spec(port, protocol).ok())
+            .filter_map(|port| port_spec(port.port, port.protocol.as_deref()).ok())
             .collect();
         Some(Self {
             service: key,
@@ -407,14 +407,14 @@ fn sharing_key(service: &Service) -> Result<Option<Sourced<String>>, RequestErro
     Ok(found.map(|(sourced, _)| sourced))
 }
 
-fn service_ports(service: &Service) -> impl Iterator<Item = (i32, Option<&str>)> {
+/// The ports a Service lists (none without a spec).
+pub fn service_ports(service: &Service) -> impl Iterator<Item = &ServicePort> {
     service
         .spec
         .as_ref()
         .and_then(|spec| spec.ports.as_ref())
         .into_iter()
         .flatten()
-        .map(|port| (port.port, port.protocol.as_deref()))
 }
 
 fn port_spec(port: i32, protocol: Option<&str>) -> Result<PortSpec, RequestError> {
@@ -438,7 +438,7 @@ fn port_spec(port: i32, protocol: Option<&str>) -> Result<PortSpec, RequestError
 
 fn ports(service: &Service) -> Result<BTreeSet<PortSpec>, RequestError> {
     service_ports(service)
-        .map(|(port, protocol)| port_spec(port, protocol))
+        .map(|port| port_spec(port.port, port.protocol.as_deref()))
         .collect()
 }
 

@@ -62,7 +62,7 @@ use crate::{
     ipam::{
         Pool,
         addresses::AddressSet,
-        request::{ClassPolicy, Responsibility, status_addresses},
+        request::{ClassPolicy, Responsibility, service_ports, status_addresses},
     },
     model::{
         Endpoint, Inputs, Node as CoreNode, Protocol, Service as CoreService, ServicePort,
@@ -351,15 +351,6 @@ fn service_name(service: &Service) -> String {
         service.namespace().unwrap_or_default(),
         service.name_any()
     )
-}
-
-fn service_ports(service: &Service) -> impl Iterator<Item = &KubePort> {
-    service
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.ports.as_ref())
-        .into_iter()
-        .flatten()
 }
 
 fn traffic_policy(service: &Service) -> TrafficPolicy {
