@@ -44,7 +44,5 @@ pub mod sources;
 // Kubernetes source's helpers.
 pub mod ipam_controller;
 
-// layer: runtime. Start-up and the control loop; `migrate` (MetalLB resources to
-// AddressPools) serves `lbctl migrate`.
-pub mod migrate;
+// layer: runtime. Start-up and the control loop.
 pub mod runtime;

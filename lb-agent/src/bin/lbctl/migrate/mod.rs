@@ -1,13 +1,32 @@
-//! `lbctl migrate metallb FILE...`: reads the files, converts, and returns the YAML;
-//! warnings also go to stderr, so they are seen when the output is piped to kubectl.
+//! `lbctl migrate metallb FILE...`: MetalLB's layer-2 configuration (`IPAddressPool`,
+//! `L2Advertisement`) turned into `AddressPool`s, with what cannot be carried over said
+//! plainly, and a report on the Services' annotations.
+//!
+//! [`metallb`] reads the files and returns the YAML; warnings also go to stderr, so they
+//! are seen when the output is piped to kubectl. Below it all is pure: [`parse`] reads
+//! YAML text, [`convert`] works on the parsed objects, and [`Migration::to_yaml`]
+//! renders the result (the pools, with warnings and the Service report as comments, so
+//! the output can be applied as it is).
+
+mod addresses;
+mod announce;
+mod convert;
+mod metallb;
+mod render;
+mod services;
+#[cfg(test)]
+mod tests;
 
 use std::{
     io::{self, Read as _},
     path::PathBuf,
 };
 
-use lb_agent::migrate::{self, Object};
-
+use self::{
+    convert::{ConvertedPool, MigrateError, Migration, convert},
+    metallb::{Object, Origin, parse},
+    services::{ServiceReport, kept_annotations},
+};
 use crate::{EXIT_AGENT_ERROR, Failure};
 
 fn read(path: &PathBuf) -> Result<(String, String), Failure> {
@@ -27,14 +46,13 @@ fn read(path: &PathBuf) -> Result<(String, String), Failure> {
 }
 
 pub fn metallb(files: &[PathBuf]) -> Result<String, Failure> {
-    let convert_failed =
-        |error: migrate::MigrateError| Failure::new(EXIT_AGENT_ERROR, error.to_string());
+    let convert_failed = |error: MigrateError| Failure::new(EXIT_AGENT_ERROR, error.to_string());
     let mut objects: Vec<Object> = Vec::new();
     for path in files {
         let (name, text) = read(path)?;
-        objects.extend(migrate::parse(&name, &text).map_err(convert_failed)?);
+        objects.extend(parse(&name, &text).map_err(convert_failed)?);
     }
-    let migration = migrate::convert(&objects).map_err(convert_failed)?;
+    let migration = convert(&objects).map_err(convert_failed)?;
     let warnings = migration
         .warnings
         .iter()

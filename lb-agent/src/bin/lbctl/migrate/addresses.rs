@@ -4,7 +4,7 @@
 //! CIDR with host bits set means its whole network to MetalLB (an `AddressPool` wants
 //! the network address), and IPv6 entries are left out until xdplb serves IPv6.
 
-use crate::ipam::addresses::{AddressError, AddressProblem, AddressRange};
+use lb_agent::ipam::addresses::{AddressError, AddressProblem, AddressRange};
 
 /// A converted entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

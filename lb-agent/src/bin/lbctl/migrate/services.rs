@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use super::metallb::ServiceSpec;
-use crate::ipam::request::{
+use lb_agent::ipam::request::{
     LOAD_BALANCER_CLASS, SPEC_LOAD_BALANCER_IP,
     annotations::{ADDRESS_SOURCES, POOL_SOURCES, SHARING_SOURCES},
 };
+
+use super::metallb::ServiceSpec;
 
 /// MetalLB's Service annotations the IPAM reads as MetalLB did, each with the xdplb
 /// annotation it stands for (the first of its group).

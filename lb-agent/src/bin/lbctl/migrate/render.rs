@@ -3,8 +3,9 @@
 
 use std::fmt::Write as _;
 
+use lb_agent::ipam::request::{LOAD_BALANCER_CLASS, SPEC_LOAD_BALANCER_IP, annotations};
+
 use super::{ConvertedPool, Migration, ServiceReport, kept_annotations};
-use crate::ipam::request::{LOAD_BALANCER_CLASS, SPEC_LOAD_BALANCER_IP, annotations};
 
 /// Comment lines no wider than this (the text wraps at spaces).
 const WIDTH: usize = 88;

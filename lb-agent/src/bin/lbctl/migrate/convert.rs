@@ -1,33 +1,22 @@
-//! `lbctl migrate metallb`: MetalLB's layer-2 configuration (`IPAddressPool`,
-//! `L2Advertisement`) turned into `AddressPool`s, with what cannot be carried over said
-//! plainly, and a report on the Services' annotations.
-//!
-//! Pure: [`parse`] reads YAML text, [`convert`] works on the parsed objects, and
-//! [`Migration::to_yaml`] renders the result (the pools, with warnings and the Service
-//! report as comments, so the output can be applied as it is).
-
-mod addresses;
-mod announce;
-mod metallb;
-mod render;
-mod services;
+//! The conversion: each `IPAddressPool` becomes an `AddressPool`, its announcement
+//! merged from the `L2Advertisement`s that select it; what has no place in the pools
+//! becomes a warning.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use serde_yaml::Value;
-
-pub use metallb::{Object, Origin, parse};
-pub use services::{ServiceReport, kept_annotations};
-
-use self::{
-    addresses::Entry,
-    announce::Advertisement,
-    metallb::{IpAddressPoolSpec, Kind},
-};
-use crate::{
+use lb_agent::{
     apis::address_pool::{AddressPool, AddressPoolSpec, Announcement, ServiceAllocation},
     ipam::addresses::AddressError,
+};
+use serde_yaml::Value;
+
+use super::{
+    Object, Origin, ServiceReport,
+    addresses::{self, Entry},
+    announce::{self, Advertisement},
+    metallb::{self, IpAddressPoolSpec, Kind},
+    services,
 };
 
 /// Why the input cannot be converted. Each names the file and document.
@@ -331,6 +320,3 @@ fn service_allocation(
     };
     (converted != ServiceAllocation::default()).then_some(converted)
 }
-
-#[cfg(test)]
-mod tests;

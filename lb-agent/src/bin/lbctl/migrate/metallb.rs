@@ -1,6 +1,7 @@
 //! MetalLB's configuration as `kubectl get -o yaml` or a GitOps repository holds it:
 //! multi-document YAML with `IPAddressPool`, `L2Advertisement` and friends, possibly
-//! wrapped in a `v1 List`.
+//! wrapped in a `v1 List`. Every field of the specs below is optional, as in MetalLB's
+//! CRDs: a missing one is its type's default.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -26,16 +27,13 @@ impl fmt::Display for Origin {
 
 /// `spec` of a MetalLB `IPAddressPool`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct IpAddressPoolSpec {
-    #[serde(default)]
     pub addresses: Vec<String>,
     /// MetalLB's default is `true`.
-    #[serde(default)]
     pub auto_assign: Option<bool>,
-    #[serde(default, rename = "avoidBuggyIPs")]
+    #[serde(rename = "avoidBuggyIPs")]
     pub avoid_buggy_ips: bool,
-    #[serde(default)]
     pub service_allocation: Option<ServiceAllocation>,
     /// Fields this version of the converter does not know; reported, never dropped
     /// silently.
@@ -46,16 +44,12 @@ pub struct IpAddressPoolSpec {
 /// `spec.serviceAllocation` of an `IPAddressPool`. MetalLB's selectors are lists whose
 /// entries are ORed.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct ServiceAllocation {
     /// Lower wins; `0` (unset) ranks below every set priority.
-    #[serde(default)]
     pub priority: i32,
-    #[serde(default)]
     pub namespaces: Vec<String>,
-    #[serde(default)]
     pub namespace_selectors: Vec<LabelSelector>,
-    #[serde(default)]
     pub service_selectors: Vec<LabelSelector>,
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -65,15 +59,11 @@ pub struct ServiceAllocation {
 /// `ipAddressPoolSelectors` it announces every pool; without `nodeSelectors` from every
 /// node; without `interfaces` on every interface.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct L2AdvertisementSpec {
-    #[serde(default)]
     pub ip_address_pools: Vec<String>,
-    #[serde(default)]
     pub ip_address_pool_selectors: Vec<LabelSelector>,
-    #[serde(default)]
     pub node_selectors: Vec<LabelSelector>,
-    #[serde(default)]
     pub interfaces: Vec<String>,
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -81,13 +71,12 @@ pub struct L2AdvertisementSpec {
 
 /// A Service, for the report on its annotations and class.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct ServiceSpec {
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub type_: Option<String>,
-    #[serde(default, rename = "loadBalancerIP")]
+    #[serde(rename = "loadBalancerIP")]
     pub load_balancer_ip: Option<String>,
-    #[serde(default)]
     pub load_balancer_class: Option<String>,
 }
 

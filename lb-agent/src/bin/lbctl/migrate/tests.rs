@@ -1,51 +1,17 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt as _;
+use lb_agent::{
+    apis::address_pool::{AddressPool, AddressPoolSpec},
+    ipam::pool::Pool,
+};
 use serde::Deserialize as _;
 
 use super::*;
-use crate::ipam::pool::Pool;
 
 /// Seed 002's MetalLB configuration, as its network write-up shows it.
-const SEED_002: &str = "\
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: default-pool
-  namespace: metallb-system
-spec:
-  addresses:
-    - 192.168.7.230-192.168.7.235
----
-apiVersion: metallb.io/v1beta1
-kind: L2Advertisement
-metadata:
-  name: default
-  namespace: metallb-system
-spec:
-  ipAddressPools:
-    - default-pool
-";
-
+const SEED_002: &str = include_str!("../../../../tests/fixtures/metallb/seed-002.yaml");
 /// Seed 003's two clusters' pools (their L2Advertisements are not in the write-up).
-const SEED_003: &str = "\
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: control-cluster-pool
-  namespace: metallb-system
-spec:
-  addresses:
-  - 192.168.64.100-192.168.64.110
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: app-cluster-pool
-  namespace: metallb-system
-spec:
-  addresses:
-  - 192.168.64.120-192.168.64.140
-";
+const SEED_003: &str = include_str!("../../../../tests/fixtures/metallb/seed-003.yaml");
 
 fn migrate(files: &[(&str, &str)]) -> Result<Migration, MigrateError> {
     let mut objects = Vec::new();
