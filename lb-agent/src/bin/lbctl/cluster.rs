@@ -29,7 +29,7 @@ use lb_agent::{
 use serde::{Deserialize, Serialize};
 
 /// The agent's ConfigMap and the key of its settings file in it.
-pub const SETTINGS_CONFIG_MAP: &str = "xdplb-agent";
+const SETTINGS_CONFIG_MAP: &str = "xdplb-agent";
 const SETTINGS_KEY: &str = "settings.yaml";
 /// ICMP rate of the default settings; it does not change where a flow goes.
 const ICMP_RATE: u32 = 100;
@@ -135,13 +135,14 @@ impl PoolSummary {
 
 /// Every AddressPool, by name.
 pub async fn pools(client: &Client) -> Result<Vec<PoolSummary>, ClusterError> {
-    let mut pools: Vec<PoolSummary> = list(Api::<AddressPool>::all(client.clone()), "AddressPools")
-        .await?
-        .iter()
-        .map(PoolSummary::from_pool)
-        .collect();
-    pools.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(pools)
+    let pools = list(Api::<AddressPool>::all(client.clone()), "AddressPools").await?;
+    Ok(pool_summaries(&pools))
+}
+
+fn pool_summaries(pools: &[AddressPool]) -> Vec<PoolSummary> {
+    let mut summaries: Vec<PoolSummary> = pools.iter().map(PoolSummary::from_pool).collect();
+    summaries.sort_by(|a, b| a.name.cmp(&b.name));
+    summaries
 }
 
 /// Everything the agents read from the API, once.
@@ -161,8 +162,16 @@ pub async fn snapshot(client: &Client) -> Result<Snapshot, ClusterError> {
 /// when the settings cannot be read (then only Services naming xdplb's class count).
 pub async fn class_policy(client: &Client, namespace: &str) -> (ClassPolicy, Option<String>) {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    settings_class_policy(api.get_opt(SETTINGS_CONFIG_MAP).await, namespace)
+}
+
+/// [`class_policy`] from what reading the settings' ConfigMap gave.
+fn settings_class_policy(
+    read: kube::Result<Option<ConfigMap>>,
+    namespace: &str,
+) -> (ClassPolicy, Option<String>) {
     let source = format!("ConfigMap {namespace}/{SETTINGS_CONFIG_MAP}");
-    let problem = match api.get_opt(SETTINGS_CONFIG_MAP).await {
+    let problem = match read {
         Ok(map) => match map.and_then(|map| map.data?.remove(SETTINGS_KEY)) {
             Some(text) => match KubernetesSettings::parse(&text) {
                 Ok(settings) => return (settings.class_policy(), None),
@@ -364,3 +373,6 @@ pub fn explain(
     );
     Ok(explanation)
 }
+
+#[cfg(test)]
+mod tests;

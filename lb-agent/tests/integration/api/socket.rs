@@ -1,8 +1,6 @@
 //! The API socket: round trips through the real server and client, bad requests, and
 //! the socket file's permissions and lifecycle. Host-only: no root, no BPF.
 
-mod common;
-
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -15,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, DNS, PANIC_PORT, WEB, ip};
 use lb_agent::{
     api::{
         ApiError,
@@ -25,6 +22,8 @@ use lb_agent::{
     explain::{self, Outcome, Query},
     model::Protocol,
 };
+
+use crate::support::agent::{Agent, DNS, PANIC_PORT, WEB, ip};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -1,7 +1,5 @@
 //! `/metrics`, `/healthz` and `/readyz` over real HTTP on 127.0.0.1.
 
-mod common;
-
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
@@ -9,8 +7,12 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, WEB, openmetrics};
 use lb_agent::telemetry::OwnershipChange;
+
+use crate::support::{
+    agent::{Agent, WEB},
+    openmetrics,
+};
 
 struct Reply {
     status: u16,

@@ -1,7 +1,6 @@
-//! The Kubernetes API double shared by the `k8s_*` tests: a `kube::Client` over
-//! tower-test's mock service, and helpers to read requests and answer them. Every wait
-//! is bounded: a request that never comes fails the test instead of hanging it.
-#![allow(dead_code)] // Each test binary uses part of it.
+//! The Kubernetes API double: a `kube::Client` over tower-test's mock service, helpers
+//! to read requests and answer them, and the homelab cluster to serve. Every wait is
+//! bounded: a request that never comes fails the test instead of hanging it.
 
 use std::time::Duration;
 
@@ -17,6 +16,10 @@ use lb_agent::{
 use serde::{Deserialize as _, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle, SendResponse};
+
+/// A homelab cluster as the API server returns it: nodes, pools, Services and their
+/// EndpointSlices (the file's header says which).
+pub const HOMELAB: &str = include_str!("../../fixtures/k8s/homelab.yaml");
 
 /// How long a test waits for the next request.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -172,9 +175,15 @@ pub fn stream(respond: Respond, events: &[Value]) {
     respond.send_response(Response::new(Body::from(lines.into_bytes())));
 }
 
-/// A Kubernetes `Status` failure.
+/// Answers with a Kubernetes `Status` failure.
 pub fn fail(respond: Respond, code: u16, reason: &str) {
-    let status = json!({
+    let (status, body) = failure(code, reason);
+    reply(respond, status, &body);
+}
+
+/// A Kubernetes `Status` failure: the HTTP status and the body.
+pub fn failure(code: u16, reason: &str) -> (StatusCode, Value) {
+    let body = json!({
         "apiVersion": "v1",
         "kind": "Status",
         "status": "Failure",
@@ -182,11 +191,61 @@ pub fn fail(respond: Respond, code: u16, reason: &str) {
         "reason": reason,
         "code": code,
     });
-    reply(
-        respond,
-        StatusCode::from_u16(code).expect("status code"),
-        &status,
-    );
+    (StatusCode::from_u16(code).expect("status code"), body)
+}
+
+/// The collections the agent lists and watches: path, apiVersion, kind.
+pub const COLLECTIONS: [(&str, &str, &str); 5] = [
+    ("/api/v1/nodes", "v1", "Node"),
+    ("/api/v1/namespaces", "v1", "Namespace"),
+    ("/api/v1/services", "v1", "Service"),
+    (
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+    ),
+    (
+        "/apis/xdplb.io/v1alpha1/addresspools",
+        "xdplb.io/v1alpha1",
+        "AddressPool",
+    ),
+];
+
+/// The kind of the collection at `path` (`/api/v1/services`: `Service`).
+pub fn kind_at(path: &str) -> Option<&'static str> {
+    COLLECTIONS
+        .iter()
+        .find(|(collection, ..)| *collection == path)
+        .map(|(.., kind)| *kind)
+}
+
+/// The API server's answer to a list of the collection at `path`: every object of its
+/// kind among `objects`, at resourceVersion `version`. `None` for a path that is no
+/// collection the doubles know.
+pub fn list_at(path: &str, objects: &[Value], version: &str) -> Option<Value> {
+    let (_, api_version, kind) = COLLECTIONS
+        .iter()
+        .find(|(collection, ..)| *collection == path)?;
+    let items: Vec<Value> = objects
+        .iter()
+        .filter(|object| object["kind"] == *kind)
+        .cloned()
+        .collect();
+    Some(list(api_version, &format!("{kind}List"), version, &items))
+}
+
+/// The object of `kind` called `name` in `namespace` among `objects`.
+pub fn find<'a>(
+    objects: &'a [Value],
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a Value> {
+    objects.iter().find(|object| {
+        object["kind"] == kind
+            && object["metadata"]["namespace"] == namespace
+            && object["metadata"]["name"] == name
+    })
 }
 
 /// A list response of `kind` (e.g. `ServiceList`) holding `items`.

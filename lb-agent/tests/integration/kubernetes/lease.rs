@@ -3,21 +3,20 @@
 //! takeover before expiry, handover after it, release, write conflicts, and stepping
 //! down during an API outage.
 
-mod k8s_support;
-
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use http::{Method, StatusCode};
-use k8s_support::{ApiDouble, client, fail, reply};
 use lb_agent::ipam_controller::lease::{self, Elector, LEASE_NAME, LeaseSettings};
 use serde_json::{Value, json};
 use tokio::{
     sync::watch,
     time::{Instant, sleep, timeout},
 };
+
+use crate::support::kube_api::{ApiDouble, client, fail, reply};
 
 const NAMESPACE: &str = "xdplb-system";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/xdplb-system/leases";

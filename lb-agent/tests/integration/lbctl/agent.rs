@@ -1,53 +1,29 @@
-//! The `lbctl` binary against a running API server: every command in every output
+//! The `lbctl` binary against the agent's API socket: every command in every output
 //! format, and the errors a user can run into, with their exit codes.
 
-mod common;
-
 use std::{
-    net::SocketAddrV4,
-    os::unix::net::UnixListener,
-    path::Path,
-    process::{Command, Output},
+    net::SocketAddrV4, os::unix::net::UnixListener, path::Path, process::Output,
     sync::atomic::Ordering,
 };
 
-use common::{Agent, DNS, WEB, ip};
 use lb_agent::{
     model::Protocol,
     status::{AgentStatus, Explanation, FlowList, MemberStatus, StatusProvider as _, VipStatus},
 };
 use serde::de::DeserializeOwned;
 
+use crate::support::{
+    agent::{Agent, DNS, WEB, ip},
+    lbctl::{assert_contains, command, printed},
+};
+
 fn lbctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lbctl"))
-        .env_remove("XDPLB_SOCKET")
+    command()
         .arg("--socket")
         .arg(socket)
         .args(args)
         .output()
         .expect("run lbctl")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "lbctl failed ({:?}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).expect("utf-8")
-}
-
-fn failure(output: &Output, code: i32) -> String {
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.stdout.is_empty(), "errors print nothing on stdout");
-    String::from_utf8(output.stderr.clone()).expect("utf-8")
 }
 
 /// `args` with `-o json` and `-o yaml` both decode to `expected`.
@@ -56,30 +32,24 @@ fn check_formats<T: DeserializeOwned + PartialEq + std::fmt::Debug>(
     args: &[&str],
     expected: &T,
 ) {
-    let json: T = serde_json::from_str(&stdout(&lbctl(
-        &agent.socket,
-        &[args, &["-o", "json"]].concat(),
-    )))
+    let json: T = serde_json::from_str(&printed(
+        &lbctl(&agent.socket, &[args, &["-o", "json"]].concat()),
+        0,
+    ))
     .expect("json output");
     assert_eq!(&json, expected);
-    let yaml: T = serde_yaml::from_str(&stdout(&lbctl(
-        &agent.socket,
-        &[args, &["-o", "yaml"]].concat(),
-    )))
+    let yaml: T = serde_yaml::from_str(&printed(
+        &lbctl(&agent.socket, &[args, &["-o", "yaml"]].concat()),
+        0,
+    ))
     .expect("yaml output");
     assert_eq!(&yaml, expected);
-}
-
-fn assert_contains(text: &str, parts: &[&str]) {
-    for part in parts {
-        assert!(text.contains(part), "{part:?} missing from:\n{text}");
-    }
 }
 
 #[test]
 fn status_in_every_format() {
     let agent = Agent::start();
-    let table = stdout(&lbctl(&agent.socket, &["status"]));
+    let table = printed(&lbctl(&agent.socket, &["status"]), 0);
     assert_contains(
         &table,
         &[
@@ -99,7 +69,7 @@ fn status_in_every_format() {
 #[test]
 fn vip_in_every_format() {
     let agent = Agent::start();
-    let table = stdout(&lbctl(&agent.socket, &["vip", WEB]));
+    let table = printed(&lbctl(&agent.socket, &["vip", WEB]), 0);
     assert_contains(
         &table,
         &[
@@ -122,7 +92,7 @@ fn vip_in_every_format() {
 #[test]
 fn flows_in_every_format() {
     let agent = Agent::start();
-    let table = stdout(&lbctl(&agent.socket, &["flows", "--limit", "1"]));
+    let table = printed(&lbctl(&agent.socket, &["flows", "--limit", "1"]), 0);
     assert_contains(
         &table,
         &[
@@ -138,10 +108,13 @@ fn flows_in_every_format() {
 #[test]
 fn explain_in_every_format() {
     let agent = Agent::start();
-    let table = stdout(&lbctl(
-        &agent.socket,
-        &["explain", "10.0.0.100:40000", "172.16.200.20:80/tcp"],
-    ));
+    let table = printed(
+        &lbctl(
+            &agent.socket,
+            &["explain", "10.0.0.100:40000", "172.16.200.20:80/tcp"],
+        ),
+        0,
+    );
     let expected = agent
         .runtime
         .view()
@@ -171,22 +144,28 @@ fn explain_in_every_format() {
         &expected,
     );
     // The protocol defaults to TCP and is case-insensitive.
-    let udp = stdout(&lbctl(
-        &agent.socket,
-        &["explain", "10.0.0.100:5000", "172.16.200.53:53/UDP"],
-    ));
+    let udp = printed(
+        &lbctl(
+            &agent.socket,
+            &["explain", "10.0.0.100:5000", "172.16.200.53:53/UDP"],
+        ),
+        0,
+    );
     assert_contains(&udp, &["172.16.200.53:53/UDP is a port of service dns"]);
-    let default = stdout(&lbctl(
-        &agent.socket,
-        &["explain", "10.0.0.100:5000", &format!("{DNS}:53")],
-    ));
+    let default = printed(
+        &lbctl(
+            &agent.socket,
+            &["explain", "10.0.0.100:5000", &format!("{DNS}:53")],
+        ),
+        0,
+    );
     assert_contains(&default, &["172.16.200.53:53/TCP is a port of service dns"]);
 }
 
 #[test]
 fn members_in_every_format() {
     let agent = Agent::start();
-    let table = stdout(&lbctl(&agent.socket, &["members"]));
+    let table = printed(&lbctl(&agent.socket, &["members"]), 0);
     assert_contains(
         &table,
         &[
@@ -202,12 +181,12 @@ fn members_in_every_format() {
 #[test]
 fn the_socket_can_come_from_the_environment() {
     let agent = Agent::start();
-    let output = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+    let output = command()
         .env("XDPLB_SOCKET", &agent.socket)
         .args(["members", "-o", "json"])
         .output()
         .expect("run lbctl");
-    let members: Vec<MemberStatus> = serde_json::from_str(&stdout(&output)).expect("json");
+    let members: Vec<MemberStatus> = serde_json::from_str(&printed(&output, 0)).expect("json");
     assert_eq!(members.len(), 2);
 }
 
@@ -238,7 +217,7 @@ fn bad_arguments_exit_2_and_say_what_to_type() {
         (&["reboot"], "unrecognized subcommand 'reboot'"),
     ];
     for (args, message) in cases {
-        let stderr = failure(&lbctl(&agent.socket, args), 2);
+        let stderr = printed(&lbctl(&agent.socket, args), 2);
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }
@@ -247,7 +226,7 @@ fn bad_arguments_exit_2_and_say_what_to_type() {
 fn an_unreachable_agent_exits_3_with_what_to_check() {
     let dir = tempfile::tempdir().expect("directory");
     let missing = dir.path().join("agent.sock");
-    let stderr = failure(&lbctl(&missing, &["status"]), 3);
+    let stderr = printed(&lbctl(&missing, &["status"]), 3);
     assert!(stderr.starts_with(&format!(
         "error: cannot reach the agent at {}: No such file or directory",
         missing.display()
@@ -258,20 +237,20 @@ fn an_unreachable_agent_exits_3_with_what_to_check() {
     // A socket a stopped agent left behind.
     let stale = dir.path().join("stale.sock");
     drop(UnixListener::bind(&stale).expect("stale socket"));
-    let stderr = failure(&lbctl(&stale, &["members"]), 3);
+    let stderr = printed(&lbctl(&stale, &["members"]), 3);
     assert!(stderr.contains("Connection refused"), "{stderr}");
 }
 
 #[test]
 fn agent_side_errors_exit_1() {
     let agent = Agent::start();
-    let stderr = failure(&lbctl(&agent.socket, &["vip", "172.16.200.99"]), 1);
+    let stderr = printed(&lbctl(&agent.socket, &["vip", "172.16.200.99"]), 1);
     assert_eq!(
         stderr,
         "error: 172.16.200.99 is not a VIP of this cluster; the agent knows 172.16.200.20, 172.16.200.53 (see lbctl status)\n"
     );
     agent.runtime.maps.loaded.store(false, Ordering::Relaxed);
-    let stderr = failure(&lbctl(&agent.socket, &["flows"]), 1);
+    let stderr = printed(&lbctl(&agent.socket, &["flows"]), 1);
     assert_eq!(
         stderr,
         "error: the agent could not answer: the data path is not loaded yet\n"

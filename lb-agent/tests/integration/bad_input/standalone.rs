@@ -20,7 +20,7 @@ use lb_agent::{
 
 use super::table::{Checker, Expect, count};
 
-const EXAMPLE: &str = include_str!("../../examples/standalone.yaml");
+const EXAMPLE: &str = include_str!("../../../examples/standalone.yaml");
 const MTU: u32 = 1500;
 
 /// A standalone file: the example with `edits` (from, to) applied in turn, each to its

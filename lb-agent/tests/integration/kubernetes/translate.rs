@@ -3,8 +3,6 @@
 //! node exclusion, readiness and pool node selectors, and what the election and the
 //! data path then make of it.
 
-mod k8s_support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
@@ -13,7 +11,6 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_support::{documents, of_kind};
 use lb_agent::{
     apis::address_pool::AddressPool,
     arp,
@@ -29,7 +26,7 @@ use lb_agent::{
 };
 use serde_json::Value;
 
-const CLUSTER: &str = include_str!("k8s_support/cluster.yaml");
+use crate::support::kube_api::{self, HOMELAB, documents, of_kind};
 
 fn ip(text: &str) -> Ipv4Addr {
     text.parse().expect("address")
@@ -59,7 +56,7 @@ fn translator(node: &str) -> Translator {
 
 fn translate(node: &str) -> Translation {
     translator(node)
-        .translate(&snapshot(&documents(CLUSTER)))
+        .translate(&snapshot(&documents(HOMELAB)))
         .expect("translates")
 }
 
@@ -134,11 +131,11 @@ fn only_our_services_with_an_assigned_vip_are_served() {
             .map(|service| service.vip)
     };
     let without_pool = default
-        .translate(&snapshot(&documents(CLUSTER)))
+        .translate(&snapshot(&documents(HOMELAB)))
         .expect("translates");
     assert_eq!(legacy(&without_pool), None);
-    let mut documents = documents(CLUSTER);
-    documents.extend(k8s_support::documents(
+    let mut documents = documents(HOMELAB);
+    documents.extend(kube_api::documents(
         r#"
 apiVersion: xdplb.io/v1alpha1
 kind: AddressPool
@@ -158,8 +155,8 @@ spec: { addresses: ["192.168.7.230-192.168.7.235"] }
 /// pool lists; anything else in a status is left out and listed as ignored.
 #[test]
 fn status_addresses_outside_every_valid_pool_are_never_served() {
-    let mut documents = documents(CLUSTER);
-    documents.extend(k8s_support::documents(
+    let mut documents = documents(HOMELAB);
+    documents.extend(kube_api::documents(
         r#"
 apiVersion: v1
 kind: Service
@@ -301,7 +298,7 @@ fn the_pool_node_selector_names_the_announcing_nodes() {
 /// The cluster with the `lan` pool announced only on eth1 and br0 with its own GARP
 /// timing, and each of `published` nodes' announce interface on its Node.
 fn with_pool_interfaces(published: &[(&str, &str)]) -> Snapshot {
-    let mut documents = documents(CLUSTER);
+    let mut documents = documents(HOMELAB);
     for document in &mut documents {
         let name = document["metadata"]["name"]
             .as_str()
@@ -483,7 +480,7 @@ fn terminating_endpoints_drain_in_the_data_path() {
 
 #[test]
 fn this_node_must_be_a_node_with_an_ipv4_address() {
-    let documents = documents(CLUSTER);
+    let documents = documents(HOMELAB);
     assert_eq!(
         translator("node9").translate(&snapshot(&documents)),
         Err(TranslateError::UnknownNode("node9".into()))
@@ -511,8 +508,8 @@ fn this_node_must_be_a_node_with_an_ipv4_address() {
 
 #[test]
 fn unusable_parts_are_left_out_with_a_note() {
-    let mut documents = documents(CLUSTER);
-    let extra = k8s_support::documents(
+    let mut documents = documents(HOMELAB);
+    let extra = kube_api::documents(
         r#"
 apiVersion: v1
 kind: Service

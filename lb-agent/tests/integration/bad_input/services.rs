@@ -9,12 +9,11 @@
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use http::{Method, StatusCode};
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
-use kube::runtime::reflector;
+use k8s_openapi::api::core::v1::{Node, Service};
 use lb_agent::{
-    apis::{address_pool::AddressPool, pool_status},
+    apis::address_pool::AddressPool,
     ipam::{ClassPolicy, ServiceKey},
-    ipam_controller::{ALLOCATED_CONDITION, Context, reconcile},
+    ipam_controller::{Context, reconcile},
     sources::kubernetes::{
         slice::Slice,
         translate::{Snapshot, Translator},
@@ -23,7 +22,10 @@ use lb_agent::{
 use serde_json::{Value, json};
 
 use super::table::{Checker, Expect, count};
-use crate::k8s_support::{Received, client, documents, echo, of_kind, reply};
+use crate::support::{
+    controller::{self, holding, merge, pools, service},
+    kube_api::{ApiDouble, Received, client, documents, echo, of_kind, reply},
+};
 
 const POOLS: &str = r#"
 apiVersion: xdplb.io/v1alpha1
@@ -440,49 +442,11 @@ pub fn spec_cases() -> Vec<ServiceCase> {
     ]
 }
 
-fn merge(target: &mut Value, patch: Value) {
-    match (target, patch) {
-        (Value::Object(target), Value::Object(patch)) => {
-            for (key, value) in patch {
-                merge(target.entry(key).or_insert(Value::Null), value);
-            }
-        }
-        (target, patch) => *target = patch,
-    }
-}
-
-fn holding(ip: &str, pool: &str) -> Value {
-    json!({ "status": {
-        "loadBalancer": { "ingress": [ { "ip": ip, "ipMode": "VIP" } ] },
-        "conditions": [ {
-            "type": ALLOCATED_CONDITION, "status": "True", "reason": "Allocated",
-            "message": format!("{ip} from pool {pool}"), "observedGeneration": 1,
-            "lastTransitionTime": "2025-01-01T00:00:00Z",
-        } ],
-    } })
-}
-
-fn service(namespace: &str, name: &str, port: u16, protocol: &str, extra: Value) -> Value {
-    let mut value = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": { "name": name, "namespace": namespace, "generation": 1, "uid": format!("uid-{name}") },
-        "spec": {
-            "type": "LoadBalancer",
-            "loadBalancerClass": "xdplb.io/lb",
-            "ports": [ { "port": port, "protocol": protocol, "targetPort": port } ],
-        },
-    });
-    merge(&mut value, extra);
-    value
-}
-
 fn web(change: Value) -> Value {
     let mut value = service(
         "edge",
         "web",
-        80,
-        "TCP",
+        &["80/TCP"],
         annotated(&[("xdplb.io/sharing-key", "edge")]),
     );
     merge(&mut value, holding(WEB_IP, "lan"));
@@ -492,7 +456,7 @@ fn web(change: Value) -> Value {
 }
 
 fn dns() -> Value {
-    let mut value = service("infra", "dns", 53, "UDP", json!({}));
+    let mut value = service("infra", "dns", &["53/UDP"], json!({}));
     merge(&mut value, holding(DNS_IP, "dns"));
     value
 }
@@ -502,15 +466,8 @@ fn typed(value: Value) -> Service {
 }
 
 fn context(client: kube::Client) -> Context {
-    let (namespaces, _writer) = reflector::store::<Namespace>();
-    let ctx = Context::new(client, ClassPolicy::default(), "agent-1", namespaces);
-    let pools = format!("{POOLS}---{PAST_ADMISSION}");
-    let pools: Vec<Arc<AddressPool>> = of_kind::<AddressPool>(&documents(&pools), "AddressPool")
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let ctx = controller::context(client, &pools(&format!("{POOLS}---{PAST_ADMISSION}")), &[]);
     let mut allocator = ctx.allocator.lock().expect("allocator");
-    allocator.set_pools(pool_status::compile(&pools).0);
     let conflicts = allocator.rebuild(&[typed(web(json!({}))), typed(dns())], ctx.policy);
     assert!(conflicts.is_empty(), "{conflicts:?}");
     drop(allocator);
@@ -518,7 +475,7 @@ fn context(client: kube::Client) -> Context {
 }
 
 /// Answers the controller's writes as the API server does; returns what it saw.
-async fn answer(mut api: crate::k8s_support::ApiDouble) -> Vec<Received> {
+async fn answer(mut api: ApiDouble) -> Vec<Received> {
     let mut seen = Vec::new();
     while let Some((request, respond)) = api.next_within(Duration::from_secs(5)).await {
         match request.method {
@@ -575,7 +532,7 @@ async fn run_case(case: &ServiceCase, checker: &mut Checker) {
     let ctx = context(client);
     let subject = match case.subject {
         Subject::New => {
-            let mut value = service("edge", "new", 443, "TCP", json!({}));
+            let mut value = service("edge", "new", &["443/TCP"], json!({}));
             merge(&mut value, (case.change)());
             value
         }
@@ -687,7 +644,7 @@ fn snapshot(services: &[Value], pools: &str) -> Snapshot {
 
 /// A Service of ours holding `ip` with `ports`.
 fn held(name: &str, ip: &str, ports: Value) -> Value {
-    let mut value = service("edge", name, 1, "TCP", holding(ip, "lan"));
+    let mut value = service("edge", name, &["1/TCP"], holding(ip, "lan"));
     value["spec"]["ports"] = ports;
     // Younger than web, which keeps what both claim.
     value["metadata"]["creationTimestamp"] = json!("2025-06-01T00:00:00Z");

@@ -3,8 +3,6 @@
 //! and once when it ends, with every request that could not reach the API server
 //! counted, however many watches, Lease rounds and IPAM passes hit it.
 
-mod k8s_support;
-
 use std::{
     io::Write,
     sync::{
@@ -16,7 +14,6 @@ use std::{
 
 use http::StatusCode;
 use k8s_openapi::api::core::v1::Node;
-use k8s_support::{ApiDouble, Received, Respond, fail, list, refuse_connection, reply};
 use kube::{Api, Config, client::ConfigExt as _};
 use lb_agent::{
     ipam::ClassPolicy,
@@ -25,11 +22,18 @@ use lb_agent::{
         client::{AGENT_USER_AGENT, identified, observed},
         outage::{ApiHealth, log_filter},
     },
-    status::AgentStatus,
     telemetry::Telemetry,
 };
 use serde_json::{Value, json};
 use tokio::{sync::watch, time::timeout};
+
+use crate::support::{
+    kube_api::{
+        self, ApiDouble, COLLECTIONS, Received, Respond, fail, list, list_at, refuse_connection,
+        reply,
+    },
+    openmetrics::metrics_text,
+};
 
 fn api_server() -> Config {
     Config::new("https://10.0.0.1:6443".parse().expect("a URL"))
@@ -38,7 +42,7 @@ fn api_server() -> Config {
 /// The `User-Agent` the double sees on a request of the agent's client built from
 /// `config` (kube's stack adds `config`'s headers as below).
 async fn user_agent(config: Config, health: &Arc<ApiHealth>) -> Option<String> {
-    let (builder, mut api) = k8s_support::builder();
+    let (builder, mut api) = kube_api::builder();
     let builder = builder.with_layer(&config.extra_headers_layer().expect("headers"));
     let client = observed(builder, health);
     let request =
@@ -49,7 +53,7 @@ async fn user_agent(config: Config, health: &Arc<ApiHealth>) -> Option<String> {
     received.user_agent
 }
 
-/// lbctl's are checked on every request of lbctl_cluster.rs.
+/// lbctl's are checked on every request in lbctl/cluster.rs.
 #[tokio::test]
 async fn requests_name_the_agent_with_its_version() {
     let version = env!("CARGO_PKG_VERSION");
@@ -102,23 +106,6 @@ struct Server {
     watches: Mutex<Vec<String>>,
 }
 
-/// The lists the agent makes: path, apiVersion, kind.
-const LISTS: [(&str, &str, &str); 5] = [
-    ("/api/v1/nodes", "v1", "NodeList"),
-    ("/api/v1/services", "v1", "ServiceList"),
-    ("/api/v1/namespaces", "v1", "NamespaceList"),
-    (
-        "/apis/discovery.k8s.io/v1/endpointslices",
-        "discovery.k8s.io/v1",
-        "EndpointSliceList",
-    ),
-    (
-        "/apis/xdplb.io/v1alpha1/addresspools",
-        "xdplb.io/v1alpha1",
-        "AddressPoolList",
-    ),
-];
-
 impl Server {
     fn answer(&self, request: &Received, respond: Respond) {
         if self.down.load(Ordering::SeqCst) {
@@ -132,12 +119,8 @@ impl Server {
             self.open.lock().expect("open").push(respond);
             return;
         }
-        if let Some((_, version, kind)) = LISTS.iter().find(|(at, _, _)| *at == path) {
-            let items = match *kind {
-                "NodeList" => vec![node()],
-                _ => Vec::new(),
-            };
-            reply(respond, StatusCode::OK, &list(version, kind, "1", &items));
+        if let Some(list) = list_at(path, &[node()], "1") {
+            reply(respond, StatusCode::OK, &list);
             return;
         }
         let mut lease = self.lease.lock().expect("lease");
@@ -177,9 +160,9 @@ impl Server {
     /// then renewed) since the server came back.
     fn serving(&self) -> bool {
         let watches = self.watches.lock().expect("watches");
-        let watched = LISTS
+        let watched = COLLECTIONS
             .iter()
-            .all(|(at, _, _)| watches.iter().any(|path| path == at));
+            .all(|(at, ..)| watches.iter().any(|path| path == at));
         watched && self.lease_writes.load(Ordering::SeqCst) >= 2
     }
 }
@@ -224,13 +207,13 @@ async fn an_api_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_c
 
     let telemetry = Arc::new(Telemetry::new());
     let health = ApiHealth::new(Arc::clone(&telemetry));
-    let (builder, api) = k8s_support::builder();
+    let (builder, api) = kube_api::builder();
     let client = observed(builder, &health);
     let server = Arc::new(Server::default());
     let serving = tokio::spawn(serve(api, Arc::clone(&server)));
 
     // The watches of the source, the Lease and the IPAM's watches, all on one client.
-    let source = k8s_support::first_source(client.clone()).await;
+    let source = kube_api::first_source(client.clone()).await;
     let (stop, stopping) = watch::channel(false);
     let lease = LeaseSettings {
         renew_every: Duration::from_millis(100),
@@ -298,27 +281,9 @@ async fn an_api_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_c
         back[0].contains(&format!("failed_requests={counted}")),
         "{back:?}"
     );
-    let metrics = telemetry.render(agent_status()).expect("metrics render");
+    let metrics = metrics_text(&telemetry);
     assert!(
         metrics.contains(&format!("xdplb_kubernetes_unreachable_total {counted}")),
         "{metrics}"
     );
-}
-
-/// A status with nothing in it, for a scrape of the telemetry alone.
-fn agent_status() -> AgentStatus {
-    AgentStatus {
-        node: "node1".into(),
-        address: "10.0.0.11".parse().expect("address"),
-        interface: "eth0".into(),
-        xdp_mode: None,
-        ready: true,
-        version: "test".into(),
-        vips: Vec::new(),
-        members: Vec::new(),
-        reasons: Default::default(),
-        arp: None,
-        gossip: None,
-        warnings: Vec::new(),
-    }
 }

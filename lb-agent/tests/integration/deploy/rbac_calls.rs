@@ -8,18 +8,10 @@
 //! ClusterRole and Role (plain manifests and the Helm chart's render) allow every call,
 //! and every grant they make is used by some call.
 //!
-//! lbctl's cluster commands (`pools`, `services`, `explain --cluster`) are part of it:
-//! run in the agent's pod (`kubectl exec ... lbctl services`) they use the agent's
+//! lbctl's cluster commands (`pools`, `services`, `explain --cluster`) are part of it,
+//! the binary run against the same objects over HTTP: run in the agent's pod (`kubectl exec ... lbctl services`) they use the agent's
 //! ServiceAccount, and besides their lists they read the agent's settings (the ConfigMap
 //! `xdplb-agent`), which the agent itself reads from its mount.
-
-#[path = "../src/bin/lbctl/cluster.rs"]
-#[allow(dead_code)] // Only lbctl's reading is run here.
-mod cluster;
-mod k8s_support;
-// Shared with deploy_manifests.rs, which uses the parts this test does not.
-#[allow(dead_code)]
-mod deploy;
 
 use std::{
     collections::BTreeSet,
@@ -28,14 +20,8 @@ use std::{
     time::Duration,
 };
 
-use deploy::{
-    helm,
-    objects::{Object, all_typed, deploy_dir, read_dir},
-    rbac::{Grant, granted},
-};
 use http::{Method, StatusCode};
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use k8s_support::{ApiDouble, Received, Respond, client, echo, echo_onto, fail, list, reply};
 use lb_agent::{
     ipam::ClassPolicy,
     ipam_controller::{self, lease::LeaseSettings},
@@ -44,6 +30,20 @@ use lb_agent::{
 };
 use serde_json::{Value, json};
 use tokio::{sync::watch, time::timeout};
+
+use super::{
+    helm,
+    objects::{Object, all_typed, deploy_dir, read_dir},
+    rbac::{Grant, granted},
+};
+use crate::support::{
+    kube_api::{
+        ApiDouble, Received, Respond, client, documents, echo, echo_onto, fail, find, first_source,
+        list_at, reply,
+    },
+    kube_http::HttpApi,
+    lbctl::{kubeconfig, printed, with_kubeconfig},
+};
 
 /// The cluster the double serves.
 const CLUSTER: &str = r#"
@@ -81,6 +81,13 @@ spec:
   type: LoadBalancer
   loadBalancerClass: xdplb.io/lb
   ports: [ { port: 443, protocol: TCP } ]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: legacy, namespace: edge, uid: uid-legacy, generation: 1 }
+spec:
+  type: LoadBalancer
+  ports: [ { port: 8080, protocol: TCP } ]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -222,17 +229,6 @@ struct Fake {
     seen: Vec<(Method, String)>,
 }
 
-fn kind_at(path: &str) -> Option<(&'static str, &'static str)> {
-    Some(match path {
-        "/api/v1/nodes" => ("Node", "v1"),
-        "/api/v1/namespaces" => ("Namespace", "v1"),
-        "/api/v1/services" => ("Service", "v1"),
-        "/apis/discovery.k8s.io/v1/endpointslices" => ("EndpointSlice", "discovery.k8s.io/v1"),
-        "/apis/xdplb.io/v1alpha1/addresspools" => ("AddressPool", "xdplb.io/v1alpha1"),
-        _ => return None,
-    })
-}
-
 impl Fake {
     /// Answers as the API server would; open watches are kept (no events) in `open`.
     fn answer(&mut self, request: &Received, respond: Respond, open: &mut Vec<Respond>) {
@@ -243,17 +239,8 @@ impl Fake {
         let version = self.version.to_string();
         match (rbac.verb.as_str(), rbac.resource.as_str()) {
             ("watch", _) => open.push(respond),
-            ("list", _) => match kind_at(request.path()) {
-                Some((kind, api_version)) => {
-                    let items: Vec<Value> = self
-                        .objects
-                        .iter()
-                        .filter(|object| object["kind"] == kind)
-                        .cloned()
-                        .collect();
-                    let body = list(api_version, &format!("{kind}List"), &version, &items);
-                    reply(respond, StatusCode::OK, &body);
-                }
+            ("list", _) => match list_at(request.path(), &self.objects, &version) {
+                Some(body) => reply(respond, StatusCode::OK, &body),
                 None => fail(respond, 404, "NotFound"),
             },
             ("get", "leases") => match &self.lease {
@@ -281,13 +268,9 @@ impl Fake {
                 echo_onto(respond, request, &object);
             }
             ("get", "configmaps") => {
-                let found = self.objects.iter().find(|object| {
-                    object["kind"] == "ConfigMap"
-                        && object["metadata"]["name"] == rbac.name.as_deref().unwrap_or_default()
-                        && object["metadata"]["namespace"]
-                            == rbac.namespace.as_deref().unwrap_or_default()
-                });
-                match found {
+                let namespace = rbac.namespace.as_deref().unwrap_or_default();
+                let name = rbac.name.as_deref().unwrap_or_default();
+                match find(&self.objects, "ConfigMap", namespace, name) {
                     Some(map) => reply(respond, StatusCode::OK, map),
                     None => fail(respond, 404, "NotFound"),
                 }
@@ -335,13 +318,13 @@ async fn until(fake: &Mutex<Fake>, what: &str, done: impl Fn(&Mutex<Fake>) -> bo
 /// Runs the agent's Kubernetes code through everything it does; returns its calls.
 async fn agent_calls(namespace: &str) -> BTreeSet<Call> {
     let fake = Arc::new(Mutex::new(Fake {
-        objects: k8s_support::documents(CLUSTER),
+        objects: documents(CLUSTER),
         ..Fake::default()
     }));
     let (client, api) = client();
     let server = tokio::spawn(serve(api, Arc::clone(&fake)));
 
-    let mut source = k8s_support::first_source(client.clone()).await;
+    let mut source = first_source(client.clone()).await;
     let (stop, stopping) = watch::channel(false);
     let lease = LeaseSettings {
         renew_every: Duration::from_millis(100),
@@ -411,25 +394,32 @@ async fn agent_calls(namespace: &str) -> BTreeSet<Call> {
     seen.iter().map(|(method, uri)| call(method, uri)).collect()
 }
 
-/// lbctl's cluster commands, as in the agent's pod; returns their calls.
+/// lbctl's cluster commands, as in the agent's pod (`explain --cluster` reads what
+/// `services` reads); returns their calls.
 async fn lbctl_calls(namespace: &str) -> BTreeSet<Call> {
-    let fake = Arc::new(Mutex::new(Fake {
-        objects: k8s_support::documents(CLUSTER),
-        ..Fake::default()
-    }));
-    let (client, api) = client();
-    let server = tokio::spawn(serve(api, Arc::clone(&fake)));
-    cluster::pools(&client).await.expect("lbctl pools");
-    cluster::snapshot(&client)
-        .await
-        .expect("lbctl services and explain --cluster");
-    let (class, note) = cluster::class_policy(&client, namespace).await;
-    assert_eq!(note, None, "lbctl read the agent's settings");
-    assert!(class.default_class, "as the ConfigMap says");
-    drop(client);
-    server.abort();
-    let seen = fake.lock().expect("fake").seen.clone();
-    seen.iter().map(|(method, uri)| call(method, uri)).collect()
+    let api = HttpApi::start(documents(CLUSTER), &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = kubeconfig(dir.path(), &api.url());
+    printed(&with_kubeconfig(&config, &["pools"]).await, 0);
+    let services = printed(
+        &with_kubeconfig(
+            &config,
+            &["services", "--xdplb-namespace", namespace, "-o", "json"],
+        )
+        .await,
+        0,
+    );
+    // lbctl read the agent's settings: as the ConfigMap says (`defaultClass: true`), the
+    // Service without a class is served too.
+    let services: Vec<Value> = serde_json::from_str(&services).expect("JSON");
+    assert!(
+        services.iter().any(|service| service["name"] == "legacy"),
+        "{services:?}"
+    );
+    api.take_requests()
+        .iter()
+        .map(|received| call(&received.method, &received.uri))
+        .collect()
 }
 
 fn chart_objects() -> Vec<Object> {

@@ -5,20 +5,13 @@
 //! before it (the running configuration, IPAM allocations). Each table also holds valid
 //! controls that must pass.
 //!
-//! `cargo test -p lb-agent --test bad_input -- --nocapture` prints one
+//! `cargo test -p lb-agent --test integration bad_input -- --nocapture` prints one
 //! `BAD-INPUT <category>: N cases` line per category and the total.
 
-mod k8s_support;
-
-#[path = "bad_input/lbctl.rs"]
 mod lbctl;
-#[path = "bad_input/pools.rs"]
 mod pools;
-#[path = "bad_input/services.rs"]
 mod services;
-#[path = "bad_input/standalone.rs"]
 mod standalone;
-#[path = "bad_input/table.rs"]
 mod table;
 
 use table::{count, summary};

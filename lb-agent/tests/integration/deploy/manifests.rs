@@ -5,19 +5,12 @@
 //! (real `helm template`) the same objects as the plain manifests and lints clean, and
 //! the install guide's steps (docs/install.md) work as written.
 
-mod deploy;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     process::Command,
 };
 
-use deploy::{
-    helm, install_guide,
-    objects::{self, Document, Object, deploy_dir, documents, read_dir, strict},
-    rbac,
-};
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{Container, PodSpec},
@@ -32,6 +25,12 @@ use lb_agent::{
     sources::kubernetes::settings::KubernetesSettings,
 };
 use serde_json::{Value, json};
+
+use super::{
+    helm, install_guide,
+    objects::{self, Document, Object, deploy_dir, documents, read_dir, strict},
+    rbac,
+};
 
 const NAMESPACE: &str = "xdplb-system";
 /// The capabilities the agent needs (see the DaemonSet's comments).
@@ -787,7 +786,7 @@ fn the_charts_crds_are_the_generated_ones() {
     assert!(
         copied == generated,
         "{} differs from deploy/crds/addresspools.yaml: refresh it with \
-         XDPLB_BLESS=1 cargo test -p lb-agent --test deploy_manifests \
+         XDPLB_BLESS=1 cargo test -p lb-agent --test integration deploy::manifests \
          (or cp deploy/crds/addresspools.yaml deploy/helm/xdplb/crds/)",
         copy.display()
     );

@@ -1,11 +1,8 @@
 //! A test double of the runtime behind the local API, over the real state of
 //! `examples/standalone.yaml`, and the API servers running on it.
-#![allow(dead_code)] // Each test binary uses part of it.
-
-pub mod openmetrics;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::{
@@ -46,7 +43,8 @@ pub fn ip(text: &str) -> Ipv4Addr {
 pub struct Maps {
     pub web_packets: AtomicU64,
     pub loaded: AtomicBool,
-    pub flows: Vec<(FlowKey, FlowValue)>,
+    /// The flow cache, a hash map as in the kernel.
+    pub flows: HashMap<FlowKey, FlowValue>,
 }
 
 fn raw(address: &str) -> u32 {
@@ -84,15 +82,15 @@ impl MapsView for Maps {
     }
 
     fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapsError> {
-        Ok(self.flows.clone())
-    }
-
-    fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>, MapsError> {
         Ok(self
             .flows
             .iter()
-            .find(|(flow, _)| flow == key)
-            .map(|(_, value)| *value))
+            .map(|(key, value)| (*key, *value))
+            .collect())
+    }
+
+    fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>, MapsError> {
+        Ok(self.flows.get(key).copied())
     }
 }
 
@@ -180,10 +178,10 @@ impl Runtime {
             maps: Maps {
                 web_packets: AtomicU64::new(10_000),
                 loaded: AtomicBool::new(true),
-                flows: vec![
+                flows: HashMap::from([
                     flow("10.0.0.100:40000", "10.0.0.12", 0),
                     flow("10.0.0.101:40001", "10.0.0.11", raw("10.42.0.7")),
-                ],
+                ]),
             },
             ready: AtomicBool::new(false),
         }
@@ -245,7 +243,7 @@ pub struct Agent {
     pub socket: PathBuf,
     pub http: SocketAddr,
     // Dropped before `_dir`: stops the servers, which removes the socket file.
-    tokio: tokio::runtime::Runtime,
+    _tokio: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
 
@@ -277,7 +275,7 @@ impl Agent {
             telemetry,
             socket,
             http: address,
-            tokio,
+            _tokio: tokio,
             _dir: dir,
         }
     }

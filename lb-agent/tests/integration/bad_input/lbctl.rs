@@ -4,9 +4,10 @@
 //! socket and kubeconfig point at paths that do not exist, so a command that got past
 //! its argument checks would fail differently (exit 3).
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use super::table::{Checker, Expect, count};
+use crate::support::lbctl::command;
 
 const POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: { name: lan, namespace: metallb-system }\nspec:\n  addresses: [192.168.8.240-192.168.8.250]\n";
 
@@ -168,8 +169,7 @@ fn run_lbctl(case: &LbctlCase, dir: &std::path::Path) -> Output {
         .iter()
         .map(|arg| arg.replace("{dir}", &dir))
         .collect();
-    Command::new(env!("CARGO_BIN_EXE_lbctl"))
-        .env_remove("XDPLB_SOCKET")
+    command()
         .env("KUBECONFIG", format!("{dir}/no-kubeconfig"))
         .arg("--socket")
         .arg(format!("{dir}/no-agent.sock"))

@@ -2,8 +2,6 @@
 //! API-server outage that keeps the last state (failing watches and lists clear
 //! nothing and publish nothing), recovery, and the owner's `Announced` events.
 
-mod k8s_support;
-
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex},
@@ -11,7 +9,6 @@ use std::{
 };
 
 use http::{Method, StatusCode};
-use k8s_support::{ApiDouble, Respond, client, documents, fail, list, reply, stream};
 use lb_agent::{
     sources::kubernetes::{settings::KubernetesSettings, source::KubeSource},
     sources::{Cluster, Source},
@@ -20,7 +17,9 @@ use lb_agent::{
 use serde_json::{Value, json};
 use tokio::time::timeout;
 
-const CLUSTER: &str = include_str!("k8s_support/cluster.yaml");
+use crate::support::kube_api::{
+    self, ApiDouble, HOMELAB, Respond, client, documents, fail, kind_at, list_at, reply, stream,
+};
 
 /// What the double serves, and what it saw.
 #[derive(Default)]
@@ -38,20 +37,6 @@ struct Fake {
 }
 
 type Shared = Arc<Mutex<Fake>>;
-
-fn kind_of(path: &str) -> Option<(&'static str, &'static str, &'static str)> {
-    match path {
-        "/api/v1/nodes" => Some(("Node", "v1", "NodeList")),
-        "/api/v1/services" => Some(("Service", "v1", "ServiceList")),
-        "/apis/discovery.k8s.io/v1/endpointslices" => {
-            Some(("EndpointSlice", "discovery.k8s.io/v1", "EndpointSliceList"))
-        }
-        "/apis/xdplb.io/v1alpha1/addresspools" => {
-            Some(("AddressPool", "xdplb.io/v1alpha1", "AddressPoolList"))
-        }
-        _ => None,
-    }
-}
 
 /// Sends `object` to the agent as an ADDED Service: on the open Service watch (which
 /// then ends, as a watch may, and is opened again), else on the next one.
@@ -73,7 +58,7 @@ async fn serve(mut api: ApiDouble, fake: Shared) {
             reply(respond, StatusCode::CREATED, &request.body);
             continue;
         }
-        let Some((kind, api_version, list_kind)) = kind_of(request.path()) else {
+        let Some(kind) = kind_at(request.path()) else {
             panic!("unexpected request {request:?}");
         };
         if request.is_watch() {
@@ -100,17 +85,8 @@ async fn serve(mut api: ApiDouble, fake: Shared) {
             fail(respond, 503, "ServiceUnavailable");
             continue;
         }
-        let items: Vec<Value> = state
-            .documents
-            .iter()
-            .filter(|document| document["kind"] == kind)
-            .cloned()
-            .collect();
-        reply(
-            respond,
-            StatusCode::OK,
-            &list(api_version, list_kind, "100", &items),
-        );
+        let list = list_at(request.path(), &state.documents, "100").expect("a collection");
+        reply(respond, StatusCode::OK, &list);
     }
 }
 
@@ -126,7 +102,7 @@ fn service_names(cluster: &Cluster) -> Vec<String> {
 #[tokio::test]
 async fn an_api_outage_keeps_the_last_state_and_recovery_applies_what_changed() {
     let fake = Shared::new(Mutex::new(Fake {
-        documents: documents(CLUSTER),
+        documents: documents(HOMELAB),
         // The API server goes away right after the initial lists.
         watches_fail: true,
         ..Fake::default()
@@ -186,15 +162,20 @@ async fn an_api_outage_keeps_the_last_state_and_recovery_applies_what_changed() 
     assert_eq!(recovered.inputs.peers, first.inputs.peers);
 }
 
-#[tokio::test]
-async fn the_owner_reports_the_vips_it_takes_over() {
+/// A source on a double serving `documents`, once it has published its first cluster.
+async fn first_source_of(documents: Vec<Value>) -> (Shared, KubeSource) {
     let fake = Shared::new(Mutex::new(Fake {
-        documents: documents(CLUSTER),
+        documents,
         ..Fake::default()
     }));
     let (client, api) = client();
     tokio::spawn(serve(api, Arc::clone(&fake)));
-    let mut source = k8s_support::first_source(client).await;
+    (fake, kube_api::first_source(client).await)
+}
+
+#[tokio::test]
+async fn the_owner_reports_the_vips_it_takes_over() {
+    let (fake, mut source) = first_source_of(documents(HOMELAB)).await;
 
     let dns_vip = "192.168.8.241".parse().expect("vip");
     source.announced(&BTreeSet::from([dns_vip]));
@@ -247,20 +228,14 @@ async fn events_settled(fake: &Shared, count: usize) -> Vec<Value> {
 /// held after this node already announced it, and never got its event.
 #[tokio::test]
 async fn a_service_that_later_shares_an_announced_vip_gets_its_event_once() {
-    let mut documents = documents(CLUSTER);
+    let mut documents = documents(HOMELAB);
     let position = documents
         .iter()
         .position(|document| document["metadata"]["name"] == "coredns-tcp")
         .expect("coredns-tcp");
     let mut coredns_tcp = documents.remove(position);
     coredns_tcp["metadata"]["resourceVersion"] = json!("101");
-    let fake = Shared::new(Mutex::new(Fake {
-        documents,
-        ..Fake::default()
-    }));
-    let (client, api) = client();
-    tokio::spawn(serve(api, Arc::clone(&fake)));
-    let mut source = k8s_support::first_source(client).await;
+    let (fake, mut source) = first_source_of(documents).await;
     let dns_vip = "192.168.8.241".parse().expect("vip");
     source.announced(&BTreeSet::from([dns_vip]));
     let events = events_settled(&fake, 1).await;
@@ -288,8 +263,8 @@ async fn a_service_that_later_shares_an_announced_vip_gets_its_event_once() {
 /// reported on the Service once.
 #[tokio::test]
 async fn a_status_address_outside_every_pool_is_ignored_counted_and_reported_once() {
-    let mut documents = documents(CLUSTER);
-    documents.extend(k8s_support::documents(
+    let mut documents = documents(HOMELAB);
+    documents.extend(kube_api::documents(
         r#"
 apiVersion: v1
 kind: Service

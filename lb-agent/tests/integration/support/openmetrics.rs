@@ -2,8 +2,31 @@
 //! and timestamps), independent of the encoder the agent uses: every sample must belong
 //! to a family declared by `# TYPE` and `# HELP` before it, with the suffixes its type
 //! allows, well-formed labels and a numeric value, and the exposition must end in `# EOF`.
+//! And [`metrics_text`], what a test's telemetry shows.
 
 use std::collections::BTreeMap;
+
+use lb_agent::{status::AgentStatus, telemetry::Telemetry};
+
+/// What `/metrics` shows of `telemetry` alone: with an agent status that has nothing in
+/// it.
+pub fn metrics_text(telemetry: &Telemetry) -> String {
+    let status = AgentStatus {
+        node: "node1".into(),
+        address: "10.0.0.11".parse().expect("address"),
+        interface: "eth0".into(),
+        xdp_mode: None,
+        ready: true,
+        version: "test".into(),
+        vips: Vec::new(),
+        members: Vec::new(),
+        reasons: BTreeMap::new(),
+        arp: None,
+        gossip: None,
+        warnings: Vec::new(),
+    };
+    telemetry.render(status).expect("metrics render")
+}
 
 pub type Labels = BTreeMap<String, String>;
 

@@ -1,39 +1,32 @@
 //! The IPAM controller against an API double (tower-test): every request it makes is
 //! checked (method, path, body) and answered as the API server would.
 
-mod k8s_support;
-
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use http::{Method, StatusCode};
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_support::{
-    ApiDouble, Received, Respond, client, documents, echo, echo_onto, fail, list, of_kind, reply,
-    stream,
-};
-use kube::runtime::{reflector, watcher};
+use k8s_openapi::api::core::v1::Service;
 use lb_agent::{
-    apis::{address_pool::AddressPool, pool_status},
+    apis::address_pool::AddressPool,
     ipam::{ClassPolicy, ServiceKey},
     ipam_controller::{
         ALLOCATED_CONDITION, Context, Outcome, PoolStatuses, RETRY_AFTER_ERROR, error_policy,
         forget, rebuild, reconcile, serve,
     },
-    status::AgentStatus,
 };
 use serde_json::{Value, json};
+
+use crate::support::{
+    controller::{self, context, holding, merge, pools},
+    kube_api::{
+        ApiDouble, Received, Respond, client, documents, echo, echo_onto, fail, list, reply, stream,
+    },
+    openmetrics::metrics_text,
+};
 
 const QUIET: Duration = Duration::from_millis(200);
 
 fn ip(text: &str) -> Ipv4Addr {
     text.parse().expect("address")
-}
-
-fn pools(yaml: &str) -> Vec<Arc<AddressPool>> {
-    of_kind::<AddressPool>(&documents(yaml), "AddressPool")
-        .into_iter()
-        .map(Arc::new)
-        .collect()
 }
 
 const LAN: &str = r#"
@@ -44,49 +37,9 @@ spec:
   addresses: ["192.168.8.240-192.168.8.250"]
 "#;
 
-fn context(client: kube::Client, pools: &[Arc<AddressPool>], namespaces: &[Namespace]) -> Context {
-    let (store, mut writer) = reflector::store::<Namespace>();
-    for namespace in namespaces {
-        writer.apply_watcher_event(&watcher::Event::Apply(namespace.clone()));
-    }
-    let ctx = Context::new(client, ClassPolicy::default(), "agent-1", store);
-    ctx.allocator
-        .lock()
-        .expect("allocator")
-        .set_pools(pool_status::compile(pools).0);
-    ctx
-}
-
-/// A LoadBalancer Service of our class on `ports` (`"80/TCP"`), with `extra` merged
-/// into it (annotations, status, ...).
+/// [`controller::service`], typed.
 fn service(namespace: &str, name: &str, ports: &[&str], extra: Value) -> Service {
-    let ports: Vec<Value> = ports
-        .iter()
-        .map(|spec| {
-            let (port, protocol) = spec.split_once('/').expect("port/protocol");
-            let port: u16 = port.parse().expect("port");
-            json!({ "port": port, "protocol": protocol, "targetPort": port })
-        })
-        .collect();
-    let mut value = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": { "name": name, "namespace": namespace, "generation": 1, "uid": format!("uid-{name}") },
-        "spec": { "type": "LoadBalancer", "loadBalancerClass": "xdplb.io/lb", "ports": ports },
-    });
-    merge(&mut value, extra);
-    serde_json::from_value(value).expect("Service")
-}
-
-fn merge(target: &mut Value, patch: Value) {
-    match (target, patch) {
-        (Value::Object(target), Value::Object(patch)) => {
-            for (key, value) in patch {
-                merge(target.entry(key).or_insert(Value::Null), value);
-            }
-        }
-        (target, patch) => *target = patch,
-    }
+    serde_json::from_value(controller::service(namespace, name, ports, extra)).expect("Service")
 }
 
 /// `service` with the status an IPAM write applied.
@@ -94,18 +47,6 @@ fn applied(service: &Service, write: &Received) -> Service {
     let mut value = serde_json::to_value(service).expect("JSON");
     value["status"] = write.body["status"].clone();
     serde_json::from_value(value).expect("Service")
-}
-
-/// The status the IPAM writes for `ip` from `pool`, as a Service `extra`.
-fn holding(ip: &str, pool: &str) -> Value {
-    json!({ "status": {
-        "loadBalancer": { "ingress": [ { "ip": ip, "ipMode": "VIP" } ] },
-        "conditions": [ {
-            "type": ALLOCATED_CONDITION, "status": "True", "reason": "Allocated",
-            "message": format!("{ip} from pool {pool}"), "observedGeneration": 1,
-            "lastTransitionTime": "2025-01-01T00:00:00Z",
-        } ],
-    } })
 }
 
 /// Rebuilds from `services`, which hold no conflicting addresses: no request.
@@ -198,21 +139,7 @@ async fn a_new_service_gets_the_lowest_free_address_a_condition_and_an_event() {
 
 /// Asserts that the IPAM's telemetry renders `line` on `/metrics`.
 fn assert_metric(ctx: &Context, line: &str) {
-    let status = AgentStatus {
-        node: "node1".into(),
-        address: ip("192.168.8.11"),
-        interface: "eth0".into(),
-        xdp_mode: None,
-        ready: true,
-        version: "test".into(),
-        vips: Vec::new(),
-        members: Vec::new(),
-        reasons: BTreeMap::new(),
-        arp: None,
-        gossip: None,
-        warnings: Vec::new(),
-    };
-    let text = ctx.telemetry.render(status).expect("metrics");
+    let text = metrics_text(&ctx.telemetry);
     assert!(
         text.lines().any(|rendered| rendered == line),
         "no {line:?} in\n{text}"

@@ -3,38 +3,28 @@
 
 use std::{
     io::Write as _,
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
 };
 
 use lb_agent::{apis::address_pool::AddressPool, ipam::pool::Pool};
 use serde::Deserialize as _;
 
-/// Seed 002's MetalLB configuration, split as a GitOps repository would hold it.
-const POOL: &str = "\
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata:
-  name: default-pool
-  namespace: metallb-system
-spec:
-  addresses:
-    - 192.168.7.230-192.168.7.235
-";
-const L2: &str = "\
-apiVersion: metallb.io/v1beta1
-kind: L2Advertisement
-metadata:
-  name: default
-  namespace: metallb-system
-spec:
-  ipAddressPools:
-    - default-pool
-  nodeSelectors:
-    - matchLabels: { kubernetes.io/hostname: ichigo }
-";
+use crate::support::lbctl::command;
+
+const SEED_002: &str = include_str!("../../fixtures/metallb/seed-002.yaml");
+
+/// Seed 002's pool and advertisement, in two files as a GitOps repository would hold
+/// them; the advertisement pinned to one node.
+fn seed_files() -> (&'static str, String) {
+    let (pool, advertisement) = SEED_002.split_once("---\n").expect("two documents");
+    let pinned = format!(
+        "{advertisement}  nodeSelectors:\n    - matchLabels: {{ kubernetes.io/hostname: ichigo }}\n"
+    );
+    (pool, pinned)
+}
 
 fn lbctl(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+    let mut child = command()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -58,9 +48,10 @@ fn pools(yaml: &str) -> Vec<AddressPool> {
 #[test]
 fn seed_files_become_address_pools() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let (pool, advertisement) = seed_files();
     let (pool_file, l2_file) = (dir.path().join("pool.yaml"), dir.path().join("l2.yaml"));
-    std::fs::write(&pool_file, POOL).expect("write");
-    std::fs::write(&l2_file, L2).expect("write");
+    std::fs::write(&pool_file, pool).expect("write");
+    std::fs::write(&l2_file, advertisement).expect("write");
     let output = lbctl(
         &[
             "migrate",
@@ -103,8 +94,9 @@ fn seed_files_become_address_pools() {
 
 #[test]
 fn stdin_works_and_warnings_reach_stderr() {
+    let (pool, _) = seed_files();
     let input = format!(
-        "{POOL}---\napiVersion: metallb.io/v1beta1\nkind: BGPPeer\nmetadata: {{ name: router }}\n"
+        "{pool}---\napiVersion: metallb.io/v1beta1\nkind: BGPPeer\nmetadata: {{ name: router }}\n"
     );
     let output = lbctl(&["migrate", "metallb", "-"], Some(&input));
     assert!(
@@ -129,7 +121,8 @@ fn stdin_works_and_warnings_reach_stderr() {
 
 #[test]
 fn bad_input_exits_1_and_missing_files_exit_2() {
-    let output = lbctl(&["migrate", "metallb", "-"], Some(L2));
+    let (_, advertisement) = seed_files();
+    let output = lbctl(&["migrate", "metallb", "-"], Some(&advertisement));
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty());
     let stderr = String::from_utf8(output.stderr).expect("UTF-8");

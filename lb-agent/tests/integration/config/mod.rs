@@ -1,0 +1,3 @@
+//! The configuration files as the reference documents them.
+
+mod reference;
