@@ -42,7 +42,7 @@ use crate::support::{
         list_at, reply,
     },
     kube_http::HttpApi,
-    lbctl::{kubeconfig, printed, with_kubeconfig},
+    lbctl::printed,
 };
 
 /// The cluster the double serves.
@@ -398,15 +398,10 @@ async fn agent_calls(namespace: &str) -> BTreeSet<Call> {
 /// `services` reads); returns their calls.
 async fn lbctl_calls(namespace: &str) -> BTreeSet<Call> {
     let api = HttpApi::start(documents(CLUSTER), &[]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = kubeconfig(dir.path(), &api.url());
-    printed(&with_kubeconfig(&config, &["pools"]).await, 0);
+    printed(&api.lbctl(&["pools"]).await, 0);
     let services = printed(
-        &with_kubeconfig(
-            &config,
-            &["services", "--xdplb-namespace", namespace, "-o", "json"],
-        )
-        .await,
+        &api.lbctl(&["services", "--xdplb-namespace", namespace, "-o", "json"])
+            .await,
         0,
     );
     // lbctl read the agent's settings: as the ConfigMap says (`defaultClass: true`), the

@@ -33,10 +33,8 @@ fn read_paths(requests: Vec<Received>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lbctl_binary_shows_the_cluster() {
     let api = HttpApi::start(documents(HOMELAB), &[]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = kubeconfig(dir.path(), &api.url());
 
-    let pools = printed(&with_kubeconfig(&config, &["pools"]).await, 0);
+    let pools = printed(&api.lbctl(&["pools"]).await, 0);
     assert_contains(
         &pools,
         &[
@@ -47,16 +45,14 @@ async fn the_lbctl_binary_shows_the_cluster() {
         ],
     );
     assert_eq!(read_paths(api.take_requests()), [POOLS]);
-    let json: Vec<Value> = serde_json::from_str(&printed(
-        &with_kubeconfig(&config, &["pools", "-o", "json"]).await,
-        0,
-    ))
-    .expect("JSON");
+    let json: Vec<Value> =
+        serde_json::from_str(&printed(&api.lbctl(&["pools", "-o", "json"]).await, 0))
+            .expect("JSON");
     let names: Vec<&Value> = json.iter().map(|pool| &pool["name"]).collect();
     assert_eq!(names, ["edge", "lan"]);
     api.take_requests();
 
-    let services = printed(&with_kubeconfig(&config, &["services"]).await, 0);
+    let services = printed(&api.lbctl(&["services"]).await, 0);
     assert_contains(
         &services,
         &[
@@ -82,11 +78,8 @@ async fn the_lbctl_binary_shows_the_cluster() {
 
     // --kubeconfig alone makes explain read the cluster.
     let explained = printed(
-        &with_kubeconfig(
-            &config,
-            &["explain", "192.168.8.10:40000", "192.168.8.240:443/tcp"],
-        )
-        .await,
+        &api.lbctl(&["explain", "192.168.8.10:40000", "192.168.8.240:443/tcp"])
+            .await,
         0,
     );
     assert_contains(
@@ -102,9 +95,7 @@ async fn the_lbctl_binary_shows_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_crd_is_an_api_error_naming_what_was_listed() {
     let api = HttpApi::start(documents(HOMELAB), &[POOLS]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = kubeconfig(dir.path(), &api.url());
-    let missing_crd = printed(&with_kubeconfig(&config, &["pools"]).await, 1);
+    let missing_crd = printed(&api.lbctl(&["pools"]).await, 1);
     // The hint follows the API's 404 on the AddressPools.
     assert_contains(
         &missing_crd,
@@ -117,16 +108,12 @@ async fn a_missing_crd_is_an_api_error_naming_what_was_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lbctl_binary_says_what_to_do_when_the_cluster_fails() {
-    let dir = tempfile::tempdir().expect("tempdir");
     // An empty cluster lists fine, but nothing can receive a flow.
     let empty = HttpApi::start(Vec::new(), &[]).await;
-    let config = kubeconfig(dir.path(), &empty.url());
     let no_nodes = printed(
-        &with_kubeconfig(
-            &config,
-            &["explain", "192.168.8.10:40000", "192.168.8.240:80/tcp"],
-        )
-        .await,
+        &empty
+            .lbctl(&["explain", "192.168.8.10:40000", "192.168.8.240:80/tcp"])
+            .await,
         1,
     );
     assert_contains(
@@ -135,6 +122,7 @@ async fn the_lbctl_binary_says_what_to_do_when_the_cluster_fails() {
     );
 
     // Nothing listens on the port any more once its listener is gone.
+    let dir = tempfile::tempdir().expect("tempdir");
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("address")

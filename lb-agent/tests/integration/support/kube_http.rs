@@ -1,11 +1,12 @@
 //! The API server double over real HTTP on loopback, for the lbctl binary (which finds
 //! its API server through a kubeconfig): it answers GETs of the collections and the
 //! ConfigMaps among its objects as a read-only API server would, and records every
-//! request.
+//! request. [`HttpApi::lbctl`] runs lbctl against it.
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
+    path::PathBuf,
+    process::Output,
     sync::{Arc, Mutex},
 };
 
@@ -22,7 +23,10 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use super::kube_api::{Received, failure, find, list_at};
+use super::{
+    kube_api::{Received, failure, find, list_at},
+    lbctl::{kubeconfig, with_kubeconfig},
+};
 
 /// What the server holds and saw.
 struct State {
@@ -75,10 +79,11 @@ impl State {
     }
 }
 
-/// The running server; it stops with the test's runtime.
+/// The running server, and a kubeconfig naming it; it stops with the test's runtime.
 pub struct HttpApi {
-    address: SocketAddr,
     state: Arc<Mutex<State>>,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl HttpApi {
@@ -105,12 +110,17 @@ impl HttpApi {
                 tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
             }
         });
-        Self { address, state }
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self {
+            state,
+            kubeconfig: kubeconfig(dir.path(), &format!("http://{address}")),
+            _dir: dir,
+        }
     }
 
-    /// The URL a kubeconfig names.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+    /// lbctl with `args`, with this server in its kubeconfig.
+    pub async fn lbctl(&self, args: &[&str]) -> Output {
+        with_kubeconfig(&self.kubeconfig, args).await
     }
 
     /// Every request so far, and forgets them.
