@@ -20,6 +20,7 @@ use lb_agent::{
         forget, rebuild, reconcile, serve,
     },
     status::AgentStatus,
+    telemetry::Telemetry,
 };
 use serde_json::{Value, json};
 
@@ -731,7 +732,8 @@ impl LeaderApi {
 /// Starts the IPAM leader loop on an API serving `pools` and `services`.
 fn leader(pools: Vec<Value>, services: &[&Service]) -> (tokio::task::JoinHandle<()>, LeaderApi) {
     let (client, api) = client();
-    let ipam = tokio::spawn(serve(client, ClassPolicy::default(), "agent-1".into()));
+    let telemetry = Arc::new(Telemetry::new());
+    let ipam = tokio::spawn(serve(client, ClassPolicy::default(), "agent-1".into(), telemetry));
     let services = services
         .iter()
         .map(|service| serde_json::to_value(service).expect("JSON"))

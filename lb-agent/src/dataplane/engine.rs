@@ -198,6 +198,8 @@ impl<S: MapStore> Engine<S> {
         &self.store
     }
 
+    /// For tests that play the kernel program's part on the maps.
+    #[cfg(test)]
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
     }

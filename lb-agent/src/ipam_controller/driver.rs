@@ -58,7 +58,7 @@ pub async fn run(
             break;
         }
         tracing::info!("leading the IPAM");
-        let work = tokio::spawn(serve_with(
+        let work = tokio::spawn(serve(
             client.clone(),
             policy,
             identity.clone(),
@@ -72,13 +72,9 @@ pub async fn run(
     let _ = election.await;
 }
 
-/// Runs the IPAM until aborted: lists, rebuilds, then follows the watches.
-pub async fn serve(client: Client, policy: ClassPolicy, instance: String) {
-    serve_with(client, policy, instance, Arc::new(Telemetry::new())).await;
-}
-
-/// [`serve`], counting into `telemetry`.
-pub async fn serve_with(
+/// Runs the IPAM until aborted: lists, rebuilds, then follows the watches; counts into
+/// `telemetry`. [`run`] calls it while this agent leads.
+pub async fn serve(
     client: Client,
     policy: ClassPolicy,
     instance: String,

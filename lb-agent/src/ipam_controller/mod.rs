@@ -31,7 +31,7 @@ mod pools;
 mod reconcile;
 
 pub use self::{
-    driver::{run, serve, serve_with},
+    driver::{run, serve},
     pools::PoolStatuses,
     reconcile::{forget, rebuild, reconcile},
 };
