@@ -391,9 +391,6 @@ pub enum ProviderError {
     NotLoaded,
     #[error(transparent)]
     Maps(#[from] MapsError),
-    /// A runtime-specific reason, shown to the user as is.
-    #[error("{0}")]
-    Unavailable(String),
 }
 
 /// The runtime, as the local API sees it. Methods are called from blocking threads

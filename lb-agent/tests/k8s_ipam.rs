@@ -733,7 +733,12 @@ impl LeaderApi {
 fn leader(pools: Vec<Value>, services: &[&Service]) -> (tokio::task::JoinHandle<()>, LeaderApi) {
     let (client, api) = client();
     let telemetry = Arc::new(Telemetry::new());
-    let ipam = tokio::spawn(serve(client, ClassPolicy::default(), "agent-1".into(), telemetry));
+    let ipam = tokio::spawn(serve(
+        client,
+        ClassPolicy::default(),
+        "agent-1".into(),
+        telemetry,
+    ));
     let services = services
         .iter()
         .map(|service| serde_json::to_value(service).expect("JSON"))

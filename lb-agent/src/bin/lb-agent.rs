@@ -181,7 +181,7 @@ async fn kubernetes(
         stopped,
         Arc::clone(&telemetry),
     ));
-    let source = KubeSource::start_with(client, &settings, node, Arc::clone(&telemetry));
+    let source = KubeSource::start(client, &settings, node, Arc::clone(&telemetry));
     let result = runtime::run_with(source, telemetry).await;
     stop.send_replace(true);
     if tokio::time::timeout(RELEASE_TIMEOUT, ipam).await.is_err() {

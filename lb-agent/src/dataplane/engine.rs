@@ -190,6 +190,7 @@ impl<S: MapStore> Engine<S> {
     }
 
     /// Gives the maps back (e.g. to adopt them in another engine).
+    #[cfg(test)]
     pub fn into_store(self) -> S {
         self.store
     }
@@ -202,10 +203,6 @@ impl<S: MapStore> Engine<S> {
     #[cfg(test)]
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
-    }
-
-    pub fn capacities(&self) -> &Capacities {
-        &self.capacities
     }
 
     /// The ring slot `service`'s ports point at.

@@ -12,13 +12,9 @@ pub mod allocator;
 pub mod pool;
 pub mod request;
 
-pub use addresses::{AddressError, AddressProblem, AddressRange, AddressSet, InvalidAddresses};
-pub use allocator::{Allocation, AllocationError, Allocator, PoolUsage, RebuildConflict};
-pub use pool::{Labels, Overlap, Pool, PoolError, Refusal, overlaps};
-pub use request::{
-    ClassPolicy, LOAD_BALANCER_CLASS, Locality, PortSpec, Request, RequestError, Responsibility,
-    ServiceKey, Sourced, status_addresses,
-};
+pub use allocator::{Allocation, Allocator};
+pub use pool::{Labels, Pool, PoolError, overlaps};
+pub use request::{ClassPolicy, Request, Responsibility, ServiceKey, status_addresses};
 
 #[cfg(test)]
 mod tests;

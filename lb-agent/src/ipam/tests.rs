@@ -8,7 +8,11 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::ResourceExt as _;
 use serde::Deserialize as _;
 
-use super::*;
+use super::{
+    allocator::{AllocationError, RebuildConflict},
+    request::Locality,
+    *,
+};
 use crate::apis::address_pool::AddressPool;
 
 const EDGE_VIPS: &str = include_str!("../../tests/fixtures/k8s/edge-vips.yaml");

@@ -52,7 +52,9 @@ impl<S: Source> Agent<S> {
         }
         match HttpServer::bind(api.listen).await {
             Ok(server) => {
-                tracing::info!(listen = %api.listen, "metrics and health checks listening");
+                // The bound address: the port the kernel chose, if `listen` left it 0.
+                let listen = server.local_addr().unwrap_or(api.listen);
+                tracing::info!(%listen, "metrics and health checks listening");
                 self.servers.push(tokio::spawn(
                     server.serve(provider, Arc::clone(&self.telemetry)),
                 ));

@@ -287,13 +287,9 @@ pub struct KubeSource {
 }
 
 impl KubeSource {
-    /// Starts watching the API for node `node`.
-    pub fn start(client: Client, settings: &KubernetesSettings, node: String) -> Self {
-        Self::start_with(client, settings, node, Arc::new(Telemetry::new()))
-    }
-
-    /// [`KubeSource::start`], counting into `telemetry` (the agent's, for `/metrics`).
-    pub fn start_with(
+    /// Starts watching the API for node `node`, counting into `telemetry` (the agent's,
+    /// for `/metrics`).
+    pub fn start(
         client: Client,
         settings: &KubernetesSettings,
         node: String,
