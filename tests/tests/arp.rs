@@ -14,8 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use lb_agent::arp::{
-    Announcer, Counters, Interface, InterfaceError, Owned, Refusal, Settings, SysPaths,
-    interface,
+    Announcer, Counters, Interface, InterfaceError, Owned, Refusal, Settings, SysPaths, interface,
 };
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use tempfile::TempDir;
