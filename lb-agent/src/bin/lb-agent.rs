@@ -130,7 +130,7 @@ async fn main() -> ExitCode {
         Err(error) => return bad_config(&path, &error),
     };
     finish(match (cleanup_requested, args.check) {
-        (true, _) => cleanup(standalone.config().pin_dir.clone()),
+        (true, _) => cleanup(standalone.config().node_settings.pin_dir.clone()),
         (false, true) => check(&standalone),
         (false, false) => runtime::run(FileSource::new(path, standalone))
             .await
@@ -215,9 +215,9 @@ fn cleanup(pin_dir: PathBuf) -> anyhow::Result<()> {
 fn check(standalone: &Standalone) -> anyhow::Result<()> {
     let config = standalone.config();
     let cluster = Cluster::from_standalone(standalone);
-    let interface = runtime::interface::lan_interface(&Settings::from_standalone(standalone))?;
+    let interface = runtime::interface::lan_interface(&Settings::from(&config.node_settings))?;
     let mtu = runtime::interface::mtu(&cluster, &interface)?;
-    if let Some(gossip) = &config.gossip {
+    if let Some(gossip) = &config.node_settings.gossip {
         let key = GossipKey::from_file(&gossip.key_file)?;
         println!(
             "ok: gossip on port {} with key {}, failure detection within {:?} for {} nodes",

@@ -117,7 +117,7 @@ impl FileSource {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             file: ConfigSource::new(path),
-            settings: Settings::from_standalone(&running),
+            settings: Settings::from(&running.config().node_settings),
             running,
             poll,
             failures: 0,
@@ -277,9 +277,13 @@ mod tests {
                 needs_restart,
             } => {
                 assert_eq!(needs_restart, ["interface", "pinDir", "capacities"]);
-                assert_eq!(config.interface(), Some("eth0"));
-                assert_eq!(config.config().pin_dir, running.config().pin_dir);
-                assert_eq!(config.capacities(), running.capacities());
+                let (kept, before) = (
+                    &config.config().node_settings,
+                    &running.config().node_settings,
+                );
+                assert_eq!(kept.interface.as_deref(), Some("eth0"));
+                assert_eq!(kept.pin_dir, before.pin_dir);
+                assert_eq!(kept.capacities, before.capacities);
                 assert_eq!(
                     config.owners().values().collect::<Vec<_>>(),
                     [&"node2", &"node2"]

@@ -298,8 +298,8 @@ impl KubeSource {
         let translator = Translator {
             node: node.clone(),
             class: settings.class_policy(),
-            mtu: settings.mtu,
-            icmp_rate_per_sec: settings.icmp_rate_per_second,
+            mtu: settings.node_settings.mtu,
+            icmp_rate_per_sec: settings.node_settings.icmp_rate_per_second,
         };
         let changed = Arc::new(Changes::default());
         let (stores, mut tasks) = reflect_all(&client, &changed);
@@ -334,7 +334,7 @@ impl KubeSource {
         Self {
             client,
             node,
-            settings: settings.runtime(),
+            settings: Settings::from(&settings.node_settings),
             cluster,
             announced,
             tasks,
