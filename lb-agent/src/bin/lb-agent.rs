@@ -132,9 +132,13 @@ async fn main() -> ExitCode {
     finish(match (cleanup_requested, args.check) {
         (true, _) => cleanup(standalone.config().node_settings.pin_dir.clone()),
         (false, true) => check(&standalone),
-        (false, false) => runtime::run(FileSource::new(path, standalone))
-            .await
-            .map_err(anyhow::Error::from),
+        (false, false) => {
+            let telemetry = Arc::new(Telemetry::new());
+            let source = FileSource::new(path, standalone, Arc::clone(&telemetry));
+            runtime::run(source, telemetry)
+                .await
+                .map_err(anyhow::Error::from)
+        }
     })
 }
 
@@ -182,7 +186,7 @@ async fn kubernetes(
         Arc::clone(&telemetry),
     ));
     let source = KubeSource::start(client, &settings, node, Arc::clone(&telemetry));
-    let result = runtime::run_with(source, telemetry).await;
+    let result = runtime::run(source, telemetry).await;
     stop.send_replace(true);
     if tokio::time::timeout(RELEASE_TIMEOUT, ipam).await.is_err() {
         tracing::warn!("the IPAM did not stop in time; its Lease expires on its own");

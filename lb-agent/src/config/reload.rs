@@ -17,6 +17,16 @@ pub enum ReloadRefusal {
     AddressChanged { from: Ipv4Addr, to: Ipv4Addr },
 }
 
+impl ReloadRefusal {
+    /// Short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NodeRenamed { .. } => "node_renamed",
+            Self::AddressChanged { .. } => "address_changed",
+        }
+    }
+}
+
 impl Standalone {
     /// `new` as the running agent can apply it: the settings read at start only are
     /// kept from `self`, and listed (by key) when `new` changes them. A new node name or

@@ -52,6 +52,7 @@ pub async fn run(
         Elector::new(client.clone(), lease),
         leader,
         stop.clone(),
+        Arc::clone(&telemetry),
     ));
     loop {
         if leading.wait_for(|leading| *leading).await.is_err() {
@@ -309,7 +310,7 @@ impl Ipam {
         };
         // The next tick writes them again.
         for error in errors {
-            let failures = self.ctx.metrics.failed(error.metric_label());
+            let failures = self.ctx.count_error(error.metric_label());
             tracing::warn!(%error, failures, "writing an AddressPool status failed");
         }
     }

@@ -19,7 +19,6 @@ use crate::{
 
 /// One pass over `service`.
 pub async fn reconcile(service: &Service, ctx: &Context) -> Result<Outcome, Error> {
-    ctx.metrics.reconciled();
     let Some(key) = ServiceKey::of(service) else {
         return Ok(Outcome::Settled);
     };
