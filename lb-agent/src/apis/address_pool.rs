@@ -37,8 +37,9 @@ use schemars::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::label_selector;
 use crate::{
-    ipam::{Pool, PoolError, addresses::AddressSet, pool::compile_selector},
+    ipam::{Pool, PoolError, addresses::AddressSet},
     model::unicast::{EXPECTED_UNICAST, NOT_UNICAST, Reserved},
 };
 
@@ -185,11 +186,11 @@ impl Pool {
             auto_assign: spec.auto_assign,
             priority: allocation.priority,
             namespaces: allocation.namespaces.into_iter().collect(),
-            namespace_selector: compile_selector(
+            namespace_selector: label_selector::compile(
                 "spec.serviceAllocation.namespaceSelector",
                 allocation.namespace_selector,
             )?,
-            service_selector: compile_selector(
+            service_selector: label_selector::compile(
                 "spec.serviceAllocation.serviceSelector",
                 allocation.service_selector,
             )?,

@@ -3,4 +3,5 @@
 
 pub mod address_pool;
 pub(crate) mod conditions;
+mod label_selector;
 pub mod pool_status;

@@ -11,6 +11,7 @@ pub mod addresses;
 pub mod allocator;
 pub mod pool;
 pub mod request;
+pub mod selector;
 
 pub use allocator::{Allocation, Allocator};
 pub use pool::{Labels, Pool, PoolError, overlaps};

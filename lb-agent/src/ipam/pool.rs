@@ -8,10 +8,10 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::core::{Selector, SelectorExt as _};
-
-use super::addresses::{AddressSet, InvalidAddresses};
+use super::{
+    addresses::{AddressSet, InvalidAddresses},
+    selector::Selector,
+};
 
 /// Label keys to values, as on Kubernetes objects.
 pub type Labels = BTreeMap<String, String>;
@@ -123,20 +123,6 @@ impl Pool {
             .cmp(&rank(other))
             .then_with(|| self.name.cmp(&other.name))
     }
-}
-
-/// `selector` compiled, or why it cannot be (`field` names it).
-pub(crate) fn compile_selector(
-    field: &'static str,
-    selector: Option<LabelSelector>,
-) -> Result<Option<Selector>, PoolError> {
-    selector
-        .map(Selector::try_from)
-        .transpose()
-        .map_err(|error| PoolError::Selector {
-            field,
-            problem: error.0,
-        })
 }
 
 /// Another pool that shares addresses with a pool.
