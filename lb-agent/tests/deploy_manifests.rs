@@ -24,10 +24,11 @@ use k8s_openapi::api::{
 };
 use lb_agent::{
     api::http::DEFAULT_LISTEN,
+    apis::service,
     ipam::{
         allocator::Allocator,
         pool::Pool,
-        request::{ClassPolicy, Request, Responsibility},
+        request::{ClassPolicy, Responsibility},
     },
     sources::kubernetes::settings::KubernetesSettings,
 };
@@ -525,11 +526,11 @@ fn the_examples_get_the_seed_addresses() {
         };
         let policy = ClassPolicy::default();
         assert_eq!(
-            policy.responsibility(service),
+            service::responsibility(policy, service),
             Responsibility::Ours,
             "{service:?}"
         );
-        let request = Request::from_service(service).expect("a valid request");
+        let request = service::request(service).expect("a valid request");
         let allocation = allocator
             .allocate(&request, &BTreeMap::new())
             .unwrap_or_else(|error| panic!("{}: {error}", service_key(service)));

@@ -5,3 +5,4 @@ pub mod address_pool;
 pub(crate) mod conditions;
 mod label_selector;
 pub mod pool_status;
+pub mod service;

@@ -13,9 +13,9 @@ pub mod pool;
 pub mod request;
 pub mod selector;
 
-pub use allocator::{Allocation, Allocator};
+pub use allocator::{Allocation, Allocator, Holder};
 pub use pool::{Labels, Pool, PoolError, overlaps};
-pub use request::{ClassPolicy, Request, Responsibility, ServiceKey, status_addresses};
+pub use request::{ClassPolicy, Request, Responsibility, ServiceKey};
 
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,7 @@ use crate::{
     apis::{
         address_pool::AddressPool,
         pool_status::{self},
+        service,
     },
     ipam::{ClassPolicy, ServiceKey},
     sources::kubernetes::{outage::watch_unreachable, source},
@@ -181,7 +182,7 @@ impl Ipam {
                     .filter_map(|service| {
                         Some((
                             service.metadata.creation_timestamp.clone(),
-                            ServiceKey::of(service)?,
+                            service::key(service)?,
                         ))
                     })
                     .collect();
@@ -191,17 +192,17 @@ impl Ipam {
                 }
             }
             Ok(watcher::Event::Apply(service)) if self.rebuilt => {
-                if let Some(key) = ServiceKey::of(&service) {
+                if let Some(key) = service::key(&service) {
                     self.pass(&key).await;
                 }
             }
             Ok(watcher::Event::Delete(service)) if self.rebuilt => {
-                if let Some(key) = ServiceKey::of(&service) {
+                if let Some(key) = service::key(&service) {
                     self.waiting.remove(&key);
                     self.retry.remove(&key);
                 }
                 if forget(&service, &self.ctx) {
-                    tracing::info!(service = ?ServiceKey::of(&service), "deleted Service's address released");
+                    tracing::info!(service = ?service::key(&service), "deleted Service's address released");
                     self.retry_waiting().await;
                 }
             }
@@ -244,7 +245,7 @@ impl Ipam {
             .state()
             .iter()
             .filter_map(|service| {
-                let key = ServiceKey::of(service)?;
+                let key = service::key(service)?;
                 let pool = allocator.allocation(&key)?.pool;
                 Some((key, pool))
             })

@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use kube::runtime::reflector;
 use lb_agent::{
-    apis::{address_pool::AddressPool, pool_status},
+    apis::{address_pool::AddressPool, pool_status, service},
     ipam::{ClassPolicy, ServiceKey},
     ipam_controller::{ALLOCATED_CONDITION, Context, reconcile},
     sources::kubernetes::{
@@ -511,7 +511,10 @@ fn context(client: kube::Client) -> Context {
         .collect();
     let mut allocator = ctx.allocator.lock().expect("allocator");
     allocator.set_pools(pool_status::compile(&pools).0);
-    let conflicts = allocator.rebuild(&[typed(web(json!({}))), typed(dns())], ctx.policy);
+    let conflicts = allocator.rebuild(service::holders(
+        &[typed(web(json!({}))), typed(dns())],
+        ctx.policy,
+    ));
     assert!(conflicts.is_empty(), "{conflicts:?}");
     drop(allocator);
     ctx
