@@ -142,40 +142,43 @@ fn requested_address(service: &Service) -> Result<Option<Sourced<Ipv4Addr>>, Req
 }
 
 fn requested_pool(service: &Service) -> Result<Option<Sourced<String>>, RequestError> {
-    let mut found = None;
-    for source in annotations::POOL_SOURCES {
-        let Some(raw) = annotation(service, source) else {
-            continue;
-        };
-        let Some(value) = non_empty(raw) else {
-            return Err(RequestError::Invalid {
-                field: source,
-                value: raw.to_owned(),
-                problem: "is empty: name an AddressPool".to_owned(),
-            });
-        };
-        agree(
-            &mut found,
-            Sourced {
-                value: value.to_owned(),
-                source,
-            },
-            raw,
-        )?;
-    }
-    Ok(found.map(|(sourced, _)| sourced))
+    agreed_annotation(
+        service,
+        annotations::POOL_SOURCES,
+        Some("is empty: name an AddressPool"),
+    )
 }
 
 /// An empty sharing key means "no sharing", as in MetalLB.
 fn sharing_key(service: &Service) -> Result<Option<Sourced<String>>, RequestError> {
+    agreed_annotation(service, annotations::SHARING_SOURCES, None)
+}
+
+/// The value the annotations `sources` agree on. An empty one is refused with
+/// `empty_problem`, or without it means nothing is asked.
+fn agreed_annotation(
+    service: &Service,
+    sources: [&'static str; 3],
+    empty_problem: Option<&str>,
+) -> Result<Option<Sourced<String>>, RequestError> {
     let mut found = None;
-    for source in annotations::SHARING_SOURCES {
+    for source in sources {
         let Some(raw) = annotation(service, source) else {
             continue;
         };
-        if let Some(value) = non_empty(raw) {
-            let value = value.to_owned();
-            agree(&mut found, Sourced { value, source }, raw)?;
+        match (non_empty(raw), empty_problem) {
+            (Some(value), _) => {
+                let value = value.to_owned();
+                agree(&mut found, Sourced { value, source }, raw)?;
+            }
+            (None, Some(problem)) => {
+                return Err(RequestError::Invalid {
+                    field: source,
+                    value: raw.to_owned(),
+                    problem: problem.to_owned(),
+                });
+            }
+            (None, None) => {}
         }
     }
     Ok(found.map(|(sourced, _)| sourced))
