@@ -87,21 +87,18 @@ impl Pool {
                 allowed: allowed.join(", "),
             });
         }
-        if self
-            .namespace_selector
-            .as_ref()
-            .is_some_and(|selector| !selector.matches(namespace_labels))
-        {
+        let refuses = |selector: &Option<Selector>, labels: &Labels| {
+            selector
+                .as_ref()
+                .is_some_and(|selector| !selector.matches(labels))
+        };
+        if refuses(&self.namespace_selector, namespace_labels) {
             return Err(Refusal::NamespaceSelector {
                 pool: self.name.clone(),
                 namespace: namespace.to_owned(),
             });
         }
-        if self
-            .service_selector
-            .as_ref()
-            .is_some_and(|selector| !selector.matches(service_labels))
-        {
+        if refuses(&self.service_selector, service_labels) {
             return Err(Refusal::ServiceSelector {
                 pool: self.name.clone(),
             });
