@@ -8,7 +8,7 @@
 
 // layer: core. Pure decisions: the model, its desired state and diff, the election,
 // explanations, the IPAM's decisions, the model in the BPF maps' byte layouts (`wire`).
-// No I/O, no tokio, no aya.
+// No I/O: no tokio, aya, kube, k8s_openapi or hyper (the lint tier refuses them here).
 pub mod diff;
 pub mod election;
 pub mod explain;
@@ -20,8 +20,10 @@ pub mod summary;
 pub(crate) mod wire;
 
 // layer: apis. The API types the agent owns (the AddressPool custom resource, its
-// conditions, what its status should say). No I/O. Above the core: an AddressPool
-// compiles into the IPAM's `Pool` and its CEL rules come from the core's unicast rule.
+// conditions, what its status should say) and the Kubernetes objects read into the
+// core's terms (a Service's request). No I/O. Above the core: an AddressPool compiles
+// into the IPAM's `Pool`, a Service into its `Request`, and the CEL rules come from the
+// core's unicast rule.
 pub mod apis;
 
 // layer: adapters. The outside world: the BPF maps, ARP, the gossip, the local status

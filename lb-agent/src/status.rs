@@ -178,38 +178,8 @@ pub struct EndpointStatus {
     pub counters: Option<BackendCounters>,
 }
 
-/// A VIP's counters on this node.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VipCounters {
-    /// Packets to the VIP, from clients or tunnelled from the owner.
-    pub packets: u64,
-    pub bytes: u64,
-    /// Tunnelled to another node.
-    pub encapsulated: u64,
-    /// Delivered to a pod on this node.
-    pub delivered_local: u64,
-    pub dropped: u64,
-    /// Echo replies and "fragmentation needed" sent for the VIP.
-    pub icmp_replies: u64,
-    /// Replies of this node's pods rewritten back to the VIP.
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
-}
-
-impl From<VipStats> for VipCounters {
-    fn from(stats: VipStats) -> Self {
-        Self {
-            packets: stats.packets,
-            bytes: stats.bytes,
-            encapsulated: stats.encapsulated,
-            delivered_local: stats.delivered_local,
-            dropped: stats.dropped,
-            icmp_replies: stats.icmp_replies,
-            reply_packets: stats.reply_packets,
-            reply_bytes: stats.reply_bytes,
-        }
-    }
-}
+/// A VIP's counters on this node: the data path's, summed over the CPUs.
+pub type VipCounters = VipStats;
 
 /// A backend address's counters on this node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,9 +361,6 @@ pub enum ProviderError {
     NotLoaded,
     #[error(transparent)]
     Maps(#[from] MapsError),
-    /// A runtime-specific reason, shown to the user as is.
-    #[error("{0}")]
-    Unavailable(String),
 }
 
 /// The runtime, as the local API sees it. Methods are called from blocking threads

@@ -25,6 +25,11 @@
 //! reach the API server ([`Telemetry::count_kubernetes_unreachable`], from
 //! [`crate::sources::kubernetes::outage`]).
 //!
+//! Errors the agent handles and lives with (a failed map update retried, a rejected
+//! configuration file, a failed status write) are counted as they are handled, in
+//! `xdplb_errors_total{component,kind}` ([`Telemetry::count_error`]): `component` is the
+//! part of the agent ([`Component`]), `kind` the error's `metric_label()`.
+//!
 //! Every name starts with `xdplb_`; counters end in `_total`.
 
 use std::{
@@ -76,6 +81,34 @@ impl OwnershipChange {
     }
 }
 
+/// The part of the agent an error is counted for: the `component` of
+/// `xdplb_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    /// Updating the BPF maps.
+    Dataplane,
+    /// Reading the standalone file again.
+    FileSource,
+    /// Turning the Kubernetes API's objects into a cluster to run.
+    KubernetesSource,
+    /// The IPAM's Service reconciliation, status writes and events.
+    IpamController,
+    /// The IPAM's Lease election.
+    IpamLease,
+}
+
+impl Component {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Dataplane => "dataplane",
+            Self::FileSource => "file_source",
+            Self::KubernetesSource => "kubernetes_source",
+            Self::IpamController => "ipam_controller",
+            Self::IpamLease => "ipam_lease",
+        }
+    }
+}
+
 /// What the IPAM did, counted since the agent started. The pool is `""` where none
 /// applies (a request naming no pool, an address no valid pool lists any more).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,6 +131,7 @@ pub struct Telemetry {
     ignored_status_addresses: AtomicU64,
     /// `None` outside Kubernetes mode, where the counter is not shown.
     kubernetes_unreachable: Mutex<Option<u64>>,
+    errors: Mutex<BTreeMap<(Component, &'static str), u64>>,
 }
 
 impl Default for Telemetry {
@@ -115,7 +149,17 @@ impl Telemetry {
             ipam: Mutex::new(IpamCounts::default()),
             ignored_status_addresses: AtomicU64::new(0),
             kubernetes_unreachable: Mutex::new(None),
+            errors: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Counts an error of `component` whose `metric_label()` is `kind`; returns how many
+    /// of that component and kind there were so far.
+    pub fn count_error(&self, component: Component, kind: &'static str) -> u64 {
+        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = errors.entry((component, kind)).or_default();
+        *count += 1;
+        *count
     }
 
     fn ipam(&self) -> std::sync::MutexGuard<'_, IpamCounts> {
@@ -205,6 +249,11 @@ impl Telemetry {
             ipam: self.ipam_counts(),
             ignored_status_addresses: self.ignored_status_addresses(),
             kubernetes_unreachable: self.kubernetes_unreachable(),
+            errors: self
+                .errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register_collector(Box::new(scrape));
@@ -223,6 +272,7 @@ struct Scrape {
     ipam: IpamCounts,
     ignored_status_addresses: u64,
     kubernetes_unreachable: Option<u64>,
+    errors: BTreeMap<(Component, &'static str), u64>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -509,6 +559,19 @@ impl Collector for Scrape {
         self.encode_vips(&mut encoder)?;
         self.encode_gossip(&mut encoder)?;
         self.encode_ipam(&mut encoder)?;
+        family(
+            &mut encoder,
+            "errors",
+            "Errors the agent handled and went on from, by the part of the agent and the error's kind",
+            Kind::Counter,
+            self.errors.iter().map(|((component, kind), count)| {
+                let labels = vec![
+                    ("component", component.name().to_owned()),
+                    ("kind", (*kind).to_owned()),
+                ];
+                (labels, *count)
+            }),
+        )?;
         match self.kubernetes_unreachable {
             Some(requests) => single(
                 &mut encoder,

@@ -166,16 +166,23 @@ pub struct DataplaneConfig {
     pub _pad: [u8; 2],
 }
 
-/// Value of [`crate::maps::VIP_STATS`] (per CPU; host byte order counters).
+/// Value of [`crate::maps::VIP_STATS`] (per CPU; host byte order counters), and a VIP's
+/// counters on a node as the agent's API shows them (summed over the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct VipStats {
+    /// Packets to the VIP, from clients or tunnelled from the owner.
     pub packets: u64,
     pub bytes: u64,
+    /// Tunnelled to another node.
     pub encapsulated: u64,
+    /// Delivered to a pod on this node.
     pub delivered_local: u64,
     pub dropped: u64,
+    /// Echo replies and "fragmentation needed" sent for the VIP.
     pub icmp_replies: u64,
+    /// Replies of this node's pods rewritten back to the VIP.
     pub reply_packets: u64,
     pub reply_bytes: u64,
 }

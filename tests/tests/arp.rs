@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use lb_agent::arp::{
-    Announcer, Counters, Interface, InterfaceError, Refusal, Settings, SysPaths, interface,
+    Announcer, Counters, Interface, InterfaceError, Owned, Refusal, Settings, SysPaths, interface,
 };
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use tempfile::TempDir;
@@ -463,7 +463,8 @@ fn capture_client_arp(lab: &Lab, dir: &Path) -> anyhow::Result<Capture> {
 /// An announcer running for a node's LAN interface, with the owned set it reads.
 struct Speaker {
     announcer: Announcer,
-    owned: watch::Sender<BTreeSet<Ipv4Addr>>,
+    owned: watch::Sender<Owned>,
+    settings: Settings,
     mac: Mac,
 }
 
@@ -481,21 +482,30 @@ impl Speaker {
             "{} chose {interface:?}",
             node.name
         );
-        let (owned, receiver) = watch::channel(vips.iter().copied().collect());
-        let announcer = Announcer::start(&interface, settings, receiver)?;
+        let (owned, receiver) = watch::channel(owned(vips, settings));
+        let announcer = Announcer::start(&interface, receiver)?;
         Ok(Self {
             announcer,
             owned,
+            settings,
             mac: interface.link.mac.octets(),
         })
     }
 
     fn own(&self, vips: &[Ipv4Addr]) {
-        self.owned.send_replace(vips.iter().copied().collect());
+        self.owned.send_replace(owned(vips, self.settings));
     }
 
     fn counters(&self) -> Counters {
         self.announcer.counters()
+    }
+}
+
+/// `vips` owned, each announced with `settings`.
+fn owned(vips: &[Ipv4Addr], settings: Settings) -> Owned {
+    Owned {
+        vips: vips.iter().map(|&vip| (vip, settings)).collect(),
+        reannounce: 0,
     }
 }
 

@@ -9,6 +9,9 @@
 //! expression) and every `super::…` path that climbs to the crate root names a
 //! top-level module; naming one of a higher layer fails, with the file and line.
 //!
+//! The layer named `core` is pure besides: a file of it that names one of [`IO_CRATES`]
+//! (`tokio::…`, `kube::…`, …) fails too, with the file and line.
+//!
 //! Not checked: comments (doc links may point anywhere), `$crate` in macros, the
 //! binaries under `src/bin/` (they sit on top of everything), and test code (files
 //! named `tests.rs` and what follows `#[cfg(test)] mod tests {`): a test may build its
@@ -26,6 +29,10 @@ use anyhow::{Context as _, bail};
 const CRATE_SRC: &str = "lb-agent/src";
 /// What starts a layer in lib.rs.
 const MARKER: &str = "// layer:";
+/// The layer that decides without doing I/O.
+const PURE_LAYER: &str = "core";
+/// The crates that do I/O (or are only there for it), which [`PURE_LAYER`] must not use.
+pub const IO_CRATES: [&str; 5] = ["tokio", "aya", "kube", "k8s_openapi", "hyper"];
 
 /// The layers of a crate, bottom first, and the top-level modules in each.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,6 +114,29 @@ impl fmt::Display for Violation {
     }
 }
 
+/// A use of a crate of [`IO_CRATES`] in the pure layer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IoUse {
+    pub file: PathBuf,
+    pub line: usize,
+    pub module: String,
+    pub krate: String,
+}
+
+impl fmt::Display for IoUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: `{}` (layer {PURE_LAYER}) uses `{}`, which does I/O; the {PURE_LAYER} \
+             decides, a higher layer acts",
+            self.file.display(),
+            self.line,
+            self.module,
+            self.krate
+        )
+    }
+}
+
 /// The check as the lint tier runs it.
 pub fn check(root: &Path) -> anyhow::Result<()> {
     let src = root.join(CRATE_SRC);
@@ -131,6 +161,14 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
             })),
             Err(error) => problems.push(format!("{}: {error}", shown.display())),
         }
+        problems.extend(
+            io_uses(&layers, relative, &text)
+                .into_iter()
+                .map(|mut used| {
+                    used.file = shown.clone();
+                    used.to_string()
+                }),
+        );
     }
     if problems.is_empty() {
         eprintln!(
@@ -143,7 +181,8 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
         eprintln!("{problem}");
     }
     bail!(
-        "{} import(s) from a higher layer in {CRATE_SRC} (the order is in lib.rs)",
+        "{} import(s) from a higher layer, or use(s) of an I/O crate in the {PURE_LAYER}, in \
+         {CRATE_SRC} (the order is in lib.rs)",
         problems.len()
     )
 }
@@ -202,6 +241,38 @@ pub fn check_file(layers: &Layers, relative: &Path, text: &str) -> anyhow::Resul
         }
     }
     Ok(violations)
+}
+
+/// The uses of [`IO_CRATES`] in one file (`relative` to src) of the pure layer; none
+/// for a file of another layer or a test file.
+pub fn io_uses(layers: &Layers, relative: &Path, text: &str) -> Vec<IoUse> {
+    let module = module_path(relative);
+    let layer = module.first().and_then(|top| layers.layer(top));
+    let pure = layer.is_some_and(|layer| layers.names[layer] == PURE_LAYER);
+    if !pure || module.last().is_some_and(|last| last == "tests") {
+        return Vec::new();
+    }
+    let code = code(text);
+    let mut found = Vec::new();
+    for (number, line) in code.lines().enumerate() {
+        let bytes = line.as_bytes();
+        for (at, _) in line.match_indices("::") {
+            let start = line[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |before| before + 1);
+            let after_path = start >= 2 && &bytes[start - 2..start] == b"::";
+            let krate = &line[start..at];
+            if !after_path && IO_CRATES.contains(&krate) {
+                found.push(IoUse {
+                    file: relative.to_path_buf(),
+                    line: number + 1,
+                    module: module[0].clone(),
+                    krate: krate.to_owned(),
+                });
+            }
+        }
+    }
+    found
 }
 
 /// The text with comments and the insides of string and char literals blanked
@@ -541,6 +612,47 @@ mod tests {
         assert!(check("model/tests.rs", "use crate::runtime::Plan;\n").is_empty());
     }
 
+    fn io(path: &str, text: &str) -> Vec<String> {
+        io_uses(&layers(), Path::new(path), text)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_core_using_a_crate_that_does_io_is_named_with_its_file_and_line() {
+        let text = "//! Pools.\n\nuse std::fmt;\nuse kube::core::Selector;\n\nfn f() {\n    tokio::spawn(g());\n}\n";
+        assert_eq!(
+            io("model/pool.rs", text),
+            [
+                "model/pool.rs:4: `model` (layer core) uses `kube`, which does I/O; the core \
+                 decides, a higher layer acts",
+                "model/pool.rs:7: `model` (layer core) uses `tokio`, which does I/O; the core \
+                 decides, a higher layer acts",
+            ]
+        );
+        for krate in IO_CRATES {
+            assert_eq!(
+                io("wire.rs", &format!("use {krate}::X;\n")).len(),
+                1,
+                "{krate}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_layers_tests_and_lookalikes_may_use_them() {
+        let text = "use tokio::sync::watch;\nuse kube::Api;\n";
+        assert!(io("dataplane/engine.rs", text).is_empty());
+        assert!(io("model/tests.rs", text).is_empty());
+        let lookalikes = "//! Unlike [`kube::Api`].\nuse aya_log::X;\nuse crate::kube::Y;\nconst S: &str = \"tokio::x\";\n#[cfg(test)]\nmod tests {\n    use tokio::test;\n}\n";
+        assert!(
+            io("model.rs", lookalikes).is_empty(),
+            "{:?}",
+            io("model.rs", lookalikes)
+        );
+    }
+
     #[test]
     fn a_module_in_no_layer_is_refused() {
         let error = check_file(&layers(), Path::new("extra/mod.rs"), "").expect_err("in no layer");
@@ -552,6 +664,7 @@ mod tests {
 
     #[test]
     fn the_agent_keeps_its_layer_order() {
-        super::check(&crate::test::workspace_root()).expect("no upward import in lb-agent/src");
+        super::check(&crate::test::workspace_root())
+            .expect("no upward import in lb-agent/src, no I/O crate in its core");
     }
 }

@@ -127,10 +127,6 @@ impl SocketServer {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Answers connections until the task is dropped. Each connection gets its own task;
     /// a bad request gets an error response and never stops the server.
     pub async fn serve(self, provider: Arc<dyn StatusProvider>) {

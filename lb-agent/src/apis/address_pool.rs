@@ -23,27 +23,26 @@
 //!
 //! The API server rejects malformed pools at admission (OpenAPI bounds plus CEL rules,
 //! see [`address_rules`]); what only the whole set of pools reveals (overlaps) becomes a
-//! condition. The committed CRD, `deploy/crds/addresspools.yaml`, is [`crd_yaml`]'s
-//! output; a test fails when the two drift apart. Regenerate it with
-//! `XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed`.
+//! condition. The committed CRD, `deploy/crds/addresspools.yaml`, is generated from these
+//! types by the test `crd_matches_committed`, which fails when the two drift apart.
+//! Regenerate it with `XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed`.
 
 use std::net::Ipv4Addr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::{CustomResource, CustomResourceExt as _, ResourceExt as _};
+use kube::{CustomResource, ResourceExt as _};
 use schemars::{
     JsonSchema, Schema, SchemaGenerator, json_schema,
     transform::{RecursiveTransform, Transform as _},
 };
 use serde::{Deserialize, Serialize};
 
+use super::label_selector;
 use crate::{
-    ipam::{Pool, PoolError, addresses::AddressSet, pool::compile_selector},
+    ipam::{Pool, PoolError, addresses::AddressSet},
     model::unicast::{EXPECTED_UNICAST, NOT_UNICAST, Reserved},
 };
 
-/// The API group of every xdplb resource.
-pub const GROUP: &str = "xdplb.io";
 /// `status.conditions[].type`: the pool is valid and its addresses are being handed out.
 pub const CONDITION_READY: &str = "Ready";
 /// `status.conditions[].type`: the pool shares addresses with another pool.
@@ -187,11 +186,11 @@ impl Pool {
             auto_assign: spec.auto_assign,
             priority: allocation.priority,
             namespaces: allocation.namespaces.into_iter().collect(),
-            namespace_selector: compile_selector(
+            namespace_selector: label_selector::compile(
                 "spec.serviceAllocation.namespaceSelector",
                 allocation.namespace_selector,
             )?,
-            service_selector: compile_selector(
+            service_selector: label_selector::compile(
                 "spec.serviceAllocation.serviceSelector",
                 allocation.service_selector,
             )?,
@@ -424,15 +423,6 @@ fn interfaces_schema(_: &mut SchemaGenerator) -> Schema {
             "pattern": "^[^/:\\s]+$",
         },
     })
-}
-
-/// The CRD as committed under `deploy/crds/addresspools.yaml`.
-pub fn crd_yaml() -> String {
-    let crd = serde_yaml::to_string(&AddressPool::crd()).expect("a CRD serializes to YAML");
-    format!(
-        "# Generated from lb-agent/src/apis/address_pool.rs; do not edit. Regenerate with\n\
-         # XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed\n{crd}"
-    )
 }
 
 #[cfg(test)]

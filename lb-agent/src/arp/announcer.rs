@@ -3,10 +3,9 @@
 //!
 //! The owned set arrives through a `watch` channel and is re-checked before every answer,
 //! so a VIP handed to another node is never answered for again once the runtime has
-//! published the new set. Each owned VIP carries its gratuitous ARP [`Settings`]
-//! ([`Announcer::start_per_vip`]), or all share the node's ([`Announcer::start`]). The
-//! runtime can also ask for every owned VIP to be announced again ([`Owned::reannounce`]),
-//! as when a partition heals.
+//! published the new set. Each owned VIP carries its gratuitous ARP [`Settings`] (its
+//! address pool's, or the node's). The runtime can also ask for every owned VIP to be
+//! announced again ([`Owned::reannounce`]), as when a partition heals.
 //!
 //! While the link is down nothing can be answered or sent, and the thread waits for it.
 //! When it is back, every owned VIP gets a fresh takeover burst: what was due meanwhile
@@ -15,10 +14,8 @@
 //! send after the link returns, losing that frame; the thread takes it first.
 
 use std::{
-    collections::BTreeSet,
     ffi::c_int,
     io, mem,
-    net::Ipv4Addr,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, IntoRawFd as _, OwnedFd, RawFd},
     sync::{
         Arc,
@@ -36,7 +33,7 @@ use tokio::sync::watch;
 use super::{
     frame::{self, Request},
     interface::Interface,
-    schedule::{Owned, OwnedVips, Schedule, Settings},
+    schedule::{Owned, OwnedVips, Schedule},
 };
 
 /// How long the thread waits for a frame before it checks the owned set, its timers and
@@ -167,30 +164,13 @@ pub struct Announcer {
 
 impl Announcer {
     /// Opens the ARP channel on `interface` and starts answering for the VIPs in `owned`,
-    /// every one announced with `settings`.
+    /// each announced with the settings it comes with (its address pool's, or the
+    /// node's), and all of them again whenever [`Owned::reannounce`] changes.
     ///
     /// The socket belongs to the calling thread's network namespace. The thread ends when
     /// the `owned` sender is dropped: with nobody deciding ownership any more, answering
     /// from a stale set could make two nodes answer one VIP.
-    pub fn start(
-        interface: &Interface,
-        settings: Settings,
-        owned: watch::Receiver<BTreeSet<Ipv4Addr>>,
-    ) -> Result<Self, ArpError> {
-        Self::spawn(interface, Box::new(Uniform { owned, settings }))
-    }
-
-    /// As [`Self::start`], each owned VIP announced with the settings it comes with
-    /// (its address pool's, or the node's), and all of them again whenever
-    /// [`Owned::reannounce`] changes.
-    pub fn start_per_vip(
-        interface: &Interface,
-        owned: watch::Receiver<Owned>,
-    ) -> Result<Self, ArpError> {
-        Self::spawn(interface, Box::new(owned))
-    }
-
-    fn spawn(interface: &Interface, owned: Box<dyn OwnedFeed>) -> Result<Self, ArpError> {
+    pub fn start(interface: &Interface, owned: watch::Receiver<Owned>) -> Result<Self, ArpError> {
         let name = interface.link.name.clone();
         let port = open_channel(interface)?;
         let shared = Arc::new(Shared::default());
@@ -371,55 +351,10 @@ fn is_link_error(error: &io::Error) -> bool {
     )
 }
 
-/// Where the worker learns the owned VIPs and their settings.
-trait OwnedFeed: Send {
-    /// Makes the next [`Self::changed`] report the current VIPs.
-    fn mark_changed(&mut self);
-
-    /// The owned VIPs if they changed since the last call; an error once the sender is
-    /// gone.
-    fn changed(&mut self) -> Result<Option<Owned>, watch::error::RecvError>;
-}
-
-impl OwnedFeed for watch::Receiver<Owned> {
-    fn mark_changed(&mut self) {
-        watch::Receiver::mark_changed(self);
-    }
-
-    fn changed(&mut self) -> Result<Option<Owned>, watch::error::RecvError> {
-        Ok(self
-            .has_changed()?
-            .then(|| self.borrow_and_update().clone()))
-    }
-}
-
-/// A set of VIPs sharing the node's settings.
-struct Uniform {
-    owned: watch::Receiver<BTreeSet<Ipv4Addr>>,
-    settings: Settings,
-}
-
-impl OwnedFeed for Uniform {
-    fn mark_changed(&mut self) {
-        self.owned.mark_changed();
-    }
-
-    fn changed(&mut self) -> Result<Option<Owned>, watch::error::RecvError> {
-        if !self.owned.has_changed()? {
-            return Ok(None);
-        }
-        let owned = self.owned.borrow_and_update();
-        Ok(Some(Owned {
-            vips: owned.iter().map(|&vip| (vip, self.settings)).collect(),
-            reannounce: 0,
-        }))
-    }
-}
-
 struct Worker {
     mac: MacAddr,
     port: Port,
-    owned_rx: Box<dyn OwnedFeed>,
+    owned_rx: watch::Receiver<Owned>,
     owned: OwnedVips,
     schedule: Schedule,
     shared: Arc<Shared>,
@@ -455,7 +390,8 @@ impl Worker {
     /// Adopts the latest owned set, starting takeover bursts for new VIPs (for all when
     /// a re-announcement was asked for).
     fn sync_owned(&mut self) -> Result<(), watch::error::RecvError> {
-        if let Some(latest) = self.owned_rx.changed()? {
+        if self.owned_rx.has_changed()? {
+            let latest = self.owned_rx.borrow_and_update().clone();
             self.schedule.follow(&latest, Instant::now());
             self.owned = latest.vips;
         }

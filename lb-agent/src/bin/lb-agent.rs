@@ -130,11 +130,15 @@ async fn main() -> ExitCode {
         Err(error) => return bad_config(&path, &error),
     };
     finish(match (cleanup_requested, args.check) {
-        (true, _) => cleanup(standalone.config().pin_dir.clone()),
+        (true, _) => cleanup(standalone.config().node_settings.pin_dir.clone()),
         (false, true) => check(&standalone),
-        (false, false) => runtime::run(FileSource::new(path, standalone))
-            .await
-            .map_err(anyhow::Error::from),
+        (false, false) => {
+            let telemetry = Arc::new(Telemetry::new());
+            let source = FileSource::new(path, standalone, Arc::clone(&telemetry));
+            runtime::run(source, telemetry)
+                .await
+                .map_err(anyhow::Error::from)
+        }
     })
 }
 
@@ -181,8 +185,8 @@ async fn kubernetes(
         stopped,
         Arc::clone(&telemetry),
     ));
-    let source = KubeSource::start_with(client, &settings, node, Arc::clone(&telemetry));
-    let result = runtime::run_with(source, telemetry).await;
+    let source = KubeSource::start(client, &settings, node, Arc::clone(&telemetry));
+    let result = runtime::run(source, telemetry).await;
     stop.send_replace(true);
     if tokio::time::timeout(RELEASE_TIMEOUT, ipam).await.is_err() {
         tracing::warn!("the IPAM did not stop in time; its Lease expires on its own");
@@ -215,9 +219,9 @@ fn cleanup(pin_dir: PathBuf) -> anyhow::Result<()> {
 fn check(standalone: &Standalone) -> anyhow::Result<()> {
     let config = standalone.config();
     let cluster = Cluster::from_standalone(standalone);
-    let interface = runtime::interface::lan_interface(&Settings::from_standalone(standalone))?;
+    let interface = runtime::interface::lan_interface(&Settings::from(&config.node_settings))?;
     let mtu = runtime::interface::mtu(&cluster, &interface)?;
-    if let Some(gossip) = &config.gossip {
+    if let Some(gossip) = &config.node_settings.gossip {
         let key = GossipKey::from_file(&gossip.key_file)?;
         println!(
             "ok: gossip on port {} with key {}, failure detection within {:?} for {} nodes",

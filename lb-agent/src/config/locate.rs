@@ -6,7 +6,7 @@ use std::fmt;
 
 use marked_yaml::Node;
 
-use super::{Issue, Location};
+use super::error::{Issue, Location};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {

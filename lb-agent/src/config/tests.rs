@@ -1,5 +1,12 @@
+use std::{collections::BTreeMap, time::Duration};
+
 use super::*;
-use crate::fixtures::{example, ip};
+use crate::{
+    api::{http::DEFAULT_LISTEN, socket::DEFAULT_PATH},
+    fixtures::{example, ip},
+    model::{Protocol, ServicePort, TrafficPolicy, capacities::Capacities},
+    sources::{Cluster, Settings},
+};
 
 const EXAMPLE: &str = include_str!("../../examples/standalone.yaml");
 
@@ -402,7 +409,7 @@ fn the_example_parses_into_the_expected_structure() {
     let standalone = parse(EXAMPLE).expect("example is valid");
     let config = standalone.config();
     assert_eq!(config.node, "node1");
-    assert_eq!(config.interface.as_deref(), Some("eth0"));
+    assert_eq!(config.node_settings.interface.as_deref(), Some("eth0"));
     assert_eq!(
         config.peers,
         [
@@ -438,9 +445,9 @@ fn the_example_parses_into_the_expected_structure() {
             terminating: false
         }]
     );
-    assert_eq!(config.mtu, None);
-    assert_eq!(config.icmp_rate_per_second, 100);
-    assert_eq!(standalone.capacities(), Capacities::default());
+    assert_eq!(config.node_settings.mtu, None);
+    assert_eq!(config.node_settings.icmp_rate_per_second, 100);
+    assert_eq!(config.node_settings.capacities, Capacities::default());
     assert_eq!(standalone.node().address, ip("10.0.0.11"));
     assert_eq!(
         standalone.owners(),
@@ -517,10 +524,10 @@ fn optional_keys_are_honoured() {
         + "mtu: 9000\nicmpRatePerSecond: 0\ncapacities:\n  services: 16\n  replyFlows: 1024\n";
     let standalone = parse(&text).expect("valid");
     let config = standalone.config();
-    assert_eq!(config.mtu, Some(9000));
-    assert_eq!(config.icmp_rate_per_second, 0);
+    assert_eq!(config.node_settings.mtu, Some(9000));
+    assert_eq!(config.node_settings.icmp_rate_per_second, 0);
     assert_eq!(
-        standalone.capacities(),
+        config.node_settings.capacities,
         Capacities {
             services: 16,
             reply_flows: 1024,
@@ -538,17 +545,17 @@ fn optional_keys_are_honoured() {
 #[test]
 fn runtime_sections_have_documented_defaults() {
     let standalone = parse(EXAMPLE).expect("example is valid");
-    let config = standalone.config();
+    let config = &standalone.config().node_settings;
     assert_eq!(config.gossip, None);
     assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
-    assert_eq!(config.api.socket, Path::new(DEFAULT_API_SOCKET));
-    assert_eq!(config.api.listen.to_string(), DEFAULT_METRICS_LISTEN);
-    assert_eq!(standalone.arp_interface(), Some("eth0"));
-    let arp = standalone.arp_settings();
-    assert_eq!(arp.garp_repeats, 3);
-    assert_eq!(arp.garp_interval, Duration::from_millis(500));
-    assert_eq!(arp.refresh, Some(Duration::from_secs(60)));
-    assert!(standalone.labels("node1").is_empty());
+    assert_eq!(config.api.socket, Path::new(DEFAULT_PATH));
+    assert_eq!(config.api.listen.to_string(), DEFAULT_LISTEN);
+    let settings = Settings::from(config);
+    assert_eq!(settings.announce_interface(), Some("eth0"));
+    assert_eq!(settings.arp.garp_repeats, 3);
+    assert_eq!(settings.arp.garp_interval, Duration::from_millis(500));
+    assert_eq!(settings.arp.refresh, Some(Duration::from_secs(60)));
+    assert!(Cluster::from_standalone(&standalone).labels["node1"].is_empty());
 }
 
 #[test]
@@ -564,9 +571,10 @@ fn runtime_sections_are_honoured() {
         + "api:\n  socket: /run/xdplb/node1.sock\n  listen: 127.0.0.1:9100\n"
         + "pinDir: /sys/fs/bpf/lab/node1\n";
     let standalone = parse(&text).expect("valid");
-    let config = standalone.config();
-    assert_eq!(standalone.interface(), None);
-    assert_eq!(standalone.arp_interface(), Some("vmbr0"));
+    let config = &standalone.config().node_settings;
+    let settings = Settings::from(config);
+    assert_eq!(settings.interface, None);
+    assert_eq!(settings.announce_interface(), Some("vmbr0"));
     let gossip = config.gossip.as_ref().expect("gossip");
     assert_eq!(gossip.port, 7000);
     assert_eq!(gossip.key_file, Path::new("/etc/xdplb/gossip.key"));
@@ -575,19 +583,15 @@ fn runtime_sections_are_honoured() {
     assert_eq!(timing.probe_timeout, Duration::from_millis(80));
     assert_eq!(timing.suspicion, Duration::from_millis(500));
     assert_eq!(timing.join_timeout, Duration::from_secs(2));
-    let arp = standalone.arp_settings();
-    assert_eq!(arp.garp_repeats, 5);
-    assert_eq!(arp.garp_interval, Duration::from_millis(1100));
-    assert_eq!(arp.refresh, None);
+    assert_eq!(settings.arp.garp_repeats, 5);
+    assert_eq!(settings.arp.garp_interval, Duration::from_millis(1100));
+    assert_eq!(settings.arp.refresh, None);
     assert_eq!(config.api.socket, Path::new("/run/xdplb/node1.sock"));
     assert_eq!(config.api.listen.to_string(), "127.0.0.1:9100");
     assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/lab/node1"));
-    assert!(
-        standalone
-            .labels("node2")
-            .contains_key(crate::election::EXCLUDE_LABEL)
-    );
-    let peers = standalone.gossip_peers(gossip.port);
+    let cluster = Cluster::from_standalone(&standalone);
+    assert!(cluster.labels["node2"].contains_key(crate::election::EXCLUDE_LABEL));
+    let peers = cluster.gossip_peers(gossip.port);
     assert_eq!(peers[1].name, "node2");
     assert_eq!(peers[1].addr.to_string(), "10.0.0.12:7000");
 }

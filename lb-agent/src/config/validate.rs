@@ -6,11 +6,10 @@ use std::{
 };
 
 use super::{
-    CapacitiesConfig, Config, EndpointConfig, GossipConfig, HasNodeLocal, NodeLocal, PeerConfig,
-    ServiceConfig,
+    Config, EndpointConfig, GossipConfig, NodeSettings, PeerConfig, ServiceConfig,
     locate::{FieldPath, Problem},
 };
-use crate::model::{Node, Protocol};
+use crate::model::{Node, Protocol, capacities::Capacities};
 
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65535;
 /// Linux's IFNAMSIZ less the terminating NUL.
@@ -108,17 +107,15 @@ impl Checker {
     }
 
     fn gossip(&mut self, path: FieldPath, gossip: &GossipConfig) {
-        let durations = [
-            ("probeIntervalMs", gossip.probe_interval_ms),
-            ("probeTimeoutMs", gossip.probe_timeout_ms),
-            ("suspicionMs", gossip.suspicion_ms),
-            ("joinTimeoutMs", gossip.join_timeout_ms),
-        ];
-        for (key, value) in durations {
-            if value == 0 {
-                self.report(path.key(key), "must be at least 1".to_owned());
-            }
-        }
+        self.at_least_one(
+            &path,
+            [
+                ("probeIntervalMs", gossip.probe_interval_ms),
+                ("probeTimeoutMs", gossip.probe_timeout_ms),
+                ("suspicionMs", gossip.suspicion_ms),
+                ("joinTimeoutMs", gossip.join_timeout_ms),
+            ],
+        );
         if gossip.probe_timeout_ms >= gossip.probe_interval_ms {
             self.report(
                 path.key("probeTimeoutMs"),
@@ -144,15 +141,26 @@ impl Checker {
         }
     }
 
-    fn capacities(&mut self, path: FieldPath, capacities: &CapacitiesConfig) {
-        let entries = [
-            ("services", capacities.services),
-            ("servicePorts", capacities.service_ports),
-            ("vips", capacities.vips),
-            ("backends", capacities.backends),
-            ("flows", capacities.flows),
-            ("replyFlows", capacities.reply_flows),
-        ];
+    fn capacities(&mut self, path: &FieldPath, capacities: &Capacities) {
+        self.at_least_one(
+            path,
+            [
+                ("services", capacities.services),
+                ("servicePorts", capacities.service_ports),
+                ("vips", capacities.vips),
+                ("backends", capacities.backends),
+                ("flows", capacities.flows),
+                ("replyFlows", capacities.reply_flows),
+            ],
+        );
+    }
+
+    /// Reports each of the `(key, value)` under `path` whose value is 0.
+    fn at_least_one<const N: usize>(
+        &mut self,
+        path: &FieldPath,
+        entries: [(&'static str, u32); N],
+    ) {
         for (key, value) in entries {
             if value == 0 {
                 self.report(path.key(key), "must be at least 1".to_owned());
@@ -268,27 +276,27 @@ impl Checker {
 
 impl Checker {
     /// The keys every settings file of the agent shares, standalone or Kubernetes.
-    fn node_local(&mut self, root: &FieldPath, local: &NodeLocal<'_>) {
-        if let Some(interface) = local.interface {
+    fn node_settings(&mut self, root: &FieldPath, settings: &NodeSettings) {
+        if let Some(interface) = &settings.interface {
             self.interface(root.key("interface"), interface);
         }
-        if let Some(interface) = &local.arp.interface {
+        if let Some(interface) = &settings.arp.interface {
             self.interface(root.key("arp").key("interface"), interface);
         }
-        if let Some(gossip) = local.gossip {
+        if let Some(gossip) = &settings.gossip {
             self.gossip(root.key("gossip"), gossip);
         }
-        self.absolute(root.key("pinDir"), local.pin_dir);
-        self.absolute(root.key("api").key("socket"), &local.api.socket);
-        self.mtu(root.key("mtu"), local.mtu);
-        self.capacities(root.key("capacities"), local.capacities);
+        self.absolute(root.key("pinDir"), &settings.pin_dir);
+        self.absolute(root.key("api").key("socket"), &settings.api.socket);
+        self.mtu(root.key("mtu"), settings.mtu);
+        self.capacities(&root.key("capacities"), &settings.capacities);
     }
 }
 
 /// Every problem of the node-local keys of a settings file.
-pub fn validate_node_local(local: &NodeLocal<'_>) -> Result<(), Vec<Problem>> {
+pub fn validate_node_settings(settings: &NodeSettings) -> Result<(), Vec<Problem>> {
     let mut checker = Checker::default();
-    checker.node_local(&FieldPath::default(), local);
+    checker.node_settings(&FieldPath::default(), settings);
     if checker.problems.is_empty() {
         Ok(())
     } else {
@@ -301,7 +309,7 @@ pub fn validate(config: &Config) -> Result<Node, Vec<Problem>> {
     let root = FieldPath::default();
     let mut checker = Checker::default();
     checker.name(root.key("node"), &config.node);
-    checker.node_local(&root, &config.node_local());
+    checker.node_settings(&root, &config.node_settings);
     let peers = checker.peers(root.key("peers"), &config.peers);
     let node = checker
         .node_address(root.key("node"), &config.node, &peers)

@@ -190,6 +190,7 @@ impl<S: MapStore> Engine<S> {
     }
 
     /// Gives the maps back (e.g. to adopt them in another engine).
+    #[cfg(test)]
     pub fn into_store(self) -> S {
         self.store
     }
@@ -198,12 +199,10 @@ impl<S: MapStore> Engine<S> {
         &self.store
     }
 
+    /// For tests that play the kernel program's part on the maps.
+    #[cfg(test)]
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
-    }
-
-    pub fn capacities(&self) -> &Capacities {
-        &self.capacities
     }
 
     /// The ring slot `service`'s ports point at.

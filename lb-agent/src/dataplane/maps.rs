@@ -27,15 +27,6 @@ pub enum MapsError {
     },
 }
 
-impl MapsError {
-    /// Short label for metrics.
-    pub fn map(&self) -> &'static str {
-        match self {
-            Self::Missing { map } | Self::Map { map, .. } => map,
-        }
-    }
-}
-
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, MapsError> {
     ebpf.take_map(name).ok_or(MapsError::Missing { map: name })
 }

@@ -63,6 +63,7 @@ impl MemoryMaps {
     }
 
     /// The counters of a statistics slot, as the kernel program would update them.
+    #[cfg(test)]
     pub fn vip_stats_mut(&mut self, index: u32) -> Option<&mut VipStats> {
         self.vip_stats.get_mut(index as usize)
     }

@@ -183,6 +183,7 @@ impl AddressSet {
         }
     }
 
+    #[cfg(test)]
     /// The merged ranges, `.0` and `.255` included.
     pub fn ranges(&self) -> &[AddressRange] {
         &self.ranges

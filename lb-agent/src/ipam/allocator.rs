@@ -25,13 +25,9 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::api::core::v1::Service;
-
 use super::{
     pool::{Labels, Pool, Refusal},
-    request::{
-        ClassPolicy, Locality, PortSpec, Request, Responsibility, ServiceKey, status_addresses,
-    },
+    request::{Locality, PortSpec, Request, ServiceKey},
 };
 
 /// An address held by a Service.
@@ -138,6 +134,19 @@ fn in_use_hint(other_class: bool) -> &'static str {
     }
 }
 
+/// A Service whose status shows addresses, as a rebuild reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// A Service of ours: what the first address its status shows commits it to (its
+    /// request read leniently), and that address.
+    Ours { holding: Request, address: Ipv4Addr },
+    /// A Service of another class: every address its status shows.
+    Foreign {
+        service: ServiceKey,
+        addresses: Vec<Ipv4Addr>,
+    },
+}
+
 /// A Service whose status names an address the rebuild could not give it, because an
 /// older Service (or one of another class) holds it incompatibly. The Service needs a
 /// new address; the holder keeps its own.
@@ -200,40 +209,25 @@ impl Allocator {
         }
     }
 
-    /// Forgets everything and records the addresses the Services' statuses show. Older
-    /// Services (by creation time, then name) win conflicts; Services of other classes
-    /// win over ours, since their statuses are not ours to change.
-    pub fn rebuild(&mut self, services: &[Service], policy: ClassPolicy) -> Vec<RebuildConflict> {
+    /// Forgets everything and records the addresses `holders` hold: those of other
+    /// classes first, since their statuses are not ours to change, then ours in the
+    /// order given (oldest first: older Services win conflicts).
+    pub fn rebuild(&mut self, holders: Vec<Holder>) -> Vec<RebuildConflict> {
         self.services.clear();
         self.addresses.clear();
         self.foreign.clear();
         let mut ours = Vec::new();
-        for service in services {
-            let (Some(key), Some(&ip)) =
-                (ServiceKey::of(service), status_addresses(service).first())
-            else {
-                continue;
-            };
-            match policy.responsibility(service) {
-                Responsibility::Ours => ours.push((service, ip)),
-                Responsibility::OtherClass => {
+        for holder in holders {
+            match holder {
+                Holder::Ours { holding, address } => ours.push((holding, address)),
+                Holder::Foreign { service, addresses } => {
                     self.foreign
-                        .insert(key, status_addresses(service).into_iter().collect());
+                        .insert(service, addresses.into_iter().collect());
                 }
-                Responsibility::NotLoadBalancer => {}
             }
         }
-        ours.sort_by_key(|(service, _)| {
-            (
-                service.metadata.creation_timestamp.clone(),
-                ServiceKey::of(service),
-            )
-        });
         let mut conflicts = Vec::new();
-        for (service, ip) in ours {
-            let Some(holding) = Request::holding(service) else {
-                continue;
-            };
+        for (holding, ip) in ours {
             match self.shareable(ip, &holding) {
                 Ok(()) => {
                     let pool = self.recorded_pool(ip);

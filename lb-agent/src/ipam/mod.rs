@@ -11,14 +11,11 @@ pub mod addresses;
 pub mod allocator;
 pub mod pool;
 pub mod request;
+pub mod selector;
 
-pub use addresses::{AddressError, AddressProblem, AddressRange, AddressSet, InvalidAddresses};
-pub use allocator::{Allocation, AllocationError, Allocator, PoolUsage, RebuildConflict};
-pub use pool::{Labels, Overlap, Pool, PoolError, Refusal, overlaps};
-pub use request::{
-    ClassPolicy, LOAD_BALANCER_CLASS, Locality, PortSpec, Request, RequestError, Responsibility,
-    ServiceKey, Sourced, status_addresses,
-};
+pub use allocator::{Allocation, Allocator, Holder};
+pub use pool::{Labels, Pool, PoolError, overlaps};
+pub use request::{ClassPolicy, Request, Responsibility, ServiceKey};
 
 #[cfg(test)]
 mod tests;

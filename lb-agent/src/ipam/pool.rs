@@ -8,10 +8,10 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::core::{Selector, SelectorExt as _};
-
-use super::addresses::{AddressSet, InvalidAddresses};
+use super::{
+    addresses::{AddressSet, InvalidAddresses},
+    selector::Selector,
+};
 
 /// Label keys to values, as on Kubernetes objects.
 pub type Labels = BTreeMap<String, String>;
@@ -87,21 +87,18 @@ impl Pool {
                 allowed: allowed.join(", "),
             });
         }
-        if self
-            .namespace_selector
-            .as_ref()
-            .is_some_and(|selector| !selector.matches(namespace_labels))
-        {
+        let refuses = |selector: &Option<Selector>, labels: &Labels| {
+            selector
+                .as_ref()
+                .is_some_and(|selector| !selector.matches(labels))
+        };
+        if refuses(&self.namespace_selector, namespace_labels) {
             return Err(Refusal::NamespaceSelector {
                 pool: self.name.clone(),
                 namespace: namespace.to_owned(),
             });
         }
-        if self
-            .service_selector
-            .as_ref()
-            .is_some_and(|selector| !selector.matches(service_labels))
-        {
+        if refuses(&self.service_selector, service_labels) {
             return Err(Refusal::ServiceSelector {
                 pool: self.name.clone(),
             });
@@ -123,20 +120,6 @@ impl Pool {
             .cmp(&rank(other))
             .then_with(|| self.name.cmp(&other.name))
     }
-}
-
-/// `selector` compiled, or why it cannot be (`field` names it).
-pub(crate) fn compile_selector(
-    field: &'static str,
-    selector: Option<LabelSelector>,
-) -> Result<Option<Selector>, PoolError> {
-    selector
-        .map(Selector::try_from)
-        .transpose()
-        .map_err(|error| PoolError::Selector {
-            field,
-            problem: error.0,
-        })
 }
 
 /// Another pool that shares addresses with a pool.

@@ -1,17 +1,12 @@
 //! What a Service asks of the IPAM: whether it is ours at all, which address or pool it
-//! wants, whom it may share an address with, and on which ports.
-//!
-//! The annotations of xdplb and both generations of MetalLB's are read, so Services
-//! written for MetalLB keep working unchanged. Several sources asking for the same thing
-//! must agree; otherwise the request names both.
+//! wants, whom it may share an address with, and on which ports; and the checks of what
+//! it writes. The Kubernetes object is read into these in [`crate::apis::service`].
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fmt,
     net::{IpAddr, Ipv4Addr},
 };
-
-use k8s_openapi::api::core::v1::{Service, ServicePort};
 
 use super::pool::Labels;
 use crate::model::{
@@ -66,12 +61,13 @@ pub enum Responsibility {
 }
 
 impl ClassPolicy {
-    pub fn responsibility(&self, service: &Service) -> Responsibility {
-        let spec = service.spec.as_ref();
-        if spec.and_then(|spec| spec.type_.as_deref()) != Some("LoadBalancer") {
+    /// Who assigns the address of a Service of `type` (`spec.type`) and
+    /// `spec.loadBalancerClass` `class`.
+    pub fn responsibility(&self, type_: Option<&str>, class: Option<&str>) -> Responsibility {
+        if type_ != Some("LoadBalancer") {
             return Responsibility::NotLoadBalancer;
         }
-        match spec.and_then(|spec| spec.load_balancer_class.as_deref()) {
+        match class {
             Some(LOAD_BALANCER_CLASS) => Responsibility::Ours,
             None if self.default_class => Responsibility::Ours,
             _ => Responsibility::OtherClass,
@@ -92,13 +88,6 @@ impl ServiceKey {
             namespace: namespace.into(),
             name: name.into(),
         }
-    }
-
-    /// `None` for a Service without a name (never one the API server returns).
-    pub fn of(service: &Service) -> Option<Self> {
-        let name = service.metadata.name.clone()?;
-        let namespace = service.metadata.namespace.clone().unwrap_or_default();
-        Some(Self { namespace, name })
     }
 }
 
@@ -205,98 +194,8 @@ impl RequestError {
     }
 }
 
-impl Request {
-    /// The request of a Service of ours (see [`ClassPolicy::responsibility`]).
-    pub fn from_service(service: &Service) -> Result<Self, RequestError> {
-        let key = ServiceKey::of(service).ok_or(RequestError::Unnamed)?;
-        check_ip_families(service)?;
-        Ok(Self {
-            service: key,
-            labels: service.metadata.labels.clone().unwrap_or_default(),
-            address: requested_address(service)?,
-            pool: requested_pool(service)?,
-            sharing_key: sharing_key(service)?,
-            ports: ports(service)?,
-            locality: locality(service),
-        })
-    }
-
-    /// What a Service's current address commits it to, read leniently: rebuilding from
-    /// Service statuses must record every address in use even when the Service's
-    /// request has since become invalid (the allocator reports that problem later).
-    /// Ports other than TCP and UDP are left out; the first sharing key wins.
-    pub fn holding(service: &Service) -> Option<Self> {
-        let key = ServiceKey::of(service)?;
-        let sharing_key = annotations::SHARING_SOURCES.iter().find_map(|&source| {
-            annotation(service, source).and_then(|value| {
-                non_empty(value).map(|value| Sourced {
-                    value: value.to_owned(),
-                    source,
-                })
-            })
-        });
-        let ports = service_ports(service)
-            .filter_map(|port| port_spec(port.port, port.protocol.as_deref()).ok())
-            .collect();
-        Some(Self {
-            service: key,
-            labels: service.metadata.labels.clone().unwrap_or_default(),
-            address: None,
-            pool: None,
-            sharing_key,
-            ports,
-            locality: locality(service),
-        })
-    }
-}
-
-/// The IPv4 addresses `status.loadBalancer.ingress` lists.
-pub fn status_addresses(service: &Service) -> Vec<Ipv4Addr> {
-    service
-        .status
-        .as_ref()
-        .and_then(|status| status.load_balancer.as_ref())
-        .and_then(|balancer| balancer.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|ingress| ingress.ip.as_deref()?.parse().ok())
-        .collect()
-}
-
-fn annotation<'a>(service: &'a Service, key: &str) -> Option<&'a str> {
-    service
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
-}
-
-fn non_empty(value: &str) -> Option<&str> {
-    let value = value.trim();
-    (!value.is_empty()).then_some(value)
-}
-
-fn check_ip_families(service: &Service) -> Result<(), RequestError> {
-    let Some(spec) = service.spec.as_ref() else {
-        return Ok(());
-    };
-    if spec.ip_family_policy.as_deref() == Some("RequireDualStack") {
-        return Err(RequestError::Ipv6Unsupported {
-            what: "spec.ipFamilyPolicy: RequireDualStack".to_owned(),
-        });
-    }
-    // PreferDualStack with IPv4 first is served with an IPv4 address alone.
-    match spec.ip_families.as_deref() {
-        Some([first, ..]) if first == "IPv6" => Err(RequestError::Ipv6Unsupported {
-            what: "spec.ipFamilies: IPv6 first".to_owned(),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// Merges the value `source` asks for into `found`, refusing a different value.
-fn agree<T: PartialEq>(
+pub(crate) fn agree<T: PartialEq>(
     found: &mut Option<(Sourced<T>, String)>,
     candidate: Sourced<T>,
     raw: &str,
@@ -318,26 +217,16 @@ fn agree<T: PartialEq>(
     }
 }
 
-fn requested_address(service: &Service) -> Result<Option<Sourced<Ipv4Addr>>, RequestError> {
-    let annotated = annotations::ADDRESS_SOURCES
-        .iter()
-        .filter_map(|&source| annotation(service, source).map(|raw| (source, raw)));
-    let spec = service
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.load_balancer_ip.as_deref())
-        .filter(|raw| !raw.trim().is_empty())
-        .map(|raw| (SPEC_LOAD_BALANCER_IP, raw));
-    let mut found = None;
-    for (source, raw) in annotated.chain(spec) {
-        let value = parse_address_list(source, raw)?;
-        agree(&mut found, Sourced { value, source }, raw)?;
-    }
-    Ok(found.map(|(sourced, _)| sourced))
+pub(crate) fn non_empty(value: &str) -> Option<&str> {
+    let value = value.trim();
+    (!value.is_empty()).then_some(value)
 }
 
 /// The one IPv4 address of a comma-separated list.
-fn parse_address_list(source: &'static str, raw: &str) -> Result<Ipv4Addr, RequestError> {
+pub(crate) fn parse_address_list(
+    source: &'static str,
+    raw: &str,
+) -> Result<Ipv4Addr, RequestError> {
     let invalid = |problem: String| RequestError::Invalid {
         field: source,
         value: raw.to_owned(),
@@ -367,57 +256,7 @@ fn parse_address_list(source: &'static str, raw: &str) -> Result<Ipv4Addr, Reque
     }
 }
 
-fn requested_pool(service: &Service) -> Result<Option<Sourced<String>>, RequestError> {
-    let mut found = None;
-    for source in annotations::POOL_SOURCES {
-        let Some(raw) = annotation(service, source) else {
-            continue;
-        };
-        let Some(value) = non_empty(raw) else {
-            return Err(RequestError::Invalid {
-                field: source,
-                value: raw.to_owned(),
-                problem: "is empty: name an AddressPool".to_owned(),
-            });
-        };
-        agree(
-            &mut found,
-            Sourced {
-                value: value.to_owned(),
-                source,
-            },
-            raw,
-        )?;
-    }
-    Ok(found.map(|(sourced, _)| sourced))
-}
-
-/// An empty sharing key means "no sharing", as in MetalLB.
-fn sharing_key(service: &Service) -> Result<Option<Sourced<String>>, RequestError> {
-    let mut found = None;
-    for source in annotations::SHARING_SOURCES {
-        let Some(raw) = annotation(service, source) else {
-            continue;
-        };
-        if let Some(value) = non_empty(raw) {
-            let value = value.to_owned();
-            agree(&mut found, Sourced { value, source }, raw)?;
-        }
-    }
-    Ok(found.map(|(sourced, _)| sourced))
-}
-
-/// The ports a Service lists (none without a spec).
-pub fn service_ports(service: &Service) -> impl Iterator<Item = &ServicePort> {
-    service
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.ports.as_ref())
-        .into_iter()
-        .flatten()
-}
-
-fn port_spec(port: i32, protocol: Option<&str>) -> Result<PortSpec, RequestError> {
+pub(crate) fn port_spec(port: i32, protocol: Option<&str>) -> Result<PortSpec, RequestError> {
     let protocol = match protocol.unwrap_or("TCP") {
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
@@ -435,32 +274,3 @@ fn port_spec(port: i32, protocol: Option<&str>) -> Result<PortSpec, RequestError
     })?;
     Ok(PortSpec { port, protocol })
 }
-
-fn ports(service: &Service) -> Result<BTreeSet<PortSpec>, RequestError> {
-    service_ports(service)
-        .map(|port| port_spec(port.port, port.protocol.as_deref()))
-        .collect()
-}
-
-fn locality(service: &Service) -> Locality {
-    let Some(spec) = service.spec.as_ref() else {
-        return Locality::Cluster;
-    };
-    if spec.external_traffic_policy.as_deref() != Some("Local") {
-        return Locality::Cluster;
-    }
-    let empty = BTreeMap::new();
-    let selector: Vec<String> = spec
-        .selector
-        .as_ref()
-        .unwrap_or(&empty)
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect();
-    Locality::Local {
-        selector: selector.join(","),
-    }
-}
-
-#[cfg(test)]
-mod tests;

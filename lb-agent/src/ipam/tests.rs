@@ -8,8 +8,12 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::ResourceExt as _;
 use serde::Deserialize as _;
 
-use super::*;
-use crate::apis::address_pool::AddressPool;
+use super::{
+    allocator::{AllocationError, RebuildConflict},
+    request::Locality,
+    *,
+};
+use crate::apis::{address_pool::AddressPool, service};
 
 const EDGE_VIPS: &str = include_str!("../../tests/fixtures/k8s/edge-vips.yaml");
 const K3S_LAN: &str = include_str!("../../tests/fixtures/k8s/k3s-lan.yaml");
@@ -66,7 +70,7 @@ impl Cluster {
     fn service(&self, key: &str) -> &Service {
         self.services
             .iter()
-            .find(|service| ServiceKey::of(service).is_some_and(|k| k.to_string() == key))
+            .find(|service| service::key(service).is_some_and(|k| k.to_string() == key))
             .unwrap_or_else(|| panic!("no Service {key}"))
     }
 }
@@ -94,11 +98,11 @@ fn drive(
     service: &Service,
     policy: ClassPolicy,
 ) -> Outcome {
-    let responsibility = policy.responsibility(service);
+    let responsibility = service::responsibility(policy, service);
     if responsibility != Responsibility::Ours {
         return Outcome::NotOurs(responsibility);
     }
-    let request = match Request::from_service(service) {
+    let request = match service::request(service) {
         Ok(request) => request,
         Err(error) => return Outcome::Refused(error.reason(), error.to_string()),
     };
@@ -116,7 +120,7 @@ fn drive_all(cluster: &Cluster, policy: ClassPolicy) -> (Allocator, BTreeMap<Str
         .services
         .iter()
         .map(|service| {
-            let key = ServiceKey::of(service).expect("named").to_string();
+            let key = service::key(service).expect("named").to_string();
             (key, drive(&mut allocator, cluster, service, policy))
         })
         .collect();
@@ -167,7 +171,7 @@ fn edge_vips_reserved_addresses_shared_dns_and_etp_local() {
     // 172.16.200.0/24 less .0 and .255: 254 addresses.
     assert_eq!(usage(&allocator, "edge-vips"), (3, 251));
     assert_eq!(usage(&allocator, "lan-general"), (1, 9));
-    let traefik = Request::from_service(cluster.service("edge/traefik")).expect("request");
+    let traefik = service::request(cluster.service("edge/traefik")).expect("request");
     assert_eq!(
         traefik.locality,
         Locality::Local {
@@ -200,8 +204,7 @@ fn k3s_lan_as_the_default_class_takes_classless_services() {
     ]);
     assert_eq!(outcomes, expected);
     assert_eq!(usage(&allocator, "lan"), (3, 8));
-    let coredns =
-        Request::from_service(cluster.service("kube-system/coredns-lb")).expect("request");
+    let coredns = service::request(cluster.service("kube-system/coredns-lb")).expect("request");
     assert_eq!(
         coredns
             .ports
@@ -333,7 +336,7 @@ fn proxmox_small_pool_exhausts_then_reuses_a_released_address() {
 fn restart_rebuilds_from_statuses_without_giving_an_address_twice() {
     let cluster = Cluster::load(RESTART);
     let mut allocator = cluster.allocator();
-    let conflicts = allocator.rebuild(&cluster.services, OURS);
+    let conflicts = allocator.rebuild(service::holders(&cluster.services, OURS));
     let new_blog = ServiceKey::new("blog", "new-blog");
     let old_blog = ServiceKey::new("blog", "old-blog");
     assert_eq!(
@@ -380,7 +383,7 @@ fn restart_rebuilds_from_statuses_without_giving_an_address_twice() {
         .services
         .iter()
         .map(|service| {
-            let key = ServiceKey::of(service).expect("named").to_string();
+            let key = service::key(service).expect("named").to_string();
             (key, drive(&mut allocator, &cluster, service, OURS))
         })
         .collect();
@@ -411,14 +414,14 @@ fn last_outcome(services: &str) -> Outcome {
     let (_, outcomes) = drive_all(&cluster, OURS);
     let (last, earlier) = cluster.services.split_last().expect("a Service");
     for service in earlier {
-        let key = ServiceKey::of(service).expect("named").to_string();
+        let key = service::key(service).expect("named").to_string();
         assert!(
             matches!(outcomes[&key], Outcome::Assigned(..)),
             "{key}: {:?}",
             outcomes[&key]
         );
     }
-    outcomes[&ServiceKey::of(last).expect("named").to_string()].clone()
+    outcomes[&service::key(last).expect("named").to_string()].clone()
 }
 
 /// A `LoadBalancer` Service of ours in `default` named `name`; `metadata` adds metadata

@@ -31,6 +31,7 @@ use crate::{
     apis::{
         address_pool::AddressPool,
         pool_status::{self},
+        service,
     },
     ipam::{ClassPolicy, ServiceKey},
     sources::kubernetes::{outage::watch_unreachable, source},
@@ -52,13 +53,14 @@ pub async fn run(
         Elector::new(client.clone(), lease),
         leader,
         stop.clone(),
+        Arc::clone(&telemetry),
     ));
     loop {
         if leading.wait_for(|leading| *leading).await.is_err() {
             break;
         }
         tracing::info!("leading the IPAM");
-        let work = tokio::spawn(serve_with(
+        let work = tokio::spawn(serve(
             client.clone(),
             policy,
             identity.clone(),
@@ -72,13 +74,9 @@ pub async fn run(
     let _ = election.await;
 }
 
-/// Runs the IPAM until aborted: lists, rebuilds, then follows the watches.
-pub async fn serve(client: Client, policy: ClassPolicy, instance: String) {
-    serve_with(client, policy, instance, Arc::new(Telemetry::new())).await;
-}
-
-/// [`serve`], counting into `telemetry`.
-pub async fn serve_with(
+/// Runs the IPAM until aborted: lists, rebuilds, then follows the watches; counts into
+/// `telemetry`. [`run`] calls it while this agent leads.
+pub async fn serve(
     client: Client,
     policy: ClassPolicy,
     instance: String,
@@ -184,7 +182,7 @@ impl Ipam {
                     .filter_map(|service| {
                         Some((
                             service.metadata.creation_timestamp.clone(),
-                            ServiceKey::of(service)?,
+                            service::key(service)?,
                         ))
                     })
                     .collect();
@@ -194,17 +192,17 @@ impl Ipam {
                 }
             }
             Ok(watcher::Event::Apply(service)) if self.rebuilt => {
-                if let Some(key) = ServiceKey::of(&service) {
+                if let Some(key) = service::key(&service) {
                     self.pass(&key).await;
                 }
             }
             Ok(watcher::Event::Delete(service)) if self.rebuilt => {
-                if let Some(key) = ServiceKey::of(&service) {
+                if let Some(key) = service::key(&service) {
                     self.waiting.remove(&key);
                     self.retry.remove(&key);
                 }
                 if forget(&service, &self.ctx) {
-                    tracing::info!(service = ?ServiceKey::of(&service), "deleted Service's address released");
+                    tracing::info!(service = ?service::key(&service), "deleted Service's address released");
                     self.retry_waiting().await;
                 }
             }
@@ -247,7 +245,7 @@ impl Ipam {
             .state()
             .iter()
             .filter_map(|service| {
-                let key = ServiceKey::of(service)?;
+                let key = service::key(service)?;
                 let pool = allocator.allocation(&key)?.pool;
                 Some((key, pool))
             })
@@ -313,7 +311,7 @@ impl Ipam {
         };
         // The next tick writes them again.
         for error in errors {
-            let failures = self.ctx.metrics.failed(error.metric_label());
+            let failures = self.ctx.count_error(error.metric_label());
             tracing::warn!(%error, failures, "writing an AddressPool status failed");
         }
     }

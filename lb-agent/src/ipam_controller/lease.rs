@@ -14,7 +14,7 @@
 //! once. A stopping agent releases the Lease (empty holder) for an immediate handover.
 //! None of this is on the traffic path: VIP owners are elected by the gossip.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -30,7 +30,10 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval},
 };
 
-use crate::sources::kubernetes::outage::unreachable;
+use crate::{
+    sources::kubernetes::outage::unreachable,
+    telemetry::{Component, Telemetry},
+};
 
 /// The Lease's name.
 pub const LEASE_NAME: &str = "xdplb-ipam";
@@ -295,11 +298,12 @@ impl Elector {
 }
 
 /// Competes for the Lease until `stop` turns true, publishing whether this agent leads
-/// on `leader`; then releases it if held.
+/// on `leader`; then releases it if held. Failed rounds are counted into `telemetry`.
 pub async fn run(
     mut elector: Elector,
     leader: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
+    telemetry: Arc<Telemetry>,
 ) {
     let mut tick = interval(elector.settings.renew_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -323,6 +327,7 @@ pub async fn run(
                 won
             }
             Err(error) => {
+                telemetry.count_error(Component::IpamLease, error.metric_label());
                 let within = renewed.is_some_and(|at| at.elapsed() < deadline);
                 // An unreachable API server is the API health's to report. Other failures:
                 // once, and at every round while still leading on borrowed time.

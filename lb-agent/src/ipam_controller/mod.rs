@@ -31,13 +31,12 @@ mod pools;
 mod reconcile;
 
 pub use self::{
-    driver::{run, serve, serve_with},
+    driver::{run, serve},
     pools::PoolStatuses,
     reconcile::{forget, rebuild, reconcile},
 };
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
@@ -54,7 +53,7 @@ use kube::{
 use crate::{
     ipam::{Allocator, ClassPolicy, Labels, ServiceKey},
     sources::kubernetes::outage::unreachable,
-    telemetry::Telemetry,
+    telemetry::{Component, Telemetry},
 };
 
 /// The Service condition the IPAM writes.
@@ -69,45 +68,6 @@ pub const IP_MODE_VIP: &str = "VIP";
 /// When a failed status write is tried again.
 pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 
-/// Counters of the controller's work, by outcome.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    reconciliations: Mutex<u64>,
-    failures: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl Metrics {
-    fn reconciled(&self) {
-        *self
-            .reconciliations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) += 1;
-    }
-
-    /// Counts a failure; returns the count for `label` so far.
-    fn failed(&self, label: &'static str) -> u64 {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = failures.entry(label).or_default();
-        *count += 1;
-        *count
-    }
-
-    pub fn reconciliations(&self) -> u64 {
-        *self
-            .reconciliations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Failures so far, by error label.
-    pub fn failures(&self) -> BTreeMap<&'static str, u64> {
-        self.failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
 /// What [`reconcile`] and its helpers share.
 pub struct Context {
     pub client: Client,
@@ -116,9 +76,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// For pools' `namespaceSelector`.
     pub namespaces: Store<Namespace>,
-    pub metrics: Metrics,
-    /// Allocations, refusals and releases, for `/metrics` (the agent's, when it runs
-    /// the IPAM; see [`Context::with_telemetry`]).
+    /// Allocations, refusals, releases and errors, for `/metrics` (the agent's, when it
+    /// runs the IPAM; see [`Context::with_telemetry`]).
     pub telemetry: Arc<Telemetry>,
 }
 
@@ -140,7 +99,6 @@ impl Context {
             policy,
             allocator: Mutex::new(Allocator::default()),
             namespaces,
-            metrics: Metrics::default(),
             telemetry: Arc::new(Telemetry::new()),
         }
     }
@@ -148,6 +106,11 @@ impl Context {
     /// Counts into `telemetry` instead of a telemetry of its own.
     pub fn with_telemetry(self, telemetry: Arc<Telemetry>) -> Self {
         Self { telemetry, ..self }
+    }
+
+    /// Counts an error of the controller of kind `kind`; returns the count of that kind.
+    fn count_error(&self, kind: &'static str) -> u64 {
+        self.telemetry.count_error(Component::IpamController, kind)
     }
 
     fn allocator(&self) -> MutexGuard<'_, Allocator> {
@@ -176,7 +139,7 @@ impl Context {
             .publish(&event, &service.object_ref(&()))
             .await
         {
-            let failures = self.metrics.failed("event");
+            let failures = self.count_error("event");
             tracing::warn!(%error, reason, failures, "publishing an event failed");
         }
     }
@@ -239,7 +202,7 @@ pub enum Outcome {
 
 /// Counts the failure and says when to try the Service again.
 pub fn error_policy(error: &Error, ctx: &Context) -> Duration {
-    let failures = ctx.metrics.failed(error.metric_label());
+    let failures = ctx.count_error(error.metric_label());
     if !error.unreachable() {
         tracing::warn!(%error, kind = error.metric_label(), failures, "IPAM reconcile failed; retrying");
     }

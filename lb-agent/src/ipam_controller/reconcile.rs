@@ -14,16 +14,16 @@ use serde_json::{Value, json};
 use super::{ALLOCATED_CONDITION, Context, Error, FIELD_MANAGER, IP_MODE_VIP, Outcome};
 use crate::{
     apis::conditions::{Wanted, all_match},
-    ipam::{Allocation, Request, Responsibility, ServiceKey, status_addresses},
+    apis::service,
+    ipam::{Allocation, Responsibility, ServiceKey},
 };
 
 /// One pass over `service`.
 pub async fn reconcile(service: &Service, ctx: &Context) -> Result<Outcome, Error> {
-    ctx.metrics.reconciled();
-    let Some(key) = ServiceKey::of(service) else {
+    let Some(key) = service::key(service) else {
         return Ok(Outcome::Settled);
     };
-    match ctx.policy.responsibility(service) {
+    match service::responsibility(ctx.policy, service) {
         Responsibility::Ours => allocate(service, key, ctx).await,
         Responsibility::NotLoadBalancer => {
             let released = release(&key, ctx);
@@ -40,7 +40,7 @@ pub async fn reconcile(service: &Service, ctx: &Context) -> Result<Outcome, Erro
             let released = release(&key, ctx);
             let clashes = ctx
                 .allocator()
-                .reserve_foreign(&key, &status_addresses(service));
+                .reserve_foreign(&key, &service::status_addresses(service));
             for clash in clashes {
                 tracing::warn!(service = %key, ours = %clash, "a Service of another load balancer class shows an address one of ours holds: two load balancers announce it");
             }
@@ -58,7 +58,7 @@ pub async fn reconcile(service: &Service, ctx: &Context) -> Result<Outcome, Erro
 
 /// A deleted Service: its address goes back to the pools. Returns whether it held one.
 pub fn forget(service: &Service, ctx: &Context) -> bool {
-    let released = ServiceKey::of(service).and_then(|key| release(&key, ctx));
+    let released = service::key(service).and_then(|key| release(&key, ctx));
     if let Some(allocation) = &released {
         ctx.telemetry.ipam_released(allocation.pool.as_deref());
     }
@@ -78,10 +78,10 @@ fn release(key: &ServiceKey, ctx: &Context) -> Option<Allocation> {
 /// another address.
 pub async fn rebuild(services: &[Arc<Service>], ctx: &Context) {
     let list: Vec<Service> = services.iter().map(|service| (**service).clone()).collect();
-    let conflicts = ctx.allocator().rebuild(&list, ctx.policy);
+    let conflicts = ctx.allocator().rebuild(service::holders(&list, ctx.policy));
     let held = services
         .iter()
-        .filter_map(|service| ServiceKey::of(service))
+        .filter_map(|service| service::key(service))
         .filter(|key| ctx.allocator().allocation(key).is_some())
         .count();
     tracing::info!(
@@ -93,7 +93,7 @@ pub async fn rebuild(services: &[Arc<Service>], ctx: &Context) {
     for conflict in conflicts {
         let Some(service) = services
             .iter()
-            .find(|service| ServiceKey::of(service).as_ref() == Some(&conflict.service))
+            .find(|service| service::key(service).as_ref() == Some(&conflict.service))
         else {
             continue;
         };
@@ -109,7 +109,7 @@ pub async fn rebuild(services: &[Arc<Service>], ctx: &Context) {
 }
 
 async fn allocate(service: &Service, key: ServiceKey, ctx: &Context) -> Result<Outcome, Error> {
-    let request = match Request::from_service(service) {
+    let request = match service::request(service) {
         Ok(request) => request,
         Err(error) => {
             refuse(service, &key, None, error.reason(), error.to_string(), ctx).await?;
@@ -183,7 +183,7 @@ async fn grant(
     if !settle_status(service, key, Some(ip), &wanted, ctx).await? {
         return Ok(());
     }
-    if status_addresses(service).first() != Some(&ip) {
+    if service::status_addresses(service).first() != Some(&ip) {
         tracing::info!(service = %key, %ip, pool = ?allocation.pool, "address allocated");
         ctx.telemetry.ipam_allocated(allocation.pool.as_deref());
         ctx.event(

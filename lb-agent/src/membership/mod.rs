@@ -46,7 +46,7 @@ mod identity;
 mod tests;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::SocketAddrV4,
     sync::{
         Arc,
@@ -116,7 +116,8 @@ impl View {
     }
 
     /// Names of the nodes whose data path does not serve.
-    pub fn down(&self) -> BTreeSet<String> {
+    #[cfg(test)]
+    pub fn down(&self) -> std::collections::BTreeSet<String> {
         self.members
             .iter()
             .filter(|(_, member)| !member.liveness.serves())

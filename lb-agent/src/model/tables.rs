@@ -76,6 +76,7 @@ impl Table {
     }
 
     /// Whether some slot holds `address`.
+    #[cfg(test)]
     pub fn contains(&self, address: Ipv4Addr) -> bool {
         match &*self.0 {
             Slots::Indexed { members, .. } => members.contains(&address),
@@ -201,10 +202,12 @@ impl Tables {
     }
 
     /// Tables held for the next pass.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.previous.len() + self.current.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

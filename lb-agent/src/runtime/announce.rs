@@ -68,12 +68,14 @@ mod tests {
 
     const VIP: Ipv4Addr = Ipv4Addr::new(172, 16, 200, 20);
 
-    /// A settled view from `local`, each member with its liveness and generation.
-    fn view(local: &str, members: &[(&str, Liveness, Option<u64>)]) -> View {
+    /// A settled view from `local` of `node1`, `node2`, ... in turn, each with its
+    /// liveness and generation.
+    fn view(local: &str, members: &[(Liveness, Option<u64>)]) -> View {
         let members = members
             .iter()
             .enumerate()
-            .map(|(index, &(name, liveness, generation))| {
+            .map(|(index, &(liveness, generation))| {
+                let name = format!("node{}", index + 1);
                 let member = MemberView {
                     address: SocketAddrV4::new(Ipv4Addr::new(192, 168, 8, 11 + index as u8), 7947),
                     liveness,
@@ -81,7 +83,7 @@ mod tests {
                     generation,
                     since: SystemTime::UNIX_EPOCH,
                 };
-                (name.to_owned(), member)
+                (name, member)
             })
             .collect();
         View {
@@ -101,20 +103,12 @@ mod tests {
     fn a_heal_seen_by_the_majority_gains_the_cut_off_node() {
         let split = view(
             "node2",
-            &[
-                ("node1", Down, Some(1)),
-                ("node2", Alive, Some(2)),
-                ("node3", Alive, Some(3)),
-            ],
+            &[(Down, Some(1)), (Alive, Some(2)), (Alive, Some(3))],
         );
         // Declared down, node1 rejoined as a new generation.
         let healed = view(
             "node2",
-            &[
-                ("node1", Alive, Some(4)),
-                ("node2", Alive, Some(2)),
-                ("node3", Alive, Some(3)),
-            ],
+            &[(Alive, Some(4)), (Alive, Some(2)), (Alive, Some(3))],
         );
         assert_eq!(gained(&split, &healed), names(&["node1"]));
     }
@@ -123,57 +117,28 @@ mod tests {
     fn a_heal_seen_by_the_cut_off_node_gains_without_its_unsettled_moment() {
         let alone = view(
             "node1",
-            &[
-                ("node1", Alive, Some(1)),
-                ("node2", Down, Some(2)),
-                ("node3", Down, Some(3)),
-            ],
+            &[(Alive, Some(1)), (Down, Some(2)), (Down, Some(3))],
         );
         // The rejoin's unsettled view lasted 3 ms and was never read: the next view read
         // is settled again, with node1's new generation and its peers back.
         let healed = view(
             "node1",
-            &[
-                ("node1", Alive, Some(4)),
-                ("node2", Alive, Some(2)),
-                ("node3", Alive, Some(3)),
-            ],
+            &[(Alive, Some(4)), (Alive, Some(2)), (Alive, Some(3))],
         );
         assert_eq!(gained(&alone, &healed), names(&["node1", "node2", "node3"]));
         // A rejoin that kept every peer (a short link flap) still shows by the generation.
-        let all = view(
-            "node1",
-            &[("node1", Alive, Some(1)), ("node2", Alive, Some(2))],
-        );
-        let rejoined = view(
-            "node1",
-            &[("node1", Alive, Some(4)), ("node2", Alive, Some(2))],
-        );
+        let all = view("node1", &[(Alive, Some(1)), (Alive, Some(2))]);
+        let rejoined = view("node1", &[(Alive, Some(4)), (Alive, Some(2))]);
         assert_eq!(gained(&all, &rejoined), names(&["node1"]));
     }
 
     #[test]
     fn suspicion_losses_and_handovers_gain_nothing_but_a_new_agent_does() {
-        let all = view(
-            "node1",
-            &[("node1", Alive, Some(1)), ("node2", Alive, Some(2))],
-        );
-        let suspect = view(
-            "node1",
-            &[("node1", Alive, Some(1)), ("node2", Suspect, Some(2))],
-        );
-        let down = view(
-            "node1",
-            &[("node1", Alive, Some(1)), ("node2", Down, Some(2))],
-        );
-        let handing_over = view(
-            "node1",
-            &[("node1", Alive, Some(1)), ("node2", HandingOver, Some(2))],
-        );
-        let replaced = view(
-            "node1",
-            &[("node1", Alive, Some(1)), ("node2", Alive, Some(5))],
-        );
+        let all = view("node1", &[(Alive, Some(1)), (Alive, Some(2))]);
+        let suspect = view("node1", &[(Alive, Some(1)), (Suspect, Some(2))]);
+        let down = view("node1", &[(Alive, Some(1)), (Down, Some(2))]);
+        let handing_over = view("node1", &[(Alive, Some(1)), (HandingOver, Some(2))]);
+        let replaced = view("node1", &[(Alive, Some(1)), (Alive, Some(5))]);
         assert!(gained(&all, &all).is_empty());
         assert!(gained(&all, &suspect).is_empty());
         assert!(gained(&suspect, &all).is_empty());
@@ -181,7 +146,7 @@ mod tests {
         assert!(gained(&all, &handing_over).is_empty());
         assert_eq!(gained(&handing_over, &replaced), names(&["node2"]));
         // A node never heard from (no generation) coming up joins.
-        let unknown = view("node1", &[("node1", Alive, Some(1)), ("node2", Down, None)]);
+        let unknown = view("node1", &[(Alive, Some(1)), (Down, None)]);
         assert_eq!(gained(&unknown, &all), names(&["node2"]));
     }
 

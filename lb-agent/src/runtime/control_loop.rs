@@ -21,9 +21,10 @@ use super::{
 };
 use crate::{
     api::{ApiError, http::HttpServer, socket::SocketServer},
+    dataplane::DataplaneError,
     membership::View,
     sources::{Cluster, Source},
-    telemetry::{OwnershipChange, Telemetry},
+    telemetry::{Component, OwnershipChange, Telemetry},
 };
 
 /// How often a failed map update and a missing ARP announcer are retried.
@@ -52,7 +53,9 @@ impl<S: Source> Agent<S> {
         }
         match HttpServer::bind(api.listen).await {
             Ok(server) => {
-                tracing::info!(listen = %api.listen, "metrics and health checks listening");
+                // The bound address: the port the kernel chose, if `listen` left it 0.
+                let listen = server.local_addr().unwrap_or(api.listen);
+                tracing::info!(%listen, "metrics and health checks listening");
                 self.servers.push(tokio::spawn(
                     server.serve(provider, Arc::clone(&self.telemetry)),
                 ));
@@ -110,18 +113,7 @@ impl<S: Source> Agent<S> {
         state.set_plan(next);
         // An unsettled view (a start or rejoin) must not pull peers out of the rings.
         if view.settled {
-            match state.apply() {
-                Ok(Some(took)) => {
-                    self.telemetry.observe_map_sync(took);
-                    tracing::debug!(took_us = took.as_micros() as u64, "maps updated");
-                    self.retry = false;
-                }
-                Ok(None) => self.retry = false,
-                Err(error) => {
-                    tracing::error!(%error, kind = error.metric_label(), "updating the BPF maps failed; retrying in a second");
-                    self.retry = true;
-                }
-            }
+            self.retry = !applied(state.apply(), &self.telemetry);
         }
         let owned = state.plan.owned_vips(state.settings.arp);
         drop(state);
@@ -240,6 +232,24 @@ fn api_failed(error: &ApiError) {
     tracing::error!(%error, "the local API is unavailable; the data path is not affected");
 }
 
+/// Records the outcome of an update of the BPF maps; whether it succeeded.
+fn applied(outcome: Result<Option<Duration>, DataplaneError>, telemetry: &Telemetry) -> bool {
+    match outcome {
+        Ok(Some(took)) => {
+            telemetry.observe_map_sync(took);
+            tracing::debug!(took_us = took.as_micros() as u64, "maps updated");
+            true
+        }
+        Ok(None) => true,
+        Err(error) => {
+            let kind = error.metric_label();
+            telemetry.count_error(Component::Dataplane, kind);
+            tracing::error!(%error, kind, "updating the BPF maps failed; retrying in a second");
+            false
+        }
+    }
+}
+
 fn log_owner_change(change: &reconcile::OwnerChange, local: &str, telemetry: &Telemetry) {
     let show = |owner: &Option<String>| owner.clone().unwrap_or_else(|| "none".to_owned());
     tracing::info!(vip = %change.vip, from = %show(&change.from), to = %show(&change.to), "VIP owner changed");
@@ -269,4 +279,23 @@ fn handler(kind: SignalKind, name: &'static str) -> Result<Signal, RuntimeError>
         signal: name,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_map_update_is_counted_and_retried() {
+        let telemetry = Telemetry::new();
+        assert!(applied(Ok(Some(Duration::from_millis(1))), &telemetry));
+        assert!(applied(Ok(None), &telemetry));
+        let full = DataplaneError::NoFreeRingSlot { slots: 8 };
+        assert!(!applied(Err(full), &telemetry));
+        // The next of that kind is the second.
+        assert_eq!(
+            telemetry.count_error(Component::Dataplane, "no_ring_slot"),
+            2
+        );
+    }
 }

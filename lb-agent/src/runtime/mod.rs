@@ -132,17 +132,10 @@ struct Agent<S> {
     new_identity: Option<crate::model::Node>,
 }
 
-/// Runs the agent on `source` until SIGTERM or SIGINT, then hands over.
-pub async fn run<S: Source>(source: S) -> Result<(), RuntimeError> {
-    run_with(source, Arc::new(Telemetry::new())).await
-}
-
-/// [`run`], recording into `telemetry`, which others (the IPAM) may share: `/metrics`
-/// shows what they count too.
-pub async fn run_with<S: Source>(
-    mut source: S,
-    telemetry: Arc<Telemetry>,
-) -> Result<(), RuntimeError> {
+/// Runs the agent on `source` until SIGTERM or SIGINT, then hands over; records into
+/// `telemetry`, which others (the source, the IPAM) may share: `/metrics` shows what
+/// they count too.
+pub async fn run<S: Source>(mut source: S, telemetry: Arc<Telemetry>) -> Result<(), RuntimeError> {
     let settings = source.settings().clone();
     let interface = lan_interface(&settings)?;
     arp::announcer::check_socket_permission(&interface).map_err(RuntimeError::ArpSocket)?;

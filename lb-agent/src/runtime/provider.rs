@@ -202,7 +202,7 @@ impl AgentState {
         let started = arp::interface::select(&SysPaths::live(), Some(interface))
             .map_err(|error| error.to_string())
             .and_then(|selected| {
-                Announcer::start_per_vip(&selected, owned).map_err(|error| error.to_string())
+                Announcer::start(&selected, owned).map_err(|error| error.to_string())
             });
         match started {
             Ok(announcer) => {

@@ -42,8 +42,8 @@ impl Cluster {
     pub fn from_standalone(config: &Standalone) -> Self {
         let file = config.config();
         Self {
-            inputs: config.inputs(file.mtu.unwrap_or(0)),
-            mtu: file.mtu,
+            inputs: config.inputs(file.node_settings.mtu.unwrap_or(0)),
+            mtu: file.node_settings.mtu,
             labels: file
                 .peers
                 .iter()

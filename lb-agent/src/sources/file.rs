@@ -14,7 +14,10 @@ use std::{
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
 use super::{Cluster, Settings, Source};
-use crate::config::{self, ConfigError, ReloadRefusal, Standalone};
+use crate::{
+    config::{self, ConfigError, ReloadRefusal, Standalone},
+    telemetry::{Component, Telemetry},
+};
 
 /// How often the file is looked at.
 const FILE_POLL: Duration = Duration::from_secs(1);
@@ -108,20 +111,29 @@ pub struct FileSource {
     poll: Interval,
     /// Rejected versions of the file so far.
     failures: u64,
+    /// Counts the rejected versions by kind.
+    telemetry: Arc<Telemetry>,
 }
 
 impl FileSource {
-    /// `running` is what `path` held at start.
-    pub fn new(path: impl Into<PathBuf>, running: Standalone) -> Self {
+    /// `running` is what `path` held at start; rejected versions are counted into
+    /// `telemetry`.
+    pub fn new(path: impl Into<PathBuf>, running: Standalone, telemetry: Arc<Telemetry>) -> Self {
         let mut poll = interval(FILE_POLL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             file: ConfigSource::new(path),
-            settings: Settings::from_standalone(&running),
+            settings: Settings::from(&running.config().node_settings),
             running,
             poll,
             failures: 0,
+            telemetry,
         }
+    }
+
+    fn rejected(&mut self, kind: &'static str) {
+        self.failures += 1;
+        self.telemetry.count_error(Component::FileSource, kind);
     }
 
     fn read_again(&mut self) -> Option<Arc<Cluster>> {
@@ -143,14 +155,14 @@ impl FileSource {
                 Some(Arc::new(Cluster::from_standalone(&self.running)))
             }
             Reload::Invalid(error) => {
-                self.failures += 1;
+                self.rejected(error.metric_label());
                 for line in error.to_string().lines() {
                     tracing::error!(file = %path, kind = error.metric_label(), failures = self.failures, "rejected configuration, keeping the running one: {line}");
                 }
                 None
             }
             Reload::Refused(refusal) => {
-                self.failures += 1;
+                self.rejected(refusal.metric_label());
                 tracing::error!(%refusal, "rejected configuration, keeping the running one");
                 None
             }
@@ -277,9 +289,13 @@ mod tests {
                 needs_restart,
             } => {
                 assert_eq!(needs_restart, ["interface", "pinDir", "capacities"]);
-                assert_eq!(config.interface(), Some("eth0"));
-                assert_eq!(config.config().pin_dir, running.config().pin_dir);
-                assert_eq!(config.capacities(), running.capacities());
+                let (kept, before) = (
+                    &config.config().node_settings,
+                    &running.config().node_settings,
+                );
+                assert_eq!(kept.interface.as_deref(), Some("eth0"));
+                assert_eq!(kept.pin_dir, before.pin_dir);
+                assert_eq!(kept.capacities, before.capacities);
                 assert_eq!(
                     config.owners().values().collect::<Vec<_>>(),
                     [&"node2", &"node2"]
@@ -314,17 +330,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_file_source_yields_each_valid_edit_and_skips_bad_ones() {
+    async fn the_file_source_yields_each_valid_edit_and_skips_bad_ones_and_counts_them() {
         use tokio::time::timeout;
         let (_dir, path, _, running) = setup();
         let vip: std::net::Ipv4Addr = "172.16.200.20".parse().expect("vip");
-        let mut source = FileSource::new(&path, running);
+        let telemetry = Arc::new(Telemetry::new());
+        let mut source = FileSource::new(&path, running, Arc::clone(&telemetry));
         assert!(!source.live_peers());
         assert_eq!(source.first().await.owners[&vip], "node1");
         write(&path, &EXAMPLE.replace("protocol: UDP", "protocol: SCTP"));
         let skipped = timeout(Duration::from_millis(2500), source.next()).await;
         assert!(skipped.is_err(), "an invalid file was applied");
         assert_eq!(source.failures, 1);
+        // The next rejection of that kind would be the second.
+        assert_eq!(telemetry.count_error(Component::FileSource, "schema"), 2);
         write(&path, &EXAMPLE.replace("owner: node1", "owner: node2"));
         let edited = timeout(Duration::from_secs(3), source.next())
             .await

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::{
     arp,
-    config::{ApiConfig, GossipConfig, Standalone},
+    config::{ApiConfig, GossipConfig, NodeSettings},
     model::capacities::Capacities,
 };
 
@@ -24,20 +24,22 @@ pub struct Settings {
     pub capacities: Capacities,
 }
 
-impl Settings {
-    pub fn from_standalone(config: &Standalone) -> Self {
-        let file = config.config();
+impl From<&NodeSettings> for Settings {
+    /// The start-only settings of a settings file's node-local keys.
+    fn from(settings: &NodeSettings) -> Self {
         Self {
-            interface: file.interface.clone(),
-            arp_interface: file.arp.interface.clone(),
-            arp: file.arp.settings(),
-            gossip: file.gossip.clone(),
-            api: file.api.clone(),
-            pin_dir: file.pin_dir.clone(),
-            capacities: config.capacities(),
+            interface: settings.interface.clone(),
+            arp_interface: settings.arp.interface.clone(),
+            arp: settings.arp.settings(),
+            gossip: settings.gossip.clone(),
+            api: settings.api.clone(),
+            pin_dir: settings.pin_dir.clone(),
+            capacities: settings.capacities,
         }
     }
+}
 
+impl Settings {
     /// The interface ARP is announced on, if configured.
     pub fn announce_interface(&self) -> Option<&str> {
         self.arp_interface.as_deref().or(self.interface.as_deref())

@@ -40,7 +40,7 @@ pub trait MapsView {
 impl MapsView for KernelDataplane {
     fn vip_counters(&self, vip: Ipv4Addr) -> Result<Option<VipCounters>, MapsError> {
         self.stats_index(vip)
-            .map(|index| self.store().vip_stats.total(index).map(VipCounters::from))
+            .map(|index| self.store().vip_stats.total(index))
             .transpose()
     }
 

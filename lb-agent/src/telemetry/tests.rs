@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use crate::{
@@ -203,4 +203,66 @@ fn ignored_status_addresses_are_counted() {
         "{text}"
     );
     assert_eq!(telemetry.ignored_status_addresses(), 2);
+}
+
+#[test]
+fn errors_are_counted_by_component_and_kind() {
+    let telemetry = Telemetry::new();
+    let before = telemetry.render(status()).expect("render");
+    assert!(before.contains("# TYPE xdplb_errors counter\n"), "{before}");
+    assert!(!before.contains("xdplb_errors_total{"), "{before}");
+    assert_eq!(telemetry.count_error(Component::Dataplane, "capacity"), 1);
+    assert_eq!(telemetry.count_error(Component::Dataplane, "capacity"), 2);
+    assert_eq!(
+        telemetry.count_error(Component::IpamLease, "lease_write"),
+        1
+    );
+    let text = telemetry.render(status()).expect("render");
+    for line in [
+        r#"xdplb_errors_total{component="dataplane",kind="capacity"} 2"#,
+        r#"xdplb_errors_total{component="ipam_lease",kind="lease_write"} 1"#,
+    ] {
+        assert!(lines(&text).contains(&line), "no {line} in\n{text}");
+    }
+}
+
+/// The metric names of docs/metrics.md's table: every `xdplb_…` name in backticks in
+/// the first column.
+fn documented_names() -> BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+    let page = std::fs::read_to_string(path).expect("docs/metrics.md");
+    page.lines()
+        .filter_map(|row| row.strip_prefix("| `xdplb_"))
+        .flat_map(|row| {
+            let first = row.split(" | ").next().unwrap_or_default();
+            format!("`xdplb_{first}")
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The names of the families `text` serves, as scraped (counters with `_total`).
+fn served_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|line| match line.split_once(' ') {
+            Some((name, "counter")) => format!("{name}_total"),
+            Some((name, _)) => name.to_owned(),
+            None => line.to_owned(),
+        })
+        .collect()
+}
+
+#[test]
+fn the_metrics_reference_lists_exactly_the_served_metrics() {
+    let telemetry = Telemetry::new();
+    // Kubernetes mode: every family there is.
+    telemetry.count_kubernetes_unreachable(0);
+    let served = served_names(&telemetry.render(status()).expect("render"));
+    assert!(served.contains("xdplb_errors_total"), "{served:?}");
+    assert_eq!(served, documented_names());
 }

@@ -1,9 +1,18 @@
 use std::path::PathBuf;
 
-use kube::Resource as _;
+use kube::{CustomResourceExt as _, Resource as _};
 use serde_json::{Value, json};
 
 use super::*;
+
+/// The CRD as committed under `deploy/crds/addresspools.yaml`.
+fn crd_yaml() -> String {
+    let crd = serde_yaml::to_string(&AddressPool::crd()).expect("a CRD serializes to YAML");
+    format!(
+        "# Generated from lb-agent/src/apis/address_pool.rs; do not edit. Regenerate with\n\
+         # XDPLB_BLESS=1 cargo test -p lb-agent --lib crd_matches_committed\n{crd}"
+    )
+}
 
 fn committed_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds/addresspools.yaml")
@@ -40,7 +49,7 @@ fn schema() -> Value {
 fn the_crd_is_the_agreed_cluster_scoped_resource() {
     let crd = crd_json();
     assert_eq!(crd["metadata"]["name"], "addresspools.xdplb.io");
-    assert_eq!(crd["spec"]["group"], GROUP);
+    assert_eq!(crd["spec"]["group"], "xdplb.io");
     assert_eq!(crd["spec"]["scope"], "Cluster");
     assert_eq!(crd["spec"]["names"]["kind"], "AddressPool");
     assert_eq!(crd["spec"]["names"]["shortNames"], json!(["ap", "pool"]));
@@ -205,7 +214,7 @@ fn address_rules_refuse_entries_that_are_not_unicast_as_the_ipam_does() {
         ("255.255.255.255/32", "255.255.255.255"),
     ] {
         let ipam = entry
-            .parse::<crate::ipam::AddressRange>()
+            .parse::<crate::ipam::addresses::AddressRange>()
             .expect_err(entry)
             .problem
             .to_string();

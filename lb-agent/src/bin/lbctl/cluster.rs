@@ -9,11 +9,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
 use kube::{Api, Client, Config, ResourceExt as _, api::ListParams};
 use lb_agent::{
-    apis::address_pool::AddressPool,
+    apis::{address_pool::AddressPool, service},
     explain::{self, Explanation, Query},
     ipam::{
         pool::Pool,
-        request::{ClassPolicy, LOAD_BALANCER_CLASS, Responsibility, status_addresses},
+        request::{ClassPolicy, LOAD_BALANCER_CLASS, Responsibility},
     },
     ipam_controller::ALLOCATED_CONDITION,
     membership::View,
@@ -276,9 +276,9 @@ pub fn services(
     let mut summaries: Vec<ServiceSummary> = snapshot
         .services
         .iter()
-        .filter(|service| class.responsibility(service) == Responsibility::Ours)
+        .filter(|service| service::responsibility(class, service) == Responsibility::Ours)
         .map(|service| {
-            let address = status_addresses(service).first().copied();
+            let address = service::status_addresses(service).first().copied();
             let owner = match (owners, address) {
                 (Some(owners), Some(address)) => match owners.get(&address) {
                     Some(Some(node)) => Owner::Node(node.clone()),

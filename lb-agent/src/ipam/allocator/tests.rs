@@ -1,5 +1,11 @@
+use k8s_openapi::api::core::v1::Service;
+
 use super::*;
-use crate::{ipam::addresses::AddressSet, model::Protocol};
+use crate::{
+    apis::service::holders,
+    ipam::{addresses::AddressSet, request::ClassPolicy},
+    model::Protocol,
+};
 
 fn ip(text: &str) -> Ipv4Addr {
     text.parse().expect("an address")
@@ -386,7 +392,7 @@ fn rebuild_keeps_sharers_and_drops_the_younger_of_a_clash() {
     let mut allocator = lan();
     // Left over from before: rebuild starts from nothing.
     allocate(&mut allocator, &request("ghost", &["80/TCP"])).expect("ghost");
-    let conflicts = allocator.rebuild(&services, ClassPolicy::default());
+    let conflicts = allocator.rebuild(holders(&services, ClassPolicy::default()));
     assert_eq!(
         conflicts,
         [RebuildConflict {

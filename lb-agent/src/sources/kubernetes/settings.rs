@@ -12,77 +12,48 @@
 //! Every key is optional; an empty file (`{}`) runs with the defaults and without
 //! gossip (every node alive, no failover). Settings are read at start only.
 
-use std::{path::Path, path::PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::{
-    config::{
-        self, ApiConfig, ArpConfig, CapacitiesConfig, ConfigError, GossipConfig, default_icmp_rate,
-        default_pin_dir,
-    },
+    config::{self, ConfigError, NodeSettings},
     ipam::request::ClassPolicy,
-    sources::Settings,
 };
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KubernetesSettings {
-    /// `interface`: as in the standalone file.
-    #[serde(default)]
-    pub interface: Option<String>,
-    /// `mtu`: as in the standalone file.
-    #[serde(default)]
-    pub mtu: Option<u32>,
-    /// `icmpRatePerSecond` (default 100): as in the standalone file.
-    #[serde(default = "default_icmp_rate")]
-    pub icmp_rate_per_second: u32,
-    #[serde(default)]
-    pub capacities: CapacitiesConfig,
-    /// `gossip`: as in the standalone file; the peers are the cluster's Nodes at their
-    /// InternalIP.
-    #[serde(default)]
-    pub gossip: Option<GossipConfig>,
-    #[serde(default)]
-    pub arp: ArpConfig,
-    #[serde(default)]
-    pub api: ApiConfig,
-    #[serde(default = "default_pin_dir")]
-    pub pin_dir: PathBuf,
+    /// `interface`, `mtu`, `icmpRatePerSecond`, `capacities`, `gossip`, `arp`, `api` and
+    /// `pinDir`: as in the standalone file.
+    pub node_settings: NodeSettings,
     /// `defaultClass` (default `false`): this agent is the cluster's default load
     /// balancer and also serves `LoadBalancer` Services without `loadBalancerClass`.
     /// Leave it off while MetalLB still serves those.
-    #[serde(default)]
     pub default_class: bool,
 }
 
-config::impl_node_local!(KubernetesSettings);
+/// The file's own keys, as serde reads them (documented on [`KubernetesSettings`]).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OwnKeys {
+    #[serde(default)]
+    default_class: bool,
+}
 
 impl KubernetesSettings {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         // An empty document is no mapping at all; it means every default.
-        if text.trim().is_empty() {
-            return config::parse_as("{}");
-        }
-        config::parse_as(text)
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let (own, node_settings) = config::parse_with_node_settings::<OwnKeys>(text)?;
+        Ok(Self {
+            node_settings,
+            default_class: own.default_class,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(ConfigError::Read)?;
         Self::parse(&text)
-    }
-
-    /// The runtime's start-only settings.
-    pub fn runtime(&self) -> Settings {
-        Settings {
-            interface: self.interface.clone(),
-            arp_interface: self.arp.interface.clone(),
-            arp: self.arp.settings(),
-            gossip: self.gossip.clone(),
-            api: self.api.clone(),
-            pin_dir: self.pin_dir.clone(),
-            capacities: self.capacities.into(),
-        }
     }
 
     pub fn class_policy(&self) -> ClassPolicy {
@@ -94,15 +65,20 @@ impl KubernetesSettings {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
-    use crate::config::DEFAULT_PIN_DIR;
+    use crate::{config::DEFAULT_PIN_DIR, sources::Settings};
 
     #[test]
     fn an_empty_file_is_every_default() {
         let settings = KubernetesSettings::parse("").expect("valid");
-        assert_eq!(settings.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
-        assert_eq!(settings.icmp_rate_per_second, 100);
-        assert!(settings.gossip.is_none());
+        assert_eq!(
+            settings.node_settings.pin_dir,
+            PathBuf::from(DEFAULT_PIN_DIR)
+        );
+        assert_eq!(settings.node_settings.icmp_rate_per_second, 100);
+        assert!(settings.node_settings.gossip.is_none());
         assert!(!settings.class_policy().default_class);
     }
 
@@ -110,7 +86,7 @@ mod tests {
     fn keys_are_the_standalone_files() {
         let text = "interface: eth0\ngossip:\n  keyFile: /etc/xdplb/gossip/key\n  port: 7950\ndefaultClass: true\narp:\n  refreshSeconds: 0\n";
         let settings = KubernetesSettings::parse(text).expect("valid");
-        let runtime = settings.runtime();
+        let runtime = Settings::from(&settings.node_settings);
         assert_eq!(runtime.interface.as_deref(), Some("eth0"));
         assert_eq!(runtime.gossip.as_ref().map(|g| g.port), Some(7950));
         assert_eq!(runtime.arp.refresh, None);

@@ -47,13 +47,13 @@ use super::{
     settings::KubernetesSettings,
     settle::{BASE_WINDOW, Changes, next_window},
     slice::Slice,
-    translate::{IgnoredAddress, Snapshot, Translation, Translator},
+    translate::{IgnoredAddress, Snapshot, TranslateError, Translation, Translator},
 };
 use crate::{
     apis::address_pool::AddressPool,
     election::ANNOUNCE_INTERFACE_ANNOTATION,
     sources::{Cluster, Settings, Source},
-    telemetry::Telemetry,
+    telemetry::{Component, Telemetry},
 };
 
 /// The events' reporting controller for announcements.
@@ -222,35 +222,43 @@ pub fn reflect_all(client: &Client, changed: &Arc<Changes>) -> (Stores, Vec<Join
 /// Translates the stores whenever they change and publishes each new cluster, and the
 /// status addresses it ignores: the first change at once, the changes arriving within
 /// the settle window after a translation (see [`super::settle`]) together at its end.
-/// Notes and errors are logged when they change, not on every pass.
+/// Notes and errors are logged when they change, not on every pass; so are the errors
+/// counted into `telemetry`.
+/// Logs a translation's notes, or logs and counts why there is none.
+fn log_translation(report: &Result<Vec<String>, TranslateError>, telemetry: &Telemetry) {
+    match report {
+        Ok(notes) => {
+            for note in notes {
+                tracing::warn!("{note}");
+            }
+        }
+        Err(error) => {
+            telemetry.count_error(Component::KubernetesSource, error.metric_label());
+            tracing::error!(%error, "cannot run on the cluster's state; keeping the last one")
+        }
+    }
+}
+
 pub async fn translate_changes(
     stores: Stores,
     translator: Translator,
     changed: Arc<Changes>,
     cluster: watch::Sender<Option<Arc<Cluster>>>,
     ignored: watch::Sender<Vec<IgnoredAddress>>,
+    telemetry: Arc<Telemetry>,
 ) {
     stores.ready().await;
     tracing::info!("Kubernetes state listed");
-    let mut last: Option<Result<Vec<String>, String>> = None;
+    let mut last: Option<Result<Vec<String>, TranslateError>> = None;
     let mut window = BASE_WINDOW;
     loop {
         let outcome = translator.translate(&stores.snapshot());
         let report = match &outcome {
             Ok(Translation { notes, .. }) => Ok(notes.clone()),
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error.clone()),
         };
         if last.as_ref() != Some(&report) {
-            match &report {
-                Ok(notes) => {
-                    for note in notes {
-                        tracing::warn!("{note}");
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "cannot run on the cluster's state; keeping the last one")
-                }
-            }
+            log_translation(&report, &telemetry);
             last = Some(report);
         }
         if let Ok(translation) = outcome {
@@ -287,13 +295,9 @@ pub struct KubeSource {
 }
 
 impl KubeSource {
-    /// Starts watching the API for node `node`.
-    pub fn start(client: Client, settings: &KubernetesSettings, node: String) -> Self {
-        Self::start_with(client, settings, node, Arc::new(Telemetry::new()))
-    }
-
-    /// [`KubeSource::start`], counting into `telemetry` (the agent's, for `/metrics`).
-    pub fn start_with(
+    /// Starts watching the API for node `node`, counting into `telemetry` (the agent's,
+    /// for `/metrics`).
+    pub fn start(
         client: Client,
         settings: &KubernetesSettings,
         node: String,
@@ -302,8 +306,8 @@ impl KubeSource {
         let translator = Translator {
             node: node.clone(),
             class: settings.class_policy(),
-            mtu: settings.mtu,
-            icmp_rate_per_sec: settings.icmp_rate_per_second,
+            mtu: settings.node_settings.mtu,
+            icmp_rate_per_sec: settings.node_settings.icmp_rate_per_second,
         };
         let changed = Arc::new(Changes::default());
         let (stores, mut tasks) = reflect_all(&client, &changed);
@@ -315,6 +319,7 @@ impl KubeSource {
             changed,
             cluster_tx,
             ignored_tx,
+            Arc::clone(&telemetry),
         )));
         let (announced, owned) = mpsc::unbounded_channel();
         let reporter = Reporter {
@@ -338,7 +343,7 @@ impl KubeSource {
         Self {
             client,
             node,
-            settings: settings.runtime(),
+            settings: Settings::from(&settings.node_settings),
             cluster,
             announced,
             tasks,
@@ -575,5 +580,18 @@ mod tests {
         backoff.reset();
         let first = backoff.next().expect("the backoff never gives up");
         assert!(first <= WATCH_RETRY_FIRST && first >= WATCH_RETRY_FIRST / 2);
+    }
+
+    #[test]
+    fn a_translation_error_is_counted() {
+        let telemetry = Telemetry::new();
+        log_translation(&Ok(vec!["a note".to_owned()]), &telemetry);
+        let unknown = TranslateError::UnknownNode("node9".to_owned());
+        log_translation(&Err(unknown), &telemetry);
+        // The next of that kind would be the second.
+        assert_eq!(
+            telemetry.count_error(Component::KubernetesSource, "unknown_node"),
+            2
+        );
     }
 }

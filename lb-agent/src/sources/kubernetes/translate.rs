@@ -55,14 +55,14 @@ use super::slice::{Address, Slice};
 use crate::{
     apis::{
         address_pool::{AddressPool, Garp},
-        pool_status,
+        pool_status, service,
     },
     arp,
     election::{ANNOUNCE_INTERFACE_ANNOTATION, AnnounceInterfaces, Announcers},
     ipam::{
         Pool,
         addresses::AddressSet,
-        request::{ClassPolicy, Responsibility, service_ports, status_addresses},
+        request::{ClassPolicy, Responsibility},
     },
     model::{
         Endpoint, Inputs, Node as CoreNode, Protocol, Service as CoreService, ServicePort,
@@ -219,7 +219,7 @@ impl Translator {
         let mut ours: Vec<(String, &Service, Ipv4Addr)> = snapshot
             .services
             .iter()
-            .filter(|service| self.class.responsibility(service) == Responsibility::Ours)
+            .filter(|service| service::responsibility(self.class, service) == Responsibility::Ours)
             .filter_map(|service| {
                 let vip = vip(service, pools, ignored);
                 Some((service_name(service), service.as_ref(), vip?))
@@ -247,7 +247,7 @@ impl Translator {
                 .get(&(service.namespace(), service.name_any()))
                 .map_or(&[][..], Vec::as_slice);
             let mut ports = Vec::new();
-            for port in service_ports(service) {
+            for port in service::ports(service) {
                 match core_port(&name, port, slices) {
                     Ok(core) if taken.insert((vip, core.port, core.protocol)) => ports.push(core),
                     Ok(core) => notes.push(format!(
@@ -277,7 +277,7 @@ impl Translator {
 /// The first of `service`'s status addresses that one of `pools` lists; the others
 /// go to `ignored`.
 fn vip(service: &Service, pools: &[Pool], ignored: &mut Vec<IgnoredAddress>) -> Option<Ipv4Addr> {
-    let addresses = status_addresses(service);
+    let addresses = service::status_addresses(service);
     let vip = addresses
         .iter()
         .copied()

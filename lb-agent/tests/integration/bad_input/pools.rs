@@ -12,7 +12,7 @@ use kube::CustomResourceExt as _;
 use lb_agent::{
     apis::{
         address_pool::{AddressPool, CONDITION_INVALID, CONDITION_OVERLAPPING, CONDITION_READY},
-        pool_status,
+        pool_status, service,
     },
     ipam::{Allocator, ClassPolicy, ServiceKey},
     ipam_controller::ALLOCATED_CONDITION,
@@ -553,7 +553,7 @@ pub fn run_controller() {
     for (name, resources, expect) in controller_cases() {
         let resources = resources();
         let mut allocator = Allocator::new(pool_status::compile(&[lan()]).0);
-        allocator.rebuild(&[web()], ClassPolicy::default());
+        allocator.rebuild(service::holders(&[web()], ClassPolicy::default()));
         // The pools change under a running IPAM.
         allocator.set_pools(pool_status::compile(&resources).0);
         checker.verdict(name, expect, problems(&resources, &allocator));
@@ -563,7 +563,7 @@ pub fn run_controller() {
         }
         // And after a restart, rebuilt from the statuses with the bad pools in place.
         let mut restarted = Allocator::new(pool_status::compile(&resources).0);
-        let conflicts = restarted.rebuild(&[web()], ClassPolicy::default());
+        let conflicts = restarted.rebuild(service::holders(&[web()], ClassPolicy::default()));
         if !conflicts.is_empty() || restarted.allocation(&key).map(|a| a.ip) != Some(web_ip) {
             checker.fail(
                 name,

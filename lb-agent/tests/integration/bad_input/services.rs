@@ -11,7 +11,7 @@ use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::{Node, Service};
 use lb_agent::{
-    apis::address_pool::AddressPool,
+    apis::{address_pool::AddressPool, service},
     ipam::{ClassPolicy, ServiceKey},
     ipam_controller::{Context, reconcile},
     sources::kubernetes::{
@@ -468,7 +468,10 @@ fn typed(value: Value) -> Service {
 fn context(client: kube::Client) -> Context {
     let ctx = controller::context(client, &pools(&format!("{POOLS}---{PAST_ADMISSION}")), &[]);
     let mut allocator = ctx.allocator.lock().expect("allocator");
-    let conflicts = allocator.rebuild(&[typed(web(json!({}))), typed(dns())], ctx.policy);
+    let conflicts = allocator.rebuild(service::holders(
+        &[typed(web(json!({}))), typed(dns())],
+        ctx.policy,
+    ));
     assert!(conflicts.is_empty(), "{conflicts:?}");
     drop(allocator);
     ctx

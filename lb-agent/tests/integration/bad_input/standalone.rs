@@ -3,7 +3,7 @@
 //! the data path (the in-memory dataplane) must keep exactly what it ran before. A valid
 //! edit afterwards must still apply on top of the original configuration.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use lb_agent::{
     config::{self, Standalone},
@@ -16,6 +16,7 @@ use lb_agent::{
         Source as _,
         file::{ConfigSource, FileSource, Reload},
     },
+    telemetry::Telemetry,
 };
 
 use super::table::{Checker, Expect, count};
@@ -427,7 +428,8 @@ pub async fn run() {
     let path = dir.path().join("xdplb.yaml");
     write(&path, EXAMPLE);
     let running = config::parse(EXAMPLE).expect("the example parses");
-    let mut source = FileSource::new(&path, running.clone());
+    let telemetry = Arc::new(Telemetry::new());
+    let mut source = FileSource::new(&path, running.clone(), telemetry);
     let cluster = source.first().await;
     let mut reconciler =
         Reconciler::new(MemoryDataplane::new(Capacities::default())).expect("a dataplane");

@@ -16,11 +16,12 @@ use k8s_openapi::api::{
     core::v1::{Container, PodSpec},
 };
 use lb_agent::{
-    config::DEFAULT_METRICS_LISTEN,
+    api::http::DEFAULT_LISTEN,
+    apis::service,
     ipam::{
         allocator::Allocator,
         pool::Pool,
-        request::{ClassPolicy, Request, Responsibility},
+        request::{ClassPolicy, Responsibility},
     },
     sources::kubernetes::settings::KubernetesSettings,
 };
@@ -417,7 +418,11 @@ fn the_pieces_reference_each_other() {
     let key_item = &secret.items.as_ref().expect("items")[0];
     assert_eq!(key_item.mode, Some(0o400));
     assert_eq!(
-        settings.gossip.expect("gossip configured").key_file,
+        settings
+            .node_settings
+            .gossip
+            .expect("gossip configured")
+            .key_file,
         std::path::Path::new(&mount.mount_path).join(&key_item.path)
     );
     let secrets = objects::all_typed(&read_dir(&deploy_dir().join("secrets")));
@@ -440,7 +445,7 @@ fn the_pieces_reference_each_other() {
         .flatten()
         .find(|port| port.name.as_deref() == Some("http"))
         .map(|port| port.container_port);
-    let default_port = DEFAULT_METRICS_LISTEN
+    let default_port = DEFAULT_LISTEN
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok());
@@ -520,11 +525,11 @@ fn the_examples_get_the_seed_addresses() {
         };
         let policy = ClassPolicy::default();
         assert_eq!(
-            policy.responsibility(service),
+            service::responsibility(policy, service),
             Responsibility::Ours,
             "{service:?}"
         );
-        let request = Request::from_service(service).expect("a valid request");
+        let request = service::request(service).expect("a valid request");
         let allocation = allocator
             .allocate(&request, &BTreeMap::new())
             .unwrap_or_else(|error| panic!("{}: {error}", service_key(service)));

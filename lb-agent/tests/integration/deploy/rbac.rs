@@ -29,7 +29,7 @@ pub const CLUSTER: &[Rule] = &[
         resources: &["services"],
         verbs: READ,
         names: &[],
-        why: "sources::kubernetes::translate (VIPs, ports) and ipam::request (address requests, rebuild)",
+        why: "sources::kubernetes::translate (VIPs, ports) and apis::service (address requests, rebuild)",
     },
     Rule {
         group: "",

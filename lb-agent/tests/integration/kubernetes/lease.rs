@@ -9,7 +9,10 @@ use std::{
 };
 
 use http::{Method, StatusCode};
-use lb_agent::ipam_controller::lease::{self, Elector, LEASE_NAME, LeaseSettings};
+use lb_agent::{
+    ipam_controller::lease::{self, Elector, LEASE_NAME, LeaseSettings},
+    telemetry::{Component, Telemetry},
+};
 use serde_json::{Value, json};
 use tokio::{
     sync::watch,
@@ -219,7 +222,8 @@ async fn the_loop_leads_steps_down_in_an_outage_and_releases_on_stop() {
     let deadline = a.settings().renew_deadline();
     let (leader, mut leading) = watch::channel(false);
     let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(lease::run(a, leader, stopped));
+    let telemetry = Arc::new(Telemetry::new());
+    let running = tokio::spawn(lease::run(a, leader, stopped, Arc::clone(&telemetry)));
     timeout(Duration::from_secs(5), leading.wait_for(|leading| *leading))
         .await
         .expect("leads within the time limit")
@@ -241,6 +245,8 @@ async fn the_loop_leads_steps_down_in_an_outage_and_releases_on_stop() {
         "{stepped_down:?}"
     );
     assert!(stepped_down < Duration::from_secs(1), "{stepped_down:?}");
+    // Each failed round was counted: the next one is not the first.
+    assert!(telemetry.count_error(Component::IpamLease, "lease_read") > 1);
 
     lock(&server).down = false;
     timeout(Duration::from_secs(5), leading.wait_for(|leading| *leading))

@@ -110,7 +110,8 @@ async fn an_api_outage_keeps_the_last_state_and_recovery_applies_what_changed() 
     let (client, api) = client();
     tokio::spawn(serve(api, Arc::clone(&fake)));
     let settings = KubernetesSettings::parse("").expect("defaults");
-    let mut source = KubeSource::start(client, &settings, "node1".into());
+    let telemetry = Arc::new(Telemetry::new());
+    let mut source = KubeSource::start(client, &settings, "node1".into(), telemetry);
     assert!(source.live_peers());
 
     let first = timeout(Duration::from_secs(5), source.first())
@@ -284,8 +285,7 @@ status: { loadBalancer: { ingress: [ { ip: 10.9.9.9, ipMode: VIP } ] } }
     tokio::spawn(serve(api, Arc::clone(&fake)));
     let settings = KubernetesSettings::parse("").expect("defaults");
     let telemetry = Arc::new(Telemetry::new());
-    let mut source =
-        KubeSource::start_with(client, &settings, "node1".into(), Arc::clone(&telemetry));
+    let mut source = KubeSource::start(client, &settings, "node1".into(), Arc::clone(&telemetry));
     let first = timeout(Duration::from_secs(5), source.first())
         .await
         .expect("the first cluster");

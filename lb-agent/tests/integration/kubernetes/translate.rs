@@ -455,12 +455,14 @@ fn terminating_endpoints_drain_in_the_data_path() {
     assert!(
         !state.rings["kube-system/traefik"]
             .node
-            .contains(ip("192.168.8.12"))
+            .to_vec()
+            .contains(&ip("192.168.8.12"))
     );
     assert!(
         state.rings["kube-system/traefik"]
             .node
-            .contains(ip("192.168.8.14"))
+            .to_vec()
+            .contains(&ip("192.168.8.14"))
     );
     // Both DNS services on one VIP, two protocols.
     let dns: Vec<_> = state

@@ -2,7 +2,7 @@
 //! to read requests and answer them, and the homelab cluster to serve. Every wait is
 //! bounded: a request that never comes fails the test instead of hanging it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use http::{Method, Request, Response, StatusCode, header::USER_AGENT};
 use kube::{
@@ -12,6 +12,7 @@ use kube::{
 use lb_agent::{
     sources::Source as _,
     sources::kubernetes::{settings::KubernetesSettings, source::KubeSource},
+    telemetry::Telemetry,
 };
 use serde::{Deserialize as _, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -279,7 +280,8 @@ pub fn of_kind<T: DeserializeOwned>(documents: &[Value], kind: &str) -> Vec<T> {
 /// first cluster.
 pub async fn first_source(client: Client) -> KubeSource {
     let settings = KubernetesSettings::parse("").expect("defaults");
-    let mut source = KubeSource::start(client, &settings, "node1".into());
+    let telemetry = Arc::new(Telemetry::new());
+    let mut source = KubeSource::start(client, &settings, "node1".into(), telemetry);
     tokio::time::timeout(Duration::from_secs(10), source.first())
         .await
         .expect("the first cluster");

@@ -1,4 +1,7 @@
+use std::net::Ipv4Addr;
+
 use super::*;
+use crate::ipam::{pool::Labels, request::RequestError};
 
 /// A LoadBalancer Service `web` in `edge` with `annotations` and extra `spec` lines.
 fn service(annotations: &[(&str, &str)], spec: &str) -> Service {
@@ -17,7 +20,7 @@ fn service(annotations: &[(&str, &str)], spec: &str) -> Service {
 }
 
 fn request(annotations: &[(&str, &str)], spec: &str) -> Result<Request, RequestError> {
-    Request::from_service(&service(annotations, spec))
+    super::request(&service(annotations, spec))
 }
 
 fn ip(text: &str) -> Ipv4Addr {
@@ -213,14 +216,14 @@ fn only_tcp_and_udp_ports() {
     if let Some(ports) = sctp.spec.as_mut().and_then(|spec| spec.ports.as_mut()) {
         ports[1].protocol = Some("SCTP".to_owned());
     }
-    let error = Request::from_service(&sctp).expect_err("SCTP");
+    let error = super::request(&sctp).expect_err("SCTP");
     assert_eq!(error.reason(), "UnsupportedProtocol");
     assert_eq!(
         error.to_string(),
         "port 443/SCTP: only TCP and UDP are supported"
     );
     // What an existing address commits the Service to still counts its TCP port.
-    let holding = Request::holding(&sctp).expect("named");
+    let holding = holding(&sctp).expect("named");
     let ports: Vec<String> = holding.ports.iter().map(ToString::to_string).collect();
     assert_eq!(ports, ["80/TCP"]);
 }
@@ -234,8 +237,8 @@ fn holding_reads_a_broken_request_leniently() {
         ],
         "  externalTrafficPolicy: Local\n  selector: { app: web, tier: edge }",
     );
-    assert!(Request::from_service(&broken).is_err());
-    let holding = Request::holding(&broken).expect("named");
+    assert!(super::request(&broken).is_err());
+    let holding = holding(&broken).expect("named");
     assert_eq!(
         holding.sharing_key.map(|key| key.value),
         Some("dns".to_owned())
@@ -275,7 +278,7 @@ fn responsibility_follows_type_and_class() {
         ),
     ] {
         assert_eq!(
-            policy.responsibility(&service(&[], spec)),
+            responsibility(policy, &service(&[], spec)),
             expected,
             "{spec} {policy:?}"
         );
@@ -285,7 +288,7 @@ fn responsibility_follows_type_and_class() {
         spec.type_ = Some("ClusterIP".to_owned());
     }
     assert_eq!(
-        default.responsibility(&cluster_ip),
+        responsibility(default, &cluster_ip),
         Responsibility::NotLoadBalancer
     );
 }
