@@ -408,7 +408,7 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("the tests crate lives one level below the workspace root")
+        .expect("the testbed crate lives one level below the workspace root")
         .to_path_buf()
 }
 

@@ -1,6 +1,6 @@
 //! The agent's kernel dataplane against the real BPF maps: the example configuration is
 //! applied through `KernelDataplane` and read back through the typed map wrappers.
-//! Needs root; run with `cargo test -p tests --test agent_maps -- --test-threads=1`.
+//! Needs root; run with `cargo test -p testbed --test agent_maps -- --test-threads=1`.
 
 use std::net::Ipv4Addr;
 

@@ -6,7 +6,7 @@
 //! failover.
 //!
 //! Ignored in the privileged tier: `cargo xtask test` runs them in its container tier
-//! after building the image (`cargo test -p tests --test containers -- --ignored
+//! after building the image (`cargo test -p testbed --test containers -- --ignored
 //! --test-threads=1`).
 
 use std::{
@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use lb_agent::status::AgentStatus;
 use nix::sys::signal::Signal;
-use tests::lab::{
+use testbed::lab::{
     App, CLIENT_ADDR, Cluster, DNS_VIP, Failure, LAN_IFACE, Pace, Service, WEB_VIP,
     container::image::ImageArchive, requests_during, skip_unless_root, workspace_root,
 };

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use tests::{
+use testbed::{
     lab::{self, CLIENT_ADDR, LAN_IFACE, Lab, Node, Packet},
     netns::Process,
 };
@@ -470,7 +470,7 @@ impl LogOffsets {
     }
 }
 
-fn namespaces(lab: &Lab) -> Vec<&tests::netns::Netns> {
+fn namespaces(lab: &Lab) -> Vec<&testbed::netns::Netns> {
     std::iter::once(&lab.client)
         .chain(lab.nodes.iter().flat_map(|node| {
             std::iter::once(&node.netns).chain(node.pods.iter().map(|pod| &pod.netns))

@@ -2,7 +2,7 @@
 //! alone, failover when the owner's node or link goes away, established connections
 //! across a failover, an agent restart under load, and forged or replayed gossip.
 //!
-//! Needs root; run with `cargo test -p tests --test failover -- --test-threads=1
+//! Needs root; run with `cargo test -p testbed --test failover -- --test-threads=1
 //! --nocapture` to see the measured figures.
 
 use std::{
@@ -23,7 +23,7 @@ use lb_agent::{
     status::{AgentStatus, MemberState},
 };
 use nix::sys::signal::Signal;
-use tests::lab::{
+use testbed::lab::{
     App, ArpFrame, CLIENT_ADDR, Cluster, DNS_VIP, EchoReport, Failure, FaultReport, LAN_IFACE,
     Pace, Service, WEB_VIP, echo_during, mac_text, requests_during,
 };

@@ -5,7 +5,7 @@
 //! `failover.rs`, which prints the same lines.
 //!
 //! Needs root and the binaries (`cargo build --bins`); run with
-//! `cargo test -p tests --test faults -- --test-threads=1 --nocapture` to see the figures.
+//! `cargo test -p testbed --test faults -- --test-threads=1 --nocapture` to see the figures.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,12 +20,12 @@ use lb_common::{
     maps as names,
     types::{FlowKey, FlowValue, ReplyKey, ReplyValue},
 };
-use tests::lab::{
+use testbed::lab::{
     App, Cluster, EchoReport, Failure, FaultReport, Flood, Pace, Service, WEB_VIP, echo_during,
     entries, failing_until, node_table_members, requests_during, requests_during_at_most,
     syn_flood, wait_for,
 };
-use tests::packets::parse_mac;
+use testbed::packets::parse_mac;
 
 const NODES: usize = 3;
 /// The bound the issue sets on recovery from a node, link or partition fault.

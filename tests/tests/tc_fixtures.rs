@@ -9,7 +9,7 @@ use lb_common::{
     reasons::*,
     types::{PROTO_TCP, PROTO_UDP},
 };
-use tests::{
+use testbed::{
     fixture::*,
     packets::{self, CLIENT_MAC, L2, NODE_MAC, decode},
 };

@@ -20,7 +20,7 @@ use lb_common::{
     },
     vip_filter,
 };
-use tests::{
+use testbed::{
     cpu::OnOneCpu,
     fixture::*,
     packets::{self, Decoded, L2, NODE_MAC, decode, quoted_ports},

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: setup, a release build of every binary, then the `bench` program
-//! of the `tests` crate as root. Its measurements become `bench/results.json` (with the
+//! of the `testbed` crate as root. Its measurements become `bench/results.json` (with the
 //! date, kernel, CPU and commit), `BENCHMARKS.md`, the chart `bench/results.png` and the
 //! summary block of `README.md`; the table is printed at the end. Both documents also
 //! carry the hand-written analysis in `bench/limits.md` (what limits each missed target),
@@ -36,7 +36,7 @@ pub struct Options {
     part: Option<String>,
 }
 
-/// One figure as the `bench` program prints it (`tests::bench::Measurement`).
+/// One figure as the `bench` program prints it (`testbed::bench::Measurement`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measurement {
     pub group: String,

@@ -1,5 +1,5 @@
 //! `cargo xtask lab`: setup, build every binary, then run the lab program (the `lab`
-//! binary of the `tests` crate) as root. xtask itself does not depend on the agent, so
+//! binary of the `testbed` crate) as root. xtask itself does not depend on the agent, so
 //! setup still works on a machine that cannot build BPF yet.
 
 use std::{

@@ -147,7 +147,7 @@ fn host(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
             "test",
             "--workspace",
             "--exclude",
-            "tests",
+            "testbed",
             "--exclude",
             "lb-ebpf",
         ],
@@ -207,7 +207,7 @@ fn privileged(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     cargo_test(
         root,
         totals,
-        &["test", "-p", "tests", "--", "--test-threads=1"],
+        &["test", "-p", "testbed", "--", "--test-threads=1"],
     )
 }
 
@@ -221,7 +221,7 @@ fn container(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
         &[
             "test",
             "-p",
-            "tests",
+            "testbed",
             "--test",
             "containers",
             "--",

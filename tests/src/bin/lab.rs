@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use tests::lab::{
+use testbed::lab::{
     self, App, CLIENT_ADDR, Cluster, DNS_NAME, DNS_VIP, FailoverReport, Failure, Pace, Service,
     VIP_CIDR, WEB_VIP,
 };
