@@ -15,8 +15,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bench_measurement::Measurement;
 use nix::unistd::Uid;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{cmd, lab::target_dir, setup};
 
@@ -34,23 +35,6 @@ pub struct Options {
     /// print its table without writing any file.
     #[arg(long, value_name = "NAME")]
     part: Option<String>,
-}
-
-/// One figure as the `bench` program prints it (`testbed::bench::Measurement`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Measurement {
-    pub group: String,
-    pub name: String,
-    pub value: f64,
-    pub unit: String,
-    pub detail: String,
-    pub target: Option<Target>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Target {
-    pub text: String,
-    pub met: bool,
 }
 
 /// Where and when the figures were taken.
@@ -341,17 +325,8 @@ mod tests {
             cores: 2,
             commit: "abc1234".into(),
         };
-        let missed = Measurement {
-            group: "program".into(),
-            name: "flow hit / minimal TX".into(),
-            value: 12.7,
-            unit: "x".into(),
-            detail: "per call".into(),
-            target: Some(Target {
-                text: "<= 3x".into(),
-                met: false,
-            }),
-        };
+        let missed = Measurement::new("program", "flow hit / minimal TX", 12.7, "x", "per call")
+            .at_most(3.0, "<= 3x");
         let limits = "\n- **Flow hit.** Two hash lookups.\n";
         for text in [
             benchmarks_md(&machine, std::slice::from_ref(&missed), limits),
