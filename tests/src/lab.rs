@@ -72,7 +72,7 @@ pub use self::{
     capture::{ArpFrame, Capture, Packet},
     cluster::{
         App, Binaries, Cluster, DNS_NAME, DNS_VIP, FailoverReport, Failure, Service, VIP_CIDR,
-        WEB_VIP, dump_log_tails,
+        WEB_VIP, dump_log_tails, service_yaml,
     },
     fault::{FaultReport, failing_until},
     flood::{Flood, FloodReport, syn_flood},
