@@ -6,8 +6,8 @@
 //! failover.
 //!
 //! Ignored in the privileged tier: `cargo xtask test` runs them in its container tier
-//! after building the image (`cargo test -p testbed --test containers -- --ignored
-//! --test-threads=1`).
+//! after building the image (`cargo test -p testbed --test privileged -- --ignored
+//! containers:: --test-threads=1`).
 
 use std::{
     collections::BTreeMap,

@@ -5,7 +5,8 @@
 //! `failover.rs`, which prints the same lines.
 //!
 //! Needs root and the binaries (`cargo build --bins`); run with
-//! `cargo test -p testbed --test faults -- --test-threads=1 --nocapture` to see the figures.
+//! `cargo test -p testbed --test privileged faults:: -- --test-threads=1 --nocapture` to
+//! see the figures.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

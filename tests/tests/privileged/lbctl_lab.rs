@@ -3,8 +3,8 @@
 //! client resolved, the configuration), and `explain` must predict where a connection
 //! not made yet will land. Every subcommand's `--help` says what it does.
 //!
-//! Needs root (except the help test); run with `cargo test -p testbed --test lbctl_lab --
-//! --test-threads=1`.
+//! Needs root (except the help test); run with `cargo test -p testbed --test privileged
+//! lbctl_lab:: -- --test-threads=1`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

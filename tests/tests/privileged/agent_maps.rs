@@ -1,6 +1,7 @@
 //! The agent's kernel dataplane against the real BPF maps: the example configuration is
 //! applied through `KernelDataplane` and read back through the typed map wrappers.
-//! Needs root; run with `cargo test -p testbed --test agent_maps -- --test-threads=1`.
+//! Needs root; run with `cargo test -p testbed --test privileged agent_maps:: --
+//! --test-threads=1`.
 
 use std::net::Ipv4Addr;
 
@@ -20,7 +21,7 @@ use lb_common::{
     },
 };
 
-const EXAMPLE: &str = include_str!("../../lb-agent/examples/standalone.yaml");
+const EXAMPLE: &str = include_str!("../../../lb-agent/examples/standalone.yaml");
 const WEB_VIP: &str = "172.16.200.20";
 const DNS_VIP: &str = "172.16.200.53";
 const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x11, 0x01];

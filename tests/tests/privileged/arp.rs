@@ -1,7 +1,8 @@
 //! The ARP announcer on a namespace LAN (client, node1, node2 on one bridge), checked with
 //! the client kernel's own ARP: what it resolves, what it caches, and what it captured.
 //!
-//! Needs root; run with `cargo test -p testbed --test arp -- --test-threads=1`.
+//! Needs root; run with `cargo test -p testbed --test privileged arp:: --
+//! --test-threads=1`.
 
 use std::{
     collections::BTreeSet,

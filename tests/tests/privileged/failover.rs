@@ -2,8 +2,8 @@
 //! alone, failover when the owner's node or link goes away, established connections
 //! across a failover, an agent restart under load, and forged or replayed gossip.
 //!
-//! Needs root; run with `cargo test -p testbed --test failover -- --test-threads=1
-//! --nocapture` to see the measured figures.
+//! Needs root; run with `cargo test -p testbed --test privileged failover:: --
+//! --test-threads=1 --nocapture` to see the measured figures.
 
 use std::{
     collections::BTreeMap,
