@@ -131,10 +131,10 @@ impl Dataplane {
         })
     }
 
-    /// The loaded object, for benchmarks that drive its programs directly (many repeats,
-    /// or the reference programs the fixtures never run).
-    pub fn ebpf(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The loaded object, for the benchmark that drives its programs directly (many
+    /// repeats, timed by the kernel).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     /// This node ([`NODE`]) serving [`VIP`]: HTTPS and DNS, both delivered to [`POD`] here.

@@ -1,6 +1,6 @@
 //! Program cost under BPF_PROG_TEST_RUN: `xdp_lb` and `tc_reply` on each of their paths,
-//! beside two reference programs (parse and pass; parse, swap MACs and bounce) measured
-//! in the same run, interleaved, on one pinned CPU.
+//! beside two reference programs (parse and pass; parse, swap MACs and bounce, which only
+//! the bench's own object holds) measured in the same run, interleaved, on one pinned CPU.
 //!
 //! Two methods, because `repeat` runs the program again on the frame the previous
 //! iteration left behind (the kernel does not restore it):
@@ -30,7 +30,10 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context as _, Result, ensure};
-use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::{
+    Ebpf,
+    programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
 use lb_common::maps::{BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
 use lb_common::types::PROTO_TCP;
 
@@ -116,29 +119,17 @@ pub fn run() -> Result<Vec<Measurement>> {
     let lan = prepare(&mut dataplane)?;
     let cases = cases(lan);
     // The FIB lookups of the encapsulation happen in the caller's namespace.
+    let references = load_references()?;
     let _inside = dataplane.netns.enter()?;
     let ebpf = dataplane.ebpf();
-    for name in [BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM] {
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .with_context(|| format!("{name} missing from the object"))?
-            .try_into()?;
-        program.load()?;
-    }
-    let xdp = |name: &str| -> Result<&Xdp> {
-        let program: &Program = ebpf
-            .program(name)
-            .with_context(|| format!("{name} missing from the object"))?;
-        Ok(program.try_into()?)
-    };
     let programs = Programs {
-        lb: xdp(XDP_PROGRAM)?,
+        lb: xdp(ebpf, XDP_PROGRAM)?,
         tc: ebpf
             .program(TC_PROGRAM)
             .context("tc program missing")?
             .try_into()?,
-        pass: xdp(BENCH_PASS_PROGRAM)?,
-        tx: xdp(BENCH_TX_PROGRAM)?,
+        pass: xdp(&references, BENCH_PASS_PROGRAM)?,
+        tx: xdp(&references, BENCH_TX_PROGRAM)?,
     };
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(RUNS); cases.len()];
     let mut next_flow = 0u32;
@@ -154,6 +145,33 @@ pub fn run() -> Result<Vec<Measurement>> {
         .map(|(case, taken)| (case, median(taken)))
         .collect();
     Ok(report(&figures))
+}
+
+/// The bench's own object: `lb-ebpf` built with the `bench-reference` feature by
+/// build.rs, the only object holding the reference programs.
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The reference programs, loaded from [`BENCH_OBJECT`]. Its maps are created too (at
+/// their default sizes) though the references use none; `xdp_lb` and `tc_reply` are
+/// measured in the agent's own object, as the agent loads it.
+fn load_references() -> Result<Ebpf> {
+    let mut object = Ebpf::load(BENCH_OBJECT)?;
+    for name in [BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM] {
+        let program: &mut Xdp = object
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from the bench object"))?
+            .try_into()?;
+        program.load()?;
+    }
+    Ok(object)
+}
+
+/// The loaded XDP program `name` of `object`.
+fn xdp<'a>(object: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    let program: &Program = object
+        .program(name)
+        .with_context(|| format!("{name} missing from the object"))?;
+    Ok(program.try_into()?)
 }
 
 /// Peers, the link towards [`PEER`] and the reply flow the cases need; returns the
