@@ -224,20 +224,10 @@ impl Dataplane {
     }
 
     fn ring(&mut self, addrs: &[Ipv4Addr], size: usize) -> Result<Vec<u32>> {
-        let ids: Vec<[u8; 4]> = addrs.iter().map(Ipv4Addr::octets).collect();
-        let backends: Vec<Backend<'_>> = addrs
-            .iter()
-            .zip(&ids)
-            .map(|(addr, id)| Backend {
-                id,
-                addr: wire(*addr),
-                weight: 1,
-            })
-            .collect();
         for addr in addrs {
             self.set_backend(*addr, BACKEND_ACTIVE)?;
         }
-        Ok(maglev::build(&backends, size))
+        Ok(equal_ring(addrs, size))
     }
 
     /// Adds `addr` in the next free slot, or sets the state of the one it has.
@@ -384,6 +374,22 @@ impl Dataplane {
             .run(&format!("cat /sys/class/net/{name}/address"))?;
         crate::packets::parse_mac(&text)
     }
+}
+
+/// The Maglev table of `addrs` at equal weights, each known by its address bytes, as
+/// the agent builds a pod ring: `size` slots of addresses as the maps store them.
+pub fn equal_ring(addrs: &[Ipv4Addr], size: usize) -> Vec<u32> {
+    let ids: Vec<[u8; 4]> = addrs.iter().map(Ipv4Addr::octets).collect();
+    let backends: Vec<Backend<'_>> = addrs
+        .iter()
+        .zip(&ids)
+        .map(|(addr, id)| Backend {
+            id,
+            addr: wire(*addr),
+            weight: 1,
+        })
+        .collect();
+    maglev::build(&backends, size)
 }
 
 /// One BPF_PROG_TEST_RUN of `program` on `frame`, with `ctx` as its context if given.

@@ -16,10 +16,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use bench_measurement::Measurement;
-use nix::unistd::Uid;
 use serde::Serialize;
 
-use crate::{cmd, lab::target_dir, setup};
+use crate::{
+    cmd,
+    lab::{as_root, target_dir},
+    setup,
+};
 
 mod chart;
 
@@ -73,13 +76,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
 /// Runs the bench program (through sudo unless root) and parses its JSON.
 fn measure(root: &Path, part: Option<&str>) -> anyhow::Result<Vec<Measurement>> {
     let bench = target_dir(root).join("release").join("bench");
-    let mut command = if Uid::effective().is_root() {
-        Command::new(&bench)
-    } else {
-        let mut sudo = Command::new("sudo");
-        sudo.arg(&bench);
-        sudo
-    };
+    let mut command = as_root(&bench);
     command
         .args(part)
         .stdout(Stdio::piped())
