@@ -12,9 +12,12 @@ use anyhow::{Context as _, ensure};
 use nix::sys::signal::Signal;
 
 use super::{App, Cluster, wait_for};
-use crate::lab::{
-    LAN_IFACE,
-    probe::{Pace, Requests, requests_during},
+use crate::{
+    lab::{
+        LAN_IFACE,
+        probe::{Pace, Requests, requests_during},
+    },
+    netns::ensure_success,
 };
 
 const CLIENT_READY: Duration = Duration::from_secs(10);
@@ -128,12 +131,7 @@ impl Cluster {
         }
         let url = format!("http://{vip}:{}/", App::WEB_PORT);
         let output = command.arg(&url).output().context("running curl")?;
-        ensure!(
-            output.status.success(),
-            "curl {url}: {} {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        ensure_success(format_args!("curl {url}"), &output)?;
         let body = String::from_utf8_lossy(&output.stdout);
         body.trim()
             .parse()

@@ -8,11 +8,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use lb_agent::status::{AgentStatus, MemberState};
 use serde::de::DeserializeOwned;
 
 use super::{Cluster, wait_for};
+use crate::netns::ensure_success;
 
 /// The agents' default metrics port (`api.listen` is left at 0.0.0.0:9477).
 const METRICS_PORT: u16 = 9477;
@@ -36,13 +37,7 @@ impl Cluster {
     /// `lbctl ARGS` on `node`: its stdout, or an error with its stderr.
     pub fn lbctl(&self, node: &str, args: &[&str]) -> anyhow::Result<String> {
         let output = self.lbctl_output(node, args)?;
-        ensure!(
-            output.status.success(),
-            "lbctl {} on {node}: {}: {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        ensure_success(format_args!("lbctl {} on {node}", args.join(" ")), &output)?;
         Ok(String::from_utf8(output.stdout)?)
     }
 
