@@ -7,6 +7,7 @@ mod maps;
 mod nat;
 mod parse;
 mod ratelimit;
+#[cfg(feature = "bench-reference")]
 mod reference;
 mod select;
 mod stats;
@@ -23,18 +24,6 @@ use aya_ebpf::{
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
     xdp::run(&ctx)
-}
-
-/// Benchmark reference: parse Ethernet and IPv4, then `XDP_PASS` (never attached).
-#[xdp]
-pub fn bench_parse_pass(ctx: XdpContext) -> u32 {
-    reference::pass(&ctx)
-}
-
-/// Benchmark reference: parse, swap the MAC addresses, `XDP_TX` (never attached).
-#[xdp]
-pub fn bench_parse_tx(ctx: XdpContext) -> u32 {
-    reference::bounce(&ctx)
 }
 
 /// Reply rewrite on the LAN interface's egress path.

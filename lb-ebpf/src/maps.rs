@@ -1,5 +1,5 @@
 //! Map definitions. Each static's name is the map name from `lb_common::maps`; the
-//! `tests` crate checks that every name there exists in the built object.
+//! `testbed` crate checks that every name there exists in the built object.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,

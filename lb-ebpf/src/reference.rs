@@ -1,9 +1,10 @@
-//! Benchmark references, never attached by the agent: the least any XDP program on the
-//! LAN interface must do. `cargo xtask bench` runs them beside `xdp_lb` with
-//! BPF_PROG_TEST_RUN, so the data path's cost is reported as a ratio to what parsing
-//! alone (and parsing plus bouncing the frame) costs on the same machine, in the same run.
+//! Benchmark references: the least any XDP program on the LAN interface must do.
+//! `cargo xtask bench` runs them beside `xdp_lb` with BPF_PROG_TEST_RUN, so the data
+//! path's cost is reported as a ratio to what parsing alone (and parsing plus bouncing
+//! the frame) costs on the same machine, in the same run. Built only with the
+//! `bench-reference` feature, into the bench's own object: the agent's object has none.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use crate::parse::{self, ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr};
 
@@ -20,24 +21,24 @@ fn parse_ipv4(ctx: &XdpContext) -> Option<(EthHdr, Ipv4Hdr)> {
 }
 
 /// Parses Ethernet and IPv4, then passes the frame on.
-#[inline(always)]
-pub fn pass(ctx: &XdpContext) -> u32 {
+#[xdp]
+pub fn bench_parse_pass(ctx: XdpContext) -> u32 {
     // The destination decides nothing here; black_box keeps the compiler from dropping
     // the reads (and their bounds checks) a real classifier depends on.
-    if let Some((_, ip)) = parse_ipv4(ctx) {
+    if let Some((_, ip)) = parse_ipv4(&ctx) {
         core::hint::black_box(ip.daddr);
     }
     xdp_action::XDP_PASS
 }
 
 /// Parses Ethernet and IPv4, swaps the MAC addresses and sends the frame back out.
-#[inline(always)]
-pub fn bounce(ctx: &XdpContext) -> u32 {
-    let Some((mut eth, _)) = parse_ipv4(ctx) else {
+#[xdp]
+pub fn bench_parse_tx(ctx: XdpContext) -> u32 {
+    let Some((mut eth, _)) = parse_ipv4(&ctx) else {
         return xdp_action::XDP_PASS;
     };
     core::mem::swap(&mut eth.src, &mut eth.dst);
-    if parse::write(ctx, 0, eth) {
+    if parse::write(&ctx, 0, eth) {
         xdp_action::XDP_TX
     } else {
         xdp_action::XDP_ABORTED

@@ -202,7 +202,8 @@ fn tunnel(ctx: &XdpContext, l3: usize, outer: &Ipv4Hdr, config: &DataplaneConfig
     vip_traffic(ctx, l3, &dest, config, Path::Tunnel)
 }
 
-/// Counts a VIP packet and its drop, if it ends in one.
+/// Dispatches a VIP packet by protocol once its header passed the checks, counting the
+/// packet and its drop, if it ends in one.
 #[inline(always)]
 fn vip_traffic(
     ctx: &XdpContext,
@@ -217,29 +218,23 @@ fn vip_traffic(
         stats.packets += 1;
         stats.bytes += bytes;
     });
-    let verdict = match dispatch(ctx, l3, dest, config, path) {
+    // A match, not a closure: LLVM keeps a closure called from both paths out of line,
+    // a BPF-to-BPF call on every VIP packet.
+    let dispatched = match check_header(ctx, l3) {
+        Ok(ip) => match ip.proto {
+            PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, dest, config, path),
+            PROTO_ICMP => icmp_to_vip(ctx, l3, &ip, &dest.vip, config, path),
+            _ => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
+        },
+        Err(verdict) => Err(verdict),
+    };
+    let verdict = match dispatched {
         Ok(verdict) | Err(verdict) => verdict,
     };
     if verdict.is_drop() {
         stats::vip(stats_index, |stats| stats.dropped += 1);
     }
     Ok(verdict)
-}
-
-#[inline(always)]
-fn dispatch(
-    ctx: &XdpContext,
-    l3: usize,
-    dest: &Dest,
-    config: &DataplaneConfig,
-    path: Path,
-) -> Outcome {
-    let ip = check_header(ctx, l3)?;
-    match ip.proto {
-        PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, dest, config, path),
-        PROTO_ICMP => icmp_to_vip(ctx, l3, &ip, &dest.vip, config, path),
-        _ => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
-    }
 }
 
 /// The IPv4 sanity checks VIP traffic must pass: no options, no fragments, a total
@@ -294,7 +289,7 @@ fn transport(
         _pad: [0; 3],
     };
     let flow = match dest.service {
-        // Looked up with this very key: `dispatch` admitted no IP options.
+        // Looked up with this very key: `check_header` admitted no IP options.
         Some(service) => known_flow(key, service, config, path),
         None => resolve(key, &dest.vip, config, path)?,
     };

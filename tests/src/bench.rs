@@ -9,62 +9,7 @@ pub mod forwarding;
 pub mod maglev_quality;
 pub mod program;
 
-use serde::{Deserialize, Serialize};
-
-/// One reported figure.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Measurement {
-    /// The part of the report: `program`, `forwarding`, `failover`, `control-plane`,
-    /// `maglev`.
-    pub group: String,
-    /// What was measured, e.g. `VIP flow hit (IPIP)` or `UDP pps: xdplb / kube-proxy`.
-    pub name: String,
-    pub value: f64,
-    /// `ns`, `pps`, `req/s`, `ms`, `MiB`, `x` (a ratio), `%`, ...
-    pub unit: String,
-    /// How it was measured: repeat count, runs, trials, packet size.
-    pub detail: String,
-    pub target: Option<Target>,
-}
-
-/// A target from the benchmark issue and whether this run met it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Target {
-    /// Human form, e.g. `<= 1.3x minimal pass`.
-    pub text: String,
-    pub met: bool,
-}
-
-impl Measurement {
-    pub fn new(group: &str, name: &str, value: f64, unit: &str, detail: &str) -> Self {
-        Self {
-            group: group.to_owned(),
-            name: name.to_owned(),
-            value,
-            unit: unit.to_owned(),
-            detail: detail.to_owned(),
-            target: None,
-        }
-    }
-
-    /// Sets a target of the form `value <= limit`.
-    pub fn at_most(mut self, limit: f64, text: &str) -> Self {
-        self.target = Some(Target {
-            text: text.to_owned(),
-            met: self.value <= limit,
-        });
-        self
-    }
-
-    /// Sets a target of the form `value >= limit`.
-    pub fn at_least(mut self, limit: f64, text: &str) -> Self {
-        self.target = Some(Target {
-            text: text.to_owned(),
-            met: self.value >= limit,
-        });
-        self
-    }
-}
+pub use bench_measurement::Measurement;
 
 /// The median of `values` (the mean of the middle two for an even count); NaN when empty.
 pub fn median(values: &[f64]) -> f64 {

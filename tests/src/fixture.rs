@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context as _, Result, ensure};
 use aya::{
-    Ebpf,
+    Ebpf, TestRunResult,
     programs::{TestRun, TestRunOptions},
 };
 use lb_agent::{
@@ -24,7 +24,13 @@ use lb_common::{
     },
 };
 
+pub use self::frames::{
+    FROM_PEER, NEXT_HOP_MAC, PEER_MAC, REQUEST, RESPONSE, TO_CLIENT, https_frame, https_from_peer,
+    https_packet, tunnelled, xdp_md,
+};
 use crate::{netns::Netns, packets::NODE_MAC};
+
+mod frames;
 
 /// XDP verdicts (`enum xdp_action`).
 pub const XDP_DROP: u32 = 1;
@@ -125,10 +131,10 @@ impl Dataplane {
         })
     }
 
-    /// The loaded object, for benchmarks that drive its programs directly (many repeats,
-    /// or the reference programs the fixtures never run).
-    pub fn ebpf(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The loaded object, for the benchmark that drives its programs directly (many
+    /// repeats, timed by the kernel).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     /// This node ([`NODE`]) serving [`VIP`]: HTTPS and DNS, both delivered to [`POD`] here.
@@ -218,20 +224,10 @@ impl Dataplane {
     }
 
     fn ring(&mut self, addrs: &[Ipv4Addr], size: usize) -> Result<Vec<u32>> {
-        let ids: Vec<[u8; 4]> = addrs.iter().map(Ipv4Addr::octets).collect();
-        let backends: Vec<Backend<'_>> = addrs
-            .iter()
-            .zip(&ids)
-            .map(|(addr, id)| Backend {
-                id,
-                addr: wire(*addr),
-                weight: 1,
-            })
-            .collect();
         for addr in addrs {
             self.set_backend(*addr, BACKEND_ACTIVE)?;
         }
-        Ok(maglev::build(&backends, size))
+        Ok(equal_ring(addrs, size))
     }
 
     /// Adds `addr` in the next free slot, or sets the state of the one it has.
@@ -300,46 +296,15 @@ impl Dataplane {
     }
 
     fn run_xdp(&mut self, frame: &[u8], ifindex: Option<u32>) -> Result<Run> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex.
-        let ctx: Option<Vec<u8>> = ifindex.map(|ifindex| {
-            let len = u32::try_from(frame.len()).expect("test frame length");
-            [0, len, 0, ifindex, 0, 0]
-                .iter()
-                .flat_map(|field: &u32| field.to_ne_bytes())
-                .collect()
-        });
-        let mut out = vec![0u8; OUT_LEN];
+        let ctx = ifindex.map(|ifindex| xdp_md(frame.len(), ifindex));
         // The FIB lookups happen in the namespace of the calling thread.
         let _inside = self.netns.enter()?;
-        let program = loader::xdp_program(&mut self.ebpf)?;
-        let result = program.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: ctx.as_deref(),
-            ..TestRunOptions::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(Run {
-            action: result.return_value,
-            frame: out,
-        })
+        run_once(loader::xdp_program(&mut self.ebpf)?, frame, ctx.as_deref())
     }
 
     /// Runs `tc_reply` on `frame`.
     pub fn tc(&mut self, frame: &[u8]) -> Result<Run> {
-        let mut out = vec![0u8; OUT_LEN];
-        let program = loader::tc_program(&mut self.ebpf)?;
-        let result = program.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(Run {
-            action: result.return_value,
-            frame: out,
-        })
+        run_once(loader::tc_program(&mut self.ebpf)?, frame, None)
     }
 
     /// Checks that exactly `expected` (reason, count) were counted since the last check;
@@ -411,13 +376,50 @@ impl Dataplane {
     }
 }
 
-/// The REPLY_FLOWS key of replies from `pod` to `client`.
+/// The Maglev table of `addrs` at equal weights, each known by its address bytes, as
+/// the agent builds a pod ring: `size` slots of addresses as the maps store them.
+pub fn equal_ring(addrs: &[Ipv4Addr], size: usize) -> Vec<u32> {
+    let ids: Vec<[u8; 4]> = addrs.iter().map(Ipv4Addr::octets).collect();
+    let backends: Vec<Backend<'_>> = addrs
+        .iter()
+        .zip(&ids)
+        .map(|(addr, id)| Backend {
+            id,
+            addr: wire(*addr),
+            weight: 1,
+        })
+        .collect();
+    maglev::build(&backends, size)
+}
+
+/// One BPF_PROG_TEST_RUN of `program` on `frame`, with `ctx` as its context if given.
+fn run_once<P>(program: &P, frame: &[u8], ctx: Option<&[u8]>) -> Result<Run>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0u8; OUT_LEN];
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: ctx,
+        ..TestRunOptions::default()
+    })?;
+    out.truncate(result.data_size_out as usize);
+    Ok(Run {
+        action: result.return_value,
+        frame: out,
+    })
+}
+
+/// The REPLY_FLOWS key of replies from `pod` to `client`: the reply's tuple, laid out as
+/// the flow-cache key of a flow from `pod` to `client` would be.
 pub fn reply_key(pod: SocketAddrV4, client: SocketAddrV4, proto: u8) -> ReplyKey {
+    let reply = flow_key(pod, client, proto);
     ReplyKey {
-        pod: wire(*pod.ip()),
-        client: wire(*client.ip()),
-        pod_port: wire_port(pod.port()),
-        client_port: wire_port(client.port()),
+        pod: reply.client,
+        client: reply.vip,
+        pod_port: reply.client_port,
+        client_port: reply.vip_port,
         proto,
         _pad: [0; 3],
     }

@@ -72,7 +72,7 @@ pub use self::{
     capture::{ArpFrame, Capture, Packet},
     cluster::{
         App, Binaries, Cluster, DNS_NAME, DNS_VIP, FailoverReport, Failure, Service, VIP_CIDR,
-        WEB_VIP, dump_log_tails,
+        WEB_VIP, dump_log_tails, service_yaml,
     },
     fault::{FaultReport, failing_until},
     flood::{Flood, FloodReport, syn_flood},
@@ -408,7 +408,7 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("the tests crate lives one level below the workspace root")
+        .expect("the testbed crate lives one level below the workspace root")
         .to_path_buf()
 }
 

@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -149,12 +149,19 @@ fn run_command(command: &mut Command) -> anyhow::Result<String> {
     let output = command
         .output()
         .with_context(|| format!("running {command:?}"))?;
+    ensure_success(format_args!("{command:?}"), &output)?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Fails, naming `what` with the exit status and stderr, unless the command that gave
+/// `output` succeeded.
+pub fn ensure_success(what: impl std::fmt::Display, output: &Output) -> anyhow::Result<()> {
     if !output.status.success() {
         bail!(
-            "{command:?} failed ({}): {}",
+            "{what} failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(())
 }

@@ -335,6 +335,18 @@ impl Ip {
         Ok((udp, payload.to_vec()))
     }
 
+    /// The (source, destination) ports and the payload of a TCP or UDP packet, its
+    /// checksum verified.
+    pub fn transport(&self) -> Result<((u16, u16), Vec<u8>)> {
+        if self.header.protocol == IpNumber::TCP {
+            let (tcp, payload) = self.tcp()?;
+            Ok(((tcp.source_port, tcp.destination_port), payload))
+        } else {
+            let (udp, payload) = self.udp()?;
+            Ok(((udp.source_port, udp.destination_port), payload))
+        }
+    }
+
     /// The ICMP header and what follows it, checksum verified.
     pub fn icmp(&self) -> Result<(Icmpv4Header, Vec<u8>)> {
         self.expect_proto(IpNumber::ICMP)?;

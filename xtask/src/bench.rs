@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: setup, a release build of every binary, then the `bench` program
-//! of the `tests` crate as root. Its measurements become `bench/results.json` (with the
+//! of the `testbed` crate as root. Its measurements become `bench/results.json` (with the
 //! date, kernel, CPU and commit), `BENCHMARKS.md`, the chart `bench/results.png` and the
 //! summary block of `README.md`; the table is printed at the end. Both documents also
 //! carry the hand-written analysis in `bench/limits.md` (what limits each missed target),
@@ -15,10 +15,14 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use nix::unistd::Uid;
-use serde::{Deserialize, Serialize};
+use bench_measurement::Measurement;
+use serde::Serialize;
 
-use crate::{cmd, lab::target_dir, setup};
+use crate::{
+    cmd,
+    lab::{as_root, target_dir},
+    setup,
+};
 
 mod chart;
 
@@ -34,23 +38,6 @@ pub struct Options {
     /// print its table without writing any file.
     #[arg(long, value_name = "NAME")]
     part: Option<String>,
-}
-
-/// One figure as the `bench` program prints it (`tests::bench::Measurement`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Measurement {
-    pub group: String,
-    pub name: String,
-    pub value: f64,
-    pub unit: String,
-    pub detail: String,
-    pub target: Option<Target>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Target {
-    pub text: String,
-    pub met: bool,
 }
 
 /// Where and when the figures were taken.
@@ -89,13 +76,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
 /// Runs the bench program (through sudo unless root) and parses its JSON.
 fn measure(root: &Path, part: Option<&str>) -> anyhow::Result<Vec<Measurement>> {
     let bench = target_dir(root).join("release").join("bench");
-    let mut command = if Uid::effective().is_root() {
-        Command::new(&bench)
-    } else {
-        let mut sudo = Command::new("sudo");
-        sudo.arg(&bench);
-        sudo
-    };
+    let mut command = as_root(&bench);
     command
         .args(part)
         .stdout(Stdio::piped())
@@ -341,17 +322,8 @@ mod tests {
             cores: 2,
             commit: "abc1234".into(),
         };
-        let missed = Measurement {
-            group: "program".into(),
-            name: "flow hit / minimal TX".into(),
-            value: 12.7,
-            unit: "x".into(),
-            detail: "per call".into(),
-            target: Some(Target {
-                text: "<= 3x".into(),
-                met: false,
-            }),
-        };
+        let missed = Measurement::new("program", "flow hit / minimal TX", 12.7, "x", "per call")
+            .at_most(3.0, "<= 3x");
         let limits = "\n- **Flow hit.** Two hash lookups.\n";
         for text in [
             benchmarks_md(&machine, std::slice::from_ref(&missed), limits),

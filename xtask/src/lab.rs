@@ -1,5 +1,5 @@
 //! `cargo xtask lab`: setup, build every binary, then run the lab program (the `lab`
-//! binary of the `tests` crate) as root. xtask itself does not depend on the agent, so
+//! binary of the `testbed` crate) as root. xtask itself does not depend on the agent, so
 //! setup still works on a machine that cannot build BPF yet.
 
 use std::{
@@ -24,13 +24,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             .current_dir(root),
     )?;
     let lab = target_dir(root).join("debug").join("lab");
-    let mut command = if Uid::effective().is_root() {
-        Command::new(&lab)
-    } else {
-        let mut sudo = Command::new("sudo");
-        sudo.arg(&lab);
-        sudo
-    };
+    let mut command = as_root(&lab);
     // Ctrl-C reaches the lab program too; it then tears the lab down, which xtask must
     // wait for rather than return the terminal halfway through. The program installs
     // its own handler, so ignoring the signal here does not carry over.
@@ -43,6 +37,17 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         bail!("the lab failed ({status})");
     }
     Ok(())
+}
+
+/// A command that runs `program` as root: directly when we are root, else through sudo.
+pub fn as_root(program: &Path) -> Command {
+    if Uid::effective().is_root() {
+        Command::new(program)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(program);
+        sudo
+    }
 }
 
 /// Where cargo puts the binaries: `CARGO_TARGET_DIR` if set, else `<root>/target`.

@@ -147,7 +147,7 @@ fn host(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
             "test",
             "--workspace",
             "--exclude",
-            "tests",
+            "testbed",
             "--exclude",
             "lb-ebpf",
         ],
@@ -207,12 +207,13 @@ fn privileged(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     cargo_test(
         root,
         totals,
-        &["test", "-p", "tests", "--", "--test-threads=1"],
+        &["test", "-p", "testbed", "--", "--test-threads=1"],
     )
 }
 
 /// Builds the image (`cargo xtask image`), then runs the tests that run it in
-/// containers; the privileged tier skips them as ignored.
+/// containers (the `containers` module of the privileged tests, all `#[ignore]`d, so
+/// the privileged tier skips them).
 fn container(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     let archive = image::run(root, &image::Options { output: None })?;
     cargo_test_with(
@@ -221,11 +222,12 @@ fn container(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
         &[
             "test",
             "-p",
-            "tests",
+            "testbed",
             "--test",
-            "containers",
+            "privileged",
             "--",
             "--ignored",
+            "containers::",
             "--test-threads=1",
         ],
         Command::new("cargo").env("XDPLB_IMAGE_ARCHIVE", archive),

@@ -11,11 +11,6 @@ use crate::lab::{Cluster, Failure, Pace, Service, WEB_VIP};
 const GROUP: &str = "failover";
 const NODES: usize = 3;
 const TRIALS: usize = 10;
-/// A new request every 20 ms, each given 300 ms: outages are resolved to ~20 ms.
-const PACE: Pace = Pace {
-    every: Duration::from_millis(20),
-    timeout: Duration::from_millis(300),
-};
 const FAILURE: Failure = Failure::NodeGone;
 const P50_TARGET: Duration = Duration::from_secs(1);
 const MAX_TARGET: Duration = Duration::from_secs(2);
@@ -33,8 +28,8 @@ pub fn run() -> anyhow::Result<Vec<Measurement>> {
     let detail = format!(
         "{TRIALS} trials on {NODES} nodes, owner {FAILURE}; a new connection every {} ms \
          (each given {} ms); all outages {all:?} ms",
-        PACE.every.as_millis(),
-        PACE.timeout.as_millis()
+        Pace::OUTAGE.every.as_millis(),
+        Pace::OUTAGE.timeout.as_millis()
     );
     let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
     Ok(vec![
@@ -69,7 +64,7 @@ fn trials(cluster: &Cluster) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let mut outages = Vec::with_capacity(TRIALS);
     let mut reelections = Vec::with_capacity(TRIALS);
     for trial in 1..=TRIALS {
-        let report = cluster.measure_failover(WEB_VIP, FAILURE, PACE)?;
+        let report = cluster.measure_failover(WEB_VIP, FAILURE, Pace::OUTAGE)?;
         eprintln!("failover trial {trial}: {report}");
         outages.push(report.outage);
         reelections.push(report.reelected);

@@ -26,7 +26,7 @@ use anyhow::{Context as _, ensure};
 use lb_agent::{api::socket::Client, status::AgentStatus};
 use tempfile::TempDir;
 
-use super::Measurement;
+use super::{Measurement, median};
 use crate::{
     lab::{
         self, BpfFs, CLIENT_ADDR, LAN_IFACE, Lab, Node,
@@ -662,14 +662,4 @@ fn list(values: &[f64]) -> String {
         })
         .collect();
     format!("[{}]", shown.join(", "))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        len if len % 2 == 1 => sorted[len / 2],
-        len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2.0,
-    }
 }

@@ -1,6 +1,6 @@
 //! Program cost under BPF_PROG_TEST_RUN: `xdp_lb` and `tc_reply` on each of their paths,
-//! beside two reference programs (parse and pass; parse, swap MACs and bounce) measured
-//! in the same run, interleaved, on one pinned CPU.
+//! beside two reference programs (parse and pass; parse, swap MACs and bounce, which only
+//! the bench's own object holds) measured in the same run, interleaved, on one pinned CPU.
 //!
 //! Two methods, because `repeat` runs the program again on the frame the previous
 //! iteration left behind (the kernel does not restore it):
@@ -30,7 +30,10 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context as _, Result, ensure};
-use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::{
+    Ebpf,
+    programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
 use lb_common::maps::{BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
 use lb_common::types::PROTO_TCP;
 
@@ -38,10 +41,11 @@ use super::{Measurement, median};
 use crate::{
     cpu::OnOneCpu,
     fixture::{
-        CLIENT, Dataplane, HTTPS, HTTPS_SLOT, HTTPS_TARGET, NODE, PEER, POD, TC_ACT_OK, XDP_PASS,
-        XDP_TX, reply_key, reply_value, vip,
+        CLIENT, Dataplane, HTTPS, HTTPS_SLOT, HTTPS_TARGET, NEXT_HOP_MAC, NODE, PEER, POD, REQUEST,
+        RESPONSE, TC_ACT_OK, TO_CLIENT, XDP_PASS, XDP_TX, https_frame, https_from_peer, reply_key,
+        reply_value, vip, xdp_md,
     },
-    packets::{self, CLIENT_MAC, L2, NODE_MAC},
+    packets::{self, L2},
 };
 
 const GROUP: &str = "program";
@@ -53,10 +57,6 @@ const CALLS: u32 = 1_000_000;
 const RUNS: usize = 5;
 /// Room for any frame the programs produce from these inputs.
 const OUT_LEN: usize = 256;
-const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n";
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
-const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x02];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x02];
 /// Where non-VIP traffic goes: a LAN host that is no VIP.
 const OTHER_HOST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 1), 80);
 /// First source address of the new flows; each call gets its own (address, port).
@@ -119,29 +119,17 @@ pub fn run() -> Result<Vec<Measurement>> {
     let lan = prepare(&mut dataplane)?;
     let cases = cases(lan);
     // The FIB lookups of the encapsulation happen in the caller's namespace.
+    let references = load_references()?;
     let _inside = dataplane.netns.enter()?;
     let ebpf = dataplane.ebpf();
-    for name in [BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM] {
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .with_context(|| format!("{name} missing from the object"))?
-            .try_into()?;
-        program.load()?;
-    }
-    let xdp = |name: &str| -> Result<&Xdp> {
-        let program: &Program = ebpf
-            .program(name)
-            .with_context(|| format!("{name} missing from the object"))?;
-        Ok(program.try_into()?)
-    };
     let programs = Programs {
-        lb: xdp(XDP_PROGRAM)?,
+        lb: xdp(ebpf, XDP_PROGRAM)?,
         tc: ebpf
             .program(TC_PROGRAM)
             .context("tc program missing")?
             .try_into()?,
-        pass: xdp(BENCH_PASS_PROGRAM)?,
-        tx: xdp(BENCH_TX_PROGRAM)?,
+        pass: xdp(&references, BENCH_PASS_PROGRAM)?,
+        tx: xdp(&references, BENCH_TX_PROGRAM)?,
     };
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(RUNS); cases.len()];
     let mut next_flow = 0u32;
@@ -159,6 +147,33 @@ pub fn run() -> Result<Vec<Measurement>> {
     Ok(report(&figures))
 }
 
+/// The bench's own object: `lb-ebpf` built with the `bench-reference` feature by
+/// build.rs, the only object holding the reference programs.
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The reference programs, loaded from [`BENCH_OBJECT`]. Its maps are created too (at
+/// their default sizes) though the references use none; `xdp_lb` and `tc_reply` are
+/// measured in the agent's own object, as the agent loads it.
+fn load_references() -> Result<Ebpf> {
+    let mut object = Ebpf::load(BENCH_OBJECT)?;
+    for name in [BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM] {
+        let program: &mut Xdp = object
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from the bench object"))?
+            .try_into()?;
+        program.load()?;
+    }
+    Ok(object)
+}
+
+/// The loaded XDP program `name` of `object`.
+fn xdp<'a>(object: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    let program: &Program = object
+        .program(name)
+        .with_context(|| format!("{name} missing from the object"))?;
+    Ok(program.try_into()?)
+}
+
 /// Peers, the link towards [`PEER`] and the reply flow the cases need; returns the
 /// link's interface index.
 fn prepare(dataplane: &mut Dataplane) -> Result<u32> {
@@ -173,29 +188,11 @@ fn prepare(dataplane: &mut Dataplane) -> Result<u32> {
     Ok(lan)
 }
 
-fn https_frame(client: SocketAddrV4) -> Vec<u8> {
-    L2::LAN.ipv4(&packets::tcp(client, vip(HTTPS), REQUEST))
-}
-
 fn cases(lan: u32) -> Vec<Case> {
     let other = L2::LAN.ipv4(&packets::tcp(CLIENT, OTHER_HOST, REQUEST));
-    let from_peer = L2 {
-        src: PEER_MAC,
-        dst: NODE_MAC,
-        vlan: None,
-    };
-    let tunnelled = from_peer.ipv4(&packets::ipip(
-        PEER,
-        NODE,
-        &packets::tcp(CLIENT, vip(HTTPS), REQUEST),
-    ));
-    let reply_l2 = L2 {
-        src: NODE_MAC,
-        dst: CLIENT_MAC,
-        vlan: None,
-    };
+    let tunnelled = https_from_peer();
     let pod = SocketAddrV4::new(POD, HTTPS_TARGET);
-    let reply = reply_l2.ipv4(&packets::tcp(pod, CLIENT, RESPONSE));
+    let reply = TO_CLIENT.ipv4(&packets::tcp(pod, CLIENT, RESPONSE));
     let case = |name, prog, input, frame: &Vec<u8>, ifindex, expected| Case {
         name,
         prog,
@@ -315,16 +312,6 @@ fn new_client(n: u32) -> SocketAddrV4 {
     let address = Ipv4Addr::from(u32::from(NEW_FLOW_BASE) + n / PORTS_PER_ADDRESS);
     let port = 10_000 + u16::try_from(n % PORTS_PER_ADDRESS).expect("port below 60000");
     SocketAddrV4::new(address, port)
-}
-
-/// `struct xdp_md` for a frame of `len` bytes received on `ifindex`.
-fn xdp_md(len: usize, ifindex: u32) -> Vec<u8> {
-    let len = u32::try_from(len).expect("frame length");
-    // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    [0, len, 0, ifindex, 0, 0]
-        .iter()
-        .flat_map(|field: &u32| field.to_ne_bytes())
-        .collect()
 }
 
 fn report(figures: &[(&Case, f64)]) -> Vec<Measurement> {

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use tests::bench::{self, Measurement};
+use testbed::bench::{self, Measurement};
 
 type Part = fn() -> anyhow::Result<Vec<Measurement>>;
 

@@ -6,27 +6,17 @@
 //!
 //! Needs root and the workspace binaries (`cargo build --bins`) next to it.
 
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    process::ExitCode,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, ensure};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use tests::lab::{
+use testbed::lab::{
     self, App, CLIENT_ADDR, Cluster, DNS_NAME, DNS_VIP, FailoverReport, Failure, Pace, Service,
     VIP_CIDR, WEB_VIP,
 };
 
 const NODES: usize = 3;
 const REQUESTS: usize = 50;
-/// A new request every 20 ms, each given 300 ms: the outage is resolved to ~20 ms.
-const FAILOVER_PACE: Pace = Pace {
-    every: Duration::from_millis(20),
-    timeout: Duration::from_millis(300),
-};
 
 fn main() -> ExitCode {
     if let Err(error) = catch_interrupts() {
@@ -223,10 +213,10 @@ fn failover(cluster: &Cluster) -> anyhow::Result<FailoverReport> {
     println!("how         SIGKILL to its agent, then its LAN link down (the node is gone)");
     println!(
         "requests    a new one every {} ms from the client, each given {} ms",
-        FAILOVER_PACE.every.as_millis(),
-        FAILOVER_PACE.timeout.as_millis()
+        Pace::OUTAGE.every.as_millis(),
+        Pace::OUTAGE.timeout.as_millis()
     );
-    let report = cluster.measure_failover(WEB_VIP, Failure::NodeGone, FAILOVER_PACE)?;
+    let report = cluster.measure_failover(WEB_VIP, Failure::NodeGone, Pace::OUTAGE)?;
     println!(
         "outage      {} ms from the kill to the first answer",
         report.outage.as_millis()

@@ -1,4 +1,4 @@
-//! `loadgen`: the fast ends of the forwarding benchmark (see `tests::lab::load`), run
+//! `loadgen`: the fast ends of the forwarding benchmark (see `testbed::lab::load`), run
 //! inside the lab's namespaces. Every tool bounds its own run and prints one JSON report
 //! on stdout; receivers print `ready` first, once they listen.
 //!
@@ -32,7 +32,7 @@ use nix::{
     unistd::Pid,
 };
 use serde::Serialize;
-use tests::lab::load::{
+use testbed::lab::load::{
     Closer, FIRST_PACKET_WAIT, READY, RequestReport, SendReport, ServeReport, SinkReport,
     TCP_REQUEST, TCP_RESPONSE, UDP_PAYLOAD,
 };

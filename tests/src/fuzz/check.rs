@@ -18,12 +18,14 @@ use super::{
     families::Case,
     frames::Intent,
     scenario::{
-        self, FAR, NEXT_HOP_MAC, Service, VIPS, is_backend_node, is_tracked_reply, service,
-        service_of_pod,
+        self, FAR, Service, VIPS, is_backend_node, is_tracked_reply, service, service_of_pod,
     },
 };
 use crate::{
-    fixture::{MTU, NODE, PEER, PEER2, Run, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    fixture::{
+        MTU, NEXT_HOP_MAC, NODE, PEER, PEER2, Run, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+        XDP_TX,
+    },
     packets::NODE_MAC,
 };
 

@@ -8,10 +8,10 @@ use lb_common::types::PROTO_TCP;
 
 use super::{
     rng::Rng,
-    scenario::{PEER_MAC, PEERS, SERVICES, STRANGER, Service, TRACKED_CLIENTS, VIPS},
+    scenario::{PEERS, SERVICES, STRANGER, Service, TRACKED_CLIENTS, VIPS},
 };
 use crate::{
-    fixture::{MTU, NODE},
+    fixture::{MTU, NODE, PEER_MAC, TO_CLIENT},
     packets::{self, CLIENT_MAC, L2, NODE_MAC},
 };
 
@@ -32,93 +32,97 @@ pub struct Field {
     pub bits: u32,
 }
 
-const fn field(name: &'static str, offset: usize, bytes: usize) -> Field {
-    Field {
-        name,
-        offset,
-        bytes,
-        shift: 0,
-        bits: 8 * bytes as u32,
+/// The name of room in a header that no corruption touches.
+const UNFUZZED: &str = "";
+
+impl Field {
+    /// The field of `bits` bits starting `start` bits into its header, in the fewest
+    /// whole bytes that hold it.
+    const fn at(name: &'static str, start: u32, bits: u32) -> Self {
+        let offset = start / 8;
+        let end = start + bits;
+        let bytes = end.div_ceil(8) - offset;
+        Self {
+            name,
+            offset: offset as usize,
+            bytes: bytes as usize,
+            shift: (offset + bytes) * 8 - end,
+            bits,
+        }
+    }
+
+    fn is_fuzzed(&self) -> bool {
+        self.name != UNFUZZED
     }
 }
 
-const fn bits(name: &'static str, offset: usize, bytes: usize, shift: u32, bits: u32) -> Field {
-    Field {
-        name,
-        offset,
-        bytes,
-        shift,
-        bits,
+/// A header as its RFC draws it: each field's name and width in bits, in wire order,
+/// written 32 bits a row; the offsets follow from the widths.
+const fn layout<const N: usize>(widths: [(&'static str, u32); N]) -> [Field; N] {
+    let mut fields = [Field::at(UNFUZZED, 0, 0); N];
+    let mut start = 0;
+    let mut index = 0;
+    while index < N {
+        let (name, bits) = widths[index];
+        fields[index] = Field::at(name, start, bits);
+        start += bits;
+        index += 1;
     }
+    fields
 }
 
-const ETH: &[Field] = &[
-    field("eth.dst", 0, 6),
-    field("eth.src", 6, 6),
-    field("eth.type", 12, 2),
-];
-const VLAN: &[Field] = &[
-    bits("vlan.pcp_dei", 0, 1, 4, 4),
-    bits("vlan.id", 0, 2, 0, 12),
-    field("vlan.type", 2, 2),
-];
-const IPV4: &[Field] = &[
-    bits("ip.version", 0, 1, 4, 4),
-    bits("ip.ihl", 0, 1, 0, 4),
-    field("ip.tos", 1, 1),
-    field("ip.total_len", 2, 2),
-    field("ip.id", 4, 2),
-    bits("ip.flags", 6, 2, 13, 3),
-    bits("ip.frag_offset", 6, 2, 0, 13),
-    field("ip.ttl", 8, 1),
-    field("ip.protocol", 9, 1),
-    field("ip.checksum", 10, 2),
-    field("ip.src", 12, 4),
-    field("ip.dst", 16, 4),
-];
-const TCP: &[Field] = &[
-    field("tcp.src_port", 0, 2),
-    field("tcp.dst_port", 2, 2),
-    field("tcp.seq", 4, 4),
-    field("tcp.ack", 8, 4),
-    bits("tcp.data_offset", 12, 1, 4, 4),
-    bits("tcp.reserved", 12, 1, 0, 4),
-    field("tcp.flags", 13, 1),
-    field("tcp.window", 14, 2),
-    field("tcp.checksum", 16, 2),
-    field("tcp.urgent", 18, 2),
-];
+#[rustfmt::skip]
+const ETH: &[Field] = &layout([
+    ("eth.dst", 48),
+    ("eth.src", 48),
+    ("eth.type", 16),
+]);
+#[rustfmt::skip]
+const VLAN: &[Field] = &layout([
+    ("vlan.pcp_dei", 4), ("vlan.id", 12), ("vlan.type", 16),
+]);
+#[rustfmt::skip]
+const IPV4: &[Field] = &layout([
+    ("ip.version", 4), ("ip.ihl", 4), ("ip.tos", 8), ("ip.total_len", 16),
+    ("ip.id", 16), ("ip.flags", 3), ("ip.frag_offset", 13),
+    ("ip.ttl", 8), ("ip.protocol", 8), ("ip.checksum", 16),
+    ("ip.src", 32),
+    ("ip.dst", 32),
+]);
+#[rustfmt::skip]
+const TCP: &[Field] = &layout([
+    ("tcp.src_port", 16), ("tcp.dst_port", 16),
+    ("tcp.seq", 32),
+    ("tcp.ack", 32),
+    ("tcp.data_offset", 4), ("tcp.reserved", 4), ("tcp.flags", 8), ("tcp.window", 16),
+    ("tcp.checksum", 16), ("tcp.urgent", 16),
+]);
 /// The options `packets::syn_ack` writes: NOP, window scale, SACK permitted,
-/// timestamps, then MSS.
-const SYN_ACK_OPTIONS: &[Field] = &[
-    field("tcp.opt.nop", 0, 1),
-    field("tcp.opt.wscale.kind", 1, 1),
-    field("tcp.opt.wscale.len", 2, 1),
-    field("tcp.opt.sack_perm.len", 5, 1),
-    field("tcp.opt.timestamp.len", 7, 1),
-    field("tcp.opt.mss.kind", 16, 1),
-    field("tcp.opt.mss.len", 17, 1),
-    field("tcp.opt.mss.value", 18, 2),
-];
-const UDP: &[Field] = &[
-    field("udp.src_port", 0, 2),
-    field("udp.dst_port", 2, 2),
-    field("udp.len", 4, 2),
-    field("udp.checksum", 6, 2),
-];
-const ICMP: &[Field] = &[
-    field("icmp.type", 0, 1),
-    field("icmp.code", 1, 1),
-    field("icmp.checksum", 2, 2),
-    field("icmp.rest_hi", 4, 2),
-    field("icmp.rest_lo", 6, 2),
-];
+/// timestamps, then MSS; the shift count, two option kinds and the timestamps' values
+/// stay as they are.
+#[rustfmt::skip]
+const SYN_ACK_OPTIONS: &[Field] = &layout([
+    ("tcp.opt.nop", 8), ("tcp.opt.wscale.kind", 8), ("tcp.opt.wscale.len", 8), (UNFUZZED, 8),
+    (UNFUZZED, 8), ("tcp.opt.sack_perm.len", 8), (UNFUZZED, 8), ("tcp.opt.timestamp.len", 8),
+    (UNFUZZED, 64),
+    ("tcp.opt.mss.kind", 8), ("tcp.opt.mss.len", 8), ("tcp.opt.mss.value", 16),
+]);
+#[rustfmt::skip]
+const UDP: &[Field] = &layout([
+    ("udp.src_port", 16), ("udp.dst_port", 16),
+    ("udp.len", 16), ("udp.checksum", 16),
+]);
+#[rustfmt::skip]
+const ICMP: &[Field] = &layout([
+    ("icmp.type", 8), ("icmp.code", 8), ("icmp.checksum", 16),
+    ("icmp.rest_hi", 16), ("icmp.rest_lo", 16),
+]);
 /// The first 8 bytes of a quoted TCP/UDP header.
-const QUOTED_L4: &[Field] = &[
-    field("quote.src_port", 0, 2),
-    field("quote.dst_port", 2, 2),
-    field("quote.word1", 4, 4),
-];
+#[rustfmt::skip]
+const QUOTED_L4: &[Field] = &layout([
+    ("quote.src_port", 16), ("quote.dst_port", 16),
+    ("quote.word1", 32),
+]);
 
 /// A header in a frame.
 #[derive(Clone, Copy, Debug)]
@@ -147,13 +151,11 @@ impl Header {
         }
     }
 
+    /// Its length in bytes: where its last field ends.
     const fn len(self) -> usize {
-        match self {
-            Header::Eth => ETH_HLEN,
-            Header::Vlan => 4,
-            Header::Ipv4 | Header::Tcp | Header::SynAckOptions => 20,
-            Header::Udp | Header::Icmp | Header::QuotedL4 => 8,
-        }
+        let fields = self.fields();
+        let last = fields[fields.len() - 1];
+        last.offset + last.bytes
     }
 }
 
@@ -163,6 +165,16 @@ pub struct Placed {
     pub header: Header,
     pub offset: usize,
     pub role: &'static str,
+}
+
+impl Placed {
+    const fn at(header: Header, offset: usize, role: &'static str) -> Self {
+        Self {
+            header,
+            offset,
+            role,
+        }
+    }
 }
 
 /// What a base frame is meant to be, so the checks can demand more of well-formed ones.
@@ -195,6 +207,7 @@ impl Base {
                 .header
                 .fields()
                 .iter()
+                .filter(|field| field.is_fuzzed())
                 .map(move |field| (placed.offset, placed.role, *field))
         })
     }
@@ -239,35 +252,19 @@ fn lan_l2(rng: &mut Rng, src: [u8; 6]) -> L2 {
 
 /// Headers of an IPv4 packet at `l3` carrying `l4` at its fixed 20-byte offset.
 fn ip_headers(l3: usize, role: &'static str, l4: &[Header]) -> Vec<Placed> {
-    let mut headers = vec![Placed {
-        header: Header::Ipv4,
-        offset: l3,
-        role,
-    }];
+    let mut headers = vec![Placed::at(Header::Ipv4, l3, role)];
     let mut offset = l3 + IPV4_HLEN;
     for header in l4 {
-        headers.push(Placed {
-            header: *header,
-            offset,
-            role,
-        });
+        headers.push(Placed::at(*header, offset, role));
         offset += header.len();
     }
     headers
 }
 
 fn l2_headers(l2: &L2) -> Vec<Placed> {
-    let mut headers = vec![Placed {
-        header: Header::Eth,
-        offset: 0,
-        role: "",
-    }];
+    let mut headers = vec![Placed::at(Header::Eth, 0, "")];
     if l2.vlan.is_some() {
-        headers.push(Placed {
-            header: Header::Vlan,
-            offset: ETH_HLEN,
-            role: "",
-        });
+        headers.push(Placed::at(Header::Vlan, ETH_HLEN, ""));
     }
     headers
 }
@@ -281,6 +278,16 @@ struct Packet {
 }
 
 impl Packet {
+    /// An IPv4 packet carrying the headers `l4`, meant as nothing in particular.
+    fn new(bytes: Vec<u8>, l4: &[Header], kind: &'static str) -> Self {
+        Self {
+            bytes,
+            headers: ip_headers(0, "", l4),
+            intent: Intent::Other,
+            kind,
+        }
+    }
+
     fn framed(self, l2: L2) -> Base {
         let l3 = l2.header_len();
         let mut headers = l2_headers(&l2);
@@ -336,24 +343,18 @@ fn transport(
 ) -> Packet {
     if proto == PROTO_TCP {
         let header = random_tcp_header(rng, src.port(), dst.port());
-        Packet {
-            bytes: packets::tcp_with(src, dst, header, data),
-            headers: ip_headers(0, "", &[Header::Tcp]),
-            intent: Intent::Other,
-            kind: "tcp",
-        }
+        Packet::new(
+            packets::tcp_with(src, dst, header, data),
+            &[Header::Tcp],
+            "tcp",
+        )
     } else {
         let bytes = if rng.one_in(6) {
             packets::udp_no_checksum(src, dst, data)
         } else {
             packets::udp(src, dst, data)
         };
-        Packet {
-            bytes,
-            headers: ip_headers(0, "", &[Header::Udp]),
-            intent: Intent::Other,
-            kind: "udp",
-        }
+        Packet::new(bytes, &[Header::Udp], "udp")
     }
 }
 
@@ -388,18 +389,14 @@ fn oversized(rng: &mut Rng, service: &Service) -> Packet {
 
 fn echo(rng: &mut Rng) -> Packet {
     let data = payload(rng);
-    Packet {
-        bytes: packets::echo_request(
-            *client(rng).ip(),
-            *rng.pick(&VIPS),
-            rng.next_u16(),
-            rng.next_u16(),
-            &data,
-        ),
-        headers: ip_headers(0, "", &[Header::Icmp]),
-        intent: Intent::Other,
-        kind: "echo",
-    }
+    let bytes = packets::echo_request(
+        *client(rng).ip(),
+        *rng.pick(&VIPS),
+        rng.next_u16(),
+        rng.next_u16(),
+        &data,
+    );
+    Packet::new(bytes, &[Header::Icmp], "echo")
 }
 
 /// A router's error about a reply `service` sent to a client.
@@ -414,18 +411,14 @@ fn icmp_error(rng: &mut Rng, service: &Service) -> Packet {
     } else {
         Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit)
     };
-    let mut headers = ip_headers(0, "", &[Header::Icmp]);
-    headers.extend(ip_headers(
+    let bytes = packets::icmp(ROUTER, service.vip, kind, &reply.bytes);
+    let mut error = Packet::new(bytes, &[Header::Icmp], "icmp_error");
+    error.headers.extend(ip_headers(
         IPV4_HLEN + ICMP_HLEN,
         "quote",
         &[Header::QuotedL4],
     ));
-    Packet {
-        bytes: packets::icmp(ROUTER, service.vip, kind, &reply.bytes),
-        headers,
-        intent: Intent::Other,
-        kind: "icmp_error",
-    }
+    error
 }
 
 /// A pod's reply to a tracked client, or a SYN-ACK whose MSS may need clamping.
@@ -433,32 +426,30 @@ fn reply(rng: &mut Rng) -> Base {
     let service = rng.pick(&SERVICES[..4]);
     let pod = SocketAddrV4::new(*rng.pick(service.pods), service.pod_port());
     let client = *rng.pick(&TRACKED_CLIENTS);
-    let l2 = L2 {
-        src: NODE_MAC,
-        dst: CLIENT_MAC,
-        vlan: None,
+    let l2 = if rng.one_in(4) {
+        TO_CLIENT.tagged(7)
+    } else {
+        TO_CLIENT
     };
-    let l2 = if rng.one_in(4) { l2.tagged(7) } else { l2 };
     let packet = if service.proto == PROTO_TCP && rng.one_in(2) {
         let mss = if rng.one_in(2) {
             1460
         } else {
             536 + rng.below(9000) as u16
         };
-        Packet {
-            bytes: packets::syn_ack(pod, client, mss),
-            headers: ip_headers(0, "", &[Header::Tcp, Header::SynAckOptions]),
-            intent: Intent::TrackedReply,
-            kind: "syn_ack",
-        }
+        let options = [Header::Tcp, Header::SynAckOptions];
+        Packet::new(packets::syn_ack(pod, client, mss), &options, "syn_ack")
     } else {
         let data = payload(rng);
         let mut packet = transport(rng, pod, client, service.proto, &data);
-        packet.intent = Intent::TrackedReply;
         packet.kind = "reply";
         packet
     };
-    packet.framed(l2)
+    Packet {
+        intent: Intent::TrackedReply,
+        ..packet
+    }
+    .framed(l2)
 }
 
 /// One well-formed frame of a random kind: VIP flows from the LAN and through the
@@ -491,4 +482,48 @@ pub fn base(rng: &mut Rng) -> Base {
 /// A fragment offset in 8-byte units, for the branch family.
 pub fn frag_offset(units: u16) -> IpFragOffset {
     IpFragOffset::try_new(units & 0x1fff).expect("13-bit fragment offset")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Field, Header};
+
+    fn find(header: Header, name: &str) -> (usize, usize, u32, u32) {
+        let field: &Field = header
+            .fields()
+            .iter()
+            .find(|field| field.name == name)
+            .expect("a field of the header");
+        (field.offset, field.bytes, field.shift, field.bits)
+    }
+
+    #[test]
+    fn layouts_put_every_field_where_the_wire_has_it() {
+        let lengths = [
+            Header::Eth,
+            Header::Vlan,
+            Header::Ipv4,
+            Header::Tcp,
+            Header::SynAckOptions,
+            Header::Udp,
+            Header::Icmp,
+            Header::QuotedL4,
+        ]
+        .map(Header::len);
+        assert_eq!(lengths, [14, 4, 20, 20, 20, 8, 8, 8]);
+        assert_eq!(find(Header::Eth, "eth.type"), (12, 2, 0, 16));
+        assert_eq!(find(Header::Vlan, "vlan.pcp_dei"), (0, 1, 4, 4));
+        assert_eq!(find(Header::Vlan, "vlan.id"), (0, 2, 0, 12));
+        assert_eq!(find(Header::Ipv4, "ip.ihl"), (0, 1, 0, 4));
+        assert_eq!(find(Header::Ipv4, "ip.flags"), (6, 1, 5, 3));
+        assert_eq!(find(Header::Ipv4, "ip.frag_offset"), (6, 2, 0, 13));
+        assert_eq!(find(Header::Ipv4, "ip.dst"), (16, 4, 0, 32));
+        assert_eq!(find(Header::Tcp, "tcp.data_offset"), (12, 1, 4, 4));
+        assert_eq!(find(Header::Tcp, "tcp.urgent"), (18, 2, 0, 16));
+        let options = Header::SynAckOptions;
+        assert_eq!(find(options, "tcp.opt.sack_perm.len"), (5, 1, 0, 8));
+        assert_eq!(find(options, "tcp.opt.timestamp.len"), (7, 1, 0, 8));
+        assert_eq!(find(options, "tcp.opt.mss.value"), (18, 2, 0, 16));
+        assert_eq!(find(Header::QuotedL4, "quote.word1"), (4, 4, 0, 32));
+    }
 }

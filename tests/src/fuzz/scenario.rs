@@ -11,7 +11,8 @@ use lb_common::types::{
 };
 
 use crate::fixture::{
-    Dataplane, MTU, NODE, PEER, PEER2, POD, POD2, VIP, VIP_STATS_INDEX, reply_key, wire, wire_port,
+    Dataplane, MTU, NEXT_HOP_MAC, NODE, PEER, PEER2, POD, POD2, VIP, VIP_STATS_INDEX, reply_key,
+    wire, wire_port,
 };
 
 /// A second VIP that drops traffic to ports it does not serve.
@@ -24,9 +25,6 @@ const FAR_LINK_ADDR: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 pub const PEERS: [Ipv4Addr; 2] = [PEER, PEER2];
 /// An address on the LAN that is no peer.
 pub const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
-/// The MAC address the static neighbour entries (PEER, FAR) point at.
-pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x02];
-pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x02];
 /// Echo replies must not be starved by the limiter: roughly one token per microsecond.
 pub const ICMP_RATE: u32 = 1_000_000;
 /// The LAN interface receiving every frame.

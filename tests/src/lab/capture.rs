@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail, ensure};
 use nix::sys::signal::Signal;
 
 use super::{shell_quote, wait_for};
-use crate::netns::{Netns, Process};
+use crate::netns::{Netns, Process, ensure_success};
 
 const START: Duration = Duration::from_secs(10);
 const STOP: Duration = Duration::from_secs(5);
@@ -86,13 +86,12 @@ impl Capture {
             .arg(&self.pcap)
             .output()
             .context("running tcpdump -r")?;
-        ensure!(
-            output.status.success(),
-            "tcpdump -r {} failed: {} (capture log {})",
+        let what = format_args!(
+            "tcpdump -r {} (capture log {})",
             self.pcap.display(),
-            String::from_utf8_lossy(&output.stderr).trim(),
             self.log.display()
         );
+        ensure_success(what, &output)?;
         Ok(String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(Packet::parse)

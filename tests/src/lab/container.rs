@@ -17,11 +17,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use nix::mount::{MntFlags, umount2};
 
 use self::image::ImageArchive;
 use super::wait_for;
+use crate::netns::ensure_success;
 
 const DAEMON_START: Duration = Duration::from_secs(20);
 const DAEMON_STOP: Duration = Duration::from_secs(10);
@@ -99,13 +100,7 @@ impl Containerd {
     /// `ctr ARGS`, failing with its stderr; returns stdout.
     pub fn ctr_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = self.ctr(args)?;
-        ensure!(
-            output.status.success(),
-            "ctr {}: {}: {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        ensure_success(format_args!("ctr {}", args.join(" ")), &output)?;
         Ok(String::from_utf8(output.stdout)?)
     }
 

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail, ensure};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::workspace_binary;
-use crate::netns::Netns;
+use crate::netns::{Netns, ensure_success};
 
 /// What the receiving end prints once it is listening.
 pub const READY: &str = "ready";
@@ -307,14 +307,10 @@ fn run_sender<T: DeserializeOwned>(
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running loadgen {}", args.join(" ")))?;
-    ensure!(
-        output.status.success(),
-        "loadgen {} in {}: {}: {}",
-        args.join(" "),
-        netns.name(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
+    ensure_success(
+        format_args!("loadgen {} in {}", args.join(" "), netns.name()),
+        &output,
+    )?;
     parse_report(&String::from_utf8_lossy(&output.stdout), args)
 }
 

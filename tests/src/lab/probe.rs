@@ -45,6 +45,21 @@ pub struct Pace {
     pub timeout: Duration,
 }
 
+impl Pace {
+    /// A new request every 20 ms, each given 300 ms: an outage (failover, fault) is
+    /// resolved to ~20 ms.
+    pub const OUTAGE: Self = Self {
+        every: Duration::from_millis(20),
+        timeout: Duration::from_millis(300),
+    };
+    /// A new request every 20 ms, each given 2 s: across a restart, where an answer that
+    /// is slow but comes counts as served.
+    pub const RESTART: Self = Self {
+        every: Duration::from_millis(20),
+        timeout: Duration::from_secs(2),
+    };
+}
+
 /// One HTTP GET on a fresh connection.
 #[derive(Debug, Clone)]
 pub struct Attempt {

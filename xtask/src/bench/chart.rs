@@ -14,11 +14,26 @@ use super::Measurement;
 
 const FONT_FILE: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const FONT: &str = "sans-serif";
-const WIDTH: u32 = 1400;
-const ROW: u32 = 44;
-const HEADER: u32 = 90;
-const LABEL_WIDTH: i32 = 560;
-const MARGIN: i32 = 20;
+
+/// Where things go on the chart, in pixels.
+struct Layout {
+    width: u32,
+    /// Height of one bar's row.
+    row: u32,
+    /// Height of the title and the machine line above the first row.
+    header: u32,
+    /// Where the bars start: the labels are left of it.
+    label_width: i32,
+    margin: i32,
+}
+
+const LAYOUT: Layout = Layout {
+    width: 1400,
+    row: 44,
+    header: 90,
+    label_width: 560,
+    margin: 20,
+};
 
 pub fn draw(path: &Path, title: String, measurements: &[Measurement]) -> anyhow::Result<()> {
     let bytes = fs::read(FONT_FILE)
@@ -28,18 +43,18 @@ pub fn draw(path: &Path, title: String, measurements: &[Measurement]) -> anyhow:
         .map_err(|_| anyhow!("{FONT_FILE} is not a usable font"))?;
     let bars: Vec<&Measurement> = measurements.iter().filter(|m| m.unit == "x").collect();
     let rows = u32::try_from(bars.len())?.max(1);
-    let height = HEADER + rows * ROW + 30;
-    let root = BitMapBackend::new(path, (WIDTH, height)).into_drawing_area();
+    let height = LAYOUT.header + rows * LAYOUT.row + 30;
+    let root = BitMapBackend::new(path, (LAYOUT.width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     root.draw(&Text::new(
         "xdplb benchmark ratios (x)".to_owned(),
-        (MARGIN, 14),
+        (LAYOUT.margin, 14),
         (FONT, 28).into_font().color(&BLACK),
     ))
     .map_err(plot_error)?;
     root.draw(&Text::new(
         title,
-        (MARGIN, 52),
+        (LAYOUT.margin, 52),
         (FONT, 16).into_font().color(&RGBColor(80, 80, 80)),
     ))
     .map_err(plot_error)?;
@@ -48,9 +63,9 @@ pub fn draw(path: &Path, title: String, measurements: &[Measurement]) -> anyhow:
         .map(|m| m.value)
         .filter(|v| v.is_finite())
         .fold(1.0_f64, f64::max);
-    let span = f64::from(WIDTH) - f64::from(LABEL_WIDTH) - 200.0;
+    let span = f64::from(LAYOUT.width) - f64::from(LAYOUT.label_width) - 200.0;
     for (index, m) in bars.iter().enumerate() {
-        let top = i32::try_from(HEADER + u32::try_from(index)? * ROW)?;
+        let top = i32::try_from(LAYOUT.header + u32::try_from(index)? * LAYOUT.row)?;
         let color = match &m.target {
             Some(target) if target.met => RGBColor(46, 160, 67),
             Some(_) => RGBColor(207, 34, 46),
@@ -59,7 +74,7 @@ pub fn draw(path: &Path, title: String, measurements: &[Measurement]) -> anyhow:
         let label = format!("{}: {}", m.group, m.name);
         root.draw(&Text::new(
             label,
-            (MARGIN, top + 10),
+            (LAYOUT.margin, top + 10),
             (FONT, 16).into_font().color(&BLACK),
         ))
         .map_err(plot_error)?;
@@ -68,8 +83,11 @@ pub fn draw(path: &Path, title: String, measurements: &[Measurement]) -> anyhow:
         let length = ((value / largest) * span).max(2.0) as i32;
         root.draw(&Rectangle::new(
             [
-                (LABEL_WIDTH, top + 6),
-                (LABEL_WIDTH + length, top + i32::try_from(ROW)? - 8),
+                (LAYOUT.label_width, top + 6),
+                (
+                    LAYOUT.label_width + length,
+                    top + i32::try_from(LAYOUT.row)? - 8,
+                ),
             ],
             color.filled(),
         ))
@@ -81,7 +99,7 @@ pub fn draw(path: &Path, title: String, measurements: &[Measurement]) -> anyhow:
             .unwrap_or_default();
         root.draw(&Text::new(
             format!("{:.2}x{target}", m.value),
-            (LABEL_WIDTH + length + 8, top + 10),
+            (LAYOUT.label_width + length + 8, top + 10),
             (FONT, 16).into_font().color(&BLACK),
         ))
         .map_err(plot_error)?;

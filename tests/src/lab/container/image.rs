@@ -7,6 +7,7 @@ use std::{
     process::Command,
 };
 
+use crate::netns::ensure_success;
 use anyhow::{Context as _, ensure};
 use serde::Deserialize;
 
@@ -155,11 +156,6 @@ fn member(archive: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
 
 fn tar(args: &[&str]) -> anyhow::Result<Vec<u8>> {
     let output = Command::new("tar").args(args).output()?;
-    ensure!(
-        output.status.success(),
-        "tar {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
+    ensure_success(format_args!("tar {}", args.join(" ")), &output)?;
     Ok(output.stdout)
 }

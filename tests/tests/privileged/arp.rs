@@ -1,7 +1,8 @@
 //! The ARP announcer on a namespace LAN (client, node1, node2 on one bridge), checked with
 //! the client kernel's own ARP: what it resolves, what it caches, and what it captured.
 //!
-//! Needs root; run with `cargo test -p tests --test arp -- --test-threads=1`.
+//! Needs root; run with `cargo test -p testbed --test privileged arp:: --
+//! --test-threads=1`.
 
 use std::{
     collections::BTreeSet,
@@ -18,7 +19,7 @@ use lb_agent::arp::{
 };
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use tempfile::TempDir;
-use tests::{
+use testbed::{
     lab::{CLIENT_ADDR, Capture, LAN_IFACE, Lab, Node},
     netns::Netns,
     packets::parse_mac,

@@ -6,8 +6,8 @@
 //! failover.
 //!
 //! Ignored in the privileged tier: `cargo xtask test` runs them in its container tier
-//! after building the image (`cargo test -p tests --test containers -- --ignored
-//! --test-threads=1`).
+//! after building the image (`cargo test -p testbed --test privileged -- --ignored
+//! containers:: --test-threads=1`).
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use lb_agent::status::AgentStatus;
 use nix::sys::signal::Signal;
-use tests::lab::{
+use testbed::lab::{
     App, CLIENT_ADDR, Cluster, DNS_VIP, Failure, LAN_IFACE, Pace, Service, WEB_VIP,
     container::image::ImageArchive, requests_during, skip_unless_root, workspace_root,
 };
@@ -47,14 +47,6 @@ const FORBIDDEN: [&str; 8] = [
     "usr/bin/rustc",
     "usr/bin/gcc",
 ];
-const FAILOVER_PACE: Pace = Pace {
-    every: Duration::from_millis(20),
-    timeout: Duration::from_millis(300),
-};
-const RESTART_PACE: Pace = Pace {
-    every: Duration::from_millis(20),
-    timeout: Duration::from_secs(2),
-};
 /// A containerised failover may be slower than one of processes (the runtime tears the
 /// container down), but stays within what the README promises.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(2);
@@ -443,7 +435,7 @@ fn restart_fails_no_request(cluster: &Cluster) -> anyhow::Result<()> {
     let owner = cluster.owner(WEB_VIP)?;
     let pins_before = cluster.bpffs().pins()?;
     let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
-    let (back, requests) = requests_during(&cluster.lab().client, target, RESTART_PACE, || {
+    let (back, requests) = requests_during(&cluster.lab().client, target, Pace::RESTART, || {
         thread::sleep(Duration::from_millis(300));
         let stopped = Instant::now();
         cluster.stop_agent(&owner, Signal::SIGTERM)?;
@@ -487,7 +479,7 @@ fn restart_fails_no_request(cluster: &Cluster) -> anyhow::Result<()> {
 /// The web VIP owner's node goes away (container killed, link down); a containerised
 /// agent on another node takes the VIP over.
 fn owner_fails_over(cluster: &Cluster) -> anyhow::Result<()> {
-    let report = cluster.measure_failover(WEB_VIP, Failure::NodeGone, FAILOVER_PACE)?;
+    let report = cluster.measure_failover(WEB_VIP, Failure::NodeGone, Pace::OUTAGE)?;
     eprintln!("FIGURE container failover: {report}");
     ensure!(
         report.new_owner != report.old_owner && report.outage <= FAILOVER_LIMIT,

@@ -5,7 +5,8 @@
 //! `failover.rs`, which prints the same lines.
 //!
 //! Needs root and the binaries (`cargo build --bins`); run with
-//! `cargo test -p tests --test faults -- --test-threads=1 --nocapture` to see the figures.
+//! `cargo test -p testbed --test privileged faults:: -- --test-threads=1 --nocapture` to
+//! see the figures.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,21 +21,16 @@ use lb_common::{
     maps as names,
     types::{FlowKey, FlowValue, ReplyKey, ReplyValue},
 };
-use tests::lab::{
+use testbed::lab::{
     App, Cluster, EchoReport, Failure, FaultReport, Flood, Pace, Service, WEB_VIP, echo_during,
     entries, failing_until, node_table_members, requests_during, requests_during_at_most,
     syn_flood, wait_for,
 };
-use tests::packets::parse_mac;
+use testbed::packets::parse_mac;
 
 const NODES: usize = 3;
 /// The bound the issue sets on recovery from a node, link or partition fault.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(1);
-/// A new request every 20 ms, each given 300 ms: recovery is resolved to ~20 ms.
-const FAULT_PACE: Pace = Pace {
-    every: Duration::from_millis(20),
-    timeout: Duration::from_millis(300),
-};
 /// Requests before the fault, proving the path worked right up to it.
 const BASELINE: Duration = Duration::from_millis(500);
 /// Requests after recovery, long enough to see that it lasts.
@@ -125,7 +121,7 @@ fn backend_killed_scenario(cluster: &Cluster) -> anyhow::Result<()> {
     );
     cluster.wait_client_settled(WEB_VIP)?;
     let ((failing, dropped_from_table, counted_after), requests) =
-        requests_during(&cluster.lab().client, web_target(), FAULT_PACE, || {
+        requests_during(&cluster.lab().client, web_target(), Pace::OUTAGE, || {
             thread::sleep(BASELINE);
             let failing = Instant::now();
             cluster.fail(&victim.name, Failure::NodeGone)?;
@@ -136,7 +132,7 @@ fn backend_killed_scenario(cluster: &Cluster) -> anyhow::Result<()> {
             )?;
             let dropped_from_table = failing.elapsed();
             // Settle, then count what still goes to the dead node from here on.
-            thread::sleep(FAULT_PACE.timeout);
+            thread::sleep(Pace::OUTAGE.timeout);
             let counted_after = tunnelled_to(cluster, &owner, &victim.name)?;
             thread::sleep(AFTERMATH);
             Ok((failing, dropped_from_table, counted_after))
@@ -240,7 +236,7 @@ fn partition_scenario(cluster: &Cluster) -> anyhow::Result<()> {
     cluster.wait_client_settled(WEB_VIP)?;
     let lab = cluster.lab();
     let ((healed_at, split, healed), requests) =
-        requests_during(&lab.client, web_target(), FAULT_PACE, || {
+        requests_during(&lab.client, web_target(), Pace::OUTAGE, || {
             thread::sleep(BASELINE);
             let partition = lab.partition(&[cluster.node(&cut_off)?])?;
             let split = wait_for(

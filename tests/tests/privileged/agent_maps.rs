@@ -1,6 +1,7 @@
 //! The agent's kernel dataplane against the real BPF maps: the example configuration is
 //! applied through `KernelDataplane` and read back through the typed map wrappers.
-//! Needs root; run with `cargo test -p tests --test agent_maps -- --test-threads=1`.
+//! Needs root; run with `cargo test -p testbed --test privileged agent_maps:: --
+//! --test-threads=1`.
 
 use std::net::Ipv4Addr;
 
@@ -20,7 +21,9 @@ use lb_common::{
     },
 };
 
-const EXAMPLE: &str = include_str!("../../lb-agent/examples/standalone.yaml");
+use testbed::fixture::equal_ring;
+
+const EXAMPLE: &str = include_str!("../../../lb-agent/examples/standalone.yaml");
 const WEB_VIP: &str = "172.16.200.20";
 const DNS_VIP: &str = "172.16.200.53";
 const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x11, 0x01];
@@ -85,19 +88,8 @@ fn node_table(nodes: &[(&str, &str, u32)]) -> Vec<u32> {
 }
 
 fn pod_table(pods: &[&str]) -> Vec<u32> {
-    let ids: Vec<(u32, [u8; 4])> = pods
-        .iter()
-        .map(|pod| (wire(pod), pod.parse::<Ipv4Addr>().expect("pod").octets()))
-        .collect();
-    let backends: Vec<Backend<'_>> = ids
-        .iter()
-        .map(|(addr, id)| Backend {
-            id,
-            addr: *addr,
-            weight: 1,
-        })
-        .collect();
-    maglev::build(&backends, POD_RING_SIZE)
+    let pods: Vec<Ipv4Addr> = pods.iter().map(|pod| pod.parse().expect("pod")).collect();
+    equal_ring(&pods, POD_RING_SIZE)
 }
 
 fn ring_slot(dataplane: &KernelDataplane, service: &str) -> anyhow::Result<u32> {

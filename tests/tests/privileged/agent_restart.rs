@@ -7,7 +7,8 @@
 //! directory: `ip netns exec` remounts /sys for the namespace, so a pin under the host's
 //! /sys/fs/bpf would not be visible to the agent, and one it mounted there itself would
 //! vanish with its mount namespace. Needs root and the binary
-//! (`cargo build --bins`); run with `cargo test -p tests --test agent_restart`.
+//! (`cargo build --bins`); run with `cargo test -p testbed --test privileged
+//! agent_restart::`.
 
 use std::{
     collections::BTreeMap,
@@ -29,7 +30,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use tests::{
+use testbed::{
     lab::{self, wait_for},
     netns::Netns,
 };

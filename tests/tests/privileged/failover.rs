@@ -2,8 +2,8 @@
 //! alone, failover when the owner's node or link goes away, established connections
 //! across a failover, an agent restart under load, and forged or replayed gossip.
 //!
-//! Needs root; run with `cargo test -p tests --test failover -- --test-threads=1
-//! --nocapture` to see the measured figures.
+//! Needs root; run with `cargo test -p testbed --test privileged failover:: --
+//! --test-threads=1 --nocapture` to see the measured figures.
 
 use std::{
     collections::BTreeMap,
@@ -23,7 +23,7 @@ use lb_agent::{
     status::{AgentStatus, MemberState},
 };
 use nix::sys::signal::Signal;
-use tests::lab::{
+use testbed::lab::{
     App, ArpFrame, CLIENT_ADDR, Cluster, DNS_VIP, EchoReport, Failure, FaultReport, LAN_IFACE,
     Pace, Service, WEB_VIP, echo_during, mac_text, requests_during,
 };
@@ -33,11 +33,6 @@ const NODES: usize = 3;
 const TRIALS: usize = 5;
 /// The bound the issue sets on a failover, as the client sees it.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(1);
-/// A new request every 20 ms, each given 300 ms: the outage is resolved to ~20 ms.
-const FAILOVER_PACE: Pace = Pace {
-    every: Duration::from_millis(20),
-    timeout: Duration::from_millis(300),
-};
 /// Long-lived connections and how often each sends a line.
 const CONNECTIONS: usize = 20;
 const LINE_EVERY: Duration = Duration::from_millis(100);
@@ -227,7 +222,7 @@ fn failover_trials(cluster: &Cluster, failure: Failure) -> anyhow::Result<()> {
     let mut outages = Vec::with_capacity(TRIALS);
     let (mut requests, mut failed) = (0, 0);
     for trial in 1..=TRIALS {
-        let report = cluster.measure_failover(WEB_VIP, failure, FAILOVER_PACE)?;
+        let report = cluster.measure_failover(WEB_VIP, failure, Pace::OUTAGE)?;
         eprintln!("trial {trial}: {report}");
         outages.push(report.outage);
         requests += report.requests.0.len();
@@ -459,10 +454,7 @@ fn restarting_the_owners_agent_fails_no_request() -> anyhow::Result<()> {
 fn restart_scenario(cluster: &Cluster) -> anyhow::Result<()> {
     let owner = cluster.owner(WEB_VIP)?;
     cluster.wait_client_settled(WEB_VIP)?;
-    let pace = Pace {
-        every: Duration::from_millis(20),
-        timeout: Duration::from_secs(2),
-    };
+    let pace = Pace::RESTART;
     let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
     // Every reset the client receives, to tell which side broke a failed request.
     let resets = cluster.lab().capture_client_port(

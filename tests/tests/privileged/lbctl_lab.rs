@@ -3,8 +3,8 @@
 //! client resolved, the configuration), and `explain` must predict where a connection
 //! not made yet will land. Every subcommand's `--help` says what it does.
 //!
-//! Needs root (except the help test); run with `cargo test -p tests --test lbctl_lab --
-//! --test-threads=1`.
+//! Needs root (except the help test); run with `cargo test -p testbed --test privileged
+//! lbctl_lab:: -- --test-threads=1`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,7 +19,7 @@ use lb_agent::{
     model::Protocol,
     status::{AgentStatus, FlowList, MemberState, MemberStatus, PortStatus, VipStatus},
 };
-use tests::lab::{App, Binaries, CLIENT_ADDR, Cluster, DNS_VIP, Service, WEB_VIP};
+use testbed::lab::{App, Binaries, CLIENT_ADDR, Cluster, DNS_VIP, Service, WEB_VIP};
 
 const NODES: usize = 3;
 const GOSSIP_PORT: u16 = 7947;

@@ -12,20 +12,19 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use tests::{
-    lab::{self, CLIENT_ADDR, LAN_IFACE, Lab, Node, Packet},
+use testbed::{
+    lab::{
+        self, CLIENT_ADDR, DNS_NAME, DNS_VIP, LAN_IFACE, Lab, Node, Packet, VIP_CIDR, WEB_VIP,
+        service_yaml,
+    },
     netns::Process,
 };
 
-const WEB_VIP: Ipv4Addr = Ipv4Addr::new(172, 16, 200, 20);
-const DNS_VIP: Ipv4Addr = Ipv4Addr::new(172, 16, 200, 53);
-const VIP_CIDR: &str = "172.16.200.0/24";
 const NODE1_WEB: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 7);
 const NODE2_WEB: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 42, 1, 5), Ipv4Addr::new(10, 42, 1, 6)];
 const DNS_POD: Ipv4Addr = Ipv4Addr::new(10, 42, 1, 9);
 const WEB_PODS: [Ipv4Addr; 3] = [NODE1_WEB, NODE2_WEB[0], NODE2_WEB[1]];
 const DNS_TARGET_PORT: u16 = 5353;
-const DNS_NAME: &str = "web.lab";
 
 /// Service port, target port, request count, first client port. Every request uses its
 /// own client port, which is how captured packets are matched to the pod that served them.
@@ -38,28 +37,20 @@ const DNS_FIRST_PORT: u16 = 43000;
 const MAX_FAILURES: usize = 5;
 const WARM_UP: Duration = Duration::from_secs(10);
 
-/// The services of the standalone agent configuration (shared by both nodes).
-const SERVICES: &str = "\
-services:
-  - name: web
-    vip: 172.16.200.20
-    owner: node1
-    ports:
-      - { port: 80, protocol: TCP, targetPort: 8080 }
-      - { port: 443, protocol: TCP, targetPort: 8443 }
-    endpoints:
-      - { address: 10.42.0.7, node: node1 }
-      - { address: 10.42.1.5, node: node2 }
-      - { address: 10.42.1.6, node: node2 }
-  - name: dns
-    vip: 172.16.200.53
-    owner: node1
-    ports:
-      - { port: 53, protocol: UDP, targetPort: 5353 }
-      - { port: 53, protocol: TCP, targetPort: 5353 }
-    endpoints:
-      - { address: 10.42.1.9, node: node2 }
-";
+/// The services of the standalone file (the same on both nodes), written from the
+/// pods and ports the checks use: web on every web pod with the ports of [`HTTP_RUNS`],
+/// DNS on its pod over UDP and TCP, both owned by node1.
+fn services_yaml() -> String {
+    let web_ports: Vec<(u16, &str, u16)> = HTTP_RUNS
+        .iter()
+        .map(|&(port, target, _, _)| (port, "TCP", target))
+        .collect();
+    let dns_ports = [(53, "UDP", DNS_TARGET_PORT), (53, "TCP", DNS_TARGET_PORT)];
+    let owner = Some("node1");
+    let web = service_yaml("web", WEB_VIP, owner, &web_ports, &WEB_PODS);
+    let dns = service_yaml("dns", DNS_VIP, owner, &dns_ports, &[DNS_POD]);
+    format!("services:\n{web}{dns}")
+}
 
 #[test]
 fn dsr_spreads_flows_over_both_nodes_and_replies_bypass_the_owner() -> anyhow::Result<()> {
@@ -387,8 +378,9 @@ fn start_agent(lab: &Lab, node: &Node, agent: &Path, scratch: &Path) -> anyhow::
     fs::write(
         &config,
         format!(
-            "node: {}\ninterface: {LAN_IFACE}\npeers:\n{peers}{SERVICES}",
-            node.name
+            "node: {}\ninterface: {LAN_IFACE}\npeers:\n{peers}{}",
+            node.name,
+            services_yaml()
         ),
     )?;
     node.start_agent(
@@ -470,7 +462,7 @@ impl LogOffsets {
     }
 }
 
-fn namespaces(lab: &Lab) -> Vec<&tests::netns::Netns> {
+fn namespaces(lab: &Lab) -> Vec<&testbed::netns::Netns> {
     std::iter::once(&lab.client)
         .chain(lab.nodes.iter().flat_map(|node| {
             std::iter::once(&node.netns).chain(node.pods.iter().map(|pod| &pod.netns))

@@ -1,13 +1,13 @@
 //! Packet fuzzing of the data plane: at least a million generated and mutated frames
 //! through `xdp_lb` and `tc_reply` (BPF_PROG_TEST_RUN), each checked by the oracle in
-//! `tests::fuzz::check`. The seed is printed; `XDPLB_FUZZ_SEED` replays a run and
+//! `testbed::fuzz::check`. The seed is printed; `XDPLB_FUZZ_SEED` replays a run and
 //! `XDPLB_FUZZ_FRAMES` changes its length. Privileged (root); run with
 //! `--test-threads=1`.
 
 use std::{fmt::Write as _, time::Instant};
 
 use anyhow::{Context as _, Result};
-use tests::{
+use testbed::{
     fixture::Run,
     fuzz::{
         check::{self, Links, Outcome},
