@@ -1,5 +1,6 @@
 //! Members driven over real UDP sockets on loopback addresses (127.77.<test>.<node>),
-//! each test with its own addresses so tests run in parallel.
+//! each test with its own addresses so tests run in parallel, on a port of this process
+//! so that two runs of the suite at once (two checkouts on one machine) never meet.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -11,7 +12,6 @@ use tokio::{net::UdpSocket, sync::watch, task::JoinHandle, time::timeout};
 
 use super::{driver::MAX_TRANSMISSIONS, *};
 
-const PORT: u16 = 17947;
 /// How long a test waits for an outcome whose timing it does not assert: ample on a
 /// loaded machine, and still bounded so that a broken protocol fails the test.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -25,10 +25,15 @@ fn key(byte: u8) -> GossipKey {
     GossipKey::new(vec![byte; 32]).expect("long enough")
 }
 
+/// The gossip port of every member in this run: one per process id, in 20000..40000.
+fn port() -> u16 {
+    20_000 + (std::process::id() % 20_000) as u16
+}
+
 fn peer(test: u8, node: u8) -> Peer {
     Peer {
         name: format!("node{node}"),
-        addr: SocketAddrV4::new(Ipv4Addr::new(127, 77, test, node), PORT),
+        addr: SocketAddrV4::new(Ipv4Addr::new(127, 77, test, node), port()),
     }
 }
 
