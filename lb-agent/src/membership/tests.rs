@@ -46,6 +46,24 @@ fn settings(test: u8, node: u8, nodes: u8, key: GossipKey) -> Settings {
     }
 }
 
+/// Starts a member on an address whose previous member just handed over: that member's
+/// thread keeps its socket until its next event, as a stopping agent's process does
+/// until it exits, so the bind is retried while the address is in use.
+async fn start_when_free(settings: Settings) -> Membership {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match Membership::start(settings.clone()).await {
+            Ok(membership) => return membership,
+            Err(MembershipError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => panic!("rebind: {error:?}"),
+        }
+    }
+}
+
 async fn cluster(test: u8, nodes: u8) -> Vec<Membership> {
     cluster_with(test, nodes, |_| {}).await
 }
@@ -313,9 +331,7 @@ async fn a_member_that_hands_over_is_known_as_handing_over_at_once_and_a_restart
     assert!(left_after < Duration::from_millis(250), "{left_after:?}");
     let before = members[0].view().borrow().members["node3"].generation;
     // The same node starts again: a new boot epoch, so a new member.
-    let restarted = Membership::start(settings(3, 3, 3, key(1)))
-        .await
-        .expect("rebind");
+    let restarted = start_when_free(settings(3, 3, 3, key(1))).await;
     let back_after = until(&mut members[0].view(), PATIENCE, "node3 back", |view| {
         view.liveness("node3") == Liveness::Alive
     })
