@@ -40,7 +40,8 @@ impl Query {
             client_port: self.client.port().to_be(),
             vip_port: self.vip.port().to_be(),
             proto: self.protocol.number(),
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 

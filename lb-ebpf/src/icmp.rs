@@ -81,7 +81,8 @@ fn quoted_flow(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Result<FlowKey, Ver
         client_port: ports.dst,
         vip_port: ports.src,
         proto: inner.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     })
 }
 

@@ -79,7 +79,8 @@ fn remember_reply(flow: &FlowKey, pod: u32, pod_port: u16, stats_index: u32) {
         pod_port,
         client_port: flow.client_port,
         proto: flow.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let value = ReplyValue {
         vip: flow.vip,

@@ -26,6 +26,11 @@ pub const IP_MF_OFFSET: u16 = 0x3fff;
 pub const L4_DPORT_OFF: usize = 2;
 pub const TCP_CSUM_OFF: usize = 16;
 pub const UDP_CSUM_OFF: usize = 6;
+pub const TCP_FLAGS_OFF: usize = 13;
+
+/// TCP flag bits in the byte at [`TCP_FLAGS_OFF`].
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -190,24 +195,45 @@ pub fn ipv4_offset(ctx: &XdpContext) -> Option<usize> {
     (vlan.proto == ETH_P_IP).then_some(ETH_HLEN + VLAN_HLEN)
 }
 
+/// The Ethernet header as 16-bit words: copied through these, not as an [`EthHdr`],
+/// because a 14-byte struct copy between two packet pointers compiles to a call of a
+/// byte-at-a-time `memmove`.
+type EthWords = [u16; ETH_HLEN / 2];
+
 /// Copies the L2 header (Ethernet and the optional VLAN tag, `l3` bytes in all) from
 /// `from` to `to` without overlap, optionally swapping the MAC addresses.
 #[inline(always)]
 pub fn copy_l2(ctx: &XdpContext, l3: usize, from: usize, to: usize, swap_macs: bool) -> bool {
-    let Some(mut eth) = read::<EthHdr>(ctx, from) else {
+    let (Some(src), Some(dst)) = (ptr_at::<EthWords>(ctx, from), ptr_at::<EthWords>(ctx, to))
+    else {
         return false;
     };
-    if swap_macs {
-        core::mem::swap(&mut eth.src, &mut eth.dst);
-    }
-    if !write(ctx, to, eth) {
-        return false;
-    }
+    // SAFETY: `ptr_at` checked both headers lie inside the frame; each word is read
+    // before it is written, and the caller's ranges do not overlap.
+    unsafe { copy_eth(src.cast(), dst.cast(), swap_macs) };
     if l3 == ETH_HLEN {
         return true;
     }
     match read::<VlanHdr>(ctx, from + ETH_HLEN) {
         Some(vlan) => write(ctx, to + ETH_HLEN, vlan),
         None => false,
+    }
+}
+
+/// Word-by-word copy of an Ethernet header; `swap_macs` exchanges the two addresses
+/// (words 0-2 and 3-5). Volatile, so LLVM cannot merge the words back into a `memmove`.
+///
+/// # Safety
+/// Both pointers must address seven readable and writable words that do not overlap.
+#[inline(always)]
+unsafe fn copy_eth(src: *const u16, dst: *mut u16, swap_macs: bool) {
+    for i in 0..ETH_HLEN / 2 {
+        let from = match (swap_macs, i) {
+            (true, 0..=2) => i + 3,
+            (true, 3..=5) => i - 3,
+            _ => i,
+        };
+        // SAFETY: see the function's contract; both indices are below 7.
+        unsafe { dst.add(i).write_volatile(src.add(from).read_volatile()) };
     }
 }

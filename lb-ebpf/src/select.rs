@@ -121,13 +121,22 @@ fn remember(flow: &FlowKey, entry: Option<*mut FlowValue>, update: impl FnOnce(&
     }
 }
 
-/// Node-level choice for a flow arriving from the LAN.
+/// Node-level choice for a flow arriving from the LAN. A connection's first packet
+/// (`opening`) skips the flow table: a new flow's entry cannot exist, and a retransmitted
+/// SYN selects the same node again while the tables are unchanged (after a change, the
+/// not yet established connection may go to the node the tables name now). Its choice
+/// replaces any entry left by an earlier connection of the same addresses and ports.
 #[inline(always)]
-pub fn node(flow: &FlowKey, service: &ServiceValue, own_addr: u32) -> Result<Target, Verdict> {
+pub fn node(
+    flow: &FlowKey,
+    service: &ServiceValue,
+    own_addr: u32,
+    opening: bool,
+) -> Result<Target, Verdict> {
     if service.flags & SERVICE_F_LOCAL_ONLY != 0 {
         return Ok(Target::Local);
     }
-    let entry = cached(flow);
+    let entry = if opening { None } else { cached(flow) };
     // SAFETY: see `remember`.
     let hit = entry
         .map(|value| unsafe {

@@ -103,7 +103,8 @@ fn reply(ctx: &TcContext) -> Result<Option<u32>, c_long> {
         pod_port: ports.src,
         client_port: ports.dst,
         proto: ip.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     // SAFETY: the value is copied out at once.
     let Some(vip) = (unsafe { REPLY_FLOWS.get(key) }).copied() else {

@@ -17,7 +17,10 @@ use crate::{
     icmp::{self, Message},
     maps::{CONFIG, PEERS, SERVICES, VIP_FILTER, VIPS},
     nat,
-    parse::{self, EthHdr, IP_MF_OFFSET, IPV4_HLEN, Ipv4Hdr, Ports, TCP_HLEN, UDP_HLEN},
+    parse::{
+        self, EthHdr, IP_MF_OFFSET, IPV4_HLEN, Ipv4Hdr, Ports, TCP_ACK, TCP_FLAGS_OFF, TCP_HLEN,
+        TCP_SYN, UDP_HLEN,
+    },
     select::{self, Target},
     stats,
     verdict::{Outcome, Verdict},
@@ -57,6 +60,9 @@ struct Flow {
     service: ServiceValue,
     node_addr: u32,
     path: Path,
+    /// A TCP SYN without ACK: the client opens the connection, so no cached choice of
+    /// an earlier one may stand for it.
+    opening: bool,
 }
 
 #[inline(always)]
@@ -192,7 +198,7 @@ fn tunnel(ctx: &XdpContext, l3: usize, outer: &Ipv4Hdr, config: &DataplaneConfig
     if PEERS.get_ptr(outer.saddr).is_none() {
         return Err(Verdict::drop(reasons::DROP_IPIP_STRANGER));
     }
-    check_header(ctx, l3)?;
+    check_header(ctx, l3, parse::frame_len(ctx))?;
     let inner: Ipv4Hdr = parse::read(ctx, l3 + IPV4_HLEN).ok_or_else(malformed)?;
     let dest = (inner.version() == 4)
         .then(|| lookup_vip(inner.daddr))
@@ -212,18 +218,14 @@ fn vip_traffic(
     config: &DataplaneConfig,
     path: Path,
 ) -> Outcome {
-    let bytes = parse::frame_len(ctx) as u64;
-    let stats_index = dest.vip.stats_index;
-    stats::vip(stats_index, |stats| {
-        stats.packets += 1;
-        stats.bytes += bytes;
-    });
+    // One helper call for the length, used by every check and counter below.
+    let len = parse::frame_len(ctx);
     // A match, not a closure: LLVM keeps a closure called from both paths out of line,
     // a BPF-to-BPF call on every VIP packet.
-    let dispatched = match check_header(ctx, l3) {
+    let dispatched = match check_header(ctx, l3, len) {
         Ok(ip) => match ip.proto {
-            PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, dest, config, path),
-            PROTO_ICMP => icmp_to_vip(ctx, l3, &ip, &dest.vip, config, path),
+            PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, dest, config, path, len),
+            PROTO_ICMP => icmp_to_vip(ctx, l3, &ip, &dest.vip, config, path, len),
             _ => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
         },
         Err(verdict) => Err(verdict),
@@ -231,16 +233,32 @@ fn vip_traffic(
     let verdict = match dispatched {
         Ok(verdict) | Err(verdict) => verdict,
     };
-    if verdict.is_drop() {
-        stats::vip(stats_index, |stats| stats.dropped += 1);
-    }
+    count_vip(dest.vip.stats_index, len as u64, &verdict);
     Ok(verdict)
 }
 
-/// The IPv4 sanity checks VIP traffic must pass: no options, no fragments, a total
-/// length that fits the frame.
+/// Counts a VIP packet and what became of it in one write of the VIP's counters: each
+/// lookup of them costs as much as the counting itself.
 #[inline(always)]
-fn check_header(ctx: &XdpContext, l3: usize) -> Result<Ipv4Hdr, Verdict> {
+fn count_vip(stats_index: u32, bytes: u64, verdict: &Verdict) {
+    stats::vip(stats_index, |stats| {
+        stats.packets += 1;
+        stats.bytes += bytes;
+        match verdict.reason {
+            // Both come only from `forward`: encapsulated, then sent or handed to the
+            // kernel to route.
+            reasons::TX_ENCAP | reasons::PASS_FIB_FALLBACK => stats.encapsulated += 1,
+            reasons::PASS_LOCAL_DNAT | reasons::PASS_DECAP_DNAT => stats.delivered_local += 1,
+            _ if verdict.is_drop() => stats.dropped += 1,
+            _ => {}
+        }
+    });
+}
+
+/// The IPv4 sanity checks VIP traffic must pass: no options, no fragments, a total
+/// length that fits the frame of `frame_len` bytes.
+#[inline(always)]
+fn check_header(ctx: &XdpContext, l3: usize, frame_len: usize) -> Result<Ipv4Hdr, Verdict> {
     let ip: Ipv4Hdr = parse::read(ctx, l3).ok_or_else(malformed)?;
     if ip.version() != 4 || ip.ihl() < 5 {
         return Err(malformed());
@@ -252,7 +270,7 @@ fn check_header(ctx: &XdpContext, l3: usize) -> Result<Ipv4Hdr, Verdict> {
         return Err(Verdict::drop(reasons::DROP_FRAGMENT));
     }
     let len = usize::from(ip.total_len());
-    if len < IPV4_HLEN || l3 + len > parse::frame_len(ctx) {
+    if len < IPV4_HLEN || l3 + len > frame_len {
         return Err(malformed());
     }
     Ok(ip)
@@ -266,6 +284,7 @@ fn transport(
     dest: &Dest,
     config: &DataplaneConfig,
     path: Path,
+    len: usize,
 ) -> Outcome {
     let l4_len = if ip.proto == PROTO_TCP {
         TCP_HLEN
@@ -286,14 +305,24 @@ fn transport(
         client_port: ports.src,
         vip_port: ports.dst,
         proto: ip.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
-    let flow = match dest.service {
+    let mut flow = match dest.service {
         // Looked up with this very key: `check_header` admitted no IP options.
         Some(service) => known_flow(key, service, config, path),
         None => resolve(key, &dest.vip, config, path)?,
     };
-    forward(ctx, l3, &flow, Payload::Transport)
+    flow.opening = ip.proto == PROTO_TCP && opens_connection(ctx, l3);
+    forward(ctx, l3, &flow, Payload::Transport, len)
+}
+
+/// True for a TCP segment with SYN set and ACK clear: the first of a connection, or a
+/// retransmission of it. (The length checks before put the flags inside the frame.)
+#[inline(always)]
+fn opens_connection(ctx: &XdpContext, l3: usize) -> bool {
+    parse::read::<u8>(ctx, l3 + IPV4_HLEN + TCP_FLAGS_OFF)
+        .is_some_and(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
 }
 
 #[inline(always)]
@@ -304,6 +333,7 @@ fn icmp_to_vip(
     vip: &VipValue,
     config: &DataplaneConfig,
     path: Path,
+    len: usize,
 ) -> Outcome {
     match icmp::classify(ctx, l3, ip)? {
         Message::EchoRequest if path == Path::Lan => {
@@ -313,7 +343,7 @@ fn icmp_to_vip(
         Message::EchoRequest => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
         Message::Error(key) => {
             let flow = resolve(key, vip, config, path)?;
-            let verdict = forward(ctx, l3, &flow, Payload::IcmpError)?;
+            let verdict = forward(ctx, l3, &flow, Payload::IcmpError, len)?;
             stats::count(reasons::ICMP_ERROR_STEERED);
             Ok(verdict)
         }
@@ -355,23 +385,24 @@ fn known_flow(key: FlowKey, service: ServiceValue, config: &DataplaneConfig, pat
         service,
         node_addr: config.node_addr,
         path,
+        opening: false,
     }
 }
 
-/// Sends the flow's packet to its backend node, or delivers it here.
+/// Sends the flow's packet (a frame of `len` bytes) to its backend node, or delivers it
+/// here.
 #[inline(always)]
-fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload) -> Outcome {
+fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload, len: usize) -> Outcome {
     let target = match flow.path {
-        Path::Lan => select::node(&flow.key, &flow.service, flow.node_addr)?,
+        Path::Lan => select::node(&flow.key, &flow.service, flow.node_addr, flow.opening)?,
         // The sender already chose this node: never tunnel twice.
         Path::Tunnel => Target::Local,
     };
-    let bytes = parse::frame_len(ctx) as u64;
+    let bytes = len as u64;
     match target {
         Target::Remote(node) => {
             let verdict = encap::encapsulate(ctx, l3, flow.node_addr, &node)?;
             stats::backend(node.slot, bytes);
-            stats::vip(flow.service.stats_index, |stats| stats.encapsulated += 1);
             Ok(verdict)
         }
         Target::Local => {
@@ -384,7 +415,6 @@ fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload) -> Outcom
                 Payload::IcmpError => icmp::dnat_error(ctx, l3, &flow.key, pod.addr, port)?,
             }
             stats::backend(pod.slot, bytes);
-            stats::vip(flow.service.stats_index, |stats| stats.delivered_local += 1);
             Ok(Verdict::pass(flow.path.delivered()))
         }
     }

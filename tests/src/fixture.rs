@@ -88,7 +88,8 @@ pub fn flow_key(client: SocketAddrV4, vip: SocketAddrV4, proto: u8) -> FlowKey {
         client_port: wire_port(client.port()),
         vip_port: wire_port(vip.port()),
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 
@@ -421,7 +422,8 @@ pub fn reply_key(pod: SocketAddrV4, client: SocketAddrV4, proto: u8) -> ReplyKey
         pod_port: reply.client_port,
         client_port: reply.vip_port,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 

@@ -99,6 +99,13 @@ pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     tcp_with(src, dst, header, payload)
 }
 
+/// A client's SYN, the first segment of a connection.
+pub fn syn(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+    let mut header = TcpHeader::new(src.port(), dst.port(), 1000, 64240);
+    header.syn = true;
+    tcp_with(src, dst, header, &[])
+}
+
 /// A TCP segment with the given header (ports come from the header).
 pub fn tcp_with(
     src: SocketAddrV4,
