@@ -7,9 +7,16 @@ pub mod control_plane;
 pub mod failover;
 pub mod forwarding;
 pub mod maglev_quality;
+pub mod owner;
 pub mod program;
 
 pub use bench_measurement::Measurement;
+
+/// The bench's own object: `lb-ebpf` built with the `bench-reference` feature by
+/// build.rs, the only object holding the reference programs and the owner bench's
+/// generator and sink.
+pub(crate) static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// The median of `values` (the mean of the middle two for an even count); NaN when empty.
 pub fn median(values: &[f64]) -> f64 {
