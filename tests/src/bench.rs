@@ -18,6 +18,27 @@ pub use bench_measurement::Measurement;
 pub(crate) static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
+/// The packets counted by the rules of iptables' `table`/`chain` in `netns` whose
+/// listing line contains `marker`.
+pub(crate) fn rule_packets(
+    netns: &crate::netns::Netns,
+    table: &str,
+    chain: &str,
+    marker: &str,
+) -> anyhow::Result<u64> {
+    let listing = netns.run(&format!("iptables -w -t {table} -L {chain} -n -v -x"))?;
+    listing
+        .lines()
+        .filter(|line| line.contains(marker))
+        .map(|line| {
+            line.split_whitespace()
+                .next()
+                .and_then(|packets| packets.parse::<u64>().ok())
+                .ok_or_else(|| anyhow::anyhow!("no packet count in {line:?}"))
+        })
+        .sum()
+}
+
 /// The median of `values` (the mean of the middle two for an even count); NaN when empty.
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();

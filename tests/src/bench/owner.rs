@@ -38,7 +38,7 @@ use anyhow::{Context as _, Result, ensure};
 use lb_common::reasons;
 
 use self::rig::{Arrivals, OwnerProgram, POD, Rig, TARGET_PORT, VIP};
-use super::{Measurement, median};
+use super::{Measurement, median, rule_packets};
 use crate::cpu::OnOneCpu;
 
 const GROUP: &str = "owner";
@@ -247,8 +247,8 @@ fn counters(rig: &Rig) -> Result<Counters> {
         encapsulated: reasons[reasons::TX_ENCAP as usize],
         flow_hits: reasons[reasons::FLOW_CACHE_HIT as usize],
         flow_misses: reasons[reasons::FLOW_CACHE_MISS as usize],
-        dnat: rule_packets(rig, "nat", SEP_CHAIN, "DNAT")?,
-        forwarded: rule_packets(rig, "filter", FORWARD_CHAIN, "RELATED,ESTABLISHED")?,
+        dnat: rule_packets(&rig.owner.netns, "nat", SEP_CHAIN, "DNAT")?,
+        forwarded: rule_packets(&rig.owner.netns, "filter", FORWARD_CHAIN, "ESTABLISHED")?,
     })
 }
 
@@ -263,25 +263,6 @@ impl Counters {
             forwarded: self.forwarded - earlier.forwarded,
         }
     }
-}
-
-/// The packet counter of the owner's rules in `table`'s `chain` whose listing line
-/// contains `marker`.
-fn rule_packets(rig: &Rig, table: &str, chain: &str, marker: &str) -> Result<u64> {
-    let listing = rig
-        .owner
-        .netns
-        .run(&format!("iptables -w -t {table} -L {chain} -n -v -x"))?;
-    listing
-        .lines()
-        .filter(|line| line.contains(marker))
-        .map(|line| {
-            line.split_whitespace()
-                .next()
-                .and_then(|packets| packets.parse::<u64>().ok())
-                .with_context(|| format!("no packet count in {line:?}"))
-        })
-        .sum()
 }
 
 /// The owner as a kube-proxy node (iptables mode) serving the VIP with one pod on the
@@ -326,97 +307,112 @@ fn install_kube_proxy(rig: &Rig) -> Result<()> {
     Ok(())
 }
 
+/// What a ratio compares an xdplb path with.
+#[derive(Debug, Clone, Copy)]
+enum Against {
+    /// Delivered Mpps against the kube-proxy path's.
+    KubeProxyMpps,
+    /// The owner's ns/packet against the reflector's.
+    ReflectorCost,
+}
+
 /// Per path: delivered Mpps and, beside the floor, the owner's ns/packet; then the
 /// ratios the targets are set on. Every figure is the median over the rounds, ratios
 /// taken within a round first.
 fn report(samples: &BTreeMap<Path, Vec<Sample>>) -> Vec<Measurement> {
-    let of = |path: Path| samples.get(&path).map_or(&[][..], Vec::as_slice);
-    let owner_cost = |path: Path| -> Vec<f64> {
-        of(path)
-            .iter()
-            .zip(of(Path::Floor))
-            .map(|(run, floor)| run.ns_per_packet() - floor.ns_per_packet())
-            .collect()
-    };
-    let window = format!(
-        "{} s runs on one pinned CPU, median of {ROUNDS} interleaved rounds",
-        WINDOW.as_secs_f64()
-    );
-    let mut out = Vec::new();
-    for path in Path::ALL {
-        let runs = of(path);
-        let mpps: Vec<f64> = runs.iter().map(Sample::mpps).collect();
-        let ns: Vec<f64> = runs.iter().map(Sample::ns_per_packet).collect();
-        let share: Vec<f64> = runs
-            .iter()
-            .map(|run| run.delivered as f64 / run.generated as f64)
-            .collect();
-        let detail = format!(
-            "{window}: {} Mpps, {} ns/packet for the whole path, delivered/generated {}",
-            list(&mpps),
-            list(&ns),
-            list(&share)
-        );
-        out.push(Measurement::new(
-            GROUP,
-            &format!("Mpps: {path}"),
-            median(&mpps),
-            "Mpps",
-            &detail,
-        ));
-        if path != Path::Floor {
-            let cost = owner_cost(path);
-            let detail = format!(
-                "path ns/packet minus the floor's, per round {}",
-                list(&cost)
-            );
-            let name = format!("owner ns/packet: {path}");
-            out.push(Measurement::new(GROUP, &name, median(&cost), "ns", &detail));
+    let mut out: Vec<Measurement> = Path::ALL
+        .into_iter()
+        .flat_map(|path| path_rows(samples, path))
+        .collect();
+    for against in [Against::KubeProxyMpps, Against::ReflectorCost] {
+        for path in [Path::FlowHit, Path::NewFlow] {
+            out.push(ratio_row(samples, path, against));
         }
     }
-    let ratio = |name: &str, per_round: Vec<f64>| {
-        let detail = format!("per-round ratios {}", list(&per_round));
-        Measurement::new(GROUP, name, median(&per_round), "x", &detail)
-    };
-    let mpps_ratio = |path: Path| -> Vec<f64> {
-        of(path)
-            .iter()
-            .zip(of(Path::KubeProxy))
-            .map(|(ours, theirs)| ours.mpps() / theirs.mpps())
-            .collect()
-    };
-    let cost_ratio = |path: Path| -> Vec<f64> {
-        owner_cost(path)
-            .iter()
-            .zip(owner_cost(Path::Reflector))
-            .map(|(ours, reflector)| ours / reflector)
-            .collect()
-    };
-    let target = format!(">= {FLOW_HIT_VS_KUBE_PROXY}x kube-proxy");
-    out.push(
-        ratio(
-            "xdplb flow hit / kube-proxy (Mpps)",
-            mpps_ratio(Path::FlowHit),
-        )
-        .at_least(FLOW_HIT_VS_KUBE_PROXY, &target),
-    );
-    out.push(ratio(
-        "xdplb new flow / kube-proxy (Mpps)",
-        mpps_ratio(Path::NewFlow),
-    ));
-    let target = format!("<= {OWNER_COST_VS_REFLECTOR}x the reflector's");
-    out.push(
-        ratio(
-            "xdplb flow-hit owner cost / reflector's",
-            cost_ratio(Path::FlowHit),
-        )
-        .at_most(OWNER_COST_VS_REFLECTOR, &target),
-    );
-    out.push(ratio(
-        "xdplb new-flow owner cost / reflector's",
-        cost_ratio(Path::NewFlow),
-    ));
     out
+}
+
+fn runs(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> &[Sample] {
+    samples.get(&path).map_or(&[][..], Vec::as_slice)
+}
+
+/// Per round: `path`'s ns/packet minus the floor's.
+fn owner_cost(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Vec<f64> {
+    runs(samples, path)
+        .iter()
+        .zip(runs(samples, Path::Floor))
+        .map(|(run, floor)| run.ns_per_packet() - floor.ns_per_packet())
+        .collect()
+}
+
+fn path_rows(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Vec<Measurement> {
+    let runs = runs(samples, path);
+    let mpps: Vec<f64> = runs.iter().map(Sample::mpps).collect();
+    let ns: Vec<f64> = runs.iter().map(Sample::ns_per_packet).collect();
+    let share: Vec<f64> = runs
+        .iter()
+        .map(|run| run.delivered as f64 / run.generated as f64)
+        .collect();
+    let detail = format!(
+        "{} s runs on one pinned CPU, median of {ROUNDS} interleaved rounds: {} Mpps, {} \
+         ns/packet for the whole path, delivered/generated {}",
+        WINDOW.as_secs_f64(),
+        list(&mpps),
+        list(&ns),
+        list(&share)
+    );
+    let name = format!("Mpps: {path}");
+    let mut rows = vec![Measurement::new(
+        GROUP,
+        &name,
+        median(&mpps),
+        "Mpps",
+        &detail,
+    )];
+    if path != Path::Floor {
+        let cost = owner_cost(samples, path);
+        let detail = format!(
+            "path ns/packet minus the floor's, per round {}",
+            list(&cost)
+        );
+        let name = format!("owner ns/packet: {path}");
+        rows.push(Measurement::new(GROUP, &name, median(&cost), "ns", &detail));
+    }
+    rows
+}
+
+/// `path` against the kube-proxy path or the reflector; the issue's targets are on the
+/// flow hit.
+fn ratio_row(samples: &BTreeMap<Path, Vec<Sample>>, path: Path, against: Against) -> Measurement {
+    let per_round: Vec<f64> = match against {
+        Against::KubeProxyMpps => runs(samples, path)
+            .iter()
+            .zip(runs(samples, Path::KubeProxy))
+            .map(|(ours, theirs)| ours.mpps() / theirs.mpps())
+            .collect(),
+        Against::ReflectorCost => owner_cost(samples, path)
+            .iter()
+            .zip(owner_cost(samples, Path::Reflector))
+            .map(|(ours, reflector)| ours / reflector)
+            .collect(),
+    };
+    let name = match against {
+        Against::KubeProxyMpps => format!("{path} / kube-proxy (Mpps)"),
+        Against::ReflectorCost => format!("{path}: owner cost / reflector's"),
+    };
+    let detail = format!("per-round ratios {}", list(&per_round));
+    let measurement = Measurement::new(GROUP, &name, median(&per_round), "x", &detail);
+    match (path, against) {
+        (Path::FlowHit, Against::KubeProxyMpps) => measurement.at_least(
+            FLOW_HIT_VS_KUBE_PROXY,
+            &format!(">= {FLOW_HIT_VS_KUBE_PROXY}x kube-proxy"),
+        ),
+        (Path::FlowHit, Against::ReflectorCost) => measurement.at_most(
+            OWNER_COST_VS_REFLECTOR,
+            &format!("<= {OWNER_COST_VS_REFLECTOR}x the reflector's"),
+        ),
+        _ => measurement,
+    }
 }
 
 fn list(values: &[f64]) -> String {
