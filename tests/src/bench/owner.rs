@@ -15,8 +15,12 @@
 //!   an LRU, churns).
 //! - **kube-proxy (iptables)**: a pass-only XDP program (veth takes XDP frames only with
 //!   one attached), then the kernel: kube-proxy's nat rules DNAT to a pod on the backend
-//!   node and MASQUERADE, its filter rules accept tracked connections, conntrack tracks
-//!   the [`HIT_FLOWS`] flows.
+//!   node and MASQUERADE, its filter chain sees every forwarded packet, conntrack tracks
+//!   the [`HIT_FLOWS`] flows. Nothing answers, so the UDP flows stay unreplied in
+//!   conntrack: their packets leave kube-proxy's forward chain at its end (then the
+//!   FORWARD policy accepts them) rather than by its `RELATED,ESTABLISHED` rule, after
+//!   the same three rule checks. Without DNAT they would go nowhere (the owner has no
+//!   route for the VIP), so the backend sink's count proves the translation.
 //!
 //! kube-proxy's nftables mode is not measured separately: its DNAT and masquerade
 //! chains, like iptables' nat table, are consulted on a connection's first packet only;
@@ -53,7 +57,8 @@ const HIT_FLOWS: u32 = 64;
 const MIN_DELIVERED: f64 = 0.9;
 const FLOW_HIT_VS_KUBE_PROXY: f64 = 3.0;
 const OWNER_COST_VS_REFLECTOR: f64 = 2.0;
-/// The chain of the DNAT rule and the rule accepting tracked connections.
+/// The chain of the DNAT rule, and kube-proxy's filter chain for forwarded packets
+/// (whose jump from FORWARD counts every one).
 const SEP_CHAIN: &str = "KUBE-SEP-OWNER";
 const FORWARD_CHAIN: &str = "KUBE-FORWARD";
 
@@ -132,7 +137,7 @@ struct Counters {
     flow_misses: u64,
     /// Packets of new connections the DNAT rule translated.
     dnat: u64,
-    /// Packets of tracked connections kube-proxy's forward rule accepted.
+    /// Packets the kernel forwarded through kube-proxy's filter chain.
     forwarded: u64,
 }
 
@@ -140,6 +145,14 @@ pub fn run() -> Result<Vec<Measurement>> {
     let _pinned = OnOneCpu::pin()?;
     let mut rig = Rig::new()?;
     install_kube_proxy(&rig)?;
+    if rig.live_frames_refused()? {
+        // Not an error: the other parts still run; the report shows no owner rows.
+        eprintln!(
+            "owner: NOT MEASURED: this kernel refuses BPF_PROG_TEST_RUN's live-frames mode \
+             (EPERM), so nothing can feed the owner XDP frames"
+        );
+        return Ok(Vec::new());
+    }
     for path in Path::ALL {
         sample(&mut rig, path, WARM_UP).with_context(|| format!("warm-up over {path}"))?;
     }
@@ -225,8 +238,8 @@ fn check_path(path: Path, change: &Counters, delivered: u64) -> Result<()> {
     if kernel {
         ensure!(
             change.forwarded >= delivered && change.dnat <= u64::from(HIT_FLOWS),
-            "kube-proxy's rules forwarded {} tracked packets and translated {} new \
-             connections for {delivered} delivered",
+            "the kernel forwarded {} packets and translated {} new connections for \
+             {delivered} delivered",
             change.forwarded,
             change.dnat
         );
@@ -248,7 +261,7 @@ fn counters(rig: &Rig) -> Result<Counters> {
         flow_hits: reasons[reasons::FLOW_CACHE_HIT as usize],
         flow_misses: reasons[reasons::FLOW_CACHE_MISS as usize],
         dnat: rule_packets(&rig.owner.netns, "nat", SEP_CHAIN, "DNAT")?,
-        forwarded: rule_packets(&rig.owner.netns, "filter", FORWARD_CHAIN, "ESTABLISHED")?,
+        forwarded: rule_packets(&rig.owner.netns, "filter", "FORWARD", FORWARD_CHAIN)?,
     })
 }
 
