@@ -76,3 +76,25 @@ pub const TC_PROGRAM: &str = "tc_reply";
 pub const BENCH_PASS_PROGRAM: &str = "bench_parse_pass";
 /// Benchmark reference, never attached: parses, swaps the MACs, returns `XDP_TX`.
 pub const BENCH_TX_PROGRAM: &str = "bench_parse_tx";
+/// Benchmark traffic generator, run in live-frames mode on the generator's veth: writes
+/// [`BENCH_GEN_FRAME`] into the frame, varies the client, returns `XDP_TX`.
+pub const BENCH_GENERATE_PROGRAM: &str = "bench_generate";
+/// Benchmark sink: counts each frame in [`BENCH_SINK_COUNTS`] under its ingress
+/// interface index, then drops it.
+pub const BENCH_SINK_PROGRAM: &str = "bench_sink";
+/// The generator's frame template (one entry of [`BENCH_FRAME_LEN`] bytes).
+pub const BENCH_GEN_FRAME: &str = "BENCH_GEN_FRAME";
+/// The generator's flow count (one entry; 0: every frame a new client flow).
+pub const BENCH_GEN_FLOWS: &str = "BENCH_GEN_FLOWS";
+/// The generator's per-CPU frame sequence number.
+pub const BENCH_GEN_SEQ: &str = "BENCH_GEN_SEQ";
+/// The sink's per-CPU frame counts, indexed by ingress interface index.
+pub const BENCH_SINK_COUNTS: &str = "BENCH_SINK_COUNTS";
+/// Length of the generator's frames: a minimal Ethernet frame (without FCS).
+pub const BENCH_FRAME_LEN: usize = 64;
+/// Interface indexes the sink counts (0..this); frames on others are dropped uncounted.
+pub const BENCH_SINK_SLOTS: u32 = 64;
+/// Client ports per client address the generator cycles through (a power of two);
+/// flow `n` is port [`BENCH_GEN_PORT_BASE`] + n % this at address base + n / this.
+pub const BENCH_GEN_PORTS: u32 = 16384;
+pub const BENCH_GEN_PORT_BASE: u16 = 16384;

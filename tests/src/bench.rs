@@ -7,9 +7,37 @@ pub mod control_plane;
 pub mod failover;
 pub mod forwarding;
 pub mod maglev_quality;
+pub mod owner;
 pub mod program;
 
 pub use bench_measurement::Measurement;
+
+/// The bench's own object: `lb-ebpf` built with the `bench-reference` feature by
+/// build.rs, the only object holding the reference programs and the owner bench's
+/// generator and sink.
+pub(crate) static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The packets counted by the rules of iptables' `table`/`chain` in `netns` whose
+/// listing line contains `marker`.
+pub(crate) fn rule_packets(
+    netns: &crate::netns::Netns,
+    table: &str,
+    chain: &str,
+    marker: &str,
+) -> anyhow::Result<u64> {
+    let listing = netns.run(&format!("iptables -w -t {table} -L {chain} -n -v -x"))?;
+    listing
+        .lines()
+        .filter(|line| line.contains(marker))
+        .map(|line| {
+            line.split_whitespace()
+                .next()
+                .and_then(|packets| packets.parse::<u64>().ok())
+                .ok_or_else(|| anyhow::anyhow!("no packet count in {line:?}"))
+        })
+        .sum()
+}
 
 /// The median of `values` (the mean of the middle two for an even count); NaN when empty.
 pub fn median(values: &[f64]) -> f64 {

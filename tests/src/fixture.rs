@@ -138,6 +138,11 @@ impl Dataplane {
         &self.ebpf
     }
 
+    /// The loaded `xdp_lb`, for the benchmark that attaches it to an interface.
+    pub fn xdp_lb_mut(&mut self) -> Result<&mut aya::programs::Xdp> {
+        Ok(loader::xdp_program(&mut self.ebpf)?)
+    }
+
     /// This node ([`NODE`]) serving [`VIP`]: HTTPS and DNS, both delivered to [`POD`] here.
     pub fn with_services() -> Result<Self> {
         let mut dataplane = Self::empty()?;

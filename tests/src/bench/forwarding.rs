@@ -26,7 +26,7 @@ use anyhow::{Context as _, ensure};
 use lb_agent::{api::socket::Client, status::AgentStatus};
 use tempfile::TempDir;
 
-use super::{Measurement, median};
+use super::{Measurement, median, rule_packets};
 use crate::{
     lab::{
         self, BpfFs, CLIENT_ADDR, LAN_IFACE, Lab, Node,
@@ -382,20 +382,7 @@ impl Bench {
 
     /// Packets that matched node3's DNAT rules (the first of each connection).
     fn dnat_packets(&self) -> anyhow::Result<u64> {
-        let listing = self
-            .node(3)
-            .netns
-            .run(&format!("iptables -w -t nat -L {SEP_CHAIN} -n -v -x"))?;
-        listing
-            .lines()
-            .filter(|line| line.contains("DNAT"))
-            .map(|line| {
-                line.split_whitespace()
-                    .next()
-                    .and_then(|packets| packets.parse::<u64>().ok())
-                    .with_context(|| format!("no packet count in {line:?}"))
-            })
-            .sum()
+        rule_packets(&self.node(3).netns, "nat", SEP_CHAIN, "DNAT")
     }
 
     fn counters(&self) -> anyhow::Result<Counters> {

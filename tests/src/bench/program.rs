@@ -37,7 +37,7 @@ use aya::{
 use lb_common::maps::{BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
 use lb_common::types::PROTO_TCP;
 
-use super::{Measurement, median};
+use super::{BENCH_OBJECT, Measurement, median};
 use crate::{
     cpu::OnOneCpu,
     fixture::{
@@ -147,10 +147,6 @@ pub fn run() -> Result<Vec<Measurement>> {
         .collect();
     Ok(report(&figures))
 }
-
-/// The bench's own object: `lb-ebpf` built with the `bench-reference` feature by
-/// build.rs, the only object holding the reference programs.
-static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// The reference programs, loaded from [`BENCH_OBJECT`]. Its maps are created too (at
 /// their default sizes) though the references use none; `xdp_lb` and `tc_reply` are

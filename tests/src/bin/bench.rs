@@ -8,8 +8,9 @@ use testbed::bench::{self, Measurement};
 
 type Part = fn() -> anyhow::Result<Vec<Measurement>>;
 
-const PARTS: [(&str, Part); 5] = [
+const PARTS: [(&str, Part); 6] = [
     ("program", bench::program::run),
+    ("owner", bench::owner::run),
     ("maglev", bench::maglev_quality::run),
     ("control-plane", bench::control_plane::run),
     ("forwarding", bench::forwarding::run),

@@ -21,3 +21,4 @@ mod faults;
 mod fixtures;
 mod fuzz_frames;
 mod lbctl_lab;
+mod owner_rig;
