@@ -56,6 +56,7 @@ mod services;
 
 use std::{
     net::Ipv4Addr,
+    ops::RangeInclusive,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
@@ -93,6 +94,10 @@ const LAN_PREFIX_LEN: u8 = 24;
 const BRIDGE: &str = "br0";
 /// The client's port on the bridge.
 const CLIENT_PORT: &str = "c0";
+/// Client ports the kernel never picks as ephemeral ports in the client namespace.
+/// Checks bind requests to fixed ports here to match them with captured packets; an
+/// earlier request's socket in TIME_WAIT on such a port would fail that bind.
+pub const FIXED_CLIENT_PORTS: RangeInclusive<u16> = 40000..=49999;
 
 /// Set by the lab program's Ctrl-C handler: every [`wait_for`] then stops at once, so
 /// the guards clean the lab up without waiting for timeouts.
@@ -177,6 +182,11 @@ impl Lab {
         let client = namespace("client")?;
         plug(&lan, &client, CLIENT_PORT, CLIENT_ADDR)?;
         client.run(&format!("ethtool -K {LAN_IFACE} tx off >/dev/null"))?;
+        client.run(&format!(
+            "sysctl -qw net.ipv4.ip_local_reserved_ports={}-{}",
+            FIXED_CLIENT_PORTS.start(),
+            FIXED_CLIENT_PORTS.end()
+        ))?;
         let mut lab = Self {
             client,
             nodes: Vec::with_capacity(pods.len()),

@@ -395,6 +395,10 @@ fn curl(lab: &Lab, url: &str, client_port: Option<u16>) -> anyhow::Result<String
     let mut command = lab.client.command("curl");
     command.args(["--silent", "--show-error", "--fail", "--max-time", "2"]);
     if let Some(port) = client_port {
+        ensure!(
+            lab::FIXED_CLIENT_PORTS.contains(&port),
+            "client port {port} is outside the lab's reserved range"
+        );
         command.args(["--local-port", &port.to_string()]);
     }
     let output = command.arg(url).output().context("running curl")?;

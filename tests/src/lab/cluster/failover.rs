@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use super::{App, Cluster, wait_for};
 use crate::{
     lab::{
-        LAN_IFACE,
+        FIXED_CLIENT_PORTS, LAN_IFACE,
         probe::{Pace, Requests, requests_during},
     },
     netns::ensure_success,
@@ -127,6 +127,10 @@ impl Cluster {
         let mut command = self.lab.client.command("curl");
         command.args(["--silent", "--show-error", "--fail", "--max-time", "2"]);
         if let Some(port) = client_port {
+            ensure!(
+                FIXED_CLIENT_PORTS.contains(&port),
+                "client port {port} is outside the lab's reserved range"
+            );
             command.args(["--local-port", &port.to_string()]);
         }
         let url = format!("http://{vip}:{}/", App::WEB_PORT);
