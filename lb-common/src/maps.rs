@@ -72,28 +72,38 @@ pub const MAX_REPLY_FLOWS_DEFAULT: u32 = 65536;
 pub const XDP_PROGRAM: &str = "xdp_lb";
 /// The TC egress classifier attached to the LAN interface.
 pub const TC_PROGRAM: &str = "tc_reply";
-/// Benchmark reference, never attached: parses Ethernet and IPv4, returns `XDP_PASS`.
+/// Benchmark reference: parses Ethernet and IPv4, returns `XDP_PASS`.
 pub const BENCH_PASS_PROGRAM: &str = "bench_parse_pass";
-/// Benchmark reference, never attached: parses, swaps the MACs, returns `XDP_TX`.
+/// Benchmark reference: parses, swaps the MACs, returns `XDP_TX` (the owner bench's
+/// reflector).
 pub const BENCH_TX_PROGRAM: &str = "bench_parse_tx";
-/// Benchmark traffic generator, run in live-frames mode on the generator's veth: writes
-/// [`BENCH_GEN_FRAME`] into the frame, varies the client, returns `XDP_TX`.
+/// Benchmark traffic generator, attached to the generator's veth: frames circulate
+/// between it and the owner's program, as XDP frames both ways; each one that comes back
+/// is counted in [`BENCH_GEN_ARRIVALS`] by kind, rewritten to [`BENCH_GEN_FRAME`] with
+/// the next client flow, and sent out again (`XDP_TX`) while [`BENCH_GEN_BUDGET`] lasts.
 pub const BENCH_GENERATE_PROGRAM: &str = "bench_generate";
-/// Benchmark sink: counts each frame in [`BENCH_SINK_COUNTS`] under its ingress
-/// interface index, then drops it.
-pub const BENCH_SINK_PROGRAM: &str = "bench_sink";
 /// The generator's frame template (one entry of [`BENCH_FRAME_LEN`] bytes).
 pub const BENCH_GEN_FRAME: &str = "BENCH_GEN_FRAME";
-/// The generator's flow count (one entry; 0: every frame a new client flow).
-pub const BENCH_GEN_FLOWS: &str = "BENCH_GEN_FLOWS";
+/// The generator's [`crate::types::BenchGenSettings`] (one entry).
+pub const BENCH_GEN_SETTINGS: &str = "BENCH_GEN_SETTINGS";
 /// The generator's per-CPU frame sequence number.
 pub const BENCH_GEN_SEQ: &str = "BENCH_GEN_SEQ";
-/// The sink's per-CPU frame counts, indexed by ingress interface index.
-pub const BENCH_SINK_COUNTS: &str = "BENCH_SINK_COUNTS";
+/// Frames the generator may still send, per CPU (u64); at 0 it drops what arrives, so
+/// the circulating frames die out.
+pub const BENCH_GEN_BUDGET: &str = "BENCH_GEN_BUDGET";
+/// Frames that reached the generator, per CPU, indexed by `BENCH_ARRIVED_*`.
+pub const BENCH_GEN_ARRIVALS: &str = "BENCH_GEN_ARRIVALS";
+/// Arrived as sent (UDP to the template's destination): a reflector's.
+pub const BENCH_ARRIVED_AS_SENT: u32 = 0;
+/// Arrived in IPIP: `xdp_lb`'s, tunnelled to a backend node.
+pub const BENCH_ARRIVED_ENCAPSULATED: u32 = 1;
+/// Arrived as UDP to another destination: translated (DNAT) by the owner's kernel.
+pub const BENCH_ARRIVED_TRANSLATED: u32 = 2;
+/// Anything else (ARP, IPv6, ICMP): dropped.
+pub const BENCH_ARRIVED_OTHER: u32 = 3;
+pub const BENCH_ARRIVAL_KINDS: u32 = 4;
 /// Length of the generator's frames: a minimal Ethernet frame (without FCS).
 pub const BENCH_FRAME_LEN: usize = 64;
-/// Interface indexes the sink counts (0..this); frames on others are dropped uncounted.
-pub const BENCH_SINK_SLOTS: u32 = 64;
 /// Client ports per client address the generator cycles through (a power of two);
 /// flow `n` is port [`BENCH_GEN_PORT_BASE`] + n % this at address base + n / this.
 pub const BENCH_GEN_PORTS: u32 = 16384;

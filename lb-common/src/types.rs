@@ -225,6 +225,18 @@ pub struct RateState {
     pub tokens: u64,
 }
 
+/// Value of [`crate::maps::BENCH_GEN_SETTINGS`]: what the owner bench's generator does
+/// with each frame that comes back to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchGenSettings {
+    /// Client flows the regenerated frames cycle through (0: every frame a new flow).
+    pub flows: u32,
+    /// Non-zero: send the frame back with its MACs swapped instead of regenerating it
+    /// (the generator as a second reflector).
+    pub reflect: u32,
+}
+
 const _: () = {
     assert!(size_of::<ServiceKey>() == 8);
     assert!(size_of::<ServiceValue>() == 16);
@@ -242,6 +254,7 @@ const _: () = {
     assert!(size_of::<BackendStats>() == 16);
     assert!(size_of::<NextHop>() == 32);
     assert!(size_of::<RateState>() == 16);
+    assert!(size_of::<BenchGenSettings>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -268,6 +281,7 @@ mod pod {
         FlowValue,
         ReplyKey,
         ReplyValue,
+        BenchGenSettings,
         DataplaneConfig,
         VipStats,
         BackendStats,

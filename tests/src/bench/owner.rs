@@ -1,16 +1,19 @@
 //! Owner forwarding capacity as a NIC with driver-mode XDP would feed it (issue 13 §1):
-//! frames arrive at the owner's XDP program as `xdp_frame`s, before any skb exists (see
-//! [`rig`]). Everything runs on one pinned CPU (the generator's `XDP_TX` and every veth
-//! hop after it run in that CPU's softirq), the generator offers as much as the path
-//! takes, and each sample reports what the sink counted per second of the run.
+//! frames reach the owner's XDP program as `xdp_frame`s, before any skb exists. A
+//! few frames circulate between a generator and the owner (see [`rig`]), all in one
+//! CPU's softirq, so a run's rate is the inverse of one round trip's CPU cost: the
+//! generator's side plus the owner's.
 //!
-//! Paths, interleaved round by round, each starting with another path:
+//! Paths, interleaved round by round, each round starting with another path:
 //!
-//! - **floor**: the sink as owner: generator + one veth hop + sink.
-//! - **reflector**: a MAC swap and `XDP_TX` back to the generator's port, where the
-//!   sink counts: the least any XDP owner does.
+//! - **two reflectors**: the generator swaps MACs and sends the frame back as it came,
+//!   and so does the owner: both sides cost the same, so the owner's side is half the
+//!   round trip. This is the reflector's cost, the least any XDP owner costs here.
+//! - **reflector**: the generator regenerates each frame (the template, the next
+//!   client flow), the owner reflects it. Minus the reflector's cost: the generator's
+//!   side, which every path below shares.
 //! - **xdplb flow hit**: the agent's `xdp_lb` as owner, [`HIT_FLOWS`] client flows
-//!   already in its flow table, encapsulated in IPIP and redirected to the backend node.
+//!   already in its flow table, encapsulated in IPIP towards a backend node on the LAN.
 //! - **xdplb new flow**: the same with every frame a new client flow (the flow table,
 //!   an LRU, churns).
 //! - **kube-proxy (iptables)**: a pass-only XDP program (veth takes XDP frames only with
@@ -19,8 +22,9 @@
 //!   the [`HIT_FLOWS`] flows. Nothing answers, so the UDP flows stay unreplied in
 //!   conntrack: their packets leave kube-proxy's forward chain at its end (then the
 //!   FORWARD policy accepts them) rather than by its `RELATED,ESTABLISHED` rule, after
-//!   the same three rule checks. Without DNAT they would go nowhere (the owner has no
-//!   route for the VIP), so the backend sink's count proves the translation.
+//!   the same three rule checks. The kernel hands the forwarded packet to veth as an
+//!   skb, which the generator's XDP then has to turn back into a frame: a cost a NIC's
+//!   transmit path would have in its own form, counted here on the owner's side.
 //!
 //! kube-proxy's nftables mode is not measured separately: its DNAT and masquerade
 //! chains, like iptables' nat table, are consulted on a connection's first packet only;
@@ -29,9 +33,9 @@
 //! differ in the first packet's rule lookup with many services, which one service here
 //! would not show.
 //!
-//! The owner's cost per packet is the path's time per delivered packet minus the floor's
-//! in the same round. Each sample checks where the frames went: the sink's counter on
-//! the expected interface (and none elsewhere), `xdp_lb`'s reason counters, and the
+//! The owner's cost per packet is the path's round trip minus the generator's side, all
+//! within one round. Each sample checks what came back (IPIP, reflected or translated
+//! frames only, as the path should produce), `xdp_lb`'s reason counters, and the
 //! iptables rule counters.
 
 pub mod rig;
@@ -39,9 +43,9 @@ pub mod rig;
 use std::{collections::BTreeMap, fmt, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use lb_common::reasons;
+use lb_common::{reasons, types::BenchGenSettings};
 
-use self::rig::{Arrivals, OwnerProgram, POD, Rig, TARGET_PORT, VIP};
+use self::rig::{Arrivals, Circulation, OwnerProgram, POD, Rig, TARGET_PORT, VIP};
 use super::{Measurement, median, rule_packets};
 use crate::cpu::OnOneCpu;
 
@@ -49,12 +53,13 @@ const GROUP: &str = "owner";
 const ROUNDS: usize = 5;
 const WARM_UP: Duration = Duration::from_millis(200);
 const WINDOW: Duration = Duration::from_secs(1);
-/// Frames per BPF_PROG_TEST_RUN call: the run is bounded by calls of this many frames.
-const PER_CALL: u32 = 100_000;
+/// Frames circulating at once: enough that each NAPI poll moves a batch, few enough
+/// that veth's 256-entry rings never fill.
+const IN_FLIGHT: usize = 32;
 /// Client flows of the flow-hit and kube-proxy paths.
 const HIT_FLOWS: u32 = 64;
-/// The share of generated frames that must reach the sink.
-const MIN_DELIVERED: f64 = 0.9;
+/// Fewer round trips than this in a window means the frames died out: a broken path.
+const MIN_ROUND_TRIPS: u64 = 10_000;
 const FLOW_HIT_VS_KUBE_PROXY: f64 = 3.0;
 const OWNER_COST_VS_REFLECTOR: f64 = 2.0;
 /// The chain of the DNAT rule, and kube-proxy's filter chain for forwarded packets
@@ -64,7 +69,7 @@ const FORWARD_CHAIN: &str = "KUBE-FORWARD";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Path {
-    Floor,
+    TwoReflectors,
     Reflector,
     FlowHit,
     NewFlow,
@@ -73,7 +78,14 @@ enum Path {
 
 impl Path {
     const ALL: [Self; 5] = [
-        Self::Floor,
+        Self::TwoReflectors,
+        Self::Reflector,
+        Self::FlowHit,
+        Self::NewFlow,
+        Self::KubeProxy,
+    ];
+    /// The paths whose owner does real work, as opposed to the two calibration paths.
+    const OWNERS: [Self; 4] = [
         Self::Reflector,
         Self::FlowHit,
         Self::NewFlow,
@@ -82,18 +94,25 @@ impl Path {
 
     fn owner(self) -> OwnerProgram {
         match self {
-            Self::Floor => OwnerProgram::Sink,
-            Self::Reflector => OwnerProgram::Reflector,
+            Self::TwoReflectors | Self::Reflector => OwnerProgram::Reflector,
             Self::FlowHit | Self::NewFlow => OwnerProgram::XdpLb,
             Self::KubeProxy => OwnerProgram::Pass,
         }
     }
 
-    /// The generator's flow count (0: every frame a new flow).
-    fn flows(self) -> u32 {
+    fn generator(self) -> BenchGenSettings {
+        BenchGenSettings {
+            flows: if self == Self::NewFlow { 0 } else { HIT_FLOWS },
+            reflect: u32::from(self == Self::TwoReflectors),
+        }
+    }
+
+    /// The frames of this path, as the generator sorts what comes back.
+    fn delivered(self, arrivals: Arrivals) -> u64 {
         match self {
-            Self::NewFlow => 0,
-            _ => HIT_FLOWS,
+            Self::TwoReflectors | Self::Reflector => arrivals.as_sent,
+            Self::FlowHit | Self::NewFlow => arrivals.encapsulated,
+            Self::KubeProxy => arrivals.translated,
         }
     }
 }
@@ -101,7 +120,7 @@ impl Path {
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Floor => "generator + sink (floor)",
+            Self::TwoReflectors => "two reflectors (calibration)",
             Self::Reflector => "reflector (MAC swap, XDP_TX)",
             Self::FlowHit => "xdplb flow hit",
             Self::NewFlow => "xdplb new flow",
@@ -110,28 +129,26 @@ impl fmt::Display for Path {
     }
 }
 
-/// One sample: frames generated and delivered, and the run's length.
+/// One sample: round trips completed over the run's window.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
-    generated: u64,
-    delivered: u64,
+    round_trips: u64,
     elapsed: Duration,
 }
 
 impl Sample {
     fn mpps(&self) -> f64 {
-        self.delivered as f64 / self.elapsed.as_secs_f64() / 1e6
+        self.round_trips as f64 / self.elapsed.as_secs_f64() / 1e6
     }
 
-    fn ns_per_packet(&self) -> f64 {
-        self.elapsed.as_nanos() as f64 / self.delivered as f64
+    fn ns_per_round_trip(&self) -> f64 {
+        self.elapsed.as_nanos() as f64 / self.round_trips as f64
     }
 }
 
-/// Counters that tell which path the frames took, besides the sink's.
+/// The owner's counters that tell which path the frames took.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
-    arrivals: Arrivals,
     encapsulated: u64,
     flow_hits: u64,
     flow_misses: u64,
@@ -145,14 +162,6 @@ pub fn run() -> Result<Vec<Measurement>> {
     let _pinned = OnOneCpu::pin()?;
     let mut rig = Rig::new()?;
     install_kube_proxy(&rig)?;
-    if rig.live_frames_refused()? {
-        // Not an error: the other parts still run; the report shows no owner rows.
-        eprintln!(
-            "owner: NOT MEASURED: this kernel refuses BPF_PROG_TEST_RUN's live-frames mode \
-             (EPERM), so nothing can feed the owner XDP frames"
-        );
-        return Ok(Vec::new());
-    }
     for path in Path::ALL {
         sample(&mut rig, path, WARM_UP).with_context(|| format!("warm-up over {path}"))?;
     }
@@ -163,10 +172,10 @@ pub fn run() -> Result<Vec<Measurement>> {
             let taken = sample(&mut rig, path, WINDOW)
                 .with_context(|| format!("round {}: {path}", round + 1))?;
             eprintln!(
-                "owner round {}: {path}: {:.3} Mpps ({:.0} ns/packet)",
+                "owner round {}: {path}: {:.3} M round trips/s ({:.0} ns each)",
                 round + 1,
                 taken.mpps(),
-                taken.ns_per_packet()
+                taken.ns_per_round_trip()
             );
             samples.entry(path).or_default().push(taken);
         }
@@ -177,40 +186,34 @@ pub fn run() -> Result<Vec<Measurement>> {
 /// One run of `path` for `window`, checked to have taken that path.
 fn sample(rig: &mut Rig, path: Path, window: Duration) -> Result<Sample> {
     rig.attach_owner(path.owner())?;
-    rig.set_flows(path.flows())?;
+    rig.set_generator(path.generator())?;
     let before = counters(rig)?;
-    let run = rig.generate_for(window, PER_CALL)?;
+    let Circulation { arrivals, elapsed } = rig.circulate(IN_FLIGHT, WARM_UP, window)?;
     let change = counters(rig)?.since(&before);
-    let delivered = match path {
-        Path::Floor => change.arrivals.owner,
-        Path::Reflector => change.arrivals.generator,
-        _ => change.arrivals.backend,
-    };
+    let round_trips = path.delivered(arrivals);
     ensure!(
-        delivered as f64 >= MIN_DELIVERED * run.frames as f64,
-        "{delivered} of {} generated frames arrived ({:?})",
-        run.frames,
-        change.arrivals
+        round_trips >= MIN_ROUND_TRIPS,
+        "only {round_trips} frames came back in {elapsed:?}: the frames died out ({arrivals:?})"
     );
     ensure!(
-        change.arrivals.generator + change.arrivals.owner + change.arrivals.backend == delivered,
-        "frames arrived elsewhere too: {:?}",
-        change.arrivals
+        arrivals.total() - arrivals.other == round_trips,
+        "frames came back in another form than this path's: {arrivals:?}"
     );
-    check_path(path, &change, delivered)?;
+    check_path(path, &change, round_trips)?;
     Ok(Sample {
-        generated: run.frames,
-        delivered,
-        elapsed: run.elapsed,
+        round_trips,
+        elapsed,
     })
 }
 
-/// `xdp_lb`'s counters and the iptables rules agree with `path`.
+/// `xdp_lb`'s counters and the iptables rules agree with `path`. The counters run over
+/// the whole circulation (warm-up and draining included), so they cover at least the
+/// window's frames.
 fn check_path(path: Path, change: &Counters, delivered: u64) -> Result<()> {
     let (xdplb, kernel) = match path {
         Path::FlowHit | Path::NewFlow => (true, false),
         Path::KubeProxy => (false, true),
-        Path::Floor | Path::Reflector => (false, false),
+        Path::TwoReflectors | Path::Reflector => (false, false),
     };
     if xdplb {
         ensure!(
@@ -220,7 +223,8 @@ fn check_path(path: Path, change: &Counters, delivered: u64) -> Result<()> {
         );
         let (hits, misses) = (change.flow_hits, change.flow_misses);
         let as_expected = match path {
-            Path::NewFlow => hits == 0 && misses == change.encapsulated,
+            // The injected frames are copies of one flow; only they may hit.
+            Path::NewFlow => hits <= IN_FLIGHT as u64 && hits + misses == change.encapsulated,
             // The new-flow path churns the flow table, so a round's first frames may miss.
             _ => misses <= u64::from(HIT_FLOWS) && hits + misses == change.encapsulated,
         };
@@ -256,7 +260,6 @@ fn check_path(path: Path, change: &Counters, delivered: u64) -> Result<()> {
 fn counters(rig: &Rig) -> Result<Counters> {
     let reasons = rig.owner.maps.reason_totals()?;
     Ok(Counters {
-        arrivals: rig.arrivals()?,
         encapsulated: reasons[reasons::TX_ENCAP as usize],
         flow_hits: reasons[reasons::FLOW_CACHE_HIT as usize],
         flow_misses: reasons[reasons::FLOW_CACHE_MISS as usize],
@@ -268,7 +271,6 @@ fn counters(rig: &Rig) -> Result<Counters> {
 impl Counters {
     fn since(&self, earlier: &Self) -> Self {
         Self {
-            arrivals: self.arrivals.since(earlier.arrivals),
             encapsulated: self.encapsulated - earlier.encapsulated,
             flow_hits: self.flow_hits - earlier.flow_hits,
             flow_misses: self.flow_misses - earlier.flow_misses,
@@ -320,27 +322,22 @@ fn install_kube_proxy(rig: &Rig) -> Result<()> {
     Ok(())
 }
 
-/// What a ratio compares an xdplb path with.
-#[derive(Debug, Clone, Copy)]
-enum Against {
-    /// Delivered Mpps against the kube-proxy path's.
-    KubeProxyMpps,
-    /// The owner's ns/packet against the reflector's.
-    ReflectorCost,
-}
-
-/// Per path: delivered Mpps and, beside the floor, the owner's ns/packet; then the
-/// ratios the targets are set on. Every figure is the median over the rounds, ratios
-/// taken within a round first.
+/// Per path: round trips per second; per owner path, the owner's ns/packet and what one
+/// core of it would forward; then the ratios the targets are set on. Every figure is
+/// the median over the rounds, ratios taken within a round first.
 fn report(samples: &BTreeMap<Path, Vec<Sample>>) -> Vec<Measurement> {
     let mut out: Vec<Measurement> = Path::ALL
         .into_iter()
-        .flat_map(|path| path_rows(samples, path))
+        .map(|path| round_trip_row(samples, path))
         .collect();
-    for against in [Against::KubeProxyMpps, Against::ReflectorCost] {
-        for path in [Path::FlowHit, Path::NewFlow] {
-            out.push(ratio_row(samples, path, against));
-        }
+    out.extend(
+        Path::OWNERS
+            .into_iter()
+            .flat_map(|path| owner_rows(samples, path)),
+    );
+    for path in [Path::FlowHit, Path::NewFlow] {
+        out.push(versus_kube_proxy(samples, path));
+        out.push(versus_reflector(samples, path));
     }
     out
 }
@@ -349,82 +346,121 @@ fn runs(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> &[Sample] {
     samples.get(&path).map_or(&[][..], Vec::as_slice)
 }
 
-/// Per round: `path`'s ns/packet minus the floor's.
-fn owner_cost(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Vec<f64> {
+fn round_trip_ns(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Vec<f64> {
     runs(samples, path)
         .iter()
-        .zip(runs(samples, Path::Floor))
-        .map(|(run, floor)| run.ns_per_packet() - floor.ns_per_packet())
+        .map(Sample::ns_per_round_trip)
         .collect()
 }
 
-fn path_rows(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Vec<Measurement> {
-    let runs = runs(samples, path);
-    let mpps: Vec<f64> = runs.iter().map(Sample::mpps).collect();
-    let ns: Vec<f64> = runs.iter().map(Sample::ns_per_packet).collect();
-    let share: Vec<f64> = runs
-        .iter()
-        .map(|run| run.delivered as f64 / run.generated as f64)
-        .collect();
-    let detail = format!(
-        "{} s runs on one pinned CPU, median of {ROUNDS} interleaved rounds: {} Mpps, {} \
-         ns/packet for the whole path, delivered/generated {}",
-        WINDOW.as_secs_f64(),
-        list(&mpps),
-        list(&ns),
-        list(&share)
-    );
-    let name = format!("Mpps: {path}");
-    let mut rows = vec![Measurement::new(
-        GROUP,
-        &name,
-        median(&mpps),
-        "Mpps",
-        &detail,
-    )];
-    if path != Path::Floor {
-        let cost = owner_cost(samples, path);
-        let detail = format!(
-            "path ns/packet minus the floor's, per round {}",
-            list(&cost)
-        );
-        let name = format!("owner ns/packet: {path}");
-        rows.push(Measurement::new(GROUP, &name, median(&cost), "ns", &detail));
-    }
-    rows
+/// Per round: the owner's side of `path`'s round trip. The two-reflector loop costs
+/// twice a reflector; the generator's side is the reflector path's round trip minus one
+/// reflector; the owner's side is the rest of the round trip.
+fn owner_cost(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Vec<f64> {
+    let reflector = round_trip_ns(samples, Path::TwoReflectors)
+        .into_iter()
+        .map(|both| both / 2.0);
+    let generator = round_trip_ns(samples, Path::Reflector)
+        .into_iter()
+        .zip(reflector.clone())
+        .map(|(round_trip, reflector)| round_trip - reflector);
+    round_trip_ns(samples, path)
+        .into_iter()
+        .zip(generator)
+        .map(|(round_trip, generator)| round_trip - generator)
+        .collect()
 }
 
-/// `path` against the kube-proxy path or the reflector; the issue's targets are on the
-/// flow hit.
-fn ratio_row(samples: &BTreeMap<Path, Vec<Sample>>, path: Path, against: Against) -> Measurement {
-    let per_round: Vec<f64> = match against {
-        Against::KubeProxyMpps => runs(samples, path)
-            .iter()
-            .zip(runs(samples, Path::KubeProxy))
-            .map(|(ours, theirs)| ours.mpps() / theirs.mpps())
-            .collect(),
-        Against::ReflectorCost => owner_cost(samples, path)
-            .iter()
-            .zip(owner_cost(samples, Path::Reflector))
-            .map(|(ours, reflector)| ours / reflector)
-            .collect(),
-    };
-    let name = match against {
-        Against::KubeProxyMpps => format!("{path} / kube-proxy (Mpps)"),
-        Against::ReflectorCost => format!("{path}: owner cost / reflector's"),
-    };
-    let detail = format!("per-round ratios {}", list(&per_round));
-    let measurement = Measurement::new(GROUP, &name, median(&per_round), "x", &detail);
-    match (path, against) {
-        (Path::FlowHit, Against::KubeProxyMpps) => measurement.at_least(
+fn round_trip_row(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Measurement {
+    let mpps: Vec<f64> = runs(samples, path).iter().map(Sample::mpps).collect();
+    let detail = format!(
+        "{IN_FLIGHT} frames circulating between the generator and the owner in one CPU's \
+         softirq for {} s, median of {ROUNDS} interleaved rounds: {} M round trips/s, {} ns \
+         each",
+        WINDOW.as_secs_f64(),
+        list(&mpps),
+        list(&round_trip_ns(samples, path))
+    );
+    let name = format!("round trips (M/s): {path}");
+    Measurement::new(GROUP, &name, median(&mpps), "Mpps", &detail)
+}
+
+/// The owner's ns/packet, and the Mpps one core spends on nothing else would forward.
+fn owner_rows(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> [Measurement; 2] {
+    let cost = owner_cost(samples, path);
+    let capacity: Vec<f64> = cost.iter().map(|ns| 1e3 / ns).collect();
+    let detail = format!(
+        "the owner's side of the round trip, per round {}",
+        list(&cost)
+    );
+    let cost_row = Measurement::new(
+        GROUP,
+        &format!("owner ns/packet: {path}"),
+        median(&cost),
+        "ns",
+        &detail,
+    );
+    let detail = format!(
+        "1000 / the owner's ns/packet, per round {}",
+        list(&capacity)
+    );
+    let capacity_row = Measurement::new(
+        GROUP,
+        &format!("owner Mpps per core: {path}"),
+        median(&capacity),
+        "Mpps",
+        &detail,
+    );
+    [cost_row, capacity_row]
+}
+
+/// What one owner core forwards on `path` over what it forwards for kube-proxy.
+fn versus_kube_proxy(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Measurement {
+    let per_round: Vec<f64> = owner_cost(samples, Path::KubeProxy)
+        .iter()
+        .zip(owner_cost(samples, path))
+        .map(|(theirs, ours)| theirs / ours)
+        .collect();
+    let detail = format!("owner Mpps per core, per-round ratios {}", list(&per_round));
+    let row = Measurement::new(
+        GROUP,
+        &format!("{path} / kube-proxy (owner Mpps per core)"),
+        median(&per_round),
+        "x",
+        &detail,
+    );
+    if path == Path::FlowHit {
+        row.at_least(
             FLOW_HIT_VS_KUBE_PROXY,
             &format!(">= {FLOW_HIT_VS_KUBE_PROXY}x kube-proxy"),
-        ),
-        (Path::FlowHit, Against::ReflectorCost) => measurement.at_most(
+        )
+    } else {
+        row
+    }
+}
+
+/// The owner's cost on `path` over the reflector's.
+fn versus_reflector(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Measurement {
+    let per_round: Vec<f64> = owner_cost(samples, path)
+        .iter()
+        .zip(owner_cost(samples, Path::Reflector))
+        .map(|(ours, reflector)| ours / reflector)
+        .collect();
+    let detail = format!("owner ns/packet, per-round ratios {}", list(&per_round));
+    let row = Measurement::new(
+        GROUP,
+        &format!("{path}: owner cost / reflector's"),
+        median(&per_round),
+        "x",
+        &detail,
+    );
+    if path == Path::FlowHit {
+        row.at_most(
             OWNER_COST_VS_REFLECTOR,
             &format!("<= {OWNER_COST_VS_REFLECTOR}x the reflector's"),
-        ),
-        _ => measurement,
+        )
+    } else {
+        row
     }
 }
 

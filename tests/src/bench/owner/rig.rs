@@ -1,56 +1,60 @@
-//! The owner-capacity rig: three network namespaces joined by two veth pairs,
+//! The owner-capacity rig: two network namespaces joined by one veth pair, the owner's
+//! LAN port facing the generator, which stands for the LAN and everything on it:
 //!
 //! ```text
-//! generator ns  gen0 <-> own0  owner ns  own1 <-> be0  backend-node ns
+//! generator ns  gen0 <-> own0  owner ns
 //! ```
 //!
-//! The generator runs `bench_generate` with BPF_PROG_TEST_RUN in live-frames mode as if
-//! it had arrived on gen0; its `XDP_TX` hands each frame, as an `xdp_frame` with no skb,
-//! to whatever XDP program the owner has on own0, as a NIC driver would. `bench_sink`
-//! on gen0 and be0 (and on own0 for the floor) counts what arrives per interface.
-//! Interface indexes are fixed so the sink's per-index counters tell the ends apart.
-//! The owner namespace is the fixture [`Dataplane`]'s, with the agent's own object.
+//! A few frames are injected once; then they circulate. `bench_generate` on gen0 turns
+//! each frame the owner sends back into a fresh client request and sends it out again
+//! (`XDP_TX`); the owner's program on own0 gets it as an `xdp_frame` with no skb, as
+//! from a NIC driver, and sends it towards a backend node, which is on the same LAN:
+//! back out of own0 to the generator. Everything runs in the softirq of the CPU the
+//! frames were injected on. The generator counts what comes back by kind and drops
+//! everything once its budget is spent, so every run ends by itself.
+//! Interface indexes are fixed; the owner namespace is the fixture [`Dataplane`]'s,
+//! with the agent's own object.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
+    thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, MapData, PerCpuArray, PerCpuValues},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    util::nr_cpus,
 };
 use lb_common::{
     maps::{
-        BENCH_FRAME_LEN, BENCH_GEN_FLOWS, BENCH_GEN_FRAME, BENCH_GEN_PORT_BASE,
-        BENCH_GENERATE_PROGRAM, BENCH_PASS_PROGRAM, BENCH_SINK_COUNTS, BENCH_SINK_PROGRAM,
-        BENCH_TX_PROGRAM,
+        BENCH_ARRIVED_AS_SENT, BENCH_ARRIVED_ENCAPSULATED, BENCH_ARRIVED_OTHER,
+        BENCH_ARRIVED_TRANSLATED, BENCH_FRAME_LEN, BENCH_GEN_ARRIVALS, BENCH_GEN_BUDGET,
+        BENCH_GEN_FRAME, BENCH_GEN_PORT_BASE, BENCH_GEN_SETTINGS, BENCH_GENERATE_PROGRAM,
+        BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM,
     },
-    types::PROTO_UDP,
+    types::{BenchGenSettings, PROTO_UDP},
 };
+use pnet_datalink::{Channel, Config};
 
 use crate::{
     bench::BENCH_OBJECT,
-    fixture::{Dataplane, ICMP_RATE, MTU, NODE, xdp_md},
+    fixture::{Dataplane, ICMP_RATE, MTU, NODE},
     netns::Netns,
     packets::{self, L2},
 };
 
-/// The owner's side towards the generator (the LAN port) and towards the backend node.
+/// The owner's LAN port.
 pub const OWNER_LAN: &str = "own0";
-pub const OWNER_BACKEND: &str = "own1";
-/// Interface indexes, below `BENCH_SINK_SLOTS`.
+const GENERATOR_PORT: &str = "gen0";
 pub const GEN_IFINDEX: u32 = 10;
 pub const OWNER_LAN_IFINDEX: u32 = 11;
-pub const OWNER_BACKEND_IFINDEX: u32 = 12;
-pub const BACKEND_IFINDEX: u32 = 13;
 /// The generator's address on the owner's LAN (the clients are routed behind it).
 pub const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-/// The owner's address towards the backend node, and the backend node's.
-pub const OWNER_BACKEND_ADDR: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
-pub const BACKEND_NODE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+/// The backend node, on the same LAN: its MAC is the generator's.
+pub const BACKEND_NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 /// A pod on the backend node, whose /24 the owner routes there (the kube-proxy path).
 pub const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 const POD_RANGE: &str = "10.244.1.0/24";
@@ -59,16 +63,16 @@ pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 8, 240),
 pub const TARGET_PORT: u16 = 5353;
 /// The first client address; flow `n` comes from this + n / BENCH_GEN_PORTS.
 pub const CLIENT_BASE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
-/// Frames per live-frames batch: below veth's 256-entry rings, so a batch fits the
-/// peer's ring before the batch's softirq drains it.
-const BATCH: u32 = 64;
 const SERVICE_SLOT: u32 = 0;
+/// More frames than any path here moves per second (the per-CPU budget is this times
+/// the run's length): the bound that ends a run whatever happens to the rig.
+const MAX_FRAMES_PER_SEC: f64 = 20e6;
+/// How long a run's frames may take to die out once the budget is withdrawn.
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// What the owner runs on its LAN port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnerProgram {
-    /// The sink: the generator+sink floor.
-    Sink,
     /// MAC swap and `XDP_TX` back to the generator's port.
     Reflector,
     /// The agent's `xdp_lb`, as the agent configures it for the service.
@@ -78,29 +82,39 @@ pub enum OwnerProgram {
     Pass,
 }
 
-/// One generator run: frames generated and how long the run took.
-#[derive(Debug, Clone, Copy)]
-pub struct Generated {
-    pub frames: u64,
-    pub elapsed: Duration,
-}
-
-/// Frames the sink counted on each end.
+/// Frames that came back to the generator, by what the owner made of them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Arrivals {
-    pub generator: u64,
-    pub owner: u64,
-    pub backend: u64,
+    /// As sent: reflected.
+    pub as_sent: u64,
+    /// In IPIP towards the backend node: `xdp_lb`'s.
+    pub encapsulated: u64,
+    /// To another destination: the kernel's DNAT.
+    pub translated: u64,
+    /// ARP, IPv6 and the like (dropped).
+    pub other: u64,
 }
 
 impl Arrivals {
     pub fn since(self, earlier: Self) -> Self {
         Self {
-            generator: self.generator - earlier.generator,
-            owner: self.owner - earlier.owner,
-            backend: self.backend - earlier.backend,
+            as_sent: self.as_sent - earlier.as_sent,
+            encapsulated: self.encapsulated - earlier.encapsulated,
+            translated: self.translated - earlier.translated,
+            other: self.other - earlier.other,
         }
     }
+
+    pub fn total(self) -> u64 {
+        self.as_sent + self.encapsulated + self.translated + self.other
+    }
+}
+
+/// One run: what came back during the measured window, and the window's length.
+#[derive(Debug, Clone, Copy)]
+pub struct Circulation {
+    pub arrivals: Arrivals,
+    pub elapsed: Duration,
 }
 
 /// The namespaces and loaded programs. Field order is drop order: the owner's
@@ -110,27 +124,27 @@ pub struct Rig {
     bench: Ebpf,
     pub owner: Dataplane,
     pub generator: Netns,
-    pub backend: Netns,
 }
 
 impl Rig {
-    /// The namespaces, links and programs; the sink on gen0 and be0, nothing on own0
-    /// yet; the owner's `xdp_lb` configured to send the service to [`BACKEND_NODE`].
+    /// The namespaces, the link and the programs; the generator on gen0, nothing on
+    /// own0 yet; the owner's `xdp_lb` configured to send the service to
+    /// [`BACKEND_NODE`].
     pub fn new() -> Result<Self> {
         let generator = Netns::new("og")?;
-        let backend = Netns::new("ob")?;
         let owner = Dataplane::empty()?;
-        link(&owner, &generator, &backend)?;
+        link(&owner, &generator)?;
         let mut bench = load_bench_object()?;
-        // Detached when `bench` drops: its programs own their links.
-        attach_sink(&mut bench, &generator, "gen0")?;
-        attach_sink(&mut bench, &backend, "be0")?;
+        {
+            let _inside = generator.enter()?;
+            // Detached when `bench` drops: its programs own their links.
+            xdp_mut(&mut bench, BENCH_GENERATE_PROGRAM)?.attach(GENERATOR_PORT, XdpMode::Driver)?;
+        }
         let mut rig = Self {
             attached: None,
             bench,
             owner,
             generator,
-            backend,
         };
         rig.configure_xdp_lb()?;
         rig.set_template()?;
@@ -147,21 +161,24 @@ impl Rig {
         owner.set_node_ring(SERVICE_SLOT, &[BACKEND_NODE])
     }
 
-    /// The frame every generated one starts from: client -> VIP, UDP without checksum,
-    /// [`BENCH_FRAME_LEN`] bytes, addressed from gen0 to own0.
-    fn set_template(&mut self) -> Result<()> {
+    /// The request every generated frame starts from: client -> VIP, UDP without
+    /// checksum, [`BENCH_FRAME_LEN`] bytes, addressed from gen0 to own0.
+    fn template(&self) -> Result<[u8; BENCH_FRAME_LEN]> {
         let l2 = L2 {
-            src: mac_in(&self.generator, "gen0")?,
+            src: mac_in(&self.generator, GENERATOR_PORT)?,
             dst: self.owner.mac(OWNER_LAN)?,
             vlan: None,
         };
         let client = SocketAddrV4::new(CLIENT_BASE, BENCH_GEN_PORT_BASE);
         let headers = l2.ipv4(&packets::udp_no_checksum(client, VIP, &[])).len();
         let payload = vec![0u8; BENCH_FRAME_LEN - headers];
-        let frame = l2.ipv4(&packets::udp_no_checksum(client, VIP, &payload));
-        let template: [u8; BENCH_FRAME_LEN] = frame
+        l2.ipv4(&packets::udp_no_checksum(client, VIP, &payload))
             .try_into()
-            .map_err(|_| anyhow::anyhow!("the template is not {BENCH_FRAME_LEN} bytes"))?;
+            .map_err(|_| anyhow::anyhow!("the template is not {BENCH_FRAME_LEN} bytes"))
+    }
+
+    fn set_template(&mut self) -> Result<()> {
+        let template = self.template()?;
         let mut map: Array<&mut MapData, [u8; BENCH_FRAME_LEN]> = Array::try_from(
             self.bench
                 .map_mut(BENCH_GEN_FRAME)
@@ -170,14 +187,14 @@ impl Rig {
         Ok(map.set(0, template, 0)?)
     }
 
-    /// Flows the generator cycles through (0: every frame a new flow).
-    pub fn set_flows(&mut self, flows: u32) -> Result<()> {
-        let mut map: Array<&mut MapData, u32> = Array::try_from(
+    /// What the generator does with the frames that come back.
+    pub fn set_generator(&mut self, settings: BenchGenSettings) -> Result<()> {
+        let mut map: Array<&mut MapData, BenchGenSettings> = Array::try_from(
             self.bench
-                .map_mut(BENCH_GEN_FLOWS)
-                .context("no flows map")?,
+                .map_mut(BENCH_GEN_SETTINGS)
+                .context("no settings map")?,
         )?;
-        Ok(map.set(0, flows, 0)?)
+        Ok(map.set(0, settings, 0)?)
     }
 
     /// Puts `wanted` on the owner's LAN port in place of whatever was there.
@@ -200,93 +217,103 @@ impl Rig {
         Ok(owner_program(&mut self.bench, &mut self.owner, program)?.detach(link)?)
     }
 
-    /// Generates `frames` frames (in calls of at most `per_call`) on gen0 from the
-    /// calling thread, which should be pinned: the whole path runs on its CPU.
-    pub fn generate(&self, frames: u64, per_call: u32) -> Result<Generated> {
-        let program = xdp(&self.bench, BENCH_GENERATE_PROGRAM)?;
-        let template = [0u8; BENCH_FRAME_LEN];
-        let ctx = xdp_md(BENCH_FRAME_LEN, GEN_IFINDEX);
-        // The ingress interface is looked up in the calling thread's namespace.
+    /// Injects `in_flight` frames from the calling thread, which should be pinned (the
+    /// circulation runs in its CPU's softirq), lets them circulate for `warm_up`, counts
+    /// what comes back over `window`, then withdraws the budget and waits until the
+    /// frames have died out.
+    pub fn circulate(
+        &mut self,
+        in_flight: usize,
+        warm_up: Duration,
+        window: Duration,
+    ) -> Result<Circulation> {
+        let bound = (warm_up + window + DRAIN).as_secs_f64() * MAX_FRAMES_PER_SEC;
+        self.set_budget(bound as u64)?;
+        let result = self.inject(in_flight).and_then(|()| {
+            thread::sleep(warm_up);
+            let (before, started) = (self.arrivals()?, Instant::now());
+            thread::sleep(window);
+            let (after, elapsed) = (self.arrivals()?, started.elapsed());
+            Ok(Circulation {
+                arrivals: after.since(before),
+                elapsed,
+            })
+        });
+        self.set_budget(0)?;
+        self.wait_until_still()?;
+        result
+    }
+
+    fn set_budget(&mut self, frames: u64) -> Result<()> {
+        let mut map: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(
+            self.bench
+                .map_mut(BENCH_GEN_BUDGET)
+                .context("no budget map")?,
+        )?;
+        let cpus = nr_cpus().map_err(|(_, error)| error)?;
+        Ok(map.set(0, PerCpuValues::try_from(vec![frames; cpus])?, 0)?)
+    }
+
+    /// Sends `count` copies of the template out of gen0 through a packet socket: the
+    /// owner's program gets these first ones from an skb, every later pass as a frame.
+    fn inject(&self, count: usize) -> Result<()> {
+        let template = self.template()?;
         let _inside = self.generator.enter()?;
-        let started = Instant::now();
-        let mut done = 0u64;
-        while done < frames {
-            let count = u32::try_from((frames - done).min(u64::from(per_call)))?;
-            program.test_run(TestRunOptions {
-                data_in: Some(&template),
-                ctx_in: Some(&ctx),
-                repeat: count,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..TestRunOptions::default()
-            })?;
-            done += u64::from(count);
-        }
-        Ok(Generated {
-            frames: done,
-            elapsed: started.elapsed(),
-        })
-    }
-
-    /// Whether this kernel refuses live-frames mode: 6.18.44-fc (the Firecracker guest
-    /// kernel this was written on) answers every live-frames run with EPERM, whatever
-    /// the batch size, context or namespace, while the same program runs in the
-    /// ordinary mode. Sends one frame when it is not refused.
-    pub fn live_frames_refused(&self) -> Result<bool> {
-        match self.generate(1, 1) {
-            Ok(_) => Ok(false),
-            Err(error) if is_eperm(&error) => Ok(true),
-            Err(error) => Err(error),
-        }
-    }
-
-    /// Generates in calls of `per_call` frames until `window` has passed.
-    pub fn generate_for(&self, window: Duration, per_call: u32) -> Result<Generated> {
-        let mut total = Generated {
-            frames: 0,
-            elapsed: Duration::ZERO,
+        let interface = pnet_datalink::interfaces()
+            .into_iter()
+            .find(|interface| interface.name == GENERATOR_PORT)
+            .context("no gen0 in the generator's namespace")?;
+        let Channel::Ethernet(mut tx, _rx) = pnet_datalink::channel(&interface, Config::default())
+            .context("opening a packet socket on gen0")?
+        else {
+            bail!("unexpected channel type on gen0");
         };
-        while total.elapsed < window {
-            let run = self.generate(u64::from(per_call), per_call)?;
-            total.frames += run.frames;
-            total.elapsed += run.elapsed;
+        for _ in 0..count {
+            tx.send_to(&template, None)
+                .context("the packet socket sent nothing")??;
         }
-        Ok(total)
+        Ok(())
     }
 
-    /// What the sink has counted so far on each end.
+    /// Waits (bounded by [`DRAIN`]) until nothing arrives at the generator any more.
+    fn wait_until_still(&self) -> Result<()> {
+        let deadline = Instant::now() + DRAIN;
+        let mut last = self.arrivals()?;
+        loop {
+            thread::sleep(Duration::from_millis(20));
+            let now = self.arrivals()?;
+            if now == last {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "frames still circulate {DRAIN:?} after the budget was withdrawn"
+            );
+            last = now;
+        }
+    }
+
+    /// What has come back to the generator so far.
     pub fn arrivals(&self) -> Result<Arrivals> {
         let map = self
             .bench
-            .map(BENCH_SINK_COUNTS)
-            .context("no sink counters")?;
+            .map(BENCH_GEN_ARRIVALS)
+            .context("no arrival counters")?;
         let counts: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        let total = |ifindex: u32| -> Result<u64> { Ok(counts.get(&ifindex, 0)?.iter().sum()) };
+        let total = |kind: u32| -> Result<u64> { Ok(counts.get(&kind, 0)?.iter().sum()) };
         Ok(Arrivals {
-            generator: total(GEN_IFINDEX)?,
-            owner: total(OWNER_LAN_IFINDEX)?,
-            backend: total(BACKEND_IFINDEX)?,
+            as_sent: total(BENCH_ARRIVED_AS_SENT)?,
+            encapsulated: total(BENCH_ARRIVED_ENCAPSULATED)?,
+            translated: total(BENCH_ARRIVED_TRANSLATED)?,
+            other: total(BENCH_ARRIVED_OTHER)?,
         })
     }
 }
 
-fn is_eperm(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::raw_os_error)
-            == Some(libc::EPERM)
-    })
-}
-
-/// The bench object with the generator, the sink and the two references loaded.
+/// The bench object with the generator and the two references loaded.
 fn load_bench_object() -> Result<Ebpf> {
     let mut object = Ebpf::load(BENCH_OBJECT)?;
-    for name in [
-        BENCH_GENERATE_PROGRAM,
-        BENCH_SINK_PROGRAM,
-        BENCH_TX_PROGRAM,
-        BENCH_PASS_PROGRAM,
-    ] {
+    for name in [BENCH_GENERATE_PROGRAM, BENCH_TX_PROGRAM, BENCH_PASS_PROGRAM] {
         xdp_mut(&mut object, name)?.load()?;
     }
     Ok(object)
@@ -299,18 +326,10 @@ fn owner_program<'a>(
     which: OwnerProgram,
 ) -> Result<&'a mut Xdp> {
     match which {
-        OwnerProgram::Sink => xdp_mut(bench, BENCH_SINK_PROGRAM),
         OwnerProgram::Reflector => xdp_mut(bench, BENCH_TX_PROGRAM),
         OwnerProgram::Pass => xdp_mut(bench, BENCH_PASS_PROGRAM),
         OwnerProgram::XdpLb => owner.xdp_lb_mut(),
     }
-}
-
-/// The sink on `interface` of `netns`, in native mode.
-fn attach_sink(bench: &mut Ebpf, netns: &Netns, interface: &str) -> Result<()> {
-    let _inside = netns.enter()?;
-    xdp_mut(bench, BENCH_SINK_PROGRAM)?.attach(interface, XdpMode::Driver)?;
-    Ok(())
 }
 
 fn xdp_mut<'a>(object: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -320,39 +339,30 @@ fn xdp_mut<'a>(object: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(program.try_into()?)
 }
 
-fn xdp<'a>(object: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
-    let program = object
-        .program(name)
-        .with_context(|| format!("{name} missing from the bench object"))?;
-    Ok(program.try_into()?)
-}
-
-/// The two veth pairs with fixed indexes, addresses, forwarding on the owner, and
-/// permanent neighbours: the sinks drop ARP, so nothing would resolve otherwise.
-fn link(owner: &Dataplane, generator: &Netns, backend: &Netns) -> Result<()> {
+/// The veth pair with fixed indexes, addresses, forwarding on the owner (in and out of
+/// the same port, as a one-armed node on a flat LAN does), and permanent neighbours:
+/// the generator answers no ARP.
+fn link(owner: &Dataplane, generator: &Netns) -> Result<()> {
+    let quiet = "net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1";
+    generator.run(&format!("sysctl -qw {quiet}"))?;
     owner.netns.run(&format!(
-        "ip link add {OWNER_LAN} index {OWNER_LAN_IFINDEX} type veth \
-           peer name gen0 index {GEN_IFINDEX} netns {gen} && \
-         ip link add {OWNER_BACKEND} index {OWNER_BACKEND_IFINDEX} type veth \
-           peer name be0 index {BACKEND_IFINDEX} netns {be} && \
-         ip addr add {NODE}/24 dev {OWNER_LAN} && \
-         ip addr add {OWNER_BACKEND_ADDR}/24 dev {OWNER_BACKEND} && \
-         ip link set {OWNER_LAN} up && ip link set {OWNER_BACKEND} up && \
+        "sysctl -qw {quiet} && \
+         ip link add {OWNER_LAN} index {OWNER_LAN_IFINDEX} type veth \
+           peer name {GENERATOR_PORT} index {GEN_IFINDEX} netns {gen} && \
+         ip addr add {NODE}/24 dev {OWNER_LAN} && ip link set {OWNER_LAN} up && \
          sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
-           net.ipv4.conf.{OWNER_LAN}.rp_filter=0 && \
+           net.ipv4.conf.{OWNER_LAN}.rp_filter=0 net.ipv4.conf.all.send_redirects=0 \
+           net.ipv4.conf.{OWNER_LAN}.send_redirects=0 && \
          ip route add {POD_RANGE} via {BACKEND_NODE} && \
          ip route add {CLIENT_BASE}/10 via {GEN_ADDR}",
         gen = generator.name(),
-        be = backend.name(),
     ))?;
     generator.run(&format!(
-        "ip addr add {GEN_ADDR}/24 dev gen0 && ip link set gen0 up"
+        "ip addr add {GEN_ADDR}/24 dev {GENERATOR_PORT} && ip link set {GENERATOR_PORT} up"
     ))?;
-    backend.run(&format!(
-        "ip addr add {BACKEND_NODE}/24 dev be0 && ip link set be0 up"
-    ))?;
-    owner.set_neighbour(OWNER_BACKEND, BACKEND_NODE, mac_in(backend, "be0")?)?;
-    owner.set_neighbour(OWNER_LAN, GEN_ADDR, mac_in(generator, "gen0")?)?;
+    let generator_mac = mac_in(generator, GENERATOR_PORT)?;
+    owner.set_neighbour(OWNER_LAN, BACKEND_NODE, generator_mac)?;
+    owner.set_neighbour(OWNER_LAN, GEN_ADDR, generator_mac)?;
     let index = owner
         .netns
         .run(&format!("cat /sys/class/net/{OWNER_LAN}/ifindex"))?;
