@@ -180,7 +180,33 @@ pub fn run() -> Result<Vec<Measurement>> {
             samples.entry(path).or_default().push(taken);
         }
     }
-    Ok(report(&samples))
+    let mut rows = report(&samples);
+    rows.extend(program_rows(&mut rig)?);
+    Ok(rows)
+}
+
+/// One more run per path with the kernel's run-time statistics on: how much of each
+/// side is the XDP program itself, the rest being veth and the frame's handling. Kept
+/// out of the rounds above because the statistics read a clock around every run.
+fn program_rows(rig: &mut Rig) -> Result<Vec<Measurement>> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling the kernel's BPF run-time statistics")?;
+    let mut rows = Vec::new();
+    for path in Path::ALL {
+        rig.attach_owner(path.owner())?;
+        let before = rig.program_runs()?;
+        sample(rig, path, WARM_UP)?;
+        let after = rig.program_runs()?;
+        let [owner, generator] = [0, 1].map(|side| after[side].ns_per_run_since(before[side]));
+        let detail = format!(
+            "the kernel's BPF run-time statistics over one {} s run (a clock read around \
+             every run included); the generator's program in the same run: {generator:.0} ns",
+            WARM_UP.as_secs_f64()
+        );
+        let name = format!("owner XDP program ns/run: {path}");
+        rows.push(Measurement::new(GROUP, &name, owner, "ns", &detail));
+    }
+    Ok(rows)
 }
 
 /// One run of `path` for `window`, checked to have taken that path.

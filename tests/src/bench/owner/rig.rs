@@ -117,6 +117,21 @@ pub struct Circulation {
     pub elapsed: Duration,
 }
 
+/// A program's runs and the time the kernel counted in them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub time: Duration,
+    pub count: u64,
+}
+
+impl ProgramRuns {
+    /// Mean nanoseconds per run since `earlier`.
+    pub fn ns_per_run_since(self, earlier: Self) -> f64 {
+        let runs = self.count.saturating_sub(earlier.count).max(1);
+        (self.time.saturating_sub(earlier.time)).as_nanos() as f64 / runs as f64
+    }
+}
+
 /// The namespaces and loaded programs. Field order is drop order: the owner's
 /// attachment goes before the objects, the objects before the namespaces.
 pub struct Rig {
@@ -291,6 +306,21 @@ impl Rig {
             );
             last = now;
         }
+    }
+
+    /// The kernel's run-time totals (kept only while [`aya::sys::enable_stats`] is held)
+    /// of the owner's program and the generator's.
+    pub fn program_runs(&mut self) -> Result<[ProgramRuns; 2]> {
+        let owner = match &self.attached {
+            Some((program, _)) => *program,
+            None => bail!("no owner program attached"),
+        };
+        let owner = owner_program(&mut self.bench, &mut self.owner, owner)?.info()?;
+        let generator = xdp_mut(&mut self.bench, BENCH_GENERATE_PROGRAM)?.info()?;
+        Ok([owner, generator].map(|info| ProgramRuns {
+            time: info.run_time(),
+            count: info.run_count(),
+        }))
     }
 
     /// What has come back to the generator so far.
