@@ -31,6 +31,9 @@ const README_END: &str = "<!-- bench:end -->";
 /// The hand-written analysis of the missed targets, relative to the workspace root.
 const LIMITS: &str = "bench/limits.md";
 const LIMITS_HEADING: &str = "What limits the missed targets";
+/// What an operator buys xdplb for comes first in both documents: the owner's
+/// forwarding capacity and what direct server return keeps off the owner.
+const LEAD_GROUPS: [&str; 2] = ["owner", "dsr"];
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -162,7 +165,8 @@ fn machine_line(machine: &Machine) -> String {
     )
 }
 
-/// Measurements by group, groups in the order they first appear.
+/// Measurements by group: [`LEAD_GROUPS`] first, then the others in the order they
+/// first appear.
 fn groups(measurements: &[Measurement]) -> Vec<(&str, Vec<&Measurement>)> {
     let mut order: Vec<&str> = Vec::new();
     let mut by_group: BTreeMap<&str, Vec<&Measurement>> = BTreeMap::new();
@@ -173,6 +177,13 @@ fn groups(measurements: &[Measurement]) -> Vec<(&str, Vec<&Measurement>)> {
         }
         by_group.entry(group).or_default().push(measurement);
     }
+    // Stable: the lead groups keep their order, and so do the rest.
+    order.sort_by_key(|group| {
+        LEAD_GROUPS
+            .iter()
+            .position(|lead| lead == group)
+            .unwrap_or(LEAD_GROUPS.len())
+    });
     order
         .into_iter()
         .map(|group| (group, by_group.remove(group).unwrap_or_default()))
@@ -244,7 +255,11 @@ fn summary(machine: &Machine, measurements: &[Measurement], limits: &str) -> Str
          | part | figure | value | target | met |\n|---|---|---:|---|---|\n",
         machine_line(machine)
     );
-    for m in measurements.iter().filter(|m| m.target.is_some()) {
+    let with_targets = groups(measurements)
+        .into_iter()
+        .flat_map(|(_, rows)| rows)
+        .filter(|m| m.target.is_some());
+    for m in with_targets {
         let (target, met) = target_cells(m);
         let _ = writeln!(
             text,
@@ -361,6 +376,38 @@ mod tests {
             &updated[updated.find(README_END).expect("the end marker")..],
             &readme[end..]
         );
+    }
+
+    #[test]
+    fn owner_capacity_and_dsr_lead_both_documents() {
+        let machine = Machine {
+            date: "2026-12-07 00:00 UTC".into(),
+            kernel: "6.18".into(),
+            cpu: "test CPU".into(),
+            cores: 2,
+            commit: "abc1234".into(),
+        };
+        let row = |group: &str, name: &str| {
+            Measurement::new(group, name, 1.0, "x", "how").at_least(1.0, ">= 1x")
+        };
+        let measurements = [
+            row("program", "program row"),
+            row("dsr", "dsr row"),
+            row("owner", "owner row"),
+            row("failover", "failover row"),
+        ];
+        for text in [
+            benchmarks_md(&machine, &measurements, ""),
+            summary(&machine, &measurements, ""),
+        ] {
+            let at = |name: &str| text.find(name).expect(name);
+            assert!(
+                at("owner row") < at("dsr row")
+                    && at("dsr row") < at("program row")
+                    && at("program row") < at("failover row"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
