@@ -25,6 +25,9 @@
 //!   the same three rule checks. The kernel hands the forwarded packet to veth as an
 //!   skb, which the generator's XDP then has to turn back into a frame: a cost a NIC's
 //!   transmit path would have in its own form, counted here on the owner's side.
+//! - **kernel forwarding, no NAT**: the same pass program and kernel with kube-proxy's
+//!   rules loaded, but the requests go to the pod itself, so no rule translates them:
+//!   what the kernel path costs before kube-proxy's NAT, including that conversion.
 //!
 //! kube-proxy's nftables mode is not measured separately: its DNAT and masquerade
 //! chains, like iptables' nat table, are consulted on a connection's first packet only;
@@ -40,7 +43,7 @@
 
 pub mod rig;
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{collections::BTreeMap, fmt, net::SocketAddrV4, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use lb_common::{reasons, types::BenchGenSettings};
@@ -74,29 +77,40 @@ enum Path {
     FlowHit,
     NewFlow,
     KubeProxy,
+    KernelForward,
 }
 
 impl Path {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::TwoReflectors,
         Self::Reflector,
         Self::FlowHit,
         Self::NewFlow,
         Self::KubeProxy,
+        Self::KernelForward,
     ];
-    /// The paths whose owner does real work, as opposed to the two calibration paths.
-    const OWNERS: [Self; 4] = [
+    /// The paths whose owner does real work, as opposed to the calibration.
+    const OWNERS: [Self; 5] = [
         Self::Reflector,
         Self::FlowHit,
         Self::NewFlow,
         Self::KubeProxy,
+        Self::KernelForward,
     ];
 
     fn owner(self) -> OwnerProgram {
         match self {
             Self::TwoReflectors | Self::Reflector => OwnerProgram::Reflector,
             Self::FlowHit | Self::NewFlow => OwnerProgram::XdpLb,
-            Self::KubeProxy => OwnerProgram::Pass,
+            Self::KubeProxy | Self::KernelForward => OwnerProgram::Pass,
+        }
+    }
+
+    /// Where the generator sends its requests.
+    fn destination(self) -> SocketAddrV4 {
+        match self {
+            Self::KernelForward => SocketAddrV4::new(POD, TARGET_PORT),
+            _ => VIP,
         }
     }
 
@@ -110,7 +124,7 @@ impl Path {
     /// The frames of this path, as the generator sorts what comes back.
     fn delivered(self, arrivals: Arrivals) -> u64 {
         match self {
-            Self::TwoReflectors | Self::Reflector => arrivals.as_sent,
+            Self::TwoReflectors | Self::Reflector | Self::KernelForward => arrivals.as_sent,
             Self::FlowHit | Self::NewFlow => arrivals.encapsulated,
             Self::KubeProxy => arrivals.translated,
         }
@@ -125,6 +139,7 @@ impl fmt::Display for Path {
             Self::FlowHit => "xdplb flow hit",
             Self::NewFlow => "xdplb new flow",
             Self::KubeProxy => "kube-proxy (iptables)",
+            Self::KernelForward => "kernel forwarding, no NAT",
         })
     }
 }
@@ -213,6 +228,7 @@ fn program_rows(rig: &mut Rig) -> Result<Vec<Measurement>> {
 fn sample(rig: &mut Rig, path: Path, window: Duration) -> Result<Sample> {
     rig.attach_owner(path.owner())?;
     rig.set_generator(path.generator())?;
+    rig.set_destination(path.destination())?;
     let before = counters(rig)?;
     let Circulation { arrivals, elapsed } = rig.circulate(IN_FLIGHT, WARM_UP, window)?;
     let change = counters(rig)?.since(&before);
@@ -238,8 +254,13 @@ fn sample(rig: &mut Rig, path: Path, window: Duration) -> Result<Sample> {
 fn check_path(path: Path, change: &Counters, delivered: u64) -> Result<()> {
     let (xdplb, kernel) = match path {
         Path::FlowHit | Path::NewFlow => (true, false),
-        Path::KubeProxy => (false, true),
+        Path::KubeProxy | Path::KernelForward => (false, true),
         Path::TwoReflectors | Path::Reflector => (false, false),
+    };
+    let translations = if path == Path::KubeProxy {
+        u64::from(HIT_FLOWS)
+    } else {
+        0
     };
     if xdplb {
         ensure!(
@@ -267,7 +288,7 @@ fn check_path(path: Path, change: &Counters, delivered: u64) -> Result<()> {
     }
     if kernel {
         ensure!(
-            change.forwarded >= delivered && change.dnat <= u64::from(HIT_FLOWS),
+            change.forwarded >= delivered && change.dnat <= translations,
             "the kernel forwarded {} packets and translated {} new connections for \
              {delivered} delivered",
             change.forwarded,

@@ -139,6 +139,7 @@ pub struct Rig {
     bench: Ebpf,
     pub owner: Dataplane,
     pub generator: Netns,
+    destination: SocketAddrV4,
 }
 
 impl Rig {
@@ -160,9 +161,10 @@ impl Rig {
             bench,
             owner,
             generator,
+            destination: VIP,
         };
         rig.configure_xdp_lb()?;
-        rig.set_template()?;
+        rig.set_destination(VIP)?;
         Ok(rig)
     }
 
@@ -176,30 +178,33 @@ impl Rig {
         owner.set_node_ring(SERVICE_SLOT, &[BACKEND_NODE])
     }
 
-    /// The request every generated frame starts from: client -> VIP, UDP without
+    /// The request every generated frame starts from: client -> `to`, UDP without
     /// checksum, [`BENCH_FRAME_LEN`] bytes, addressed from gen0 to own0.
-    fn template(&self) -> Result<[u8; BENCH_FRAME_LEN]> {
+    fn template(&self, to: SocketAddrV4) -> Result<[u8; BENCH_FRAME_LEN]> {
         let l2 = L2 {
             src: mac_in(&self.generator, GENERATOR_PORT)?,
             dst: self.owner.mac(OWNER_LAN)?,
             vlan: None,
         };
         let client = SocketAddrV4::new(CLIENT_BASE, BENCH_GEN_PORT_BASE);
-        let headers = l2.ipv4(&packets::udp_no_checksum(client, VIP, &[])).len();
+        let headers = l2.ipv4(&packets::udp_no_checksum(client, to, &[])).len();
         let payload = vec![0u8; BENCH_FRAME_LEN - headers];
-        l2.ipv4(&packets::udp_no_checksum(client, VIP, &payload))
+        l2.ipv4(&packets::udp_no_checksum(client, to, &payload))
             .try_into()
             .map_err(|_| anyhow::anyhow!("the template is not {BENCH_FRAME_LEN} bytes"))
     }
 
-    fn set_template(&mut self) -> Result<()> {
-        let template = self.template()?;
+    /// Where the generated requests go: [`VIP`] unless a path asks otherwise.
+    pub fn set_destination(&mut self, to: SocketAddrV4) -> Result<()> {
+        let template = self.template(to)?;
         let mut map: Array<&mut MapData, [u8; BENCH_FRAME_LEN]> = Array::try_from(
             self.bench
                 .map_mut(BENCH_GEN_FRAME)
                 .context("no template map")?,
         )?;
-        Ok(map.set(0, template, 0)?)
+        map.set(0, template, 0)?;
+        self.destination = to;
+        Ok(())
     }
 
     /// What the generator does with the frames that come back.
@@ -272,7 +277,7 @@ impl Rig {
     /// Sends `count` copies of the template out of gen0 through a packet socket: the
     /// owner's program gets these first ones from an skb, every later pass as a frame.
     fn inject(&self, count: usize) -> Result<()> {
-        let template = self.template()?;
+        let template = self.template(self.destination)?;
         let _inside = self.generator.enter()?;
         let interface = pnet_datalink::interfaces()
             .into_iter()
