@@ -4,6 +4,7 @@
 //! values are reported, never asserted.
 
 pub mod control_plane;
+pub mod dsr;
 pub mod failover;
 pub mod forwarding;
 pub mod maglev_quality;

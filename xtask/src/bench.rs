@@ -34,8 +34,8 @@ const LIMITS_HEADING: &str = "What limits the missed targets";
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Run only this part (program, owner, maglev, control-plane, forwarding, failover) and
-    /// print its table without writing any file.
+    /// Run only this part (program, owner, maglev, control-plane, forwarding, dsr,
+    /// failover) and print its table without writing any file.
     #[arg(long, value_name = "NAME")]
     part: Option<String>,
 }
