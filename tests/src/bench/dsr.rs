@@ -26,7 +26,7 @@ use super::{
     paths_lab::{Counters, Path, PathsLab, ServicePort},
 };
 use crate::{
-    lab::{self, PortStats},
+    lab::{self, Node, PortStats, load::CpuTimes},
     netns::{Process, ensure_success},
 };
 
@@ -59,11 +59,15 @@ pub fn run() -> anyhow::Result<Vec<Measurement>> {
 
 /// One sample: what the clients received, in how long, and what the owner's port
 /// carried meanwhile.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sample {
     delivered_bytes: u64,
     seconds: f64,
     owner: PortStats,
+    /// Frames the owner sent with `XDP_TX` that its veth dropped (bridge port ring full).
+    xdp_tx_dropped: u64,
+    /// Per CPU, the share of the transfer's time it was busy (machine-wide).
+    cpu_busy: Vec<f64>,
 }
 
 impl Sample {
@@ -190,21 +194,34 @@ impl Bench {
             .owner(path)
             .context("the DSR bench runs over VIP paths only")?;
         let log_start = fs::metadata(&self.access_log)?.len();
+        // The port's window encloses the counters' so that every packet the counters
+        // see had its chance to cross the port (see [`check_owner_port`]).
+        let owner_before = self.owner_traffic(owner)?;
         let counters_before = self.paths.counters()?;
-        let port_before = self.paths.lab.switch_port_stats(owner)?;
+        let cpu_before = CpuTimes::now()?;
         let started = Instant::now();
         let downloads = self.download_all(path)?;
         let seconds = started.elapsed().as_secs_f64();
-        let owner_port = self.paths.lab.switch_port_stats(owner)?.since(&port_before);
+        let cpus = CpuTimes::now()?.since(&cpu_before);
         let change = self.paths.counters()?.since(&counters_before);
+        let owner_traffic = self.owner_traffic(owner)?.since(&owner_before);
         let sources = self.request_sources(log_start)?;
         self.paths
             .check_path(path, &change, TRANSFERS as u64, &sources)?;
-        check_owner_port(path, &change, &owner_port)?;
+        check_owner_port(path, &change, &owner_traffic)?;
         Ok(Sample {
             delivered_bytes: downloads.iter().sum(),
             seconds,
-            owner: owner_port,
+            owner: owner_traffic.port,
+            xdp_tx_dropped: owner_traffic.xdp_tx_dropped,
+            cpu_busy: cpus.iter().map(|&(busy, _softirq)| busy).collect(),
+        })
+    }
+
+    fn owner_traffic(&self, owner: &Node) -> anyhow::Result<OwnerTraffic> {
+        Ok(OwnerTraffic {
+            port: self.paths.lab.switch_port_stats(owner)?,
+            xdp_tx_dropped: owner.xdp_tx_errors()?,
         })
     }
 
@@ -282,16 +299,35 @@ fn finish_download(child: Child, url: &str) -> anyhow::Result<u64> {
     Ok(size)
 }
 
-/// Over xdplb, the owner's port must show at least the packets the owner encapsulated
-/// (veth counts XDP_TX frames on the receiving port): otherwise the counters would miss
-/// the owner's share and flatter xdplb.
-fn check_owner_port(path: Path, change: &Counters, port: &PortStats) -> anyhow::Result<()> {
+/// What the owner's wire carried, and what its veth dropped before the wire.
+#[derive(Debug, Clone, Copy)]
+struct OwnerTraffic {
+    port: PortStats,
+    xdp_tx_dropped: u64,
+}
+
+impl OwnerTraffic {
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            port: self.port.since(&earlier.port),
+            xdp_tx_dropped: self.xdp_tx_dropped.saturating_sub(earlier.xdp_tx_dropped),
+        }
+    }
+}
+
+/// Over xdplb, every packet the owner encapsulated must show in its port's counters
+/// (veth counts XDP_TX frames on the receiving port) unless the veth dropped it:
+/// otherwise the counters would miss the owner's share and flatter xdplb.
+fn check_owner_port(path: Path, change: &Counters, owner: &OwnerTraffic) -> anyhow::Result<()> {
     if path == Path::Xdplb {
+        let accounted = owner.port.from_node_packets + owner.xdp_tx_dropped;
         ensure!(
-            port.from_node_packets >= change.encapsulated,
-            "node1 encapsulated {} packets but its switch port received {} from it",
+            accounted >= change.encapsulated,
+            "node1 encapsulated {} packets but its switch port received {} from it and its \
+             veth dropped {}",
             change.encapsulated,
-            port.from_node_packets
+            owner.port.from_node_packets,
+            owner.xdp_tx_dropped
         );
     }
     Ok(())
@@ -311,7 +347,13 @@ fn report(figure: Figure, xdplb: &[Sample], kube_proxy: &[Sample]) -> Vec<Measur
         .zip([xdplb, kube_proxy])
         .map(|(path, samples)| {
             let values = values(samples);
-            let detail = format!("{how}: {}", list(&values));
+            let detail = match figure {
+                Figure::Throughput => format!("{how}: {}; {}", list(&values), cpu_load(samples)),
+                Figure::OwnerPackets => {
+                    format!("{how}: {}; {}", list(&values), xdp_tx_drops(samples))
+                }
+                Figure::OwnerBytes => format!("{how}: {}", list(&values)),
+            };
             let name = format!("{}: {path}", figure.name());
             Measurement::new(GROUP, &name, median(&values), figure.unit(), &detail)
         })
@@ -331,4 +373,24 @@ fn report(figure: Figure, xdplb: &[Sample], kube_proxy: &[Sample]) -> Vec<Measur
         &detail,
     )));
     measurements
+}
+
+/// How busy each CPU was during the transfers, averaged over `samples`: on this small
+/// machine the transfers' own processes and every softirq hop share the cores.
+fn cpu_load(samples: &[Sample]) -> String {
+    let cpus = samples.first().map_or(0, |sample| sample.cpu_busy.len());
+    let load: Vec<String> = (0..cpus)
+        .map(|cpu| {
+            let total: f64 = samples.iter().map(|sample| sample.cpu_busy[cpu]).sum();
+            format!("CPU{cpu} {:.0}% busy", total / samples.len() as f64)
+        })
+        .collect();
+    load.join(", ")
+}
+
+/// The owner's `XDP_TX` frames its veth dropped, in all `samples`: packets the switch
+/// port never carried (their TCP senders retransmit).
+fn xdp_tx_drops(samples: &[Sample]) -> String {
+    let dropped: u64 = samples.iter().map(|sample| sample.xdp_tx_dropped).sum();
+    format!("{dropped} XDP_TX frames dropped by the owner's veth (bridge port ring full)")
 }

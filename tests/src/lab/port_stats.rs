@@ -5,7 +5,7 @@
 
 use anyhow::Context as _;
 
-use super::{Lab, Node};
+use super::{LAN_IFACE, Lab, Node};
 
 /// Bytes and packets through one switch port, both directions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,5 +75,25 @@ impl Lab {
             to_node_bytes,
             to_node_packets,
         })
+    }
+}
+
+impl Node {
+    /// Frames the node's XDP program sent with `XDP_TX` that its LAN veth dropped
+    /// because the bridge port's XDP ring was full (`ethtool -S`,
+    /// `rx_queue_*_xdp_tx_errors`): they never reach the switch port's counters.
+    pub fn xdp_tx_errors(&self) -> anyhow::Result<u64> {
+        let stats = self.netns.run(&format!("ethtool -S {LAN_IFACE}"))?;
+        stats
+            .lines()
+            .filter_map(|line| line.trim().split_once(':'))
+            .filter(|(name, _)| name.ends_with("_xdp_tx_errors"))
+            .map(|(name, value)| {
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("{name} of {}: {value:?}", self.name))
+            })
+            .sum()
     }
 }
