@@ -45,7 +45,7 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
 const PATHS: [Path; 2] = [Path::Xdplb, Path::KubeProxy];
 /// The targets: the xdplb owner carries at most this share of the kube-proxy
 /// owner's bytes, at no less throughput.
-const OWNER_BYTES_TARGET: f64 = 0.05;
+pub const OWNER_BYTES_TARGET: f64 = 0.05;
 const THROUGHPUT_TARGET: f64 = 1.0;
 
 pub fn run() -> anyhow::Result<Vec<Measurement>> {
@@ -55,6 +55,34 @@ pub fn run() -> anyhow::Result<Vec<Measurement>> {
         lab::dump_log_tails(bench.paths.scratch(), |_| 30);
     }
     outcome
+}
+
+/// What each path's owner carried per MiB delivered, in bytes, from one sample each.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerBytesPerMib {
+    pub xdplb: f64,
+    pub kube_proxy: f64,
+}
+
+/// One untimed sample over each path with every check of the bench: the privileged
+/// tier's smoke test of this part. Bytes per MiB are a property of the paths (where
+/// replies go), not of the machine's speed, so the test may hold them to the target.
+pub fn smoke() -> anyhow::Result<OwnerBytesPerMib> {
+    let bench = Bench::start()?;
+    let outcome = PATHS.map(|path| {
+        bench
+            .sample(path)
+            .with_context(|| format!("over {path}"))
+            .map(|sample| Figure::OwnerBytes.of(&sample))
+    });
+    if outcome.iter().any(Result::is_err) {
+        lab::dump_log_tails(bench.paths.scratch(), |_| 30);
+    }
+    let [xdplb, kube_proxy] = outcome;
+    Ok(OwnerBytesPerMib {
+        xdplb: xdplb?,
+        kube_proxy: kube_proxy?,
+    })
 }
 
 /// One sample: what the clients received, in how long, and what the owner's port
