@@ -4,10 +4,12 @@
 //! values are reported, never asserted.
 
 pub mod control_plane;
+pub mod dsr;
 pub mod failover;
 pub mod forwarding;
 pub mod maglev_quality;
 pub mod owner;
+mod paths_lab;
 pub mod program;
 
 pub use bench_measurement::Measurement;
@@ -37,6 +39,19 @@ pub(crate) fn rule_packets(
                 .ok_or_else(|| anyhow::anyhow!("no packet count in {line:?}"))
         })
         .sum()
+}
+
+/// `values` as `[a, b, c]`, each with as many decimals as its size needs.
+pub(crate) fn list(values: &[f64]) -> String {
+    let shown: Vec<String> = values
+        .iter()
+        .map(|value| match value.abs() {
+            a if a >= 100.0 => format!("{value:.0}"),
+            a if a >= 1.0 => format!("{value:.2}"),
+            _ => format!("{value:.4}"),
+        })
+        .collect();
+    format!("[{}]", shown.join(", "))
 }
 
 /// The median of `values` (the mean of the middle two for an even count); NaN when empty.

@@ -50,6 +50,7 @@ mod flood;
 pub mod load;
 mod partition;
 mod pinned;
+mod port_stats;
 mod port_xdp;
 mod probe;
 mod services;
@@ -79,6 +80,7 @@ pub use self::{
     flood::{Flood, FloodReport, syn_flood},
     partition::Partition,
     pinned::{entries, node_table_members},
+    port_stats::PortStats,
     probe::{
         Attempt, EchoReport, Pace, Requests, echo_during, requests_during, requests_during_at_most,
     },

@@ -37,8 +37,8 @@ const LEAD_GROUPS: [&str; 2] = ["owner", "dsr"];
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Run only this part (program, owner, maglev, control-plane, forwarding, failover) and
-    /// print its table without writing any file.
+    /// Run only this part (program, owner, maglev, control-plane, forwarding, dsr,
+    /// failover) and print its table without writing any file.
     #[arg(long, value_name = "NAME")]
     part: Option<String>,
 }

@@ -8,12 +8,13 @@ use testbed::bench::{self, Measurement};
 
 type Part = fn() -> anyhow::Result<Vec<Measurement>>;
 
-const PARTS: [(&str, Part); 6] = [
+const PARTS: [(&str, Part); 7] = [
     ("program", bench::program::run),
     ("owner", bench::owner::run),
     ("maglev", bench::maglev_quality::run),
     ("control-plane", bench::control_plane::run),
     ("forwarding", bench::forwarding::run),
+    ("dsr", bench::dsr::run),
     ("failover", bench::failover::run),
 ];
 

@@ -15,6 +15,7 @@ mod agent_maps;
 mod agent_restart;
 mod arp;
 mod containers;
+mod dsr_bench;
 mod e2e_dsr;
 mod failover;
 mod faults;
