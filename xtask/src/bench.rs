@@ -12,6 +12,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
@@ -51,6 +52,15 @@ struct Machine {
     cpu: String,
     cores: usize,
     commit: String,
+    took: Took,
+}
+
+/// How long the run took, in minutes: measuring alone, and with setup and the release
+/// build before it.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Took {
+    measuring_min: f64,
+    total_min: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,14 +71,21 @@ struct Results<'a> {
 }
 
 pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
+    let started = Instant::now();
     setup::run()?;
     cmd::run(
         Command::new("cargo")
             .args(["build", "--release", "--bins"])
             .current_dir(root),
     )?;
+    let built = Instant::now();
     let measurements = measure(root, options.part.as_deref())?;
-    let machine = machine(root)?;
+    let minutes = |from: Instant| from.elapsed().as_secs_f64() / 60.0;
+    let took = Took {
+        measuring_min: minutes(built),
+        total_min: minutes(started),
+    };
+    let machine = machine(root, took)?;
     if options.part.is_none() {
         write_files(root, &machine, &measurements)?;
     }
@@ -94,7 +111,7 @@ fn measure(root: &Path, part: Option<&str>) -> anyhow::Result<Vec<Measurement>> 
     serde_json::from_slice(&output.stdout).context("parsing the bench program's JSON")
 }
 
-fn machine(root: &Path) -> anyhow::Result<Machine> {
+fn machine(root: &Path, took: Took) -> anyhow::Result<Machine> {
     let text = |program: &str, args: &[&str]| -> anyhow::Result<String> {
         let output = Command::new(program)
             .args(args)
@@ -118,6 +135,7 @@ fn machine(root: &Path) -> anyhow::Result<Machine> {
         cpu,
         cores: std::thread::available_parallelism().map_or(0, usize::from),
         commit: text("git", &["rev-parse", "--short", "HEAD"])?,
+        took,
     })
 }
 
@@ -160,8 +178,15 @@ fn write(path: &PathBuf, text: &str) -> anyhow::Result<()> {
 
 fn machine_line(machine: &Machine) -> String {
     format!(
-        "{}, Linux {}, {} ({} cores), commit {}",
-        machine.date, machine.kernel, machine.cpu, machine.cores, machine.commit
+        "{}, Linux {}, {} ({} cores), commit {}; the run took {:.1} min ({:.1} with setup \
+         and the release build)",
+        machine.date,
+        machine.kernel,
+        machine.cpu,
+        machine.cores,
+        machine.commit,
+        machine.took.measuring_min,
+        machine.took.total_min
     )
 }
 
@@ -336,6 +361,10 @@ mod tests {
             cpu: "test CPU".into(),
             cores: 2,
             commit: "abc1234".into(),
+            took: Took {
+                measuring_min: 12.5,
+                total_min: 14.0,
+            },
         };
         let missed = Measurement::new("program", "flow hit / minimal TX", 12.7, "x", "per call")
             .at_most(3.0, "<= 3x");
@@ -386,6 +415,10 @@ mod tests {
             cpu: "test CPU".into(),
             cores: 2,
             commit: "abc1234".into(),
+            took: Took {
+                measuring_min: 12.5,
+                total_min: 14.0,
+            },
         };
         let row = |group: &str, name: &str| {
             Measurement::new(group, name, 1.0, "x", "how").at_least(1.0, ">= 1x")
