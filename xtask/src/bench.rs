@@ -342,6 +342,20 @@ fn tables(machine: &Machine, measurements: &[Measurement]) -> String {
 mod tests {
     use super::*;
 
+    fn test_machine() -> Machine {
+        Machine {
+            date: "2026-12-07 00:00 UTC".into(),
+            kernel: "6.18".into(),
+            cpu: "test CPU".into(),
+            cores: 2,
+            commit: "abc1234".into(),
+            took: Took {
+                measuring_min: 12.5,
+                total_min: 14.0,
+            },
+        }
+    }
+
     #[test]
     fn the_summary_replaces_only_the_marked_block() {
         let readme = format!("# x\n\nintro\n{README_BEGIN}\nold\n{README_END}\n\nrest\n");
@@ -355,17 +369,7 @@ mod tests {
 
     #[test]
     fn both_documents_explain_the_missed_targets_after_their_figures() {
-        let machine = Machine {
-            date: "2026-11-22 00:00 UTC".into(),
-            kernel: "6.18".into(),
-            cpu: "test CPU".into(),
-            cores: 2,
-            commit: "abc1234".into(),
-            took: Took {
-                measuring_min: 12.5,
-                total_min: 14.0,
-            },
-        };
+        let machine = test_machine();
         let missed = Measurement::new("program", "flow hit / minimal TX", 12.7, "x", "per call")
             .at_most(3.0, "<= 3x");
         let limits = "\n- **Flow hit.** Two hash lookups.\n";
@@ -409,17 +413,7 @@ mod tests {
 
     #[test]
     fn owner_capacity_and_dsr_lead_both_documents() {
-        let machine = Machine {
-            date: "2026-12-07 00:00 UTC".into(),
-            kernel: "6.18".into(),
-            cpu: "test CPU".into(),
-            cores: 2,
-            commit: "abc1234".into(),
-            took: Took {
-                measuring_min: 12.5,
-                total_min: 14.0,
-            },
-        };
+        let machine = test_machine();
         let row = |group: &str, name: &str| {
             Measurement::new(group, name, 1.0, "x", "how").at_least(1.0, ">= 1x")
         };

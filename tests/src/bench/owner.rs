@@ -49,7 +49,7 @@ use anyhow::{Context as _, Result, ensure};
 use lb_common::{reasons, types::BenchGenSettings};
 
 use self::rig::{Arrivals, Circulation, OwnerProgram, POD, Rig, TARGET_PORT, VIP};
-use super::{Measurement, median, rule_packets};
+use super::{Measurement, list, median, rule_packets};
 use crate::cpu::OnOneCpu;
 
 const GROUP: &str = "owner";
@@ -461,57 +461,48 @@ fn owner_rows(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> [Measurement
     [cost_row, capacity_row]
 }
 
+/// Per round, the owner's cost on `numerator` over its cost on `denominator`.
+fn cost_ratio(
+    samples: &BTreeMap<Path, Vec<Sample>>,
+    numerator: Path,
+    denominator: Path,
+) -> Vec<f64> {
+    owner_cost(samples, numerator)
+        .iter()
+        .zip(owner_cost(samples, denominator))
+        .map(|(top, bottom)| top / bottom)
+        .collect()
+}
+
+fn ratio_row(name: &str, what: &str, per_round: &[f64]) -> Measurement {
+    let detail = format!("{what}, per-round ratios {}", list(per_round));
+    Measurement::new(GROUP, name, median(per_round), "x", &detail)
+}
+
 /// What one owner core forwards on `path` over what it forwards for kube-proxy.
 fn versus_kube_proxy(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Measurement {
-    let per_round: Vec<f64> = owner_cost(samples, Path::KubeProxy)
-        .iter()
-        .zip(owner_cost(samples, path))
-        .map(|(theirs, ours)| theirs / ours)
-        .collect();
-    let detail = format!("owner Mpps per core, per-round ratios {}", list(&per_round));
-    let row = Measurement::new(
-        GROUP,
+    let row = ratio_row(
         &format!("{path} / kube-proxy (owner Mpps per core)"),
-        median(&per_round),
-        "x",
-        &detail,
+        "owner Mpps per core",
+        &cost_ratio(samples, Path::KubeProxy, path),
     );
-    if path == Path::FlowHit {
-        row.at_least(
-            FLOW_HIT_VS_KUBE_PROXY,
-            &format!(">= {FLOW_HIT_VS_KUBE_PROXY}x kube-proxy"),
-        )
-    } else {
-        row
+    if path != Path::FlowHit {
+        return row;
     }
+    let target = format!(">= {FLOW_HIT_VS_KUBE_PROXY}x kube-proxy");
+    row.at_least(FLOW_HIT_VS_KUBE_PROXY, &target)
 }
 
 /// The owner's cost on `path` over the reflector's.
 fn versus_reflector(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Measurement {
-    let per_round: Vec<f64> = owner_cost(samples, path)
-        .iter()
-        .zip(owner_cost(samples, Path::Reflector))
-        .map(|(ours, reflector)| ours / reflector)
-        .collect();
-    let detail = format!("owner ns/packet, per-round ratios {}", list(&per_round));
-    let row = Measurement::new(
-        GROUP,
+    let row = ratio_row(
         &format!("{path}: owner cost / reflector's"),
-        median(&per_round),
-        "x",
-        &detail,
+        "owner ns/packet",
+        &cost_ratio(samples, path, Path::Reflector),
     );
-    if path == Path::FlowHit {
-        row.at_most(
-            OWNER_COST_VS_REFLECTOR,
-            &format!("<= {OWNER_COST_VS_REFLECTOR}x the reflector's"),
-        )
-    } else {
-        row
+    if path != Path::FlowHit {
+        return row;
     }
-}
-
-fn list(values: &[f64]) -> String {
-    let shown: Vec<String> = values.iter().map(|value| format!("{value:.2}")).collect();
-    format!("[{}]", shown.join(", "))
+    let target = format!("<= {OWNER_COST_VS_REFLECTOR}x the reflector's");
+    row.at_most(OWNER_COST_VS_REFLECTOR, &target)
 }
