@@ -138,6 +138,10 @@ pub enum Reject {
     Forged,
     #[error("replayed or stale")]
     Replayed,
+    /// The header's protocol version is one this agent cannot read: a peer of a release
+    /// more than one ahead (or a broken one), not a forgery.
+    #[error("protocol version {0}, this agent reads {VERSION}")]
+    Version(u8),
 }
 
 /// Signs outgoing datagrams as one sender during one boot epoch.
@@ -262,11 +266,18 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 }
 
 fn parse(datagram: &[u8]) -> Result<Header<'_>, Reject> {
+    // Magic and version first: another version's header may be laid out otherwise.
+    let (Some(magic), Some(&version)) = (datagram.get(..2), datagram.get(2)) else {
+        return Err(Reject::Truncated);
+    };
+    if magic != MAGIC {
+        return Err(Reject::Malformed);
+    }
+    if version != VERSION {
+        return Err(Reject::Version(version));
+    }
     if datagram.len() < MIN_DATAGRAM_LEN {
         return Err(Reject::Truncated);
-    }
-    if datagram[..2] != MAGIC || datagram[2] != VERSION {
-        return Err(Reject::Malformed);
     }
     let name_len = usize::from(datagram[FIXED_HEADER_LEN - 1]);
     if name_len == 0 {
@@ -422,9 +433,16 @@ mod tests {
         let mut bad_magic = datagram.clone();
         bad_magic[0] = b'Y';
         assert_eq!(opener.open(&bad_magic), Err(Reject::Malformed));
-        let mut bad_version = datagram.clone();
-        bad_version[2] = 9;
-        assert_eq!(opener.open(&bad_version), Err(Reject::Malformed));
+        let mut next_version = datagram.clone();
+        next_version[2] = VERSION + 1;
+        assert_eq!(
+            opener.open(&next_version),
+            Err(Reject::Version(VERSION + 1))
+        );
+        assert_eq!(
+            opener.open(&next_version[..3]),
+            Err(Reject::Version(VERSION + 1))
+        );
         let mut long_name = datagram;
         long_name[FIXED_HEADER_LEN - 1] = 200;
         assert_eq!(opener.open(&long_name), Err(Reject::Truncated));

@@ -22,7 +22,7 @@ use tokio::{
 
 use super::{
     Counters, Liveness, MemberView, MembershipError, Peer, Settings, Timing, View,
-    auth::{self, Opener, Sealer},
+    auth::{self, Opener, Reject, Sealer},
     boot_epoch,
     identity::Identity,
 };
@@ -228,8 +228,13 @@ impl Driver {
         let opened = match self.opener.open(datagram) {
             Ok(opened) => opened,
             Err(reject) => {
-                self.counters.rejected(reject);
-                tracing::debug!(%from, %reject, "dropped gossip datagram");
+                let before = self.counters.rejected(reject);
+                // An unreadable version means a peer too far ahead: say so once, loudly.
+                if matches!(reject, Reject::Version(_)) && before == 0 {
+                    tracing::warn!(%from, %reject, "dropped gossip datagram of another protocol version; upgrade or roll back that node so every node runs this release or the next");
+                } else {
+                    tracing::debug!(%from, %reject, "dropped gossip datagram");
+                }
                 return;
             }
         };

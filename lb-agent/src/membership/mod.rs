@@ -40,6 +40,8 @@
 //! one.
 
 pub mod auth;
+#[cfg(test)]
+mod compat;
 mod driver;
 mod identity;
 #[cfg(test)]
@@ -224,6 +226,8 @@ pub struct Counters {
     pub wrong_key: AtomicU64,
     pub forged: AtomicU64,
     pub replayed: AtomicU64,
+    /// A protocol version this agent cannot read.
+    pub version: AtomicU64,
     /// Authenticated, but from a name that is not a peer, from another address than the
     /// peer's, or claiming another identity inside.
     pub unknown_sender: AtomicU64,
@@ -236,18 +240,21 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn rejected(&self, reject: Reject) {
-        Self::bump(match reject {
+    /// Counts a refused datagram under its reason; returns that reason's count before.
+    fn rejected(&self, reject: Reject) -> u64 {
+        let counter = match reject {
             Reject::Truncated => &self.truncated,
             Reject::Malformed => &self.malformed,
             Reject::WrongKey => &self.wrong_key,
             Reject::Forged => &self.forged,
             Reject::Replayed => &self.replayed,
-        });
+            Reject::Version(_) => &self.version,
+        };
+        counter.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Dropped datagrams per reason label, for the metrics.
-    pub fn dropped(&self) -> [(&'static str, u64); 7] {
+    pub fn dropped(&self) -> [(&'static str, u64); 8] {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         [
             ("truncated", load(&self.truncated)),
@@ -255,6 +262,7 @@ impl Counters {
             ("wrong_key", load(&self.wrong_key)),
             ("forged", load(&self.forged)),
             ("replayed", load(&self.replayed)),
+            ("version", load(&self.version)),
             ("unknown_sender", load(&self.unknown_sender)),
             ("protocol_error", load(&self.protocol_errors)),
         ]

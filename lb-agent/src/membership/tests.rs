@@ -385,7 +385,7 @@ async fn a_member_with_another_key_never_joins_and_is_counted() {
 }
 
 #[tokio::test]
-async fn forged_truncated_replayed_and_unknown_datagrams_are_dropped_and_counted() {
+async fn bad_and_unreadable_datagrams_are_dropped_and_counted_by_reason() {
     // node1 lists node2 as a peer; this test plays node2 with a raw socket.
     let member = Membership::start(settings(6, 1, 2, key(1)))
         .await
@@ -398,6 +398,9 @@ async fn forged_truncated_replayed_and_unknown_datagrams_are_dropped_and_counted
     let last = forged.len() - 1;
     forged[last] ^= 0xff;
     let mut stranger = auth::Sealer::new(key(1), "node7", 1);
+    // A release two ahead: the same header layout with another version byte.
+    let mut next_version = auth::Sealer::new(key(1), "node2", boot_epoch()).seal(b"x");
+    next_version[2] += 1;
     let datagrams = [
         &genuine[..],
         &genuine[..],
@@ -405,6 +408,7 @@ async fn forged_truncated_replayed_and_unknown_datagrams_are_dropped_and_counted
         &genuine[..10],
         &auth::Sealer::new(key(3), "node2", 1).seal(b"x")[..],
         &stranger.seal(b"x")[..],
+        &next_version[..],
     ];
     for datagram in datagrams {
         impostor.send_to(datagram, target).await.expect("send");
@@ -416,6 +420,8 @@ async fn forged_truncated_replayed_and_unknown_datagrams_are_dropped_and_counted
         ("forged", 1),
         ("truncated", 1),
         ("wrong_key", 1),
+        ("version", 1),
+        ("malformed", 0),
     ];
     let deadline = Instant::now() + PATIENCE;
     loop {
