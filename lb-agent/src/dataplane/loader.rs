@@ -7,10 +7,13 @@
 //! maps/<MAP>                 every map of lb_common::maps
 //! links/<interface>/xdp-native  (or xdp-generic)   the XDP program's link
 //! links/<interface>/tc       the TC egress program's link (TCX)
+//! retired/<MAP>              only while a resized map's entries are carried over
 //! ```
 //!
 //! * [`load_pinned`] creates the maps, or reuses the pinned ones, after checking that they have
-//!   the sizes this configuration and version need (maps cannot be resized in place).
+//!   the key and value sizes this version needs. A pinned map of another capacity than
+//!   configured is replaced by a new one holding its entries ([`super::resize`]): maps
+//!   cannot be resized in place.
 //! * [`attach`] attaches both programs and pins their links, or, when links are pinned
 //!   already, swaps the new programs into them with `BPF_LINK_UPDATE`: the interface
 //!   never runs without a program.
@@ -29,8 +32,8 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::MapInfo,
+    Ebpf, EbpfLoader, Pod,
+    maps::{MapData, MapError, MapInfo},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -47,6 +50,7 @@ use lb_common::{
     },
 };
 
+use super::resize::{self, Copier, Kind};
 use crate::model::capacities::Capacities;
 
 /// The object built by `build.rs` from `lb-ebpf`.
@@ -78,6 +82,14 @@ pub enum LoadError {
     },
     #[error("BPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
+    #[error("BPF map {name} is missing from the object")]
+    MissingMap { name: &'static str },
+    #[error("carrying the entries of the pinned map {map} into its resized map: {source}")]
+    Carry {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("BPF program {name}'s link: {source}")]
     Link {
         name: &'static str,
@@ -110,15 +122,23 @@ struct MapSpec {
     max_entries: u32,
     /// The configuration key that sets `max_entries`, if one does.
     setting: Option<&'static str>,
+    /// Copies a pinned map of another capacity into this one.
+    copy: Copier,
 }
 
-fn spec<K, V>(name: &'static str, max_entries: u32, setting: Option<&'static str>) -> MapSpec {
+fn spec<K: Pod, V: Pod>(
+    name: &'static str,
+    kind: Kind,
+    max_entries: u32,
+    setting: Option<&'static str>,
+) -> MapSpec {
     MapSpec {
         name,
         key_size: size_of::<K>(),
         value_size: size_of::<V>(),
         max_entries,
         setting,
+        copy: resize::copier::<K, V>(kind),
     }
 }
 
@@ -128,44 +148,80 @@ fn map_specs(capacities: &Capacities) -> [MapSpec; 16] {
     [
         spec::<ServiceKey, ServiceValue>(
             names::SERVICES,
+            Kind::Hash,
             capacities.service_ports,
             Some("capacities.servicePorts"),
         ),
-        spec::<u32, VipValue>(names::VIPS, capacities.vips, Some("capacities.vips")),
-        spec::<u32, u32>(names::VIP_FILTER, names::VIP_FILTER_SLOTS, None),
-        spec::<u32, NodeRing>(names::NODE_RINGS, ring_slots, Some("capacities.services")),
-        spec::<u32, PodRing>(names::POD_RINGS, ring_slots, Some("capacities.services")),
+        spec::<u32, VipValue>(
+            names::VIPS,
+            Kind::Hash,
+            capacities.vips,
+            Some("capacities.vips"),
+        ),
+        spec::<u32, u32>(
+            names::VIP_FILTER,
+            Kind::Array,
+            names::VIP_FILTER_SLOTS,
+            None,
+        ),
+        spec::<u32, NodeRing>(
+            names::NODE_RINGS,
+            Kind::Array,
+            ring_slots,
+            Some("capacities.services"),
+        ),
+        spec::<u32, PodRing>(
+            names::POD_RINGS,
+            Kind::Array,
+            ring_slots,
+            Some("capacities.services"),
+        ),
         spec::<u32, BackendValue>(
             names::BACKENDS,
+            Kind::Hash,
             capacities.backends,
             Some("capacities.backends"),
         ),
         spec::<u32, u32>(
             names::BACKEND_SLOTS,
+            Kind::Array,
             capacities.backends,
             Some("capacities.backends"),
         ),
         spec::<u32, NextHop>(
             names::NEXT_HOPS,
+            Kind::PerCpuArray,
             capacities.backends,
             Some("capacities.backends"),
         ),
-        spec::<u32, PeerValue>(names::PEERS, names::MAX_PEERS, None),
-        spec::<FlowKey, FlowValue>(names::FLOWS, capacities.flows, Some("capacities.flows")),
+        spec::<u32, PeerValue>(names::PEERS, Kind::Hash, names::MAX_PEERS, None),
+        spec::<FlowKey, FlowValue>(
+            names::FLOWS,
+            Kind::Hash,
+            capacities.flows,
+            Some("capacities.flows"),
+        ),
         spec::<ReplyKey, ReplyValue>(
             names::REPLY_FLOWS,
+            Kind::Hash,
             capacities.reply_flows,
             Some("capacities.replyFlows"),
         ),
-        spec::<u32, DataplaneConfig>(names::CONFIG, 1, None),
-        spec::<u32, u64>(names::REASON_STATS, reasons::COUNT, None),
-        spec::<u32, VipStats>(names::VIP_STATS, capacities.vips, Some("capacities.vips")),
+        spec::<u32, DataplaneConfig>(names::CONFIG, Kind::Array, 1, None),
+        spec::<u32, u64>(names::REASON_STATS, Kind::PerCpuArray, reasons::COUNT, None),
+        spec::<u32, VipStats>(
+            names::VIP_STATS,
+            Kind::PerCpuArray,
+            capacities.vips,
+            Some("capacities.vips"),
+        ),
         spec::<u32, BackendStats>(
             names::BACKEND_STATS,
+            Kind::PerCpuArray,
             capacities.backends,
             Some("capacities.backends"),
         ),
-        spec::<u32, RateState>(names::ICMP_RATE, 1, None),
+        spec::<u32, RateState>(names::ICMP_RATE, Kind::PerCpuArray, 1, None),
     ]
 }
 
@@ -190,6 +246,16 @@ impl PinDir {
 
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps().join(name)
+    }
+
+    /// Where a map's previous pin waits while its entries move into a resized map (the
+    /// BPF filesystem refuses names with a dot, so a directory of its own).
+    fn retired(&self) -> PathBuf {
+        self.root.join("retired")
+    }
+
+    fn retired_map(&self, name: &str) -> PathBuf {
+        self.retired().join(name)
     }
 
     fn links(&self) -> PathBuf {
@@ -290,10 +356,19 @@ fn prepare(pins: &PinDir) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Refuses pinned maps this configuration or version cannot use; returns how many maps
-/// are pinned already.
-fn check_pinned(pins: &PinDir, specs: &[MapSpec]) -> Result<usize, LoadError> {
-    let mut pinned = 0;
+/// The pinned maps this agent can use: how many fit as they are, and which hold another
+/// capacity (their entries are carried into maps of the configured one).
+struct Pinned<'a> {
+    fitting: usize,
+    resized: Vec<&'a MapSpec>,
+}
+
+/// Refuses pinned maps this version cannot use (another key or value layout).
+fn check_pinned<'a>(pins: &PinDir, specs: &'a [MapSpec]) -> Result<Pinned<'a>, LoadError> {
+    let mut pinned = Pinned {
+        fitting: 0,
+        resized: Vec::new(),
+    };
     for spec in specs {
         let path = pins.map(spec.name);
         if !path.exists() {
@@ -317,19 +392,84 @@ fn check_pinned(pins: &PinDir, specs: &[MapSpec]) -> Result<usize, LoadError> {
                 spec.value_size
             )));
         }
-        if info.max_entries() != spec.max_entries {
+        if info.max_entries() == spec.max_entries {
+            pinned.fitting += 1;
+        } else {
             let setting = spec
                 .setting
                 .map_or(String::new(), |setting| format!(" ({setting})"));
-            return Err(incompatible(format!(
-                "holds {} entries; the configuration asks for {}{setting}",
-                info.max_entries(),
-                spec.max_entries
-            )));
+            tracing::info!(
+                map = spec.name,
+                pinned = info.max_entries(),
+                configured = spec.max_entries,
+                "the pinned map holds another capacity than configured{setting}; its entries move into a new map"
+            );
+            pinned.resized.push(spec);
         }
-        pinned += 1;
     }
     Ok(pinned)
+}
+
+/// Moves the pin of a map about to be replaced aside, to be carried once the new map
+/// exists (pinned again under `retired/`, then unpinned: the BPF filesystem refuses
+/// renames). A retired pin left by an interrupted start is the one to carry:
+/// the pin beside it holds at most a partial copy and goes.
+fn retire(pins: &PinDir, spec: &MapSpec) -> Result<(), LoadError> {
+    let (current, retired) = (pins.map(spec.name), pins.retired_map(spec.name));
+    if !retired.exists() {
+        if let Some(dir) = retired.parent() {
+            fs::create_dir_all(dir).map_err(pins_error(dir))?;
+        }
+        let carry_error = |source| LoadError::Carry {
+            map: spec.name,
+            source,
+        };
+        let map = MapData::from_pin(&current).map_err(carry_error)?;
+        map.pin(&retired)
+            .map_err(|error| carry_error(MapError::PinError { name: None, error }))?;
+    }
+    fs::remove_file(&current).map_err(pins_error(&current))
+}
+
+/// Copies every retired map into the loaded map of its name and removes the retired
+/// pin; returns how many maps were carried.
+fn carry_retired(pins: &PinDir, specs: &[MapSpec], ebpf: &mut Ebpf) -> Result<usize, LoadError> {
+    let mut carried_maps = 0;
+    for spec in specs {
+        let retired = pins.retired_map(spec.name);
+        if !retired.exists() {
+            continue;
+        }
+        let carry_error = |source| LoadError::Carry {
+            map: spec.name,
+            source,
+        };
+        let previous = resize::open(&retired).map_err(carry_error)?;
+        let map = ebpf
+            .map_mut(spec.name)
+            .ok_or(LoadError::MissingMap { name: spec.name })?;
+        let carried = (spec.copy)(previous, map).map_err(carry_error)?;
+        tracing::info!(
+            map = spec.name,
+            entries = carried.entries,
+            capacity = spec.max_entries,
+            "carried the pinned map's entries into a map of the configured capacity"
+        );
+        if carried.left_out > 0 {
+            tracing::warn!(
+                map = spec.name,
+                left_out = carried.left_out,
+                "the smaller map had no room for every entry"
+            );
+        }
+        fs::remove_file(&retired).map_err(pins_error(&retired))?;
+        carried_maps += 1;
+    }
+    if carried_maps > 0 {
+        // Empty now; a failure here only leaves an empty directory.
+        let _ = fs::remove_dir(pins.retired());
+    }
+    Ok(carried_maps)
 }
 
 /// A loaded object, and whether its maps were adopted from a previous agent.
@@ -344,7 +484,10 @@ pub struct Loaded {
 pub fn load_pinned(capacities: &Capacities, pins: &PinDir) -> Result<Loaded, LoadError> {
     prepare(pins)?;
     let specs = map_specs(capacities);
-    let adopted_maps = check_pinned(pins, &specs)?;
+    let pinned = check_pinned(pins, &specs)?;
+    for spec in &pinned.resized {
+        retire(pins, spec)?;
+    }
     let paths: Vec<(&'static str, PathBuf)> = specs
         .iter()
         .map(|spec| (spec.name, pins.map(spec.name)))
@@ -353,8 +496,12 @@ pub fn load_pinned(capacities: &Capacities, pins: &PinDir) -> Result<Loaded, Loa
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let ebpf = load_programs(loader)?;
-    Ok(Loaded { ebpf, adopted_maps })
+    let mut ebpf = load_programs(loader)?;
+    let carried = carry_retired(pins, &specs, &mut ebpf)?;
+    Ok(Loaded {
+        ebpf,
+        adopted_maps: pinned.fitting + carried,
+    })
 }
 
 /// Loads the object with `capacities`, without pinning anything (the maps live as long
@@ -588,11 +735,19 @@ pub struct Removed {
 pub fn cleanup(pins: &PinDir) -> Result<Removed, LoadError> {
     let links = remove_links(pins, |_| true)?;
     let mut maps = 0;
-    for map in entries(&pins.maps())? {
+    for map in entries(&pins.maps())?
+        .into_iter()
+        .chain(entries(&pins.retired())?)
+    {
         fs::remove_file(&map).map_err(pins_error(&map))?;
         maps += 1;
     }
-    for dir in [pins.links(), pins.maps(), pins.root().to_owned()] {
+    for dir in [
+        pins.links(),
+        pins.maps(),
+        pins.retired(),
+        pins.root().to_owned(),
+    ] {
         match fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}

@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod loader;
 pub mod maps;
 pub mod memory;
+mod resize;
 pub mod store;
 pub mod sysctl;
 

@@ -1,7 +1,8 @@
 //! Restart safety of the real `lb-agent` binary in a network namespace: SIGTERM leaves
 //! the programs attached and the maps and links pinned, the next agent adopts them (same
 //! maps, new programs swapped into the same links), SIGKILL leaves them too, a capacity
-//! change is refused, and `lb-agent cleanup` detaches and removes everything.
+//! change moves the resized map's entries (an established flow among them) into a new
+//! map, and `lb-agent cleanup` detaches and removes everything.
 //!
 //! The pins live on a BPF filesystem mounted for this test alone in a temporary
 //! directory: `ip netns exec` remounts /sys for the namespace, so a pin under the host's
@@ -13,6 +14,7 @@
 use std::{
     collections::BTreeMap,
     fs,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, ExitStatus, Stdio},
     thread,
@@ -21,10 +23,13 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use aya::{
-    maps::MapInfo,
+    maps::{HashMap, Map, MapData, MapError, MapInfo},
     programs::{SchedClassifier, tc::TcAttachType},
 };
-use lb_common::maps as names;
+use lb_common::{
+    maps as names,
+    types::{FlowKey, FlowValue},
+};
 use nix::{
     mount::{MntFlags, umount2},
     sys::signal::{Signal, kill},
@@ -276,6 +281,44 @@ api:
             .collect()
     }
 
+    /// The file names under the maps pin directory.
+    fn map_pins(&self) -> anyhow::Result<Vec<String>> {
+        let dir = self.pin_dir().join("maps");
+        fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+            .collect()
+    }
+
+    fn pinned_flows(&self) -> anyhow::Result<HashMap<MapData, FlowKey, FlowValue>> {
+        let path = self.pin_dir().join("maps").join(names::FLOWS);
+        Ok(HashMap::try_from(Map::from_map_data(MapData::from_pin(
+            path,
+        )?)?)?)
+    }
+
+    /// Leaves `map` as an agent interrupted while resizing it would: pinned only under
+    /// `retired/`.
+    fn interrupt_resize(&self, map: &str) -> anyhow::Result<()> {
+        let current = self.pin_dir().join("maps").join(map);
+        let retired = self.pin_dir().join("retired");
+        fs::create_dir_all(&retired)?;
+        MapData::from_pin(&current)?.pin(retired.join(map))?;
+        Ok(fs::remove_file(current)?)
+    }
+
+    fn insert_flow(&self, (key, value): (FlowKey, FlowValue)) -> anyhow::Result<()> {
+        Ok(self.pinned_flows()?.insert(key, value, 0)?)
+    }
+
+    fn flow(&self, key: &FlowKey) -> anyhow::Result<Option<FlowValue>> {
+        match self.pinned_flows()?.get(key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     fn link_pins(&self) -> anyhow::Result<Vec<String>> {
         let dir = self.pin_dir().join("links").join(INTERFACE);
         let mut names: Vec<String> = fs::read_dir(&dir)
@@ -304,6 +347,46 @@ api:
     }
 }
 
+/// Adoption reuses every pinned map but the resized flow table.
+fn ensure_only_flows_replaced(
+    before: &BTreeMap<&'static str, u32>,
+    after: &BTreeMap<&'static str, u32>,
+) -> anyhow::Result<()> {
+    for name in MAPS {
+        let same = after[name] == before[name];
+        ensure!(
+            same == (name != names::FLOWS),
+            "{name}: map {} -> {}",
+            before[name],
+            after[name]
+        );
+    }
+    Ok(())
+}
+
+/// A client's connection to the VIP's port 80, as the data path keys it.
+fn flow_key() -> FlowKey {
+    FlowKey {
+        client: u32::from(Ipv4Addr::new(192, 168, 1, 50)).to_be(),
+        vip: u32::from(Ipv4Addr::new(172, 16, 200, 20)).to_be(),
+        client_port: 40_000u16.to_be(),
+        vip_port: 80u16.to_be(),
+        proto: 6,
+        _pad: 0,
+        _pad2: 0,
+    }
+}
+
+/// The backend node and pod that connection went to.
+fn flow_value() -> FlowValue {
+    FlowValue {
+        node: u32::from(Ipv4Addr::new(10, 0, 0, 12)).to_be(),
+        pod: u32::from(Ipv4Addr::new(10, 42, 1, 5)).to_be(),
+        node_slot: 1,
+        pod_slot: 2,
+    }
+}
+
 fn skip_unless_root(test: &str) -> bool {
     let root = nix::unistd::Uid::effective().is_root();
     if !root {
@@ -313,7 +396,8 @@ fn skip_unless_root(test: &str) -> bool {
 }
 
 #[test]
-fn a_restarted_agent_adopts_the_pinned_data_path_and_cleanup_removes_it() -> anyhow::Result<()> {
+fn a_restarted_agent_adopts_the_pinned_data_path_resizes_maps_and_cleanup_removes_it()
+-> anyhow::Result<()> {
     if skip_unless_root("agent_restart") {
         return Ok(());
     }
@@ -340,18 +424,42 @@ fn a_restarted_agent_adopts_the_pinned_data_path_and_cleanup_removes_it() -> any
     );
     ensure!(setup.map_ids()? == maps, "the pinned maps changed");
 
-    let bigger = setup.config("bigger.yaml", "capacities:\n  flows: 4096\n")?;
-    let mut refused = setup.start(&bigger, "refused")?;
-    let status = refused.wait_exit()?;
-    ensure!(!status.success(), "a capacity change must be refused");
+    // An established connection's entry, then a restart with the flow table doubled:
+    // the entry moves into the new, larger map and everything else stays as it was.
+    let established = (flow_key(), flow_value());
+    setup.insert_flow(established)?;
+    let config = setup.config("doubled.yaml", "capacities:\n  flows: 131072\n")?;
+    let mut resized = setup.start(&config, "resized")?;
+    resized.wait_log("carried the pinned map's entries")?;
+    resized.wait_log("adopted the data path")?;
+    let resized_program = setup.assert_attached()?;
     ensure!(
-        refused.log().contains("FLOWS") && refused.log().contains("lb-agent cleanup"),
-        "unclear refusal:\n{}",
-        refused.log()
+        resized_program != first_program,
+        "the program was not replaced"
     );
-    ensure!(setup.assert_attached()? == first_program);
+    let flows = setup.pin_dir().join("maps").join(names::FLOWS);
+    ensure!(MapInfo::from_pin(&flows)?.max_entries() == 131_072);
+    ensure!(
+        setup.flow(&established.0)? == Some(established.1),
+        "the established flow did not move into the resized map"
+    );
+    let after = setup.map_ids()?;
+    ensure_only_flows_replaced(&maps, &after)?;
+    ensure!(
+        setup.map_pins()?.len() == MAPS.len(),
+        "pins left behind: {:?}",
+        setup.map_pins()?
+    );
+    resized.signal(Signal::SIGTERM)?;
+    ensure!(resized.wait_exit()?.success(), "{}", resized.log());
+    let maps = after;
+    let first_program = resized_program;
 
+    // As if an agent had stopped between moving the flow table's pin aside and carrying
+    // its entries: the next one carries them.
+    setup.interrupt_resize(names::FLOWS)?;
     let mut second = setup.start(&config, "second")?;
+    second.wait_log("carried the pinned map's entries")?;
     second.wait_log("adopted the pinned maps of a previous agent")?;
     second.wait_log("adopted the data path")?;
     second.wait_log("this node now owns the VIP")?;
@@ -361,9 +469,16 @@ fn a_restarted_agent_adopts_the_pinned_data_path_and_cleanup_removes_it() -> any
         "the new agent's program should replace the old one"
     );
     ensure!(
-        setup.map_ids()? == maps,
-        "adoption must reuse the same maps"
+        setup.flow(&established.0)? == Some(established.1),
+        "the interrupted carry lost the established flow"
     );
+    let after = setup.map_ids()?;
+    ensure_only_flows_replaced(&maps, &after)?;
+    ensure!(
+        !setup.pin_dir().join("retired").exists(),
+        "the retired pin stayed"
+    );
+    let maps = after;
 
     second.signal(Signal::SIGKILL)?;
     second.wait_exit()?;

@@ -440,6 +440,57 @@ fn agent_restart_echo_scenario(cluster: &Cluster) -> anyhow::Result<()> {
     judge_echoes(&reports, "owner's agent restarted", restarted)
 }
 
+/// An operator doubles the owner's flow table (`capacities.flows`) and restarts its
+/// agent while long-lived connections run and a client keeps requesting: the pinned
+/// flow table's entries move into the new one, so no connection is reset or stalls
+/// and not one request fails.
+#[test]
+fn doubling_the_owners_flow_table_by_a_restart_keeps_every_connection_and_request()
+-> anyhow::Result<()> {
+    on_cluster(
+        "doubling_the_owners_flow_table_by_a_restart_keeps_every_connection_and_request",
+        Some(echo_service_on_the_owner()),
+        capacity_change_scenario,
+    )
+}
+
+fn capacity_change_scenario(cluster: &Cluster) -> anyhow::Result<()> {
+    let owner = cluster.owner(WEB_VIP)?;
+    cluster.wait_client_settled(WEB_VIP)?;
+    let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
+    let (restarted, reports) = echo_across(cluster, || {
+        let (restarted, requests) =
+            requests_during(&cluster.lab().client, target, Pace::RESTART, || {
+                thread::sleep(Duration::from_millis(500));
+                cluster.stop_agent(&owner, Signal::SIGTERM)?;
+                cluster.append_config(&owner, "capacities:\n  flows: 131072\n")?;
+                cluster.start_agent(&owner)?;
+                cluster.wait_settled()?;
+                let restarted = Instant::now();
+                thread::sleep(Duration::from_secs(1));
+                Ok(restarted)
+            })?;
+        let failures = requests.failures();
+        eprintln!(
+            "FIGURE flow table doubled by a restart: {} requests, {} failed, slowest {} ms",
+            requests.0.len(),
+            failures.len(),
+            requests.slowest().as_millis()
+        );
+        ensure!(failures.is_empty(), "requests failed: {failures:?}");
+        ensure!(
+            cluster.agent_logged(&owner, "carried the pinned map's entries")?,
+            "{owner}'s agent did not carry its flow table over"
+        );
+        Ok(restarted)
+    })?;
+    judge_echoes(
+        &reports,
+        "owner's flow table doubled by a restart",
+        restarted,
+    )
+}
+
 /// An operator restarts the owner's agent (SIGTERM, then start it again) while a client
 /// keeps requesting: not one request may fail.
 #[test]

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use nix::sys::signal::Signal;
 
 use super::{Cluster, Service, shell_quote, spawn_logged, wait_for};
@@ -155,6 +155,23 @@ impl Cluster {
                     .map(drop))
             },
         )
+    }
+
+    /// Appends `yaml` to `node`'s standalone file (an agent run as a process): what its
+    /// agent reads at the next start, e.g. other `capacities`.
+    pub fn append_config(&self, node: &str, yaml: &str) -> anyhow::Result<()> {
+        ensure!(
+            self.containers.is_none() && self.kubernetes.is_none(),
+            "only agents run as processes read the standalone file"
+        );
+        let path = self.config(node);
+        let mut file = fs::OpenOptions::new().append(true).open(&path)?;
+        Ok(file.write_all(yaml.as_bytes())?)
+    }
+
+    /// Whether `node`'s agent has logged `text` (since it last started).
+    pub fn agent_logged(&self, node: &str, text: &str) -> anyhow::Result<bool> {
+        Ok(fs::read_to_string(self.agent_log(node))?.contains(text))
     }
 
     /// Starts the agent on `node` again and waits until it is ready.

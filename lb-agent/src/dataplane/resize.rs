@@ -1,0 +1,94 @@
+//! Carrying a pinned map's entries into a map of another capacity, so a changed
+//! `capacities` setting takes effect with a restart: the established flows (and every
+//! other entry) move into the new map before the new programs replace the old ones.
+//!
+//! The old map is first pinned at `retired/<MAP>` and unpinned at `maps/<MAP>`; the
+//! object then creates the map afresh at `maps/<MAP>`, the entries are copied, and the
+//! retired pin is removed (the old programs keep their map alive until the pinned links
+//! take the new ones). A retired pin found at start is a copy that did not finish: it
+//! is carried again.
+//! Shrinking a hash map copies until it is full (the rest is counted as left out);
+//! shrinking an LRU map keeps the entries copied last, in the kernel's iteration order.
+
+use aya::{
+    Pod,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+};
+
+/// How a map stores its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Hash or LRU hash: keys and values.
+    Hash,
+    /// Array: a value per index.
+    Array,
+    /// Per-CPU array: a value per index and CPU.
+    PerCpuArray,
+}
+
+/// What a copy moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub entries: u64,
+    /// Entries the smaller map had no room for.
+    pub left_out: u64,
+}
+
+/// Copies the entries of the first map into the second, both of one map's types.
+pub(super) type Copier = fn(Map, &mut Map) -> Result<Carried, MapError>;
+
+/// The copier for a map of `kind` with keys `K` (`u32` indexes for arrays) and values `V`.
+pub(super) fn copier<K: Pod, V: Pod>(kind: Kind) -> Copier {
+    match kind {
+        Kind::Hash => copy_hash::<K, V>,
+        Kind::Array => copy_array::<V>,
+        Kind::PerCpuArray => copy_per_cpu_array::<V>,
+    }
+}
+
+/// The previous map, opened from its pin.
+pub(super) fn open(path: &std::path::Path) -> Result<Map, MapError> {
+    Map::from_map_data(MapData::from_pin(path)?)
+}
+
+fn copy_hash<K: Pod, V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapError> {
+    let from: HashMap<MapData, K, V> = HashMap::try_from(from)?;
+    let mut to: HashMap<&mut MapData, K, V> = HashMap::try_from(to)?;
+    let mut carried = Carried::default();
+    for entry in from.iter() {
+        let (key, value) = entry?;
+        match to.insert(key, value, 0) {
+            Ok(()) => carried.entries += 1,
+            // A plain hash map refuses inserts once full (an LRU evicts instead).
+            Err(MapError::SyscallError(_)) => carried.left_out += 1,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(carried)
+}
+
+fn copy_array<V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapError> {
+    let from: Array<MapData, V> = Array::try_from(from)?;
+    let mut to: Array<&mut MapData, V> = Array::try_from(to)?;
+    let kept = from.len().min(to.len());
+    for index in 0..kept {
+        to.set(index, from.get(&index, 0)?, 0)?;
+    }
+    Ok(Carried {
+        entries: u64::from(kept),
+        left_out: u64::from(from.len() - kept),
+    })
+}
+
+fn copy_per_cpu_array<V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapError> {
+    let from: PerCpuArray<MapData, V> = PerCpuArray::try_from(from)?;
+    let mut to: PerCpuArray<&mut MapData, V> = PerCpuArray::try_from(to)?;
+    let kept = from.len().min(to.len());
+    for index in 0..kept {
+        to.set(index, from.get(&index, 0)?, 0)?;
+    }
+    Ok(Carried {
+        entries: u64::from(kept),
+        left_out: u64::from(from.len() - kept),
+    })
+}
