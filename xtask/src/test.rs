@@ -11,7 +11,7 @@ use std::{
 use anyhow::bail;
 use nix::unistd::Uid;
 
-use crate::{cmd, image, layers, setup};
+use crate::{cmd, image, lab::target_dir, layers, setup};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -19,6 +19,11 @@ pub struct Options {
     /// which need root.
     #[arg(long)]
     host_only: bool,
+    /// Also run the upgrade tier: build the previous release from its git tag (once,
+    /// under target/previous-release) and roll the lab's agents back to it and forward
+    /// to this build under load. About 5 minutes more the first time; CI skips it.
+    #[arg(long)]
+    upgrade: bool,
 }
 
 /// Test counts over every `cargo test` run, from libtest's `test result:` lines.
@@ -56,17 +61,22 @@ impl Totals {
 
 type TierFn = fn(&Path, &mut Totals) -> anyhow::Result<()>;
 
-const TIERS: [(&str, TierFn); 6] = [
+const TIERS: [(&str, TierFn); 7] = [
     ("setup", |_, _| setup::run()),
     ("lint", lint),
     ("host", host),
     ("fuzz", fuzz),
     ("privileged", privileged),
     ("container", container),
+    ("upgrade", upgrade),
 ];
 
 /// The tiers that need root.
-const PRIVILEGED_TIERS: [&str; 2] = ["privileged", "container"];
+const PRIVILEGED_TIERS: [&str; 3] = ["privileged", "container", "upgrade"];
+
+/// The release before this build (its git tag, named in CHANGELOG.md): what the upgrade
+/// tier rolls the lab's agents back to and forward from.
+const PREVIOUS_RELEASE: &str = "v0.1.0";
 
 /// The cargo-fuzz targets in fuzz/ (a workspace of its own), each run this long.
 const FUZZ_TARGETS: [&str; 5] = [
@@ -97,6 +107,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         }
         if PRIVILEGED_TIERS.contains(&name) && options.host_only {
             summary.push(format!("{name:<10} skipped (--host-only)"));
+            continue;
+        }
+        if name == "upgrade" && !options.upgrade {
+            summary.push(format!("{name:<10} skipped (pass --upgrade)"));
             continue;
         }
         eprintln!("== tier {name}");
@@ -234,6 +248,66 @@ fn container(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     )
 }
 
+/// The rolling downgrade and upgrade between [`PREVIOUS_RELEASE`] and this build (the
+/// `#[ignore]`d release test of the privileged `restarts` module).
+fn upgrade(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
+    let previous = previous_release_agent(root)?;
+    cargo(root, &["build", "--bins"])?;
+    cargo_test_with(
+        root,
+        totals,
+        &[
+            "test",
+            "-p",
+            "testbed",
+            "--test",
+            "privileged",
+            "--",
+            "--ignored",
+            "restarts::a_rolling_downgrade_and_upgrade_between_releases",
+            "--test-threads=1",
+        ],
+        Command::new("cargo").env("XDPLB_PREVIOUS_AGENT", previous),
+    )
+}
+
+/// [`PREVIOUS_RELEASE`]'s `lb-agent`, built from its git tag under
+/// `target/previous-release` (the sources are extracted once, the build is incremental).
+fn previous_release_agent(root: &Path) -> anyhow::Result<PathBuf> {
+    let base = target_dir(root).join("previous-release");
+    let source = base.join(PREVIOUS_RELEASE);
+    if !source.join("Cargo.toml").exists() {
+        let partial = base.join(format!("{PREVIOUS_RELEASE}.partial"));
+        if partial.exists() {
+            fs::remove_dir_all(&partial)?;
+        }
+        fs::create_dir_all(&partial)?;
+        cmd::run(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "git archive {PREVIOUS_RELEASE} | tar -x -C '{}'",
+                    partial.display()
+                ))
+                .current_dir(root),
+        )
+        .map_err(|error| {
+            error.context(format!(
+                "extracting {PREVIOUS_RELEASE} (is the tag there? `git fetch --tags`)"
+            ))
+        })?;
+        fs::rename(&partial, &source)?;
+    }
+    let build_dir = base.join("target");
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "-p", "lb-agent", "--bin", "lb-agent"])
+            .env("CARGO_TARGET_DIR", &build_dir)
+            .current_dir(&source),
+    )?;
+    Ok(build_dir.join("debug").join("lb-agent"))
+}
+
 fn cargo_test(root: &Path, totals: &mut Totals, args: &[&str]) -> anyhow::Result<()> {
     cargo_test_with(root, totals, args, &mut Command::new("cargo"))
 }
@@ -267,7 +341,21 @@ mod tests {
         time::{Duration, SystemTime},
     };
 
-    use super::{Totals, reproducers};
+    use super::{PREVIOUS_RELEASE, Totals, reproducers, workspace_root};
+
+    #[test]
+    fn the_previous_release_is_the_changelogs_newest() {
+        let changelog =
+            fs::read_to_string(workspace_root().join("CHANGELOG.md")).expect("CHANGELOG.md");
+        let newest = changelog
+            .lines()
+            .find(|line| line.starts_with("## ") && !line.contains("Unreleased"))
+            .expect("a released version");
+        assert!(
+            newest.contains(&format!("tag {PREVIOUS_RELEASE}")),
+            "{newest}"
+        );
+    }
 
     #[test]
     fn reproducers_are_the_artifacts_written_since_the_run_started() {

@@ -2,7 +2,8 @@
 //! the programs attached and the maps and links pinned, the next agent adopts them (same
 //! maps, new programs swapped into the same links), SIGKILL leaves them too, a capacity
 //! change moves the resized map's entries (an established flow among them) into a new
-//! map, and `lb-agent cleanup` detaches and removes everything.
+//! map, a map of another layout is refused without touching the running data path, and
+//! `lb-agent cleanup` detaches and removes everything.
 //!
 //! The pins live on a BPF filesystem mounted for this test alone in a temporary
 //! directory: `ip netns exec` remounts /sys for the namespace, so a pin under the host's
@@ -23,7 +24,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, MapInfo},
+    maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray},
     programs::{SchedClassifier, tc::TcAttachType},
 };
 use lb_common::{
@@ -484,6 +485,23 @@ fn a_restarted_agent_adopts_the_pinned_data_path_resizes_maps_and_cleanup_remove
     second.wait_exit()?;
     ensure!(setup.assert_attached()? == second_program);
     ensure!(setup.map_ids()? == maps);
+
+    // A pinned map of another value layout (as a release with another map layout would
+    // find): refused with the map named, and the running data path left alone.
+    let icmp_rate = setup.pin_dir().join("maps").join(names::ICMP_RATE);
+    fs::remove_file(&icmp_rate)?;
+    PerCpuArray::<MapData, u64>::create(1, 0)?.pin(&icmp_rate)?;
+    let mut refused = setup.start(&config, "refused")?;
+    ensure!(
+        !refused.wait_exit()?.success(),
+        "another layout must be refused"
+    );
+    ensure!(
+        refused.log().contains("ICMP_RATE") && refused.log().contains("8-byte values"),
+        "unclear refusal:\n{}",
+        refused.log()
+    );
+    ensure!(setup.assert_attached()? == second_program);
 
     let cleanup = setup
         .netns

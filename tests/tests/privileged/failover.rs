@@ -1,6 +1,6 @@
 //! VIP ownership on the lab LAN with three agents gossiping: ARP answered by the owner
 //! alone, failover when the owner's node or link goes away, established connections
-//! across a failover, an agent restart under load, and forged or replayed gossip.
+//! across a failover, and forged or replayed gossip (restarts: [`crate::restarts`]).
 //!
 //! Needs root; run with `cargo test -p testbed --test privileged failover:: --
 //! --test-threads=1 --nocapture` to see the measured figures.
@@ -22,7 +22,6 @@ use lb_agent::{
     },
     status::{AgentStatus, MemberState},
 };
-use nix::sys::signal::Signal;
 use testbed::lab::{
     App, ArpFrame, CLIENT_ADDR, Cluster, DNS_VIP, EchoReport, Failure, FaultReport, LAN_IFACE,
     Pace, Service, WEB_VIP, echo_during, mac_text, requests_during,
@@ -34,7 +33,7 @@ const TRIALS: usize = 5;
 /// The bound the issue sets on a failover, as the client sees it.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(1);
 /// Long-lived connections and how often each sends a line.
-const CONNECTIONS: usize = 20;
+pub(crate) const CONNECTIONS: usize = 20;
 const LINE_EVERY: Duration = Duration::from_millis(100);
 /// The longest an established connection may wait for an echo across the failover.
 const STALL_LIMIT: Duration = Duration::from_secs(2);
@@ -42,7 +41,7 @@ const GOSSIP_PORT: u16 = 7947;
 
 /// Runs `scenario` as test `name` on [`NODES`] nodes serving the homelab services and
 /// `extra`.
-fn on_cluster(
+pub(crate) fn on_cluster(
     name: &str,
     extra: Option<Service>,
     scenario: impl FnOnce(&Cluster) -> anyhow::Result<()>,
@@ -317,7 +316,7 @@ fn long_lived_scenario(cluster: &Cluster, failure: Failure) -> anyhow::Result<()
 
 /// [`CONNECTIONS`] echo connections to the web VIP, once the client settled on its owner,
 /// running for a second before `event`, through it and for 3 s after it.
-fn echo_across<T>(
+pub(crate) fn echo_across<T>(
     cluster: &Cluster,
     event: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, Vec<EchoReport>)> {
@@ -338,7 +337,7 @@ fn echo_across<T>(
 }
 
 /// Whether `pod` runs on the node called `node`.
-fn hosted_on(cluster: &Cluster, pod: Ipv4Addr, node: &str) -> bool {
+pub(crate) fn hosted_on(cluster: &Cluster, pod: Ipv4Addr, node: &str) -> bool {
     cluster
         .lab()
         .node_of(pod)
@@ -347,7 +346,11 @@ fn hosted_on(cluster: &Cluster, pod: Ipv4Addr, node: &str) -> bool {
 
 /// Every connection reported, none broke or stalled past [`STALL_LIMIT`], and each kept
 /// echoing after `recovered` (lines go on for 3 s after it, one per 100 ms).
-fn judge_echoes(reports: &[EchoReport], what: &str, recovered: Instant) -> anyhow::Result<()> {
+pub(crate) fn judge_echoes(
+    reports: &[EchoReport],
+    what: &str,
+    recovered: Instant,
+) -> anyhow::Result<()> {
     let mut per_pod: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     let mut problems = Vec::new();
     for report in reports {
@@ -397,187 +400,11 @@ fn judge_echoes(reports: &[EchoReport], what: &str, recovered: Instant) -> anyho
 
 /// The echo service with a pod on the owner's node (10.42.0.8, node1's pod network) and
 /// one elsewhere.
-fn echo_service_on_the_owner() -> Service {
+pub(crate) fn echo_service_on_the_owner() -> Service {
     Service {
         pods: vec![Ipv4Addr::new(10, 42, 0, 8), Ipv4Addr::new(10, 42, 1, 8)],
         ..echo_service()
     }
-}
-
-/// The owner's agent restarts (SIGTERM, then start): its pinned data path and pods keep
-/// serving, so peers must keep its pods in their rings while it hands over, and no
-/// connection to a pod on that node may be re-steered and reset.
-#[test]
-fn connections_to_the_owners_pods_survive_its_agent_restarting() -> anyhow::Result<()> {
-    on_cluster(
-        "connections_to_the_owners_pods_survive_its_agent_restarting",
-        Some(echo_service_on_the_owner()),
-        agent_restart_echo_scenario,
-    )
-}
-
-fn agent_restart_echo_scenario(cluster: &Cluster) -> anyhow::Result<()> {
-    let owner = cluster.owner(WEB_VIP)?;
-    let (restarted, reports) = echo_across(cluster, || {
-        cluster.stop_agent(&owner, Signal::SIGTERM)?;
-        cluster.start_agent(&owner)?;
-        cluster.wait_settled()?;
-        Ok(Instant::now())
-    })?;
-    let on_owner = reports
-        .iter()
-        .filter(|report| {
-            report
-                .pod
-                .is_some_and(|pod| hosted_on(cluster, pod, &owner))
-        })
-        .count();
-    eprintln!("{on_owner} of {CONNECTIONS} connections to pods on the owner {owner}");
-    ensure!(
-        on_owner > 0,
-        "precondition: some connections must reach a pod on the owner {owner}"
-    );
-    judge_echoes(&reports, "owner's agent restarted", restarted)
-}
-
-/// An operator doubles the owner's flow table (`capacities.flows`) and restarts its
-/// agent while long-lived connections run and a client keeps requesting: the pinned
-/// flow table's entries move into the new one, so no connection is reset or stalls
-/// and not one request fails.
-#[test]
-fn doubling_the_owners_flow_table_by_a_restart_keeps_every_connection_and_request()
--> anyhow::Result<()> {
-    on_cluster(
-        "doubling_the_owners_flow_table_by_a_restart_keeps_every_connection_and_request",
-        Some(echo_service_on_the_owner()),
-        capacity_change_scenario,
-    )
-}
-
-fn capacity_change_scenario(cluster: &Cluster) -> anyhow::Result<()> {
-    let owner = cluster.owner(WEB_VIP)?;
-    cluster.wait_client_settled(WEB_VIP)?;
-    let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
-    let (restarted, reports) = echo_across(cluster, || {
-        let (restarted, requests) =
-            requests_during(&cluster.lab().client, target, Pace::RESTART, || {
-                thread::sleep(Duration::from_millis(500));
-                cluster.stop_agent(&owner, Signal::SIGTERM)?;
-                cluster.append_config(&owner, "capacities:\n  flows: 131072\n")?;
-                cluster.start_agent(&owner)?;
-                cluster.wait_settled()?;
-                let restarted = Instant::now();
-                thread::sleep(Duration::from_secs(1));
-                Ok(restarted)
-            })?;
-        let failures = requests.failures();
-        eprintln!(
-            "FIGURE flow table doubled by a restart: {} requests, {} failed, slowest {} ms",
-            requests.0.len(),
-            failures.len(),
-            requests.slowest().as_millis()
-        );
-        ensure!(failures.is_empty(), "requests failed: {failures:?}");
-        ensure!(
-            cluster.agent_logged(&owner, "carried the pinned map's entries")?,
-            "{owner}'s agent did not carry its flow table over"
-        );
-        Ok(restarted)
-    })?;
-    judge_echoes(
-        &reports,
-        "owner's flow table doubled by a restart",
-        restarted,
-    )
-}
-
-/// An operator restarts the owner's agent (SIGTERM, then start it again) while a client
-/// keeps requesting: not one request may fail.
-#[test]
-fn restarting_the_owners_agent_fails_no_request() -> anyhow::Result<()> {
-    on_cluster(
-        "restarting_the_owners_agent_fails_no_request",
-        None,
-        restart_scenario,
-    )
-}
-
-fn restart_scenario(cluster: &Cluster) -> anyhow::Result<()> {
-    let owner = cluster.owner(WEB_VIP)?;
-    cluster.wait_client_settled(WEB_VIP)?;
-    let pace = Pace::RESTART;
-    let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
-    // Every reset the client receives, to tell which side broke a failed request.
-    let resets = cluster.lab().capture_client_port(
-        &format!("tcp[tcpflags] & tcp-rst != 0 and dst host {CLIENT_ADDR}"),
-        cluster.scratch(),
-    )?;
-    let ((sigterm, exited, during_restart, restarted, back), requests) =
-        requests_during(&cluster.lab().client, target, pace, || {
-            thread::sleep(Duration::from_millis(500));
-            let sigterm = Instant::now();
-            cluster.stop_agent(&owner, Signal::SIGTERM)?;
-            let exited = Instant::now();
-            let during_restart = cluster.agreed_owners()?;
-            cluster.start_agent(&owner)?;
-            let restarted = Instant::now();
-            let owners = cluster.wait_settled()?;
-            ensure!(
-                owners[&WEB_VIP] == owner,
-                "{owner} did not take {WEB_VIP} back: {owners:?}"
-            );
-            let back = Instant::now();
-            thread::sleep(Duration::from_secs(1));
-            Ok((sigterm, exited, during_restart, restarted, back))
-        })?;
-    let resets = resets.stop()?;
-    let since = |at: Instant| at.saturating_duration_since(sigterm).as_millis();
-    let failures = requests.failures();
-    eprintln!(
-        "{owner}'s agent exited {} ms after SIGTERM; owners while it was away: \
-         {during_restart:?}; the new agent was ready at {} ms and {owner} owner again at {} ms",
-        since(exited),
-        since(restarted),
-        since(back)
-    );
-    eprintln!(
-        "FIGURE agent restart under load: {} requests, {} failed, slowest {} ms, answered by {:?}",
-        requests.0.len(),
-        failures.len(),
-        requests.slowest().as_millis(),
-        requests.per_pod()
-    );
-    FaultReport::new("agent-restart", &requests, back - sigterm).print();
-    let described: Vec<String> = failures
-        .iter()
-        .map(|attempt| {
-            format!(
-                "started {} ms after SIGTERM, failed {} ms later: {:?}",
-                attempt
-                    .started
-                    .saturating_duration_since(sigterm)
-                    .as_millis(),
-                (attempt.finished - attempt.started).as_millis(),
-                attempt.result
-            )
-        })
-        .collect();
-    let reset_lines: Vec<&str> = resets.iter().map(|packet| packet.line.as_str()).collect();
-    ensure!(
-        failures.is_empty() && resets.is_empty(),
-        "{} of {} requests failed across the restart: {described:#?}\nresets the client \
-         received: {reset_lines:#?}",
-        failures.len(),
-        requests.0.len()
-    );
-    let pins = cluster.bpffs().pins()?;
-    let own_pins = cluster.pin_dir(&owner);
-    ensure!(
-        pins.iter().any(|pin| pin.starts_with(&own_pins)),
-        "no pins under {} after the restart: {pins:?}",
-        own_pins.display()
-    );
-    Ok(())
 }
 
 /// Gossip datagrams crafted on the LAN, claiming to come from node1, are dropped by

@@ -23,3 +23,4 @@ mod fixtures;
 mod fuzz_frames;
 mod lbctl_lab;
 mod owner_rig;
+mod restarts;

@@ -45,6 +45,8 @@ impl Binaries {
 pub(super) struct Slot {
     pub(super) agent: Option<Agent>,
     pub(super) link_down: bool,
+    /// Another `lb-agent` than this build's, e.g. the previous release's.
+    pub(super) binary: Option<PathBuf>,
 }
 
 /// A running agent: its process (`ctr run` for a containerised one, which lives as long
@@ -121,7 +123,13 @@ impl Cluster {
             (None, None) => (
                 format!(
                     "{} --config {}",
-                    shell_quote(self.binaries.agent.display()),
+                    shell_quote(
+                        self.slots.borrow()[index]
+                            .binary
+                            .as_ref()
+                            .unwrap_or(&self.binaries.agent)
+                            .display()
+                    ),
                     shell_quote(self.config(node).display())
                 ),
                 None,
@@ -167,6 +175,17 @@ impl Cluster {
         let path = self.config(node);
         let mut file = fs::OpenOptions::new().append(true).open(&path)?;
         Ok(file.write_all(yaml.as_bytes())?)
+    }
+
+    /// Runs `binary` (none: this build's) as `node`'s agent from its next start on.
+    pub fn set_agent_binary(&self, node: &str, binary: Option<PathBuf>) -> anyhow::Result<()> {
+        ensure!(
+            self.containers.is_none() && self.kubernetes.is_none(),
+            "only agents run as processes can run another binary"
+        );
+        let index = self.slot_index(node)?;
+        self.slots.borrow_mut()[index].binary = binary;
+        Ok(())
     }
 
     /// Whether `node`'s agent has logged `text` (since it last started).
