@@ -33,7 +33,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{MapData, MapError, MapInfo},
+    maps::MapInfo,
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -115,15 +115,15 @@ fn program_error(name: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
 }
 
 /// The layout of one map, as this version and configuration create it.
-struct MapSpec {
-    name: &'static str,
+pub(super) struct MapSpec {
+    pub(super) name: &'static str,
     key_size: usize,
     value_size: usize,
-    max_entries: u32,
+    pub(super) max_entries: u32,
     /// The configuration key that sets `max_entries`, if one does.
     setting: Option<&'static str>,
     /// Copies a pinned map of another capacity into this one.
-    copy: Copier,
+    pub(super) copy: Copier,
 }
 
 fn spec<K: Pod, V: Pod>(
@@ -250,11 +250,11 @@ impl PinDir {
 
     /// Where a map's previous pin waits while its entries move into a resized map (the
     /// BPF filesystem refuses names with a dot, so a directory of its own).
-    fn retired(&self) -> PathBuf {
+    pub(super) fn retired(&self) -> PathBuf {
         self.root.join("retired")
     }
 
-    fn retired_map(&self, name: &str) -> PathBuf {
+    pub(super) fn retired_map(&self, name: &str) -> PathBuf {
         self.retired().join(name)
     }
 
@@ -288,7 +288,7 @@ const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 /// Where distributions mount the BPF filesystem.
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
-fn pins_error(path: &Path) -> impl FnOnce(io::Error) -> LoadError + '_ {
+pub(super) fn pins_error(path: &Path) -> impl FnOnce(io::Error) -> LoadError + '_ {
     move |source| LoadError::Pins {
         path: path.to_owned(),
         source,
@@ -410,68 +410,6 @@ fn check_pinned<'a>(pins: &PinDir, specs: &'a [MapSpec]) -> Result<Pinned<'a>, L
     Ok(pinned)
 }
 
-/// Moves the pin of a map about to be replaced aside, to be carried once the new map
-/// exists (pinned again under `retired/`, then unpinned: the BPF filesystem refuses
-/// renames). A retired pin left by an interrupted start is the one to carry:
-/// the pin beside it holds at most a partial copy and goes.
-fn retire(pins: &PinDir, spec: &MapSpec) -> Result<(), LoadError> {
-    let (current, retired) = (pins.map(spec.name), pins.retired_map(spec.name));
-    if !retired.exists() {
-        if let Some(dir) = retired.parent() {
-            fs::create_dir_all(dir).map_err(pins_error(dir))?;
-        }
-        let carry_error = |source| LoadError::Carry {
-            map: spec.name,
-            source,
-        };
-        let map = MapData::from_pin(&current).map_err(carry_error)?;
-        map.pin(&retired)
-            .map_err(|error| carry_error(MapError::PinError { name: None, error }))?;
-    }
-    fs::remove_file(&current).map_err(pins_error(&current))
-}
-
-/// Copies every retired map into the loaded map of its name and removes the retired
-/// pin; returns how many maps were carried.
-fn carry_retired(pins: &PinDir, specs: &[MapSpec], ebpf: &mut Ebpf) -> Result<usize, LoadError> {
-    let mut carried_maps = 0;
-    for spec in specs {
-        let retired = pins.retired_map(spec.name);
-        if !retired.exists() {
-            continue;
-        }
-        let carry_error = |source| LoadError::Carry {
-            map: spec.name,
-            source,
-        };
-        let previous = resize::open(&retired).map_err(carry_error)?;
-        let map = ebpf
-            .map_mut(spec.name)
-            .ok_or(LoadError::MissingMap { name: spec.name })?;
-        let carried = (spec.copy)(previous, map).map_err(carry_error)?;
-        tracing::info!(
-            map = spec.name,
-            entries = carried.entries,
-            capacity = spec.max_entries,
-            "carried the pinned map's entries into a map of the configured capacity"
-        );
-        if carried.left_out > 0 {
-            tracing::warn!(
-                map = spec.name,
-                left_out = carried.left_out,
-                "the smaller map had no room for every entry"
-            );
-        }
-        fs::remove_file(&retired).map_err(pins_error(&retired))?;
-        carried_maps += 1;
-    }
-    if carried_maps > 0 {
-        // Empty now; a failure here only leaves an empty directory.
-        let _ = fs::remove_dir(pins.retired());
-    }
-    Ok(carried_maps)
-}
-
 /// A loaded object, and whether its maps were adopted from a previous agent.
 pub struct Loaded {
     pub ebpf: Ebpf,
@@ -486,7 +424,7 @@ pub fn load_pinned(capacities: &Capacities, pins: &PinDir) -> Result<Loaded, Loa
     let specs = map_specs(capacities);
     let pinned = check_pinned(pins, &specs)?;
     for spec in &pinned.resized {
-        retire(pins, spec)?;
+        resize::retire(pins, spec)?;
     }
     let paths: Vec<(&'static str, PathBuf)> = specs
         .iter()
@@ -497,7 +435,7 @@ pub fn load_pinned(capacities: &Capacities, pins: &PinDir) -> Result<Loaded, Loa
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = load_programs(loader)?;
-    let carried = carry_retired(pins, &specs, &mut ebpf)?;
+    let carried = resize::carry_retired(pins, &specs, &mut ebpf)?;
     Ok(Loaded {
         ebpf,
         adopted_maps: pinned.fitting + carried,

@@ -10,10 +10,14 @@
 //! Shrinking a hash map copies until it is full (the rest is counted as left out);
 //! shrinking an LRU map keeps the entries copied last, in the kernel's iteration order.
 
+use std::fs;
+
 use aya::{
-    Pod,
+    Ebpf, Pod,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
+
+use super::loader::{LoadError, MapSpec, PinDir, pins_error};
 
 /// How a map stores its entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +48,6 @@ pub(super) fn copier<K: Pod, V: Pod>(kind: Kind) -> Copier {
         Kind::Array => copy_array::<V>,
         Kind::PerCpuArray => copy_per_cpu_array::<V>,
     }
-}
-
-/// The previous map, opened from its pin.
-pub(super) fn open(path: &std::path::Path) -> Result<Map, MapError> {
-    Map::from_map_data(MapData::from_pin(path)?)
 }
 
 fn copy_hash<K: Pod, V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapError> {
@@ -91,4 +90,72 @@ fn copy_per_cpu_array<V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapErr
         entries: u64::from(kept),
         left_out: u64::from(from.len() - kept),
     })
+}
+
+/// Moves the pin of a map about to be replaced aside, to be carried once the new map
+/// exists (pinned again under `retired/`, then unpinned: the BPF filesystem refuses
+/// renames). A retired pin left by an interrupted start is the one to carry:
+/// the pin beside it holds at most a partial copy and goes.
+pub(super) fn retire(pins: &PinDir, spec: &MapSpec) -> Result<(), LoadError> {
+    let (current, retired) = (pins.map(spec.name), pins.retired_map(spec.name));
+    if !retired.exists() {
+        if let Some(dir) = retired.parent() {
+            fs::create_dir_all(dir).map_err(pins_error(dir))?;
+        }
+        let carry_error = |source| LoadError::Carry {
+            map: spec.name,
+            source,
+        };
+        let map = MapData::from_pin(&current).map_err(carry_error)?;
+        map.pin(&retired)
+            .map_err(|error| carry_error(MapError::PinError { name: None, error }))?;
+    }
+    fs::remove_file(&current).map_err(pins_error(&current))
+}
+
+/// Copies every retired map into the loaded map of its name and removes the retired
+/// pin; returns how many maps were carried.
+pub(super) fn carry_retired(
+    pins: &PinDir,
+    specs: &[MapSpec],
+    ebpf: &mut Ebpf,
+) -> Result<usize, LoadError> {
+    let mut carried_maps = 0;
+    for spec in specs {
+        let retired = pins.retired_map(spec.name);
+        if !retired.exists() {
+            continue;
+        }
+        let carry_error = |source| LoadError::Carry {
+            map: spec.name,
+            source,
+        };
+        let previous = MapData::from_pin(&retired)
+            .and_then(Map::from_map_data)
+            .map_err(carry_error)?;
+        let map = ebpf
+            .map_mut(spec.name)
+            .ok_or(LoadError::MissingMap { name: spec.name })?;
+        let carried = (spec.copy)(previous, map).map_err(carry_error)?;
+        tracing::info!(
+            map = spec.name,
+            entries = carried.entries,
+            capacity = spec.max_entries,
+            "carried the pinned map's entries into a map of the configured capacity"
+        );
+        if carried.left_out > 0 {
+            tracing::warn!(
+                map = spec.name,
+                left_out = carried.left_out,
+                "the smaller map had no room for every entry"
+            );
+        }
+        fs::remove_file(&retired).map_err(pins_error(&retired))?;
+        carried_maps += 1;
+    }
+    if carried_maps > 0 {
+        // Empty now; a failure here only leaves an empty directory.
+        let _ = fs::remove_dir(pins.retired());
+    }
+    Ok(carried_maps)
 }
