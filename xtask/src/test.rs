@@ -230,6 +230,21 @@ fn privileged(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
 /// the privileged tier skips them).
 fn container(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     let archive = image::run(root, &image::Options { output: None })?;
+    ignored_privileged_tests(
+        root,
+        totals,
+        "containers::",
+        ("XDPLB_IMAGE_ARCHIVE", &archive),
+    )
+}
+
+/// The `#[ignore]`d privileged tests matching `filter`, one at a time, with `env` set.
+fn ignored_privileged_tests(
+    root: &Path,
+    totals: &mut Totals,
+    filter: &str,
+    (name, value): (&str, &Path),
+) -> anyhow::Result<()> {
     cargo_test_with(
         root,
         totals,
@@ -241,10 +256,10 @@ fn container(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
             "privileged",
             "--",
             "--ignored",
-            "containers::",
+            filter,
             "--test-threads=1",
         ],
-        Command::new("cargo").env("XDPLB_IMAGE_ARCHIVE", archive),
+        Command::new("cargo").env(name, value),
     )
 }
 
@@ -253,21 +268,11 @@ fn container(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
 fn upgrade(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     let previous = previous_release_agent(root)?;
     cargo(root, &["build", "--bins"])?;
-    cargo_test_with(
+    ignored_privileged_tests(
         root,
         totals,
-        &[
-            "test",
-            "-p",
-            "testbed",
-            "--test",
-            "privileged",
-            "--",
-            "--ignored",
-            "restarts::a_rolling_downgrade_and_upgrade_between_releases",
-            "--test-threads=1",
-        ],
-        Command::new("cargo").env("XDPLB_PREVIOUS_AGENT", previous),
+        "restarts::a_rolling_downgrade_and_upgrade_between_releases",
+        ("XDPLB_PREVIOUS_AGENT", &previous),
     )
 }
 

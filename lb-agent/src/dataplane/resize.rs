@@ -69,26 +69,33 @@ fn copy_hash<K: Pod, V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapErro
 fn copy_array<V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapError> {
     let from: Array<MapData, V> = Array::try_from(from)?;
     let mut to: Array<&mut MapData, V> = Array::try_from(to)?;
-    let kept = from.len().min(to.len());
-    for index in 0..kept {
-        to.set(index, from.get(&index, 0)?, 0)?;
-    }
-    Ok(Carried {
-        entries: u64::from(kept),
-        left_out: u64::from(from.len() - kept),
+    copy_indexes(from.len(), to.len(), |index| {
+        to.set(index, from.get(&index, 0)?, 0)
     })
 }
 
 fn copy_per_cpu_array<V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapError> {
     let from: PerCpuArray<MapData, V> = PerCpuArray::try_from(from)?;
     let mut to: PerCpuArray<&mut MapData, V> = PerCpuArray::try_from(to)?;
-    let kept = from.len().min(to.len());
+    copy_indexes(from.len(), to.len(), |index| {
+        to.set(index, from.get(&index, 0)?, 0)
+    })
+}
+
+/// Copies the indexes two arrays share with `copy`; the rest of a longer source is
+/// left out.
+fn copy_indexes(
+    from_len: u32,
+    to_len: u32,
+    mut copy: impl FnMut(u32) -> Result<(), MapError>,
+) -> Result<Carried, MapError> {
+    let kept = from_len.min(to_len);
     for index in 0..kept {
-        to.set(index, from.get(&index, 0)?, 0)?;
+        copy(index)?;
     }
     Ok(Carried {
         entries: u64::from(kept),
-        left_out: u64::from(from.len() - kept),
+        left_out: u64::from(from_len - kept),
     })
 }
 
