@@ -239,6 +239,12 @@ fn rolling_scenario(cluster: &Cluster, previous: &Path) -> anyhow::Result<()> {
                         cluster.stop_agent(node, Signal::SIGTERM)?;
                         cluster.set_agent_binary(node, binary.map(Path::to_owned))?;
                         cluster.start_agent(node)?;
+                        let running = cluster.agent_executable(node)?;
+                        ensure!(
+                            (running == previous.canonicalize()?) == binary.is_some(),
+                            "{node} runs {} for {release}",
+                            running.display()
+                        );
                         let owners = cluster
                             .wait_settled()
                             .with_context(|| format!("{node} on {release}"))?;

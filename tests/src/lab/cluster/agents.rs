@@ -188,6 +188,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// The executable `node`'s agent process runs (an agent run as a process).
+    pub fn agent_executable(&self, node: &str) -> anyhow::Result<PathBuf> {
+        let index = self.slot_index(node)?;
+        let slots = self.slots.borrow();
+        let agent = slots[index]
+            .agent
+            .as_ref()
+            .with_context(|| format!("no agent runs on {node}"))?;
+        let exe = format!("/proc/{}/exe", agent.process.pid());
+        fs::read_link(&exe).with_context(|| format!("reading {exe}"))
+    }
+
     /// Whether `node`'s agent has logged `text` (since it last started).
     pub fn agent_logged(&self, node: &str, text: &str) -> anyhow::Result<bool> {
         Ok(fs::read_to_string(self.agent_log(node))?.contains(text))
