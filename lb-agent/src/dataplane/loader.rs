@@ -72,7 +72,7 @@ pub enum LoadError {
         source: io::Error,
     },
     #[error(
-        "the pinned map {map} ({}) {detail}. Maps cannot be changed in place: restore the previous setting, or recreate the data path with `lb-agent cleanup --config FILE` (this drops every cached flow for a moment) and start the agent again",
+        "the pinned map {map} ({}) {detail}. The pinned data path keeps running untouched: start the release that pinned it, or recreate the data path with `lb-agent cleanup --config FILE` (this drops every cached flow for a moment) and start the agent again",
         path.display()
     )]
     Incompatible {
