@@ -106,16 +106,11 @@ fn copy_indexes(
 pub(super) fn retire(pins: &PinDir, spec: &MapSpec) -> Result<(), LoadError> {
     let (current, retired) = (pins.map(spec.name), pins.retired_map(spec.name));
     if !retired.exists() {
-        if let Some(dir) = retired.parent() {
-            fs::create_dir_all(dir).map_err(pins_error(dir))?;
-        }
-        let carry_error = |source| LoadError::Carry {
-            map: spec.name,
-            source,
-        };
-        let map = MapData::from_pin(&current).map_err(carry_error)?;
+        let dir = pins.retired();
+        fs::create_dir_all(&dir).map_err(pins_error(&dir))?;
+        let map = MapData::from_pin(&current).map_err(carry_error(spec))?;
         map.pin(&retired)
-            .map_err(|error| carry_error(MapError::PinError { name: None, error }))?;
+            .map_err(|error| carry_error(spec)(MapError::PinError { name: None, error }))?;
     }
     fs::remove_file(&current).map_err(pins_error(&current))
 }
@@ -133,17 +128,13 @@ pub(super) fn carry_retired(
         if !retired.exists() {
             continue;
         }
-        let carry_error = |source| LoadError::Carry {
-            map: spec.name,
-            source,
-        };
         let previous = MapData::from_pin(&retired)
             .and_then(Map::from_map_data)
-            .map_err(carry_error)?;
+            .map_err(carry_error(spec))?;
         let map = ebpf
             .map_mut(spec.name)
             .ok_or(LoadError::MissingMap { name: spec.name })?;
-        let carried = (spec.copy)(previous, map).map_err(carry_error)?;
+        let carried = (spec.copy)(previous, map).map_err(carry_error(spec))?;
         tracing::info!(
             map = spec.name,
             entries = carried.entries,
@@ -165,4 +156,9 @@ pub(super) fn carry_retired(
         let _ = fs::remove_dir(pins.retired());
     }
     Ok(carried_maps)
+}
+
+fn carry_error(spec: &MapSpec) -> impl FnOnce(MapError) -> LoadError {
+    let map = spec.name;
+    move |source| LoadError::Carry { map, source }
 }
