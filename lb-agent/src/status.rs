@@ -96,6 +96,10 @@ pub struct AgentStatus {
     pub gossip: Option<GossipStatus>,
     /// Live values that could not be read (the rest of the status is still valid).
     pub warnings: Vec<String>,
+    /// Why this agent refused the pinned data path (a newer release's map layout): the
+    /// programs keep forwarding untouched and the agent takes no part in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// One VIP: the services behind it, who announces it and what its traffic did here.
@@ -361,6 +365,8 @@ pub enum ProviderError {
     NotLoaded,
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error("this agent refused the pinned data path: {0}")]
+    Refused(String),
 }
 
 /// The runtime, as the local API sees it. Methods are called from blocking threads

@@ -12,6 +12,7 @@ extern crate alloc;
 
 pub mod checksum;
 pub mod hash;
+pub mod layout;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;

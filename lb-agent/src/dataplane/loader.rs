@@ -5,15 +5,17 @@
 //!
 //! ```text
 //! maps/<MAP>                 every map of lb_common::maps
+//! layout                     the layout version and capacity of every map (super::layout)
 //! links/<interface>/xdp-native  (or xdp-generic)   the XDP program's link
 //! links/<interface>/tc       the TC egress program's link (TCX)
-//! retired/<MAP>              only while a resized map's entries are carried over
+//! retired/<MAP>              only while a map's entries are carried into a new map
 //! ```
 //!
-//! * [`load_pinned`] creates the maps, or reuses the pinned ones, after checking that they have
-//!   the key and value sizes this version needs. A pinned map of another capacity than
-//!   configured is replaced by a new one holding its entries ([`super::resize`]): maps
-//!   cannot be resized in place.
+//! * [`load_pinned`] creates the maps, or adopts the pinned ones after checking their
+//!   recorded layout and sizes. A pinned map of another capacity than configured, or of
+//!   the previous release's layout, is replaced by a new map holding its entries
+//!   ([`super::carry`]): maps cannot be resized or converted in place. A newer layout
+//!   than this release knows is refused before anything changes ([`check_pins`]).
 //! * [`attach`] attaches both programs and pins their links, or, when links are pinned
 //!   already, swaps the new programs into them with `BPF_LINK_UPDATE`: the interface
 //!   never runs without a program.
@@ -50,7 +52,10 @@ use lb_common::{
     },
 };
 
-use super::resize::{self, Copier, Kind};
+use super::{
+    carry::{self, Copier, Kind, Move},
+    layout::LayoutRecord,
+};
 use crate::model::capacities::Capacities;
 
 /// The object built by `build.rs` from `lb-ebpf`.
@@ -84,7 +89,13 @@ pub enum LoadError {
     MissingProgram { name: &'static str },
     #[error("BPF map {name} is missing from the object")]
     MissingMap { name: &'static str },
-    #[error("carrying the entries of the pinned map {map} into its resized map: {source}")]
+    #[error("the layout record {}: {source}", path.display())]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("carrying the entries of the pinned map {map} into its new map: {source}")]
     Carry {
         map: &'static str,
         #[source]
@@ -122,8 +133,10 @@ pub(super) struct MapSpec {
     pub(super) max_entries: u32,
     /// The configuration key that sets `max_entries`, if one does.
     setting: Option<&'static str>,
+    /// This release's layout version of the map ([`lb_common::layout`]).
+    pub(super) layout: u32,
     /// Copies a pinned map of another capacity into this one.
-    pub(super) copy: Copier,
+    copy: Copier,
 }
 
 fn spec<K: Pod, V: Pod>(
@@ -138,7 +151,8 @@ fn spec<K: Pod, V: Pod>(
         value_size: size_of::<V>(),
         max_entries,
         setting,
-        copy: resize::copier::<K, V>(kind),
+        layout: lb_common::layout::INITIAL,
+        copy: carry::copier::<K, V>(kind),
     }
 }
 
@@ -242,6 +256,11 @@ impl PinDir {
 
     fn maps(&self) -> PathBuf {
         self.root.join("maps")
+    }
+
+    /// The layout record ([`super::layout`]).
+    pub(super) fn layout(&self) -> PathBuf {
+        self.root.join("layout")
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -356,58 +375,140 @@ fn prepare(pins: &PinDir) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// The pinned maps this agent can use: how many fit as they are, and which hold another
-/// capacity (their entries are carried into maps of the configured one).
-struct Pinned<'a> {
+/// What becomes of the pinned maps: how many this agent adopts as they are, which move
+/// into new maps (another capacity or layout), which are not pinned yet.
+struct Plan<'a> {
     fitting: usize,
-    resized: Vec<&'a MapSpec>,
+    moves: Vec<Move<'a>>,
+    unpinned: Vec<&'a MapSpec>,
 }
 
-/// Refuses pinned maps this version cannot use (another key or value layout).
-fn check_pinned<'a>(pins: &PinDir, specs: &'a [MapSpec]) -> Result<Pinned<'a>, LoadError> {
-    let mut pinned = Pinned {
+/// Plans the adoption of the pinned maps, refusing those this release cannot use: a
+/// layout it does not know (a newer release's), or sizes that contradict the layout.
+fn check_pinned<'a>(
+    pins: &PinDir,
+    specs: &'a [MapSpec],
+    record: Option<&LayoutRecord>,
+) -> Result<Plan<'a>, LoadError> {
+    let mut plan = Plan {
         fitting: 0,
-        resized: Vec::new(),
+        moves: Vec::new(),
+        unpinned: Vec::new(),
     };
     for spec in specs {
-        let path = pins.map(spec.name);
+        // A retired pin is what an interrupted start was carrying: it is the map to take.
+        let retired = pins.retired_map(spec.name);
+        let resumed = retired.exists();
+        let path = if resumed {
+            retired
+        } else {
+            pins.map(spec.name)
+        };
         if !path.exists() {
+            plan.unpinned.push(spec);
             continue;
         }
-        let incompatible = |detail: String| LoadError::Incompatible {
-            map: spec.name,
-            path: path.clone(),
-            detail,
-        };
+        let from = LayoutRecord::version(record, spec.name);
         let info = MapInfo::from_pin(&path)
-            .map_err(|error| incompatible(format!("cannot be opened: {error}")))?;
-        if (info.key_size() as usize, info.value_size() as usize)
-            != (spec.key_size, spec.value_size)
-        {
-            return Err(incompatible(format!(
-                "has {}-byte keys and {}-byte values; this version of xdplb needs {} and {}",
-                info.key_size(),
-                info.value_size(),
-                spec.key_size,
-                spec.value_size
-            )));
-        }
-        if info.max_entries() == spec.max_entries {
-            pinned.fitting += 1;
+            .map_err(|error| incompatible(spec, &path, format!("cannot be opened: {error}")))?;
+        let copy = check_layout(spec, &path, from, &info)?;
+        if resumed || from != spec.layout || info.max_entries() != spec.max_entries {
+            log_move(spec, from, &info);
+            plan.moves.push(Move {
+                spec,
+                from,
+                copy,
+                resumed,
+            });
         } else {
-            let setting = spec
-                .setting
-                .map_or(String::new(), |setting| format!(" ({setting})"));
-            tracing::info!(
-                map = spec.name,
-                pinned = info.max_entries(),
-                configured = spec.max_entries,
-                "the pinned map holds another capacity than configured{setting}; its entries move into a new map"
-            );
-            pinned.resized.push(spec);
+            plan.fitting += 1;
         }
     }
-    Ok(pinned)
+    Ok(plan)
+}
+
+fn incompatible(spec: &MapSpec, path: &Path, detail: String) -> LoadError {
+    LoadError::Incompatible {
+        map: spec.name,
+        path: path.to_owned(),
+        detail,
+    }
+}
+
+/// How the entries of a pinned map of layout `from` get into this release's map; refuses
+/// a layout this release does not know and sizes that contradict the layout.
+fn check_layout(
+    spec: &MapSpec,
+    path: &Path,
+    from: u32,
+    info: &MapInfo,
+) -> Result<Copier, LoadError> {
+    if from > spec.layout {
+        return Err(incompatible(
+            spec,
+            path,
+            format!(
+                "holds layout {from}, written by a newer release of xdplb; this release reads layouts up to {}",
+                spec.layout
+            ),
+        ));
+    }
+    let (key_size, value_size, copy) = if from == spec.layout {
+        (spec.key_size, spec.value_size, spec.copy)
+    } else {
+        return Err(incompatible(
+            spec,
+            path,
+            format!(
+                "holds layout {from}, which this release cannot migrate to its layout {}",
+                spec.layout
+            ),
+        ));
+    };
+    let pinned = (info.key_size() as usize, info.value_size() as usize);
+    if pinned != (key_size, value_size) {
+        return Err(incompatible(
+            spec,
+            path,
+            format!(
+                "has {}-byte keys and {}-byte values; layout {from} has {key_size} and {value_size}",
+                pinned.0, pinned.1
+            ),
+        ));
+    }
+    Ok(copy)
+}
+
+fn log_move(spec: &MapSpec, from: u32, info: &MapInfo) {
+    if from != spec.layout {
+        tracing::info!(
+            map = spec.name,
+            from_layout = from,
+            layout = spec.layout,
+            "the pinned map has the previous release's layout; its entries move into a new map of this release's"
+        );
+    } else if info.max_entries() != spec.max_entries {
+        let setting = spec
+            .setting
+            .map_or(String::new(), |setting| format!(" ({setting})"));
+        tracing::info!(
+            map = spec.name,
+            pinned = info.max_entries(),
+            configured = spec.max_entries,
+            "the pinned map holds another capacity than configured{setting}; its entries move into a new map"
+        );
+    }
+}
+
+/// Refuses, without changing anything, pinned maps this release could not adopt: call
+/// before joining the cluster, so a refused agent never takes part.
+pub fn check_pins(capacities: &Capacities, pins: &PinDir) -> Result<(), LoadError> {
+    if !pins.maps().exists() {
+        return Ok(());
+    }
+    let specs = map_specs(capacities);
+    let record = LayoutRecord::open(pins)?;
+    check_pinned(pins, &specs, record.as_ref()).map(drop)
 }
 
 /// A loaded object, and whether its maps were adopted from a previous agent.
@@ -422,23 +523,32 @@ pub struct Loaded {
 pub fn load_pinned(capacities: &Capacities, pins: &PinDir) -> Result<Loaded, LoadError> {
     prepare(pins)?;
     let specs = map_specs(capacities);
-    let pinned = check_pinned(pins, &specs)?;
-    for spec in &pinned.resized {
-        resize::retire(pins, spec)?;
+    let mut record = LayoutRecord::open_or_create(pins)?;
+    let plan = check_pinned(pins, &specs, Some(&record))?;
+    // Recorded before the object creates them, so an interrupted start knows them.
+    for spec in &plan.unpinned {
+        record.set(pins, spec.name, spec.layout, spec.max_entries)?;
     }
+    for planned in &plan.moves {
+        carry::retire(pins, planned)?;
+    }
+    let mut loader = configured_loader(capacities);
     let paths: Vec<(&'static str, PathBuf)> = specs
         .iter()
         .map(|spec| (spec.name, pins.map(spec.name)))
         .collect();
-    let mut loader = configured_loader(capacities);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = load_programs(loader)?;
-    let carried = resize::carry_retired(pins, &specs, &mut ebpf)?;
+    carry::carry_retired(pins, &plan.moves, &mut ebpf, &mut record)?;
+    // Adopted maps of release 0.1.0 have no entry yet.
+    for spec in &specs {
+        record.set(pins, spec.name, spec.layout, spec.max_entries)?;
+    }
     Ok(Loaded {
         ebpf,
-        adopted_maps: pinned.fitting + carried,
+        adopted_maps: plan.fitting + plan.moves.len(),
     })
 }
 
@@ -521,6 +631,11 @@ fn pinned_xdp(pins: &PinDir, interface: &str) -> Option<(PathBuf, XdpMode)> {
         .into_iter()
         .map(|mode| (pins.xdp_link(interface, mode), mode))
         .find(|(path, _)| path.exists())
+}
+
+/// The mode of the XDP program pinned on `interface` (`native`, `generic`), if any.
+pub fn pinned_xdp_mode(pins: &PinDir, interface: &str) -> Option<&'static str> {
+    pinned_xdp(pins, interface).map(|(_, mode)| mode_name(mode))
 }
 
 /// Swaps `program` into the link pinned at `path`; on failure (the interface was
@@ -673,9 +788,11 @@ pub struct Removed {
 pub fn cleanup(pins: &PinDir) -> Result<Removed, LoadError> {
     let links = remove_links(pins, |_| true)?;
     let mut maps = 0;
+    let record = Some(pins.layout()).filter(|path| path.exists());
     for map in entries(&pins.maps())?
         .into_iter()
         .chain(entries(&pins.retired())?)
+        .chain(record)
     {
         fs::remove_file(&map).map_err(pins_error(&map))?;
         maps += 1;

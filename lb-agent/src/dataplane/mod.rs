@@ -5,12 +5,13 @@
 //! in-memory tables that check every update for ordering hazards
 //! ([`memory::MemoryDataplane`]), so the host tests exercise the same code the agent runs.
 
+mod carry;
 pub mod engine;
 pub mod kernel;
+mod layout;
 pub mod loader;
 pub mod maps;
 pub mod memory;
-mod resize;
 pub mod store;
 pub mod sysctl;
 

@@ -9,6 +9,7 @@ use std::{
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::watch,
+    task::JoinHandle,
     time::{MissedTickBehavior, interval},
 };
 
@@ -21,9 +22,11 @@ use super::{
 };
 use crate::{
     api::{ApiError, http::HttpServer, socket::SocketServer},
+    config::ApiConfig,
     dataplane::DataplaneError,
     membership::View,
     sources::{Cluster, Source},
+    status::StatusProvider,
     telemetry::{Component, OwnershipChange, Telemetry},
 };
 
@@ -42,26 +45,8 @@ impl<S: Source> Agent<S> {
 
     pub(super) async fn start_api(&mut self) {
         let api = self.lock().settings.api.clone();
-        let provider: Arc<dyn crate::status::StatusProvider> = self.shared.clone();
-        match SocketServer::bind(&api.socket) {
-            Ok(server) => {
-                tracing::info!(socket = %api.socket.display(), "local API listening");
-                self.servers
-                    .push(tokio::spawn(server.serve(Arc::clone(&provider))));
-            }
-            Err(error) => api_failed(&error),
-        }
-        match HttpServer::bind(api.listen).await {
-            Ok(server) => {
-                // The bound address: the port the kernel chose, if `listen` left it 0.
-                let listen = server.local_addr().unwrap_or(api.listen);
-                tracing::info!(%listen, "metrics and health checks listening");
-                self.servers.push(tokio::spawn(
-                    server.serve(provider, Arc::clone(&self.telemetry)),
-                ));
-            }
-            Err(error) => api_failed(&error),
-        }
+        let provider: Arc<dyn StatusProvider> = self.shared.clone();
+        self.servers = serve_api(&api, provider, &self.telemetry).await;
     }
 
     pub(super) async fn run(&mut self) -> Result<(), RuntimeError> {
@@ -228,6 +213,33 @@ impl<S: Source> Agent<S> {
     }
 }
 
+/// Starts the local API's servers (the socket for `lbctl`, HTTP for metrics and probes);
+/// one that cannot start is logged and left out.
+pub(super) async fn serve_api(
+    api: &ApiConfig,
+    provider: Arc<dyn StatusProvider>,
+    telemetry: &Arc<Telemetry>,
+) -> Vec<JoinHandle<()>> {
+    let mut servers = Vec::new();
+    match SocketServer::bind(&api.socket) {
+        Ok(server) => {
+            tracing::info!(socket = %api.socket.display(), "local API listening");
+            servers.push(tokio::spawn(server.serve(Arc::clone(&provider))));
+        }
+        Err(error) => api_failed(&error),
+    }
+    match HttpServer::bind(api.listen).await {
+        Ok(server) => {
+            // The bound address: the port the kernel chose, if `listen` left it 0.
+            let listen = server.local_addr().unwrap_or(api.listen);
+            tracing::info!(%listen, "metrics and health checks listening");
+            servers.push(tokio::spawn(server.serve(provider, Arc::clone(telemetry))));
+        }
+        Err(error) => api_failed(&error),
+    }
+    servers
+}
+
 fn api_failed(error: &ApiError) {
     tracing::error!(%error, "the local API is unavailable; the data path is not affected");
 }
@@ -274,7 +286,7 @@ async fn view_changed(view: &mut Option<watch::Receiver<View>>) {
     }
 }
 
-fn handler(kind: SignalKind, name: &'static str) -> Result<Signal, RuntimeError> {
+pub(super) fn handler(kind: SignalKind, name: &'static str) -> Result<Signal, RuntimeError> {
     signal(kind).map_err(|source| RuntimeError::Signal {
         signal: name,
         source,

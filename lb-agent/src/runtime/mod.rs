@@ -37,6 +37,7 @@ pub mod interface;
 mod members;
 mod provider;
 pub mod reconcile;
+mod refused;
 
 use std::{io, sync::Arc};
 
@@ -140,10 +141,18 @@ pub async fn run<S: Source>(mut source: S, telemetry: Arc<Telemetry>) -> Result<
     let interface = lan_interface(&settings)?;
     arp::announcer::check_socket_permission(&interface).map_err(RuntimeError::ArpSocket)?;
     let cluster = source.first().await;
+    let pins = PinDir::new(&settings.pin_dir);
+    if let Err(refusal) = loader::check_pins(&settings.capacities, &pins) {
+        return match refusal {
+            LoadError::Incompatible { .. } => {
+                refused::serve(&settings, &cluster, &interface, refusal, telemetry).await
+            }
+            other => Err(other.into()),
+        };
+    }
     // The interface's MTU, for when the source drops `mtu`; the source's otherwise.
     let mtu = link_mtu(&interface).or_else(|error| cluster.mtu.ok_or(error))?;
     let members = Members::start(&settings, &cluster).await?;
-    let pins = PinDir::new(&settings.pin_dir);
     let (mut ebpf, reconciler) = open_dataplane(&settings, &cluster, mtu, &pins)?;
     members.settled(&settings).await;
     let announce_interface = settings

@@ -172,6 +172,7 @@ impl View<'_> {
             arp: self.arp,
             gossip: self.gossip.clone(),
             warnings: live.warnings.into_iter().collect(),
+            refused: None,
         }
     }
 

@@ -71,6 +71,7 @@ fn status() -> AgentStatus {
             dropped: BTreeMap::from([("wrong_key".into(), 6)]),
         }),
         warnings: Vec::new(),
+        refused: None,
     }
 }
 

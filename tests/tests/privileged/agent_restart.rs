@@ -2,8 +2,8 @@
 //! the programs attached and the maps and links pinned, the next agent adopts them (same
 //! maps, new programs swapped into the same links), SIGKILL leaves them too, a capacity
 //! change moves the resized map's entries (an established flow among them) into a new
-//! map, a map of another layout is refused without touching the running data path, and
-//! `lb-agent cleanup` detaches and removes everything.
+//! map, a newer layout is refused without touching the running data path (the reason in
+//! `lbctl status`), and `lb-agent cleanup` detaches and removes everything.
 //!
 //! The pins live on a BPF filesystem mounted for this test alone in a temporary
 //! directory: `ip netns exec` remounts /sys for the namespace, so a pin under the host's
@@ -28,6 +28,7 @@ use aya::{
     programs::{SchedClassifier, tc::TcAttachType},
 };
 use lb_common::{
+    layout::{INITIAL, RecordEntry, RecordKey},
     maps as names,
     types::{FlowKey, FlowValue},
 };
@@ -308,6 +309,41 @@ api:
         Ok(fs::remove_file(current)?)
     }
 
+    /// The layout record's entry for `map`.
+    fn layout_record(&self) -> anyhow::Result<HashMap<MapData, RecordKey, RecordEntry>> {
+        let path = self.pin_dir().join("layout");
+        Ok(HashMap::try_from(Map::from_map_data(MapData::from_pin(
+            path,
+        )?)?)?)
+    }
+
+    fn recorded(&self, map: &str) -> anyhow::Result<RecordEntry> {
+        Ok(self.layout_record()?.get(&RecordKey::new(map), 0)?)
+    }
+
+    /// Records layout `version` for `map`, as the release that pinned it would have.
+    fn record_layout(&self, map: &str, version: u32) -> anyhow::Result<()> {
+        let mut record = self.layout_record()?;
+        let entry = RecordEntry {
+            version,
+            ..record.get(&RecordKey::new(map), 0)?
+        };
+        Ok(record.insert(RecordKey::new(map), entry, 0)?)
+    }
+
+    /// What `lbctl status` prints about the agent of this setup.
+    fn lbctl_status(&self) -> anyhow::Result<String> {
+        let lbctl = lab::workspace_binary("lbctl")?;
+        let output = self
+            .netns
+            .command(lbctl.to_str().context("lbctl path")?)
+            .arg("--socket")
+            .arg(self.scratch.path().join("agent.sock"))
+            .arg("status")
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     fn insert_flow(&self, (key, value): (FlowKey, FlowValue)) -> anyhow::Result<()> {
         Ok(self.pinned_flows()?.insert(key, value, 0)?)
     }
@@ -441,6 +477,14 @@ fn a_restarted_agent_adopts_the_pinned_data_path_resizes_maps_and_cleanup_remove
     let flows = setup.pin_dir().join("maps").join(names::FLOWS);
     ensure!(MapInfo::from_pin(&flows)?.max_entries() == 131_072);
     ensure!(
+        setup.recorded(names::FLOWS)?
+            == RecordEntry {
+                version: INITIAL,
+                max_entries: 131_072
+            },
+        "the layout record does not hold the new capacity"
+    );
+    ensure!(
         setup.flow(&established.0)? == Some(established.1),
         "the established flow did not move into the resized map"
     );
@@ -486,22 +530,39 @@ fn a_restarted_agent_adopts_the_pinned_data_path_resizes_maps_and_cleanup_remove
     ensure!(setup.assert_attached()? == second_program);
     ensure!(setup.map_ids()? == maps);
 
-    // A pinned map of another value layout (as a release with another map layout would
-    // find): refused with the map named, and the running data path left alone.
+    // A newer release's layout of the flow table, as a downgrade finds it: refused with
+    // the map named and the reason in `lbctl status`, the running data path left alone.
+    setup.record_layout(names::FLOWS, INITIAL + 1)?;
+    let mut refused = setup.start(&config, "refused")?;
+    refused.wait_log("refusing the pinned data path")?;
+    let status = setup.lbctl_status()?;
+    ensure!(
+        status.contains("REFUSED") && status.contains("FLOWS") && status.contains("newer release"),
+        "the refusal is not in `lbctl status`:\n{status}"
+    );
+    ensure!(setup.assert_attached()? == second_program);
+    ensure!(setup.map_ids()? == maps, "a refused agent changed the maps");
+    refused.signal(Signal::SIGTERM)?;
+    ensure!(
+        !refused.wait_exit()?.success(),
+        "a refused agent must not exit as if it had run"
+    );
+    setup.record_layout(names::FLOWS, INITIAL)?;
+
+    // Sizes that contradict the recorded layout: refused the same way.
     let icmp_rate = setup.pin_dir().join("maps").join(names::ICMP_RATE);
     fs::remove_file(&icmp_rate)?;
     PerCpuArray::<MapData, u64>::create(1, 0)?.pin(&icmp_rate)?;
-    let mut refused = setup.start(&config, "refused")?;
-    ensure!(
-        !refused.wait_exit()?.success(),
-        "another layout must be refused"
-    );
+    let mut refused = setup.start(&config, "contradicted")?;
+    refused.wait_log("refusing the pinned data path")?;
     ensure!(
         refused.log().contains("ICMP_RATE") && refused.log().contains("8-byte values"),
         "unclear refusal:\n{}",
         refused.log()
     );
     ensure!(setup.assert_attached()? == second_program);
+    refused.signal(Signal::SIGTERM)?;
+    ensure!(!refused.wait_exit()?.success());
 
     let cleanup = setup
         .netns

@@ -58,6 +58,9 @@ fn header(status: &AgentStatus) -> String {
         if status.ready { "ready" } else { "NOT READY" },
         status.version
     );
+    if let Some(refusal) = &status.refused {
+        let _ = writeln!(out, "REFUSED: {refusal}");
+    }
     for warning in &status.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
@@ -129,6 +132,10 @@ fn drops(status: &AgentStatus) -> Option<String> {
 /// `lbctl status`.
 pub fn status(status: &AgentStatus) -> String {
     let mut out = header(status);
+    if status.refused.is_some() {
+        // It knows no VIPs or members: saying "none" would read as a fact about the cluster.
+        return out;
+    }
     out.push('\n');
     if status.vips.is_empty() {
         out.push_str("No VIPs are configured.\n");

@@ -24,6 +24,7 @@ pub fn metrics_text(telemetry: &Telemetry) -> String {
         arp: None,
         gossip: None,
         warnings: Vec::new(),
+        refused: None,
     };
     telemetry.render(status).expect("metrics render")
 }

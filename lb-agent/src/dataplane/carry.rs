@@ -1,6 +1,8 @@
-//! Carrying a pinned map's entries into a map of another capacity, so a changed
-//! `capacities` setting takes effect with a restart: the established flows (and every
-//! other entry) move into the new map before the new programs replace the old ones.
+//! Carrying a pinned map's entries into a new map: one of another capacity, so a changed
+//! `capacities` setting takes effect with a restart, or one of this release's layout,
+//! so an upgrade keeps what the previous release's maps held (a [`Migration`] converts
+//! each entry). The established flows (and every other entry) move into the new map
+//! before the new programs replace the old ones.
 //!
 //! The old map is first pinned at `retired/<MAP>` and unpinned at `maps/<MAP>`; the
 //! object then creates the map afresh at `maps/<MAP>`, the entries are copied, and the
@@ -10,14 +12,17 @@
 //! Shrinking a hash map copies until it is full (the rest is counted as left out);
 //! shrinking an LRU map keeps the entries copied last, in the kernel's iteration order.
 
-use std::fs;
+use std::{fs, io};
 
 use aya::{
     Ebpf, Pod,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 
-use super::loader::{LoadError, MapSpec, PinDir, pins_error};
+use super::{
+    layout::LayoutRecord,
+    loader::{LoadError, MapSpec, PinDir, pins_error},
+};
 
 /// How a map stores its entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,11 +56,20 @@ pub(super) fn copier<K: Pod, V: Pod>(kind: Kind) -> Copier {
 }
 
 fn copy_hash<K: Pod, V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapError> {
-    let from: HashMap<MapData, K, V> = HashMap::try_from(from)?;
+    copy_hash_with::<K, V, K, V>(from, to, |key, value| (key, value))
+}
+
+fn copy_hash_with<OK: Pod, OV: Pod, K: Pod, V: Pod>(
+    from: Map,
+    to: &mut Map,
+    convert: impl Fn(OK, OV) -> (K, V),
+) -> Result<Carried, MapError> {
+    let from: HashMap<MapData, OK, OV> = HashMap::try_from(from)?;
     let mut to: HashMap<&mut MapData, K, V> = HashMap::try_from(to)?;
     let mut carried = Carried::default();
     for entry in from.iter() {
         let (key, value) = entry?;
+        let (key, value) = convert(key, value);
         match to.insert(key, value, 0) {
             Ok(()) => carried.entries += 1,
             // A plain hash map refuses inserts once full (an LRU evicts instead).
@@ -99,66 +113,94 @@ fn copy_indexes(
     })
 }
 
+/// One pinned map whose entries move into a new map of this release's layout and the
+/// configured capacity.
+pub(super) struct Move<'a> {
+    pub(super) spec: &'a MapSpec,
+    /// The layout of the pinned map.
+    pub(super) from: u32,
+    pub(super) copy: Copier,
+    /// Already retired by a start that did not finish.
+    pub(super) resumed: bool,
+}
+
 /// Moves the pin of a map about to be replaced aside, to be carried once the new map
 /// exists (pinned again under `retired/`, then unpinned: the BPF filesystem refuses
 /// renames). A retired pin left by an interrupted start is the one to carry:
 /// the pin beside it holds at most a partial copy and goes.
-pub(super) fn retire(pins: &PinDir, spec: &MapSpec) -> Result<(), LoadError> {
-    let (current, retired) = (pins.map(spec.name), pins.retired_map(spec.name));
-    if !retired.exists() {
+pub(super) fn retire(pins: &PinDir, planned: &Move<'_>) -> Result<(), LoadError> {
+    let name = planned.spec.name;
+    let (current, retired) = (pins.map(name), pins.retired_map(name));
+    if !planned.resumed {
         let dir = pins.retired();
         fs::create_dir_all(&dir).map_err(pins_error(&dir))?;
-        let map = MapData::from_pin(&current).map_err(carry_error(spec))?;
+        let map = MapData::from_pin(&current).map_err(carry_error(name))?;
         map.pin(&retired)
-            .map_err(|error| carry_error(spec)(MapError::PinError { name: None, error }))?;
+            .map_err(|error| carry_error(name)(MapError::PinError { name: None, error }))?;
     }
-    fs::remove_file(&current).map_err(pins_error(&current))
+    match fs::remove_file(&current) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(pins_error(&current)(error)),
+        _ => Ok(()),
+    }
 }
 
-/// Copies every retired map into the loaded map of its name and removes the retired
-/// pin; returns how many maps were carried.
+/// Copies every retired map into the loaded map of its name, records its new layout
+/// and removes the retired pin.
 pub(super) fn carry_retired(
     pins: &PinDir,
-    specs: &[MapSpec],
+    moves: &[Move<'_>],
     ebpf: &mut Ebpf,
-) -> Result<usize, LoadError> {
-    let mut carried_maps = 0;
-    for spec in specs {
+    record: &mut LayoutRecord,
+) -> Result<(), LoadError> {
+    for planned in moves {
+        let spec = planned.spec;
         let retired = pins.retired_map(spec.name);
-        if !retired.exists() {
-            continue;
-        }
         let previous = MapData::from_pin(&retired)
             .and_then(Map::from_map_data)
-            .map_err(carry_error(spec))?;
+            .map_err(carry_error(spec.name))?;
         let map = ebpf
             .map_mut(spec.name)
             .ok_or(LoadError::MissingMap { name: spec.name })?;
-        let carried = (spec.copy)(previous, map).map_err(carry_error(spec))?;
+        let carried = (planned.copy)(previous, map).map_err(carry_error(spec.name))?;
+        report(planned, carried);
+        record.set(pins, spec.name, spec.layout, spec.max_entries)?;
+        fs::remove_file(&retired).map_err(pins_error(&retired))?;
+    }
+    if !moves.is_empty() {
+        // Empty now; a failure here only leaves an empty directory.
+        let _ = fs::remove_dir(pins.retired());
+    }
+    Ok(())
+}
+
+fn report(planned: &Move<'_>, carried: Carried) {
+    let spec = planned.spec;
+    if planned.from == spec.layout {
         tracing::info!(
             map = spec.name,
             entries = carried.entries,
             capacity = spec.max_entries,
             "carried the pinned map's entries into a map of the configured capacity"
         );
-        if carried.left_out > 0 {
-            tracing::warn!(
-                map = spec.name,
-                left_out = carried.left_out,
-                "the smaller map had no room for every entry"
-            );
-        }
-        fs::remove_file(&retired).map_err(pins_error(&retired))?;
-        carried_maps += 1;
+    } else {
+        tracing::info!(
+            map = spec.name,
+            entries = carried.entries,
+            from_layout = planned.from,
+            layout = spec.layout,
+            capacity = spec.max_entries,
+            "migrated the pinned map's entries to this release's layout"
+        );
     }
-    if carried_maps > 0 {
-        // Empty now; a failure here only leaves an empty directory.
-        let _ = fs::remove_dir(pins.retired());
+    if carried.left_out > 0 {
+        tracing::warn!(
+            map = spec.name,
+            left_out = carried.left_out,
+            "the smaller map had no room for every entry"
+        );
     }
-    Ok(carried_maps)
 }
 
-fn carry_error(spec: &MapSpec) -> impl FnOnce(MapError) -> LoadError {
-    let map = spec.name;
+fn carry_error(map: &'static str) -> impl FnOnce(MapError) -> LoadError {
     move |source| LoadError::Carry { map, source }
 }
