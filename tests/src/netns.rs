@@ -45,6 +45,18 @@ impl Netns {
     }
 
     /// A command that will run inside the namespace.
+    /// The id of the XDP program attached to `interface` in this namespace, if any.
+    pub fn xdp_program(&self, interface: &str) -> anyhow::Result<Option<u32>> {
+        let link = self.run(&format!("ip -details link show dev {interface}"))?;
+        let id = link
+            .split("prog/xdp id ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::parse)
+            .transpose()?;
+        Ok(id)
+    }
+
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.name, program]);

@@ -271,7 +271,7 @@ fn upgrade(root: &Path, totals: &mut Totals) -> anyhow::Result<()> {
     ignored_privileged_tests(
         root,
         totals,
-        "restarts::a_rolling_downgrade_and_upgrade_between_releases",
+        "restarts::a_rolling_upgrade_from_the_previous_release",
         ("XDPLB_PREVIOUS_AGENT", &previous),
     )
 }

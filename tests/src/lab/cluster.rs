@@ -81,16 +81,17 @@ impl Cluster {
     /// Builds a LAN of `nodes` nodes with `services`, starts an agent on every node and
     /// returns once they agree on an owner for every VIP.
     pub fn start(nodes: usize, services: Vec<Service>) -> anyhow::Result<Self> {
-        Self::start_with(nodes, services, None, |_, _| Ok(None))
+        Self::start_with(nodes, services, None, None, |_, _| Ok(None))
     }
 
-    /// [`Self::start`], with the agents in containers of `image` when given, and in
-    /// Kubernetes mode when `kubernetes` (called once the lab exists) returns an API
-    /// double.
+    /// [`Self::start`], with the agents in containers of `image` when given, running
+    /// `binary` instead of this build's when given, and in Kubernetes mode when
+    /// `kubernetes` (called once the lab exists) returns an API double.
     fn start_with(
         nodes: usize,
         services: Vec<Service>,
         image: Option<ImageArchive>,
+        binary: Option<&Path>,
         kubernetes: impl FnOnce(&Lab, &[Service]) -> anyhow::Result<Option<kubernetes::Kubernetes>>,
     ) -> anyhow::Result<Self> {
         let binaries = Binaries::locate()?;
@@ -104,7 +105,14 @@ impl Cluster {
             .map(|image| containers::Containers::start(scratch.path(), image))
             .transpose()?;
         let mut cluster = Self {
-            slots: RefCell::new((0..nodes).map(|_| Slot::default()).collect()),
+            slots: RefCell::new(
+                (0..nodes)
+                    .map(|_| Slot {
+                        binary: binary.map(Path::to_owned),
+                        ..Slot::default()
+                    })
+                    .collect(),
+            ),
             _servers: Vec::new(),
             containers,
             kubernetes,
@@ -132,6 +140,19 @@ impl Cluster {
         scenario: impl FnOnce(&Self) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         Self::run_test(name, || Self::start(nodes, services), scenario)
+    }
+
+    /// [`Self::test`] with every agent running `binary` (e.g. the previous release's
+    /// `lb-agent`) until [`Self::set_agent_binary`] says otherwise.
+    pub fn test_on_binary(
+        name: &str,
+        nodes: usize,
+        services: Vec<Service>,
+        binary: &Path,
+        scenario: impl FnOnce(&Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let start = || Self::start_with(nodes, services, None, Some(binary), |_, _| Ok(None));
+        Self::run_test(name, start, scenario)
     }
 
     fn run_test(

@@ -252,16 +252,7 @@ api:
 
     /// The id of the XDP program on the interface, if one is attached.
     fn xdp_program(&self) -> anyhow::Result<Option<u32>> {
-        let link = self
-            .netns
-            .run(&format!("ip -details link show dev {INTERFACE}"))?;
-        let id = link
-            .split("prog/xdp id ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(str::parse)
-            .transpose()?;
-        Ok(id)
+        self.netns.xdp_program(INTERFACE)
     }
 
     /// Programs attached to the interface's TC egress hook (TCX).

@@ -27,7 +27,7 @@ use testbed::lab::{
     Pace, Service, WEB_VIP, echo_during, mac_text, requests_during,
 };
 
-const NODES: usize = 3;
+pub(crate) const NODES: usize = 3;
 /// Failover trials per failure kind.
 const TRIALS: usize = 5;
 /// The bound the issue sets on a failover, as the client sees it.

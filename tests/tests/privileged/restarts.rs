@@ -1,7 +1,7 @@
 //! The owner's agent restarted on the lab LAN while long-lived connections run and a
 //! client keeps requesting: a plain restart, a restart that doubles the flow table, and
-//! a rolling downgrade and upgrade between the previous release and this build. Not one
-//! request may fail and no connection may be reset.
+//! a rolling upgrade from the previous release to this build with a refused downgrade.
+//! Not one request may fail and no connection may be reset.
 //!
 //! Needs root; run with `cargo test -p testbed --test privileged restarts:: --
 //! --test-threads=1 --nocapture` to see the measured figures. The release test is
@@ -15,11 +15,14 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
+use lb_common::maps as names;
 use nix::sys::signal::Signal;
-use testbed::lab::{App, CLIENT_ADDR, Cluster, FaultReport, Pace, WEB_VIP, requests_during};
+use testbed::lab::{
+    App, CLIENT_ADDR, Cluster, FaultReport, Pace, Service, WEB_VIP, requests_during,
+};
 
 use crate::failover::{
-    CONNECTIONS, echo_across, echo_service_on_the_owner, hosted_on, judge_echoes, on_cluster,
+    CONNECTIONS, NODES, echo_across, echo_service_on_the_owner, hosted_on, judge_echoes, on_cluster,
 };
 
 /// The owner's agent restarts (SIGTERM, then start): its pinned data path and pods keep
@@ -201,20 +204,27 @@ fn restart_scenario(cluster: &Cluster) -> anyhow::Result<()> {
 /// Where `cargo xtask test --upgrade` puts the previous release's `lb-agent`.
 const PREVIOUS_AGENT: &str = "XDPLB_PREVIOUS_AGENT";
 
-/// The release guarantee, both ways: node by node every agent goes back to the previous
-/// release (SIGTERM, that release's binary started on the same pins), then forward to
-/// this build, while long-lived connections run and a client keeps requesting. After
-/// every step the mixed cluster agrees on every VIP's owner.
+/// The release guarantee: the cluster runs the previous release, and node by node every
+/// agent is replaced by this build (SIGTERM, this build started on the same pins, which
+/// migrates the maps whose layout changed) while long-lived connections run and a
+/// client keeps requesting. After every step the mixed cluster agrees on every VIP's
+/// owner. Then one node goes back to the previous release, which cannot read this
+/// build's map layouts: it must refuse and exit, leaving the node's data path
+/// forwarding, and the requests must not notice; the node then returns to this build.
 #[test]
 #[ignore = "needs the previous release's agent: run by `cargo xtask test --upgrade`"]
-fn a_rolling_downgrade_and_upgrade_between_releases_keeps_every_connection_and_request()
+fn a_rolling_upgrade_from_the_previous_release_keeps_every_connection_and_request()
 -> anyhow::Result<()> {
     let previous = std::env::var_os(PREVIOUS_AGENT)
         .map(PathBuf::from)
         .with_context(|| format!("{PREVIOUS_AGENT} names no previous release's lb-agent"))?;
-    on_cluster(
-        "a_rolling_downgrade_and_upgrade_between_releases_keeps_every_connection_and_request",
-        Some(echo_service_on_the_owner()),
+    let mut services = Service::homelab();
+    services.push(echo_service_on_the_owner());
+    Cluster::test_on_binary(
+        "a_rolling_upgrade_from_the_previous_release_keeps_every_connection_and_request",
+        NODES,
+        services,
+        &previous,
         |cluster| rolling_scenario(cluster, &previous),
     )
 }
@@ -228,34 +238,21 @@ fn rolling_scenario(cluster: &Cluster, previous: &Path) -> anyhow::Result<()> {
         .collect();
     let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
     cluster.wait_client_settled(WEB_VIP)?;
+    for node in &nodes {
+        ensure_runs(cluster, node, previous, true)?;
+    }
     let (rolled, reports) = echo_across(cluster, || {
         let (rolled, requests) =
             requests_during(&cluster.lab().client, target, Pace::RESTART, || {
-                for (release, binary) in [
-                    ("the previous release", Some(previous)),
-                    ("this build", None),
-                ] {
-                    for node in &nodes {
-                        cluster.stop_agent(node, Signal::SIGTERM)?;
-                        cluster.set_agent_binary(node, binary.map(Path::to_owned))?;
-                        cluster.start_agent(node)?;
-                        let running = cluster.agent_executable(node)?;
-                        ensure!(
-                            (running == previous.canonicalize()?) == binary.is_some(),
-                            "{node} runs {} for {release}",
-                            running.display()
-                        );
-                        let owners = cluster
-                            .wait_settled()
-                            .with_context(|| format!("{node} on {release}"))?;
-                        eprintln!("{node} runs {release}; owners {owners:?}");
-                    }
+                for node in &nodes {
+                    upgrade(cluster, node, previous)?;
                 }
+                refused_downgrade(cluster, &nodes[nodes.len() - 1], previous)?;
                 Ok(Instant::now())
             })?;
         let failures = requests.failures();
         eprintln!(
-            "FIGURE rolling downgrade and upgrade: {} requests, {} failed, slowest {} ms",
+            "FIGURE rolling upgrade and refused downgrade: {} requests, {} failed, slowest {} ms",
             requests.0.len(),
             failures.len(),
             requests.slowest().as_millis()
@@ -263,5 +260,71 @@ fn rolling_scenario(cluster: &Cluster, previous: &Path) -> anyhow::Result<()> {
         ensure!(failures.is_empty(), "requests failed: {failures:?}");
         Ok(rolled)
     })?;
-    judge_echoes(&reports, "rolling downgrade and upgrade", rolled)
+    judge_echoes(&reports, "rolling upgrade and refused downgrade", rolled)
+}
+
+/// Fails unless `node`'s agent runs `previous` (or, when `on_previous` is false, this
+/// build).
+fn ensure_runs(
+    cluster: &Cluster,
+    node: &str,
+    previous: &Path,
+    on_previous: bool,
+) -> anyhow::Result<()> {
+    let running = cluster.agent_executable(node)?;
+    ensure!(
+        (running == previous.canonicalize()?) == on_previous,
+        "{node} runs {}",
+        running.display()
+    );
+    Ok(())
+}
+
+/// Replaces `node`'s agent of the previous release by this build's, which migrates the
+/// pinned maps of the previous layout; waits until the cluster agrees on the owners.
+fn upgrade(cluster: &Cluster, node: &str, previous: &Path) -> anyhow::Result<()> {
+    cluster.stop_agent(node, Signal::SIGTERM)?;
+    cluster.set_agent_binary(node, None)?;
+    cluster.start_agent(node)?;
+    ensure_runs(cluster, node, previous, false)?;
+    ensure!(
+        cluster.agent_logged(
+            node,
+            "migrated the pinned map's entries to this release's layout"
+        )?,
+        "{node}'s agent did not migrate the previous release's maps"
+    );
+    let owners = cluster
+        .wait_settled()
+        .with_context(|| format!("{node} upgraded"))?;
+    eprintln!("{node} runs this build; owners {owners:?}");
+    Ok(())
+}
+
+/// Starts the previous release on `node`'s pins, written by this build: it must refuse
+/// and exit with the data path left running; then this build takes the node back.
+fn refused_downgrade(cluster: &Cluster, node: &str, previous: &Path) -> anyhow::Result<()> {
+    let program = cluster.xdp_program(node)?;
+    cluster.stop_agent(node, Signal::SIGTERM)?;
+    cluster.set_agent_binary(node, Some(previous.to_owned()))?;
+    let log = cluster.start_agent_expecting_refusal(node)?;
+    ensure!(
+        log.contains(names::FLOWS) && log.contains("pinned"),
+        "the previous release did not refuse this build's flow table:\n{log}"
+    );
+    ensure!(
+        cluster.xdp_program(node)? == program,
+        "the refused downgrade changed {node}'s XDP program"
+    );
+    let owners = cluster
+        .wait_settled()
+        .with_context(|| format!("{node}'s previous release refused"))?;
+    eprintln!("{node}'s previous release refused; owners {owners:?}");
+    cluster.set_agent_binary(node, None)?;
+    cluster.start_agent(node)?;
+    let owners = cluster
+        .wait_settled()
+        .with_context(|| format!("{node} back on this build"))?;
+    eprintln!("{node} back on this build; owners {owners:?}");
+    Ok(())
 }

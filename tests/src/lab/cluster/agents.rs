@@ -205,6 +205,28 @@ impl Cluster {
         Ok(fs::read_to_string(self.agent_log(node))?.contains(text))
     }
 
+    /// The id of the XDP program attached to `node`'s LAN interface, if any.
+    pub fn xdp_program(&self, node: &str) -> anyhow::Result<Option<u32>> {
+        self.node(node)?.netns.xdp_program(LAN_IFACE)
+    }
+
+    /// Starts `node`'s agent expecting it to refuse to run, as a previous release does
+    /// on pins of a newer layout: waits until it has exited and returns its log.
+    pub fn start_agent_expecting_refusal(&self, node: &str) -> anyhow::Result<String> {
+        self.spawn_agent(node)?;
+        let index = self.slot_index(node)?;
+        wait_for(&format!("the agent on {node} to exit"), AGENT_EXIT, || {
+            let mut slots = self.slots.borrow_mut();
+            let agent = slots[index]
+                .agent
+                .as_mut()
+                .with_context(|| format!("no agent runs on {node}"))?;
+            Ok(agent.process.has_exited()?.then_some(()))
+        })?;
+        self.slots.borrow_mut()[index].agent = None;
+        Ok(fs::read_to_string(self.agent_log(node))?)
+    }
+
     /// Starts the agent on `node` again and waits until it is ready.
     pub fn start_agent(&self, node: &str) -> anyhow::Result<()> {
         self.spawn_agent(node)?;

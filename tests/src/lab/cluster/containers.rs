@@ -175,7 +175,7 @@ impl Cluster {
         Self::run_test(
             name,
             || {
-                Self::start_with(nodes, services, Some(image), |lab, services| {
+                Self::start_with(nodes, services, Some(image), None, |lab, services| {
                     kubernetes
                         .then(|| Kubernetes::start(lab, services, &[]))
                         .transpose()

@@ -216,7 +216,7 @@ impl Cluster {
         Self::run_test(
             name,
             || {
-                Self::start_with(nodes, services, None, |lab, services| {
+                Self::start_with(nodes, services, None, None, |lab, services| {
                     Kubernetes::start(lab, services, withheld).map(Some)
                 })
             },
