@@ -27,10 +27,11 @@ pub(crate) mod wire;
 pub mod apis;
 
 // layer: adapters. The outside world: the BPF maps, ARP, the gossip, the local status
-// API, metrics, the allocator's heap.
+// API, metrics, the allocator's heap, the files users hand in.
 pub mod api;
 pub mod arp;
 pub mod dataplane;
+pub mod files;
 pub mod heap;
 pub mod membership;
 pub mod status;

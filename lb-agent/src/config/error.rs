@@ -1,7 +1,7 @@
 //! What is wrong with a file, as the agent reports it: each problem with its line,
 //! column and field path ([`Issue`]), grouped by kind ([`ConfigError`]).
 
-use std::{fmt, io};
+use std::fmt;
 
 use marked_yaml::{LoadError, Marker, Node};
 
@@ -54,8 +54,8 @@ fn lines(issues: &[Issue]) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the file: {0}")]
-    Read(#[source] io::Error),
+    #[error("{0}")]
+    Read(#[source] crate::files::ReadError),
     /// Not well-formed YAML, or empty.
     #[error("{0}")]
     Syntax(Issue),

@@ -80,7 +80,7 @@ pub use self::{
     reload::ReloadRefusal,
     schema::{Config, EndpointConfig, PeerConfig, PortConfig, ServiceConfig},
 };
-use crate::model::Node;
+use crate::{files, model::Node};
 
 /// A file that passed every check, and the node it describes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,7 +122,7 @@ pub fn parse_with_node_settings<Own: DeserializeOwned>(
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Standalone, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(ConfigError::Read)?;
+    let text = files::read_text(path, files::CONFIG_LIMIT).map_err(ConfigError::Read)?;
     parse(&text)
 }
 

@@ -52,7 +52,8 @@ impl KubernetesSettings {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(ConfigError::Read)?;
+        let text =
+            crate::files::read_text(path, crate::files::CONFIG_LIMIT).map_err(ConfigError::Read)?;
         Self::parse(&text)
     }
 

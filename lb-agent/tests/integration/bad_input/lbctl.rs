@@ -9,7 +9,7 @@ use std::process::Output;
 use super::table::{Checker, Expect, count};
 use crate::support::lbctl::command;
 
-const POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: { name: lan, namespace: metallb-system }\nspec:\n  addresses: [192.168.8.240-192.168.8.250]\n";
+pub const POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: { name: lan, namespace: metallb-system }\nspec:\n  addresses: [192.168.8.240-192.168.8.250]\n";
 
 /// One invocation: its arguments (`{dir}` is a scratch directory holding `files`).
 pub struct LbctlCase {

@@ -1,6 +1,6 @@
 //! Bad input, table by table: the standalone file, the Kubernetes settings file,
 //! AddressPools (at admission and in the controller), Service annotations and specs, and
-//! lbctl's arguments. Every bad input must be refused with a message, condition or event
+//! lbctl's arguments, and files that are not regular files or are far too large. Every bad input must be refused with a message, condition or event
 //! that names the problem, and none may crash anything or lose state that existed
 //! before it (the running configuration, IPAM allocations). Each table also holds valid
 //! controls that must pass.
@@ -8,6 +8,7 @@
 //! `cargo test -p lb-agent --test integration bad_input -- --nocapture` prints one
 //! `BAD-INPUT <category>: N cases` line per category and the total.
 
+mod files;
 mod lbctl;
 mod pools;
 mod services;
@@ -52,6 +53,11 @@ fn service_specs_the_data_path_cannot_serve_are_noted() {
 }
 
 #[test]
+fn files_that_are_not_regular_or_too_large_are_refused_at_once() {
+    files::run_table();
+}
+
+#[test]
 fn bad_lbctl_arguments_are_refused() {
     lbctl::run();
 }
@@ -77,6 +83,7 @@ fn at_least_sixty_bad_inputs() {
             (a + c, b + d)
         }),
         ("lbctl", lbctl::counts()),
+        ("unreadable-files", files::counts()),
     ];
     let mut total = (0, 0);
     for (category, (rejected, accepted)) in categories {

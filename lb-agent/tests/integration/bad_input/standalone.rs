@@ -22,6 +22,11 @@ use lb_agent::{
 use super::table::{Checker, Expect, count};
 
 const EXAMPLE: &str = include_str!("../../../examples/standalone.yaml");
+/// The example as an editor that writes a UTF-8 byte-order mark saves it.
+const EXAMPLE_WITH_BOM: &str = concat!(
+    "\u{feff}",
+    include_str!("../../../examples/standalone.yaml")
+);
 const MTU: u32 = 1500;
 
 /// A standalone file: the example with `edits` (from, to) applied in turn, each to its
@@ -65,6 +70,35 @@ pub fn file_cases() -> Vec<FileCase> {
             &["line ", "YAML syntax error"],
         ),
         case("empty file", &[(EXAMPLE, "")], &["the file is empty"]),
+        FileCase {
+            name: "a UTF-8 byte-order mark (accepted: skipped)",
+            edits: &[(EXAMPLE, EXAMPLE_WITH_BOM)],
+            expect: Expect::Accepted,
+        },
+        FileCase {
+            name: "a document start and end marker around the one document (control)",
+            edits: &[
+                ("node: node1\n", "---\nnode: node1\n"),
+                (END, "      - { address: 10.42.1.9, node: node2 }\n...\n"),
+            ],
+            expect: Expect::Accepted,
+        },
+        case(
+            "a second YAML document",
+            &[(
+                END,
+                "      - { address: 10.42.1.9, node: node2 }\n---\nnode: node2\n",
+            )],
+            &["line 25, column 1", "a second YAML document starts here"],
+        ),
+        case(
+            "a broken second YAML document after an end marker",
+            &[(
+                END,
+                "      - { address: 10.42.1.9, node: node2 }\n...\n: [\n",
+            )],
+            &["line 25, column 1", "a second YAML document starts here"],
+        ),
         case(
             "a list instead of a mapping",
             &[(EXAMPLE, "- node1\n")],

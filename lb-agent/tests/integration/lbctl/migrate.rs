@@ -134,7 +134,7 @@ fn bad_input_exits_1_and_missing_files_exit_2() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).expect("UTF-8");
     assert!(
-        stderr.contains("cannot read /nonexistent/metallb.yaml"),
+        stderr.contains("/nonexistent/metallb.yaml: cannot read the file: No such file"),
         "{stderr}"
     );
     let output = lbctl(&["migrate", "metallb"], None);

@@ -19,8 +19,10 @@ mod tests;
 
 use std::{
     io::{self, Read as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
+
+use lb_agent::files;
 
 use self::{
     convert::{ConvertedPool, MigrateError, Migration, convert},
@@ -29,20 +31,26 @@ use self::{
 };
 use crate::{EXIT_AGENT_ERROR, Failure};
 
-fn read(path: &PathBuf) -> Result<(String, String), Failure> {
-    let failed = |error: io::Error| {
-        Failure::new(
-            EXIT_AGENT_ERROR,
-            format!("cannot read {}: {error}", path.display()),
-        )
+fn read(path: &Path) -> Result<(String, String), Failure> {
+    let failed = |name: &str, error: &dyn std::fmt::Display| {
+        Failure::new(EXIT_AGENT_ERROR, format!("{name}: {error}"))
     };
     if path.as_os_str() == "-" {
         let mut text = String::new();
-        io::stdin().read_to_string(&mut text).map_err(failed)?;
+        let limit = files::CONFIG_LIMIT;
+        io::stdin()
+            .take(limit + 1)
+            .read_to_string(&mut text)
+            .map_err(|error| failed("<stdin>", &files::ReadError::Io(error)))?;
+        if text.len() as u64 > limit {
+            return Err(failed("<stdin>", &files::ReadError::TooLarge { limit }));
+        }
         return Ok(("<stdin>".to_owned(), text));
     }
-    let text = std::fs::read_to_string(path).map_err(failed)?;
-    Ok((path.display().to_string(), text))
+    let name = path.display().to_string();
+    let text =
+        files::read_text(path, files::CONFIG_LIMIT).map_err(|error| failed(&name, &error))?;
+    Ok((name, text))
 }
 
 pub fn metallb(files: &[PathBuf]) -> Result<String, Failure> {
