@@ -9,7 +9,7 @@
 use std::{
     fs::{File, Metadata},
     io::{self, Read as _},
-    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
+    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::Path,
 };
 
@@ -65,6 +65,11 @@ fn kind(metadata: &Metadata) -> &'static str {
 /// The bytes of the regular file at `path`, refusing anything else and files over
 /// `limit` bytes.
 pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    read_with_mode(path, limit).map(|(bytes, _)| bytes)
+}
+
+/// [`read`], and the file's permission bits (of the file read, not of a symlink to it).
+pub fn read_with_mode(path: &Path, limit: u64) -> Result<(Vec<u8>, u32), ReadError> {
     let file = File::options()
         .read(true)
         // A FIFO's open blocks until a writer opens it; this one returns at once.
@@ -79,7 +84,7 @@ pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     if bytes.len() as u64 > limit {
         return Err(ReadError::TooLarge { limit });
     }
-    Ok(bytes)
+    Ok((bytes, metadata.permissions().mode() & 0o7777))
 }
 
 /// [`read`], as UTF-8 text.

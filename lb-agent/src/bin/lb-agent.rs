@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_agent::{
-    config::{self, Standalone},
+    config::{self, NodeSettings, Standalone},
     dataplane::loader::{self, PinDir},
     ipam_controller::{self, lease::LeaseSettings},
     membership::{GossipKey, View},
@@ -129,6 +129,9 @@ async fn main() -> ExitCode {
         Ok(standalone) => standalone,
         Err(error) => return bad_config(&path, &error),
     };
+    if !cleanup_requested && let Err(code) = check_host(&path, &standalone.config().node_settings) {
+        return code;
+    }
     finish(match (cleanup_requested, args.check) {
         (true, _) => cleanup(standalone.config().node_settings.pin_dir.clone()),
         (false, true) => check(&standalone),
@@ -140,6 +143,21 @@ async fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
     })
+}
+
+/// The checks of the node settings against this host (`config::host`), shared by
+/// `--check` and a start: a problem ends the process as a bad file does; a warning is
+/// printed the same way and the agent goes on.
+fn check_host(path: &Path, settings: &NodeSettings) -> Result<(), ExitCode> {
+    match config::host::check(path, settings) {
+        Ok(warnings) => {
+            for warning in warnings {
+                eprintln!("warning: {}: {warning}", path.display());
+            }
+            Ok(())
+        }
+        Err(error) => Err(bad_config(path, &error)),
+    }
 }
 
 fn bad_config(path: &Path, error: &config::ConfigError) -> ExitCode {
@@ -154,6 +172,9 @@ async fn kubernetes_mode(args: KubernetesArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return bad_config(&args.settings, &error),
     };
+    if let Err(code) = check_host(&args.settings, &settings.node_settings) {
+        return code;
+    }
     let identity = args
         .pod
         .unwrap_or_else(|| format!("{}-{}", args.node, std::process::id()));
@@ -222,7 +243,7 @@ fn check(standalone: &Standalone) -> anyhow::Result<()> {
     let interface = runtime::interface::lan_interface(&Settings::from(&config.node_settings))?;
     let mtu = runtime::interface::mtu(&cluster, &interface)?;
     if let Some(gossip) = &config.node_settings.gossip {
-        let key = GossipKey::from_file(&gossip.key_file)?;
+        let key = GossipKey::from_file(&gossip.key_file)?.key;
         println!(
             "ok: gossip on port {} with key {}, failure detection within {:?} for {} nodes",
             gossip.port,

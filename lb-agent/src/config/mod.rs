@@ -62,6 +62,7 @@
 
 mod document;
 mod error;
+pub mod host;
 mod inputs;
 mod locate;
 mod node;

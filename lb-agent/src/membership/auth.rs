@@ -23,10 +23,12 @@
 //! backwards across a restart is refused (counted as replays) by peers that saw its
 //! previous run, until they restart; keep node clocks synchronised.
 
-use std::{collections::HashMap, fmt, fs, io, path::Path};
+use std::{collections::HashMap, fmt, path::Path};
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
+
+use crate::files::{self, ReadError};
 
 const MAGIC: [u8; 2] = *b"XL";
 const VERSION: u8 = 1;
@@ -67,18 +69,40 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// Why a gossip key file cannot be used. The messages leave the path out: the caller
+/// names the file (or the `gossip.keyFile` line that names it).
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the gossip key file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{0}")]
+    Read(#[from] ReadError),
     #[error(
-        "the gossip key file {path} holds {len} bytes (ignoring trailing whitespace); at least {MIN_KEY_LEN} are needed, e.g. `head -c 32 /dev/urandom | base64 > {path}` (the same file on every node)"
+        "the key holds {len} bytes (ignoring trailing whitespace); at least {MIN_KEY_LEN} are needed, e.g. from `head -c 32 /dev/urandom | base64` (the same file on every node)"
     )]
-    TooShort { path: String, len: usize },
+    TooShort { len: usize },
+    #[error(
+        "the key file is writable by every user (mode {mode:03o}): anyone on this host could replace the cluster's key; make it root-only (`chmod 600`)"
+    )]
+    WritableByOthers { mode: u32 },
+}
+
+/// A key read from its file, and whether every user may read that file.
+#[derive(Debug)]
+pub struct KeyFile {
+    pub key: GossipKey,
+    /// The file's mode when every user may read it: the key lets anyone who has it
+    /// speak for the cluster.
+    pub readable_by_others: Option<u32>,
+}
+
+impl KeyFile {
+    /// What to tell the user about the file, if anything.
+    pub fn warning(&self) -> Option<String> {
+        self.readable_by_others.map(|mode| {
+            format!(
+                "the key file is readable by every user (mode {mode:03o}): whoever reads it can forge gossip; make it root-only (`chmod 600`)"
+            )
+        })
+    }
 }
 
 impl GossipKey {
@@ -96,18 +120,22 @@ impl GossipKey {
     }
 
     /// Reads a key file: its bytes, less trailing whitespace (a key written with `echo`
-    /// or an editor ends with a newline the other nodes' copies may lack).
-    pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let shown = path.display().to_string();
-        let mut bytes = fs::read(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+    /// or an editor ends with a newline the other nodes' copies may lack). A file every
+    /// user may write is refused.
+    pub fn from_file(path: &Path) -> Result<KeyFile, KeyError> {
+        let (mut bytes, mode) = files::read_with_mode(path, files::KEY_LIMIT)?;
+        if mode & 0o002 != 0 {
+            return Err(KeyError::WritableByOthers { mode });
+        }
         while bytes.last().is_some_and(u8::is_ascii_whitespace) {
             bytes.pop();
         }
         let len = bytes.len();
-        Self::new(bytes).ok_or(KeyError::TooShort { path: shown, len })
+        let key = Self::new(bytes).ok_or(KeyError::TooShort { len })?;
+        Ok(KeyFile {
+            key,
+            readable_by_others: (mode & 0o004 != 0).then_some(mode),
+        })
     }
 
     /// A short public fingerprint for logs: equal on nodes sharing the key.
@@ -344,6 +372,8 @@ impl Opener {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn key(byte: u8) -> GossipKey {
@@ -514,11 +544,7 @@ mod tests {
         assert!(message.contains("holds 9 bytes"), "{message}");
         assert!(message.contains("at least 16"), "{message}");
         let missing = GossipKey::from_file(&dir.path().join("absent")).expect_err("missing");
-        assert!(
-            missing
-                .to_string()
-                .contains("cannot read the gossip key file")
-        );
+        assert!(missing.to_string().starts_with("cannot read the file"));
     }
 
     #[test]
@@ -528,8 +554,8 @@ mod tests {
         let without = dir.path().join("without");
         fs::write(&with, "0123456789abcdef0123\n").expect("write");
         fs::write(&without, "0123456789abcdef0123").expect("write");
-        let with = GossipKey::from_file(&with).expect("valid");
-        let without = GossipKey::from_file(&without).expect("valid");
+        let with = GossipKey::from_file(&with).expect("valid").key;
+        let without = GossipKey::from_file(&without).expect("valid").key;
         assert_eq!(with.fingerprint(), without.fingerprint());
         let mut sealer = Sealer::new(with, "a", 1);
         assert!(Opener::new(without).open(&sealer.seal(b"x")).is_ok());

@@ -29,7 +29,15 @@ impl Members {
             }
             return Ok(Self::Static);
         };
-        let key = GossipKey::from_file(&gossip.key_file)?;
+        let key_file =
+            GossipKey::from_file(&gossip.key_file).map_err(|source| RuntimeError::Key {
+                path: gossip.key_file.clone(),
+                source,
+            })?;
+        if let Some(warning) = key_file.warning() {
+            tracing::warn!(path = %gossip.key_file.display(), "{warning}");
+        }
+        let key = key_file.key;
         let peers = cluster.gossip_peers(gossip.port);
         let local = cluster.local_peer(gossip.port);
         let timing = gossip.timing();

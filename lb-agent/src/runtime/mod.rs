@@ -76,8 +76,12 @@ pub enum RuntimeError {
         path: String,
         detail: String,
     },
-    #[error(transparent)]
-    Key(#[from] KeyError),
+    #[error("the gossip key file {}: {source}", path.display())]
+    Key {
+        path: std::path::PathBuf,
+        #[source]
+        source: KeyError,
+    },
     #[error(transparent)]
     Membership(#[from] MembershipError),
     #[error(transparent)]

@@ -1,6 +1,7 @@
 //! Bad input, table by table: the standalone file, the Kubernetes settings file,
 //! AddressPools (at admission and in the controller), Service annotations and specs, and
-//! lbctl's arguments, and files that are not regular files or are far too large. Every bad input must be refused with a message, condition or event
+//! lbctl's arguments, files that are not regular files or are far too large, and gossip
+//! key files. Every bad input must be refused with a message, condition or event
 //! that names the problem, and none may crash anything or lose state that existed
 //! before it (the running configuration, IPAM allocations). Each table also holds valid
 //! controls that must pass.
@@ -9,6 +10,7 @@
 //! `BAD-INPUT <category>: N cases` line per category and the total.
 
 mod files;
+mod key_files;
 mod lbctl;
 mod pools;
 mod services;
@@ -58,6 +60,16 @@ fn files_that_are_not_regular_or_too_large_are_refused_at_once() {
 }
 
 #[test]
+fn bad_gossip_key_files_are_placed_at_their_line_and_refused() {
+    key_files::run();
+}
+
+#[test]
+fn the_agent_refuses_a_bad_key_file_as_a_bad_configuration() {
+    key_files::run_binary();
+}
+
+#[test]
 fn bad_lbctl_arguments_are_refused() {
     lbctl::run();
 }
@@ -84,6 +96,7 @@ fn at_least_sixty_bad_inputs() {
         }),
         ("lbctl", lbctl::counts()),
         ("unreadable-files", files::counts()),
+        ("gossip-key-file", key_files::counts()),
     ];
     let mut total = (0, 0);
     for (category, (rejected, accepted)) in categories {

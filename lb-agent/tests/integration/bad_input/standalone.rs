@@ -8,7 +8,6 @@ use std::{path::Path, sync::Arc};
 use lb_agent::{
     config::{self, Standalone},
     dataplane::memory::MemoryDataplane,
-    membership::GossipKey,
     model::capacities::Capacities,
     runtime::reconcile::Reconciler,
     sources::kubernetes::settings::KubernetesSettings,
@@ -422,8 +421,8 @@ const RENAMED: (&str, &str) = ("node: node1\n", "node: node2\n");
 pub fn counts() -> (usize, usize) {
     let files = file_cases();
     let (rejected, accepted) = count(files.iter().map(|case| &case.expect));
-    // The renamed node, the gossip keys and the missing key file; the valid edit.
-    (rejected + 2 + key_cases().len(), accepted + 1)
+    // The renamed node; the valid edit.
+    (rejected + 1, accepted + 1)
 }
 
 fn write(path: &Path, text: &str) {
@@ -440,22 +439,6 @@ fn reload_message(source: &ConfigSource, running: &Standalone) -> Result<(), Str
 }
 
 /// Gossip key files the agent refuses at start, with what the error must say.
-fn key_cases() -> Vec<(&'static str, &'static [u8], &'static [&'static str])> {
-    vec![
-        (
-            "short key",
-            b"0123456789",
-            &["holds 10 bytes", "at least 16"],
-        ),
-        ("whitespace only", b" \n\t\n", &["holds 0 bytes"]),
-        (
-            "key and newlines, too short",
-            b"abcdefghijklmno\n\n",
-            &["holds 15 bytes"],
-        ),
-    ]
-}
-
 pub async fn run() {
     let mut checker = Checker::new("standalone-config");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -528,22 +511,6 @@ pub async fn run() {
         ),
     }
 
-    for (name, bytes, parts) in key_cases() {
-        let key = dir.path().join("gossip.key");
-        std::fs::write(&key, bytes).expect("write the key");
-        let outcome = GossipKey::from_file(&key)
-            .map(drop)
-            .map_err(|e| e.to_string());
-        checker.verdict(name, Expect::Rejected(parts), outcome);
-    }
-    let missing = GossipKey::from_file(&dir.path().join("absent.key"))
-        .map(drop)
-        .map_err(|e| e.to_string());
-    checker.verdict(
-        "missing key file",
-        Expect::Rejected(&["cannot read the gossip key file", "absent.key"]),
-        missing,
-    );
     checker.finish();
 }
 
