@@ -75,6 +75,29 @@ fn prepare_directory(path: &Path) -> Result<(), ApiError> {
         .map_err(socket_error(directory))
 }
 
+/// Refuses a socket path no agent could bind: an existing file that is not a socket, or
+/// one below a file where its directory would have to be. A running agent's socket is
+/// fine: the next agent takes its place.
+pub fn check_path(path: &Path) -> Result<(), ApiError> {
+    if fs::symlink_metadata(path).is_ok_and(|metadata| !metadata.file_type().is_socket()) {
+        return Err(ApiError::NotASocket {
+            path: path.to_owned(),
+        });
+    }
+    let blocking = path
+        .ancestors()
+        .skip(1)
+        .find(|ancestor| ancestor.exists())
+        .filter(|ancestor| !ancestor.is_dir());
+    match blocking {
+        Some(file) => Err(socket_error(path)(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", file.display()),
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a path that is not a socket or that a running agent answers on.
 fn check_previous(path: &Path) -> Result<(), ApiError> {
     match fs::symlink_metadata(path) {

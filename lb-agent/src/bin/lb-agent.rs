@@ -12,7 +12,10 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_agent::{
-    config::{self, NodeSettings, Standalone},
+    config::{
+        self, Standalone,
+        host::{self, Host},
+    },
     dataplane::loader::{self, PinDir},
     ipam_controller::{self, lease::LeaseSettings},
     membership::{GossipKey, View},
@@ -129,7 +132,8 @@ async fn main() -> ExitCode {
         Ok(standalone) => standalone,
         Err(error) => return bad_config(&path, &error),
     };
-    if !cleanup_requested && let Err(code) = check_host(&path, &standalone.config().node_settings) {
+    let checked = || host::check_standalone(&path, &standalone, &Host::live());
+    if !cleanup_requested && let Err(code) = report_host(&path, checked()) {
         return code;
     }
     finish(match (cleanup_requested, args.check) {
@@ -145,11 +149,14 @@ async fn main() -> ExitCode {
     })
 }
 
-/// The checks of the node settings against this host (`config::host`), shared by
-/// `--check` and a start: a problem ends the process as a bad file does; a warning is
-/// printed the same way and the agent goes on.
-fn check_host(path: &Path, settings: &NodeSettings) -> Result<(), ExitCode> {
-    match config::host::check(path, settings) {
+/// The outcome of the checks against this host (`config::host`), shared by `--check`
+/// and a start: a problem ends the process as a bad file does; a warning is printed the
+/// same way and the agent goes on.
+fn report_host(
+    path: &Path,
+    outcome: Result<Vec<config::Issue>, config::ConfigError>,
+) -> Result<(), ExitCode> {
+    match outcome {
         Ok(warnings) => {
             for warning in warnings {
                 eprintln!("warning: {}: {warning}", path.display());
@@ -172,7 +179,8 @@ async fn kubernetes_mode(args: KubernetesArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return bad_config(&args.settings, &error),
     };
-    if let Err(code) = check_host(&args.settings, &settings.node_settings) {
+    let checked = host::check(&args.settings, &settings.node_settings, &Host::live());
+    if let Err(code) = report_host(&args.settings, checked) {
         return code;
     }
     let identity = args

@@ -39,10 +39,8 @@ pub struct NodeSettings {
     #[serde(default = "default_icmp_rate")]
     pub icmp_rate_per_second: u32,
     /// `capacities` (default: every entry at its default): sizes of the kernel tables
-    /// (each key is documented on [`Capacities`]). They are fixed when the maps are
-    /// created: a restarted agent refuses different capacities than its pinned maps
-    /// have, and `lb-agent cleanup` (which drops every cached flow) is needed before a
-    /// change.
+    /// (each key is documented on [`Capacities`]). A changed value takes effect at the
+    /// next start: the pinned map's entries move into a map of the new size.
     #[serde(default)]
     pub capacities: Capacities,
     /// `gossip` (default: none): membership by authenticated SWIM gossip, which makes

@@ -352,17 +352,45 @@ fn mount_bpffs() -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Refuses, without creating or mounting anything, a pin directory [`load_pinned`] could
+/// not prepare: one below a file, or on another filesystem than a BPF one outside
+/// `/sys/fs/bpf` (where the agent mounts one).
+pub fn check_pin_dir(pins: &PinDir) -> Result<(), LoadError> {
+    let root = pins.root();
+    let existing = nearest_existing(root);
+    if !existing.is_dir() {
+        return Err(pins_error(root)(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", existing.display()),
+        )));
+    }
+    if !is_bpffs(existing)? && !mountable(root) {
+        return Err(LoadError::NotBpffs {
+            path: root.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// `path` or the nearest of its ancestors that exists.
+fn nearest_existing(path: &Path) -> &Path {
+    path.ancestors()
+        .find(|ancestor| ancestor.exists())
+        .unwrap_or(Path::new("/"))
+}
+
+/// Whether a BPF filesystem can be mounted for `root`: it lies under `/sys/fs/bpf`.
+fn mountable(root: &Path) -> bool {
+    let standard = Path::new(BPFFS_MOUNT);
+    root.starts_with(standard) && standard.is_dir()
+}
+
 /// Creates the pin directory on a BPF filesystem, mounting one on `/sys/fs/bpf` when the
 /// directory is meant to be there and nothing is mounted yet.
 fn prepare(pins: &PinDir) -> Result<(), LoadError> {
     let root = pins.root();
-    let existing = root
-        .ancestors()
-        .find(|ancestor| ancestor.exists())
-        .unwrap_or(Path::new("/"));
-    if !is_bpffs(existing)? {
-        let standard = Path::new(BPFFS_MOUNT);
-        if !(root.starts_with(standard) && standard.is_dir()) {
+    if !is_bpffs(nearest_existing(root))? {
+        if !mountable(root) {
             return Err(LoadError::NotBpffs {
                 path: root.to_owned(),
             });

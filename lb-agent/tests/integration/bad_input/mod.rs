@@ -10,6 +10,7 @@
 //! `BAD-INPUT <category>: N cases` line per category and the total.
 
 mod files;
+mod host;
 mod key_files;
 mod lbctl;
 mod pools;
@@ -60,6 +61,16 @@ fn files_that_are_not_regular_or_too_large_are_refused_at_once() {
 }
 
 #[test]
+fn what_the_host_cannot_give_is_refused_at_its_line() {
+    host::run();
+}
+
+#[test]
+fn check_and_start_refuse_alike() {
+    host::run_binary();
+}
+
+#[test]
 fn bad_gossip_key_files_are_placed_at_their_line_and_refused() {
     key_files::run();
 }
@@ -97,6 +108,7 @@ fn at_least_sixty_bad_inputs() {
         ("lbctl", lbctl::counts()),
         ("unreadable-files", files::counts()),
         ("gossip-key-file", key_files::counts()),
+        ("host-checks", host::counts()),
     ];
     let mut total = (0, 0);
     for (category, (rejected, accepted)) in categories {

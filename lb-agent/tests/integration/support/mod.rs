@@ -1,10 +1,12 @@
 //! What the areas share: the runtime double behind the local API (`agent`, with
-//! `openmetrics` to read its metrics), the Kubernetes API server double (`kube_api`; over
+//! `openmetrics` to read its metrics), a stand-in host for the configuration's host
+//! checks (`host`), the Kubernetes API server double (`kube_api`; over
 //! HTTP for the lbctl binary, `kube_http`), the IPAM controller's setup (`controller`),
 //! and running the lbctl binary (`lbctl`).
 
 pub mod agent;
 pub mod controller;
+pub mod host;
 pub mod kube_api;
 pub mod kube_http;
 pub mod lbctl;
