@@ -60,6 +60,7 @@
 //!
 //! [`Capacities`]: crate::model::capacities::Capacities
 
+pub mod bounds;
 mod document;
 mod error;
 pub mod host;

@@ -194,14 +194,14 @@ fn bad_files() -> Vec<Bad> {
             append("mtu: 100\n"),
             25,
             "mtu",
-            "MTU 100 is outside 576-65535",
+            "100 is outside 576 to 65535",
         ),
         bad(append("mtu: big\n"), 25, "mtu", "expected a whole number"),
         bad(
             append("capacities:\n  vips: 16\n  flows: 0\n"),
             27,
             "capacities.flows",
-            "must be at least 1",
+            "0 is outside 1 to 4194304",
         ),
         bad(
             append("capacities:\n  rings: 16\n"),
@@ -276,7 +276,7 @@ fn bad_files() -> Vec<Bad> {
             append("gossip:\n  keyFile: /etc/xdplb/key\n  suspicionMs: 0\n"),
             27,
             "gossip.suspicionMs",
-            "must be at least 1",
+            "0 is outside 1 to 600000",
         ),
         bad(
             append("gossip:\n  keyFile: gossip.key\n"),

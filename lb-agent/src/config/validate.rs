@@ -7,11 +7,11 @@ use std::{
 
 use super::{
     Config, EndpointConfig, GossipConfig, NodeSettings, PeerConfig, ServiceConfig,
+    bounds::{self, Bound},
     locate::{FieldPath, Problem},
 };
 use crate::model::{Node, Protocol, capacities::Capacities};
 
-const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65535;
 /// Linux's IFNAMSIZ less the terminating NUL.
 const MAX_INTERFACE_NAME: usize = 15;
 const MAX_NAME: usize = 253;
@@ -107,15 +107,12 @@ impl Checker {
     }
 
     fn gossip(&mut self, path: FieldPath, gossip: &GossipConfig) {
-        self.at_least_one(
-            &path,
-            [
-                ("probeIntervalMs", gossip.probe_interval_ms),
-                ("probeTimeoutMs", gossip.probe_timeout_ms),
-                ("suspicionMs", gossip.suspicion_ms),
-                ("joinTimeoutMs", gossip.join_timeout_ms),
-            ],
-        );
+        self.within([
+            (bounds::PROBE_INTERVAL, gossip.probe_interval_ms),
+            (bounds::PROBE_TIMEOUT, gossip.probe_timeout_ms),
+            (bounds::SUSPICION, gossip.suspicion_ms),
+            (bounds::JOIN_TIMEOUT, gossip.join_timeout_ms),
+        ]);
         if gossip.probe_timeout_ms >= gossip.probe_interval_ms {
             self.report(
                 path.key("probeTimeoutMs"),
@@ -128,42 +125,27 @@ impl Checker {
         self.absolute(path.key("keyFile"), &gossip.key_file);
     }
 
-    fn mtu(&mut self, path: FieldPath, mtu: Option<u32>) {
-        if let Some(mtu) = mtu.filter(|mtu| !MTU_RANGE.contains(mtu)) {
-            self.report(
-                path,
-                format!(
-                    "MTU {mtu} is outside {}-{}",
-                    MTU_RANGE.start(),
-                    MTU_RANGE.end()
-                ),
-            );
-        }
+    fn capacities(&mut self, capacities: &Capacities) {
+        self.within([
+            (bounds::SERVICES, capacities.services),
+            (bounds::SERVICE_PORTS, capacities.service_ports),
+            (bounds::VIPS, capacities.vips),
+            (bounds::BACKENDS, capacities.backends),
+            (bounds::FLOWS, capacities.flows),
+            (bounds::REPLY_FLOWS, capacities.reply_flows),
+        ]);
     }
 
-    fn capacities(&mut self, path: &FieldPath, capacities: &Capacities) {
-        self.at_least_one(
-            path,
-            [
-                ("services", capacities.services),
-                ("servicePorts", capacities.service_ports),
-                ("vips", capacities.vips),
-                ("backends", capacities.backends),
-                ("flows", capacities.flows),
-                ("replyFlows", capacities.reply_flows),
-            ],
-        );
-    }
-
-    /// Reports each of the `(key, value)` under `path` whose value is 0.
-    fn at_least_one<const N: usize>(
-        &mut self,
-        path: &FieldPath,
-        entries: [(&'static str, u32); N],
-    ) {
-        for (key, value) in entries {
-            if value == 0 {
-                self.report(path.key(key), "must be at least 1".to_owned());
+    /// Reports each value outside its bound, at the bound's key (the node settings are
+    /// at the top of either file).
+    fn within<const N: usize>(&mut self, entries: [(Bound, u32); N]) {
+        for (bound, value) in entries {
+            if let Some(problem) = bound.problem(value) {
+                let path = bound
+                    .key
+                    .split('.')
+                    .fold(FieldPath::default(), |path, key| path.key(key));
+                self.report(path, problem);
             }
         }
     }
@@ -288,8 +270,17 @@ impl Checker {
         }
         self.absolute(root.key("pinDir"), &settings.pin_dir);
         self.absolute(root.key("api").key("socket"), &settings.api.socket);
-        self.mtu(root.key("mtu"), settings.mtu);
-        self.capacities(&root.key("capacities"), &settings.capacities);
+        let arp = &settings.arp;
+        self.within([
+            (bounds::ICMP_RATE, settings.icmp_rate_per_second),
+            (bounds::GARP_REPEATS, arp.garp_repeats),
+            (bounds::GARP_INTERVAL, arp.garp_interval_ms),
+            (bounds::REFRESH, arp.refresh_seconds),
+        ]);
+        if let Some(mtu) = settings.mtu {
+            self.within([(bounds::MTU, mtu)]);
+        }
+        self.capacities(&settings.capacities);
     }
 }
 

@@ -100,9 +100,9 @@ mod tests {
             "defaultClass: true\nmtu: 100\n",
             2,
             "mtu",
-            "MTU 100 is outside 576-65535",
+            "100 is outside 576 to 65535",
         ),
-        ("mtu: 70000\n", 1, "mtu", "MTU 70000 is outside 576-65535"),
+        ("mtu: 70000\n", 1, "mtu", "70000 is outside 576 to 65535"),
         (
             "interface: eth0/1\n",
             1,
@@ -131,13 +131,13 @@ mod tests {
             "gossip:\n  keyFile: /k\n  suspicionMs: 0\n",
             3,
             "gossip.suspicionMs",
-            "must be at least 1",
+            "0 is outside 1 to 600000",
         ),
         (
             "capacities:\n  vips: 16\n  flows: 0\n",
             3,
             "capacities.flows",
-            "must be at least 1",
+            "0 is outside 1 to 4194304",
         ),
         (
             "pinDir: xdplb\n",

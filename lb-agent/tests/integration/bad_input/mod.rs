@@ -9,6 +9,7 @@
 //! `cargo test -p lb-agent --test integration bad_input -- --nocapture` prints one
 //! `BAD-INPUT <category>: N cases` line per category and the total.
 
+mod bounds;
 mod files;
 mod host;
 mod key_files;
@@ -61,6 +62,11 @@ fn files_that_are_not_regular_or_too_large_are_refused_at_once() {
 }
 
 #[test]
+fn numbers_outside_their_range_are_refused_at_their_line() {
+    bounds::run();
+}
+
+#[test]
 fn what_the_host_cannot_give_is_refused_at_its_line() {
     host::run();
 }
@@ -109,6 +115,7 @@ fn at_least_sixty_bad_inputs() {
         ("unreadable-files", files::counts()),
         ("gossip-key-file", key_files::counts()),
         ("host-checks", host::counts()),
+        ("number-bounds", bounds::counts()),
     ];
     let mut total = (0, 0);
     for (category, (rejected, accepted)) in categories {

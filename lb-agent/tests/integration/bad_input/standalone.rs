@@ -293,7 +293,7 @@ pub fn file_cases() -> Vec<FileCase> {
                 END,
                 "      - { address: 10.42.1.9, node: node2 }\nmtu: 100\n",
             )],
-            &["mtu", "MTU 100 is outside 576-65535"],
+            &["mtu", "100 is outside 576 to 65535"],
         ),
         case(
             "negative MTU",
@@ -320,7 +320,7 @@ pub fn file_cases() -> Vec<FileCase> {
                 END,
                 "      - { address: 10.42.1.9, node: node2 }\ngossip: { keyFile: /etc/xdplb/gossip.key, suspicionMs: 0 }\n",
             )],
-            &["gossip.suspicionMs", "must be at least 1"],
+            &["gossip.suspicionMs", "0 is outside 1 to 600000"],
         ),
         case(
             "timer beyond u32",
@@ -360,7 +360,7 @@ pub fn file_cases() -> Vec<FileCase> {
                 END,
                 "      - { address: 10.42.1.9, node: node2 }\ncapacities: { flows: 0 }\n",
             )],
-            &["capacities.flows", "must be at least 1"],
+            &["capacities.flows", "0 is outside 1 to 4194304"],
         ),
         case(
             "unknown traffic policy",
@@ -547,7 +547,7 @@ pub fn settings_cases() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "MTU too large",
             "mtu: 70000\n",
-            rejected(&["mtu", "MTU 70000 is outside 576-65535"]),
+            rejected(&["mtu", "70000 is outside 576 to 65535"]),
         ),
         (
             "relative pin directory",
@@ -562,7 +562,7 @@ pub fn settings_cases() -> Vec<(&'static str, &'static str, Expect)> {
         (
             "zero VIP capacity",
             "capacities: { vips: 0 }\n",
-            rejected(&["capacities.vips", "must be at least 1"]),
+            rejected(&["capacities.vips", "0 is outside 1 to 65536"]),
         ),
         (
             "duplicate key",

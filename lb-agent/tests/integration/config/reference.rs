@@ -348,6 +348,30 @@ fn the_kubernetes_settings_reference_lists_exactly_the_keys_the_parser_accepts()
 }
 
 /// The check itself: a page that leaves a key out, or misspells one, is caught.
+/// Every range the agent enforces (`config::bounds`) is stated in its key's row as
+/// `MIN to MAX`.
+#[test]
+fn the_reference_states_every_bound() {
+    let page = reference();
+    let table = section(&page, STANDALONE);
+    let missing: Vec<String> = lb_agent::config::bounds::ALL
+        .iter()
+        .filter(|bound| {
+            let row = format!("| `{}` |", bound.key);
+            let range = format!("{} to {}", bound.min, bound.max);
+            !table
+                .lines()
+                .any(|line| line.starts_with(&row) && line.contains(&range))
+        })
+        .map(|bound| format!("{}: {} to {}", bound.key, bound.min, bound.max))
+        .collect();
+    assert_eq!(
+        missing,
+        Vec::<String>::new(),
+        "bounds missing from {REFERENCE}"
+    );
+}
+
 #[test]
 fn a_missing_or_misspelt_key_is_reported() {
     let page = reference();
