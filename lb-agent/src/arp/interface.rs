@@ -275,6 +275,24 @@ impl<'a> Route<'a> {
     }
 }
 
+/// Every IPv4 address of this host (the calling thread's network namespace), with the
+/// link it is on.
+pub fn host_ipv4() -> Vec<(String, Ipv4Addr)> {
+    pnet_datalink::interfaces()
+        .into_iter()
+        .flat_map(|interface| {
+            let name = interface.name;
+            interface
+                .ips
+                .into_iter()
+                .filter_map(move |network| match network.ip() {
+                    IpAddr::V4(addr) => Some((name.clone(), addr)),
+                    IpAddr::V6(_) => None,
+                })
+        })
+        .collect()
+}
+
 fn first_ipv4(name: &str) -> Option<Ipv4Addr> {
     pnet_datalink::interfaces()
         .into_iter()

@@ -8,7 +8,7 @@
 //! path, the gossip key file, and for a standalone file whether its services fit the
 //! map capacities (the same update the data path makes, on in-memory maps).
 
-use std::path::Path;
+use std::{net::Ipv4Addr, path::Path};
 
 use super::{
     Standalone, document,
@@ -34,17 +34,19 @@ use crate::{
     sources::Cluster,
 };
 
-/// The host a configuration is checked against: where its links and routes are read
-/// (the live kernel's, or a test's stand-in).
+/// The host a configuration is checked against: where its links and routes are read,
+/// and its IPv4 addresses with their links (the live kernel's, or a test's stand-in).
 #[derive(Clone, Debug)]
 pub struct Host {
     pub sys: SysPaths,
+    pub addresses: Vec<(String, Ipv4Addr)>,
 }
 
 impl Host {
     pub fn live() -> Self {
         Self {
             sys: SysPaths::live(),
+            addresses: interface::host_ipv4(),
         }
     }
 }
@@ -99,7 +101,8 @@ pub fn check_standalone(
 ) -> Result<Vec<Issue>, ConfigError> {
     let mut findings = Findings::default();
     let settings = &standalone.config().node_settings;
-    node_settings(&mut findings, settings, host);
+    let links = node_settings(&mut findings, settings, host);
+    vips_on_host(&mut findings, standalone, &links, host);
     let inputs = Cluster::from_standalone(standalone).inputs(settings.mtu.unwrap_or(1500));
     let changes = diff(&State::default(), &desired_state(&inputs));
     if let Err(error) = MemoryDataplane::new(settings.capacities).apply(&changes) {
@@ -124,21 +127,17 @@ fn capacity_field(error: &DataplaneError) -> FieldPath {
     key.map_or_else(|| capacities.clone(), |key| capacities.key(key))
 }
 
-fn node_settings(findings: &mut Findings, settings: &NodeSettings, host: &Host) {
+/// Checks the node settings; returns the links the agent would attach to and announce
+/// on, as far as they could be found.
+fn node_settings(findings: &mut Findings, settings: &NodeSettings, host: &Host) -> Vec<String> {
     let root = FieldPath::default();
-    link(
-        findings,
-        root.key("interface"),
-        settings.interface.as_deref(),
-        host,
-    );
+    let configured = settings.interface.as_deref();
+    let mut links: Vec<String> = link(findings, root.key("interface"), configured, host)
+        .into_iter()
+        .collect();
     if let Some(announce) = &settings.arp.interface {
-        link(
-            findings,
-            root.key("arp").key("interface"),
-            Some(announce),
-            host,
-        );
+        let field = root.key("arp").key("interface");
+        links.extend(link(findings, field, Some(announce), host));
     }
     if let Err(error) = loader::check_pin_dir(&PinDir::new(&settings.pin_dir)) {
         findings.problem(root.key("pinDir"), error.to_string());
@@ -147,29 +146,70 @@ fn node_settings(findings: &mut Findings, settings: &NodeSettings, host: &Host) 
         findings.problem(root.key("api").key("socket"), error.to_string());
     }
     if let Some(gossip) = &settings.gossip {
-        key_file(
-            findings,
-            root.key("gossip").key("keyFile"),
-            &gossip.key_file,
-        );
+        let field = root.key("gossip").key("keyFile");
+        key_file(findings, field, &gossip.key_file);
     }
+    links
 }
 
-/// A link the agent attaches to or announces on (`None`: the default route's).
-fn link(findings: &mut Findings, field: FieldPath, configured: Option<&str>, host: &Host) {
+/// A link the agent attaches to or announces on (`None`: the default route's); its name
+/// when it was found.
+fn link(
+    findings: &mut Findings,
+    field: FieldPath,
+    configured: Option<&str>,
+    host: &Host,
+) -> Option<String> {
     match interface::choose(&host.sys, configured) {
-        Ok(_) => {}
+        Ok(link) => Some(link.name),
         Err(InterfaceError::Refused {
             name,
             reason: reason @ Refusal::Down { .. },
-        }) => findings.warning(
-            field,
-            format!("{name} {reason}: the agent starts and waits for it to come up"),
-        ),
+        }) => {
+            findings.warning(
+                field,
+                format!("{name} {reason}: the agent starts and waits for it to come up"),
+            );
+            Some(name)
+        }
         Err(InterfaceError::Refused { name, reason }) => {
             findings.problem(field, format!("{name} {reason}"));
+            None
         }
-        Err(error) => findings.problem(field, error.to_string()),
+        Err(error) => {
+            findings.problem(field, error.to_string());
+            None
+        }
+    }
+}
+
+/// A VIP that is also an address of this host: on a link the agent announces on, the
+/// kernel would answer ARP for it too, on every node that has it (refused); elsewhere
+/// (a dummy link such as kube-proxy's `kube-ipvs0`, or `lo`) only this host's own
+/// traffic to it stays here (a warning).
+fn vips_on_host(findings: &mut Findings, standalone: &Standalone, links: &[String], host: &Host) {
+    for (index, service) in standalone.config().services.iter().enumerate() {
+        let field = FieldPath::default().key("services").index(index).key("vip");
+        let Some((on, _)) = host.addresses.iter().find(|(_, addr)| *addr == service.vip) else {
+            continue;
+        };
+        if links.contains(on) {
+            findings.problem(
+                field,
+                format!(
+                    "{} is an address of this host's {on}, where the agent announces VIPs: the kernel would answer ARP for it as well; remove it from {on}",
+                    service.vip
+                ),
+            );
+        } else {
+            findings.warning(
+                field,
+                format!(
+                    "{} is also an address of this host's {on}: traffic this host sends to it stays here",
+                    service.vip
+                ),
+            );
+        }
     }
 }
 

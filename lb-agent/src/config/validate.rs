@@ -18,6 +18,8 @@ const MAX_NAME: usize = 253;
 
 /// Peer name -> address.
 type Peers<'a> = BTreeMap<&'a str, Ipv4Addr>;
+/// VIP -> the first service that names it.
+type Vips<'a> = BTreeMap<Ipv4Addr, &'a str>;
 
 #[derive(Default)]
 struct Checker {
@@ -150,7 +152,13 @@ impl Checker {
         }
     }
 
-    fn endpoints(&mut self, path: FieldPath, endpoints: &[EndpointConfig], peers: &Peers<'_>) {
+    fn endpoints(
+        &mut self,
+        path: FieldPath,
+        endpoints: &[EndpointConfig],
+        peers: &Peers<'_>,
+        vips: &Vips<'_>,
+    ) {
         let mut addresses = BTreeSet::new();
         for (index, endpoint) in endpoints.iter().enumerate() {
             let at = path.index(index);
@@ -160,7 +168,39 @@ impl Checker {
                     format!("duplicate endpoint address {}", endpoint.address),
                 );
             }
+            self.endpoint_address(at.key("address"), endpoint, peers, vips);
             self.node_address(at.key("node"), &endpoint.node, peers);
+        }
+    }
+
+    /// An endpoint's address must not lead back to a VIP, nor be another node than the
+    /// one it runs on. Its own node's address is fine: a service on the host network.
+    fn endpoint_address(
+        &mut self,
+        path: FieldPath,
+        endpoint: &EndpointConfig,
+        peers: &Peers<'_>,
+        vips: &Vips<'_>,
+    ) {
+        let address = endpoint.address;
+        if let Some(service) = vips.get(&address) {
+            self.report(
+                path,
+                format!(
+                    "{address} is the VIP of service `{service}`: its traffic would be sent back to the VIP in a loop"
+                ),
+            );
+            return;
+        }
+        let node = peers.iter().find(|(_, peer)| **peer == address);
+        if let Some((node, _)) = node.filter(|(node, _)| **node != endpoint.node) {
+            self.report(
+                path,
+                format!(
+                    "{address} is the address of node `{node}`, but the endpoint runs on `{}`",
+                    endpoint.node
+                ),
+            );
         }
     }
 }
@@ -181,6 +221,7 @@ impl Checker {
         at: FieldPath,
         service: &'a ServiceConfig,
         peers: &Peers<'_>,
+        vips: &Vips<'_>,
         claims: &mut Claims<'a>,
     ) {
         self.name(at.key("name"), &service.name);
@@ -226,7 +267,7 @@ impl Checker {
                 }
             }
         }
-        self.endpoints(at.key("endpoints"), &service.endpoints, peers);
+        self.endpoints(at.key("endpoints"), &service.endpoints, peers, vips);
     }
 
     fn owner<'a>(
@@ -308,12 +349,17 @@ pub fn validate(config: &Config) -> Result<Node, Vec<Problem>> {
             name: config.node.clone(),
             address,
         });
+    let mut vips = Vips::new();
+    for service in &config.services {
+        vips.entry(service.vip).or_insert(&service.name);
+    }
     let mut claims = Claims::default();
     for (index, service) in config.services.iter().enumerate() {
         checker.service(
             root.key("services").index(index),
             service,
             &peers,
+            &vips,
             &mut claims,
         );
     }

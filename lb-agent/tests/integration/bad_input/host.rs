@@ -3,7 +3,7 @@
 //! path and the map capacities. Every case runs against a stand-in host whose links the
 //! case chooses; each problem must be placed at its key's line.
 
-use std::process::Command;
+use std::{net::Ipv4Addr, process::Command};
 
 use lb_agent::config::{self, host};
 
@@ -18,6 +18,8 @@ struct HostCase {
     edits: &'static [(&'static str, &'static str)],
     /// The links besides `eth0`.
     links: fn(FakeHost) -> FakeHost,
+    /// Addresses of the host's links besides node1's on `eth0`.
+    addresses: &'static [(&'static str, [u8; 4])],
     expect: Expect,
 }
 
@@ -35,6 +37,7 @@ const fn bad(
         name,
         edits,
         links,
+        addresses: &[],
         expect: Expect::Rejected(parts),
     }
 }
@@ -54,7 +57,25 @@ fn cases() -> Vec<HostCase> {
             name: "the example on a host with eth0 (valid control)",
             edits: &[],
             links: no_links,
+            addresses: &[],
             expect: Expect::Accepted,
+        },
+        HostCase {
+            name: "a VIP on a dummy link of this host, as kube-proxy's IPVS mode puts it (accepted, warned)",
+            edits: &[],
+            links: no_links,
+            addresses: &[("kube-ipvs0", [172, 16, 200, 20])],
+            expect: Expect::Accepted,
+        },
+        HostCase {
+            name: "a VIP that is an address of the LAN link",
+            edits: &[],
+            links: no_links,
+            addresses: &[("eth0", [172, 16, 200, 20])],
+            expect: Expect::Rejected(&[
+                "line 8, column 10: services[0].vip: 172.16.200.20 is an address of this host's eth0",
+                "the kernel would answer ARP for it as well",
+            ]),
         },
         HostCase {
             name: "an announce interface that is down (accepted: the agent waits for it)",
@@ -63,6 +84,7 @@ fn cases() -> Vec<HostCase> {
                 "      - { address: 10.42.1.9, node: node2 }\narp: { interface: eth1 }\n",
             )],
             links: |host| host.link("eth1", libc::IFF_BROADCAST as u32, libc::ARPHRD_ETHER),
+            addresses: &[],
             expect: Expect::Accepted,
         },
         bad(
@@ -221,11 +243,22 @@ pub fn run() {
         let fake = (case.links)(FakeHost::new());
         let path = fake.dir().join("xdplb.yaml");
         std::fs::write(&path, edited(case.edits)).expect("write");
+        let mut addresses = vec![("eth0".to_owned(), Ipv4Addr::new(10, 0, 0, 11))];
+        addresses.extend(
+            case.addresses
+                .iter()
+                .map(|(link, octets)| ((*link).to_owned(), Ipv4Addr::from(*octets))),
+        );
+        let host = fake.host_with(addresses);
         let outcome = config::load(&path)
             .map_err(|error| error.to_string())
             .and_then(|standalone| {
-                host::check_standalone(&path, &standalone, &fake.host())
-                    .map(drop)
+                host::check_standalone(&path, &standalone, &host)
+                    .map(|warnings| {
+                        if !case.addresses.is_empty() && warnings.is_empty() {
+                            checker.fail(case.name, "no warning".to_owned());
+                        }
+                    })
                     .map_err(|error| error.to_string())
             });
         checker.verdict(case.name, case.expect, outcome);

@@ -69,6 +69,37 @@ pub fn file_cases() -> Vec<FileCase> {
             &["line ", "YAML syntax error"],
         ),
         case("empty file", &[(EXAMPLE, "")], &["the file is empty"]),
+        case(
+            "an endpoint that is a VIP",
+            &[(
+                "{ address: 10.42.1.9, node: node2 }",
+                "{ address: 172.16.200.20, node: node2 }",
+            )],
+            &[
+                "services[1].endpoints[0].address",
+                "172.16.200.20 is the VIP of service `web`",
+                "in a loop",
+            ],
+        ),
+        case(
+            "an endpoint at another node's address",
+            &[(
+                "{ address: 10.42.1.9, node: node2 }",
+                "{ address: 10.0.0.11, node: node2 }",
+            )],
+            &[
+                "services[1].endpoints[0].address",
+                "10.0.0.11 is the address of node `node1`, but the endpoint runs on `node2`",
+            ],
+        ),
+        FileCase {
+            name: "an endpoint at its own node's address, on the host network (control)",
+            edits: &[(
+                "{ address: 10.42.1.9, node: node2 }",
+                "{ address: 10.0.0.12, node: node2 }",
+            )],
+            expect: Expect::Accepted,
+        },
         FileCase {
             name: "a UTF-8 byte-order mark (accepted: skipped)",
             edits: &[(EXAMPLE, EXAMPLE_WITH_BOM)],

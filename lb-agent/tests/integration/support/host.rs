@@ -2,7 +2,7 @@
 //! `/sys/class/net` with the links a case needs, laid out as the kernel lays them out,
 //! and an empty route table.
 
-use std::{fs, os::unix::fs::symlink, path::Path};
+use std::{fs, net::Ipv4Addr, os::unix::fs::symlink, path::Path};
 
 use lb_agent::{arp::SysPaths, config::host::Host};
 use tempfile::TempDir;
@@ -28,13 +28,20 @@ impl FakeHost {
         self.dir.path().join("class_net")
     }
 
-    pub fn host(&self) -> Host {
+    /// The host, its links with the addresses `addresses`.
+    pub fn host_with(&self, addresses: Vec<(String, Ipv4Addr)>) -> Host {
         Host {
             sys: SysPaths {
                 class_net: self.class_net(),
                 route: self.dir.path().join("route"),
             },
+            addresses,
         }
+    }
+
+    /// The host, `eth0` holding the example's node1 address.
+    pub fn host(&self) -> Host {
+        self.host_with(vec![("eth0".to_owned(), Ipv4Addr::new(10, 0, 0, 11))])
     }
 
     pub fn dir(&self) -> &Path {
