@@ -57,7 +57,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 /// traffic keeps flowing until the next agent adopts them; `lb-agent cleanup` removes
 /// them. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more or less detail.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version)]
 struct Args {
     /// The standalone configuration file (YAML): this node, its peers, the services with
     /// their VIPs, ports and endpoints. See lb-agent/examples/standalone.yaml. Not used by

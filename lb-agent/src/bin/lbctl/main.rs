@@ -70,7 +70,7 @@ Examples:
 ///
 /// Every command only reads; none changes anything.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, after_help = EXIT_CODES)]
+#[command(name = "lbctl", version, after_help = EXIT_CODES)]
 struct Args {
     /// The agent's API socket (`api.socket` in the agent's configuration file).
     #[arg(
@@ -192,9 +192,16 @@ fn parse_vip(text: &str) -> Result<Ipv4Addr, String> {
 }
 
 fn parse_client(text: &str) -> Result<SocketAddrV4, String> {
-    text.parse().map_err(|_| {
+    let client: SocketAddrV4 = text.parse().map_err(|_| {
         "expected the client's IPv4 address and port, e.g. 10.0.0.100:40000".to_owned()
-    })
+    })?;
+    if client.port() == 0 {
+        return Err(
+            "port 0 is no client's source port: give the port the client connects from (1-65535)"
+                .to_owned(),
+        );
+    }
+    Ok(client)
 }
 
 fn parse_target(text: &str) -> Result<Target, String> {
@@ -204,9 +211,14 @@ fn parse_target(text: &str) -> Result<Target, String> {
         "udp" => Protocol::Udp,
         other => return Err(format!("unknown protocol `{other}`: use tcp or udp")),
     };
-    let vip = address.parse().map_err(|_| {
+    let vip: SocketAddrV4 = address.parse().map_err(|_| {
         "expected VIP:PORT/PROTOCOL, e.g. 172.16.200.20:80/tcp or 172.16.200.53:53/udp".to_owned()
     })?;
+    if vip.port() == 0 {
+        return Err(
+            "port 0 is no service port: give the port the client connects to (1-65535)".to_owned(),
+        );
+    }
     Ok(Target { vip, protocol })
 }
 
@@ -262,6 +274,14 @@ impl From<ClientError> for Failure {
                 EXIT_AGENT_ERROR,
                 format!("the agent could not answer: {message}"),
             ),
+            ClientError::Connect { path, .. } if not_a_socket(&path) => Self::new(
+                EXIT_UNREACHABLE,
+                format!(
+                    "{} is not a socket: pass the agent's socket (`api.socket` in its \
+                     configuration) with --socket or XDPLB_SOCKET",
+                    path.display()
+                ),
+            ),
             error @ ClientError::Connect { .. } => Self::new(
                 EXIT_UNREACHABLE,
                 format!(
@@ -273,6 +293,12 @@ impl From<ClientError> for Failure {
             error => Self::new(EXIT_UNREACHABLE, error.to_string()),
         }
     }
+}
+
+/// Whether `path` exists as something other than a socket.
+fn not_a_socket(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::metadata(path).is_ok_and(|metadata| !metadata.file_type().is_socket())
 }
 
 fn output<T: Serialize>(
@@ -446,8 +472,39 @@ fn run(args: &Args) -> Result<String, Failure> {
     }
 }
 
+/// Lines of an error longer than this are cut: a value of thousands of characters
+/// (a mistyped argument, a field of a file) would bury the message.
+const MAX_ERROR_LINE: usize = 300;
+
+/// `text` with every over-long line cut to [`MAX_ERROR_LINE`] characters.
+fn clipped(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.char_indices().nth(MAX_ERROR_LINE) {
+            Some((at, _)) => {
+                let left_out = line[at..].chars().count();
+                format!("{}... ({left_out} more characters)", &line[..at])
+            }
+            None => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            let text = error.render().to_string();
+            let code = error.exit_code();
+            if code == 0 {
+                // --help and --version: printed as they are.
+                let _ = io::stdout().lock().write_all(text.as_bytes());
+            } else {
+                eprintln!("{}", clipped(text.trim_end()));
+            }
+            return ExitCode::from(u8::try_from(code).unwrap_or(2));
+        }
+    };
     match run(&args) {
         Ok(text) => {
             // A closed pipe (`lbctl flows | head`) is not an error.
@@ -455,7 +512,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
+            eprintln!("error: {}", clipped(&failure.message));
             ExitCode::from(failure.code)
         }
     }

@@ -46,6 +46,13 @@ fn bad_file(name: &'static str, text: &'static str, parts: &'static [&'static st
     }
 }
 
+/// `lbctl vip` with a value of 10,000 characters.
+fn long_vip() -> &'static [&'static str] {
+    static ARGS: std::sync::LazyLock<[&'static str; 2]> =
+        std::sync::LazyLock::new(|| ["vip", "A".repeat(10_000).leak()]);
+    ARGS.as_slice()
+}
+
 pub fn cases() -> Vec<LbctlCase> {
     vec![
         LbctlCase {
@@ -99,6 +106,31 @@ pub fn cases() -> Vec<LbctlCase> {
             2,
             &["expected VIP:PORT/PROTOCOL"],
         ),
+        bad(
+            "explain with client port 0",
+            &["explain", "10.0.0.100:0", "172.16.200.20:80/tcp"],
+            2,
+            &["'10.0.0.100:0'", "port 0 is no client's source port"],
+        ),
+        bad(
+            "explain with VIP port 0",
+            &["explain", "10.0.0.100:40000", "172.16.200.20:0/tcp"],
+            2,
+            &["port 0 is no service port"],
+        ),
+        bad(
+            "a 10,000-character VIP (the echo is cut)",
+            long_vip(),
+            2,
+            &["invalid value 'AAAA", "... (9", " more characters)"],
+        ),
+        LbctlCase {
+            name: "a --socket that is a regular file",
+            args: &["--socket", "{dir}/plain", "status"],
+            files: vec![("plain", "not a socket\n")],
+            code: 3,
+            expect: Expect::Rejected(&["plain is not a socket", "--socket"]),
+        },
         bad(
             "flows limit not a number",
             &["flows", "--limit", "many"],
@@ -169,13 +201,12 @@ fn run_lbctl(case: &LbctlCase, dir: &std::path::Path) -> Output {
         .iter()
         .map(|arg| arg.replace("{dir}", &dir))
         .collect();
-    command()
-        .env("KUBECONFIG", format!("{dir}/no-kubeconfig"))
-        .arg("--socket")
-        .arg(format!("{dir}/no-agent.sock"))
-        .args(&args)
-        .output()
-        .expect("run lbctl")
+    let mut command = command();
+    command.env("KUBECONFIG", format!("{dir}/no-kubeconfig"));
+    if !args.iter().any(|arg| arg == "--socket") {
+        command.arg("--socket").arg(format!("{dir}/no-agent.sock"));
+    }
+    command.args(&args).output().expect("run lbctl")
 }
 
 pub fn run() {
@@ -201,6 +232,9 @@ pub fn run() {
         }
         if case.code != 0 && !output.stdout.is_empty() {
             checker.fail(case.name, "an error printed something on stdout".to_owned());
+        }
+        if stderr.len() > 2_000 {
+            checker.fail(case.name, format!("{} bytes of error", stderr.len()));
         }
     }
     checker.finish();
