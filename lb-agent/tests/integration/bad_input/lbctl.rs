@@ -181,6 +181,30 @@ pub fn cases() -> Vec<LbctlCase> {
             "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: { name: lan }\nspec:\n  addresses: [192.168.8.250-192.168.8.240]\n",
             &["IPAddressPool lan: spec.addresses", "reversed"],
         ),
+        bad_file(
+            "migrate a pool of every address (host bits set)",
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: { name: all }\nspec:\n  addresses: [10.1.2.3/0]\n",
+            &[
+                "IPAddressPool all: spec.addresses",
+                "10.1.2.3/0",
+                "expected a unicast IPv4 address",
+            ],
+        ),
+        bad_file(
+            "migrate a loopback pool",
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: { name: lo }\nspec:\n  addresses: [127.0.0.1/8]\n",
+            &["127.0.0.1/8", "expected a unicast IPv4 address"],
+        ),
+        bad_file(
+            "migrate a multicast pool",
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: { name: mc }\nspec:\n  addresses: [224.0.0.5/4]\n",
+            &["224.0.0.5/4", "expected a unicast IPv4 address"],
+        ),
+        bad_file(
+            "migrate IPv6 pools only",
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: { name: v6 }\nspec:\n  addresses: [fd00::/120]\n",
+            &["no IPAddressPool of the input has an IPv4 address"],
+        ),
         LbctlCase {
             name: "migrate a pool defined twice",
             args: &["migrate", "metallb", "{dir}/a.yaml", "{dir}/b.yaml"],

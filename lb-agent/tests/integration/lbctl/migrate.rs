@@ -140,3 +140,57 @@ fn bad_input_exits_1_and_missing_files_exit_2() {
     let output = lbctl(&["migrate", "metallb"], None);
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// Pools MetalLB would refuse for sharing addresses convert, with a warning naming both.
+#[test]
+fn overlapping_pools_are_converted_with_a_warning() {
+    let input = "\
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: { name: a, namespace: metallb-system }
+spec: { addresses: [192.168.8.240-192.168.8.250] }
+---
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: { name: b, namespace: metallb-system }
+spec: { addresses: [192.168.8.248/29] }
+";
+    let output = lbctl(&["migrate", "metallb", "-"], Some(input));
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("Pools a and b share addresses from 192.168.8.248 on")
+            && stderr.contains("MetalLB refuses overlapping pools"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pools(&String::from_utf8(output.stdout).expect("UTF-8")).len(),
+        2
+    );
+}
+
+/// A pool MetalLB announced by BGP becomes an ARP-announced one, and the warning says so
+/// plainly.
+#[test]
+fn a_bgp_pool_is_said_to_become_an_arp_pool() {
+    let input = "\
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: { name: routed, namespace: metallb-system }
+spec: { addresses: [10.96.100.0/28] }
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: { name: uplink, namespace: metallb-system }
+spec: { ipAddressPools: [routed] }
+";
+    let output = lbctl(&["migrate", "metallb", "-"], Some(input));
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("MetalLB announced these pools by BGP")
+            && stderr.contains("becomes an ARP-announced pool")
+            && !stderr.contains("MetalLB announces no pool"),
+        "{stderr}"
+    );
+}

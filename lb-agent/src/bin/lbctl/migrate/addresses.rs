@@ -21,10 +21,14 @@ pub fn convert(entry: &str) -> Result<Entry, AddressError> {
     match entry.parse::<AddressRange>() {
         Ok(range) if entry.contains('-') => Ok(Entry::V4(range.to_string())),
         Ok(_) => Ok(Entry::V4(entry.to_owned())),
+        // The network must pass the checks the entry did not get to (unicast only).
         Err(AddressError {
             problem: AddressProblem::HostBits { network, prefix },
             ..
-        }) => Ok(Entry::V4(format!("{network}/{prefix}"))),
+        }) => convert(&format!("{network}/{prefix}")).map_err(|error| AddressError {
+            entry: entry.to_owned(),
+            ..error
+        }),
         Err(AddressError {
             problem: AddressProblem::Ipv6Unsupported,
             ..
@@ -63,6 +67,9 @@ mod tests {
             ("192.168.8.0/33", "not an IPv4 CIDR"),
             ("192.168.8.250-192.168.8.240", "reversed"),
             ("lan", "not an IPv4 CIDR"),
+            ("10.1.2.3/0", "expected a unicast IPv4 address"),
+            ("127.0.0.1/8", "expected a unicast IPv4 address"),
+            ("224.0.0.5/4", "expected a unicast IPv4 address"),
         ] {
             let error = convert(entry).expect_err(entry).to_string();
             assert!(

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use lb_agent::{
     apis::address_pool::{AddressPool, AddressPoolSpec, Announcement, ServiceAllocation},
-    ipam::addresses::AddressError,
+    ipam::{
+        addresses::AddressError,
+        pool::{self, Pool, PoolError},
+    },
 };
 use serde_yaml::Value;
 
@@ -64,7 +67,25 @@ pub enum MigrateError {
          ipaddresspools,l2advertisements -n metallb-system -o yaml`)"
     )]
     NoPools,
+    #[error(
+        "no IPAddressPool of the input has an IPv4 address, and xdplb serves IPv4 only for \
+         now: there is no pool to convert"
+    )]
+    NoIpv4Pools,
+    #[error("{origin}: IPAddressPool {pool} would be an AddressPool xdplb refuses: {source}")]
+    Refused {
+        origin: Origin,
+        pool: String,
+        #[source]
+        source: PoolError,
+    },
 }
+
+/// What a pool MetalLB announced by BGP becomes.
+const ARP_ONLY: &str = "xdplb announces by ARP only, so each pool below becomes an \
+     ARP-announced pool: every eligible node answers ARP for its addresses on its LAN \
+     interface. Clients reach them only if the addresses belong to a LAN the nodes share; \
+     a range your router learned by BGP needs LAN addresses instead.";
 
 /// One converted pool.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,19 +144,36 @@ pub fn convert(objects: &[Object]) -> Result<Migration, MigrateError> {
     }
     advertisements.sort_by_key(|advertisement| advertisement.object.qualified_name());
     check_advertisements(&advertisements, &pools, &mut migration.warnings)?;
+    let bgp = objects.iter().any(|object| {
+        matches!(&object.kind, Kind::NotConverted { kind, .. } if kind == "BGPAdvertisement")
+    });
     if advertisements.is_empty() {
-        migration.warnings.push(
+        migration.warnings.push(if bgp {
+            format!(
+                "The input holds no L2Advertisement: MetalLB announced these pools by BGP. {ARP_ONLY}"
+            )
+        } else {
             "The input holds no L2Advertisement, and MetalLB announces no pool without one. \
              The pools below are announced from every eligible node on its LAN interface; \
              pass the files with your L2Advertisements to carry their node selectors and \
              interfaces over."
-                .to_owned(),
-        );
+                .to_owned()
+        });
     }
+    let mut compiled = Vec::new();
     for (object, spec) in pools.into_values() {
-        let converted = convert_pool(object, spec, &advertisements)?;
+        let converted = convert_pool(object, spec, &advertisements, bgp)?;
         match converted {
-            Some(pool) => migration.pools.push(pool),
+            Some(pool) => {
+                compiled.push(Pool::from_resource(&pool.pool).map_err(|source| {
+                    MigrateError::Refused {
+                        origin: object.origin.clone(),
+                        pool: object.qualified_name(),
+                        source,
+                    }
+                })?);
+                migration.pools.push(pool);
+            }
             None => migration.warnings.push(format!(
                 "IPAddressPool {} has only IPv6 addresses and is not converted: xdplb serves \
                  IPv4 only for now.",
@@ -143,7 +181,27 @@ pub fn convert(objects: &[Object]) -> Result<Migration, MigrateError> {
             )),
         }
     }
+    if migration.pools.is_empty() {
+        return Err(MigrateError::NoIpv4Pools);
+    }
+    migration.warnings.extend(overlap_warnings(&compiled));
     Ok(migration)
+}
+
+/// MetalLB refuses pools that share addresses; xdplb allocates each address once but
+/// marks such pools `Overlapping`. One warning per pair.
+fn overlap_warnings(pools: &[Pool]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (name, overlaps) in pool::overlaps(pools) {
+        for overlap in overlaps.iter().filter(|overlap| name < overlap.other) {
+            warnings.push(format!(
+                "Pools {name} and {} share addresses from {} on: MetalLB refuses overlapping \
+                 pools, and xdplb marks both Overlapping; make them disjoint.",
+                overlap.other, overlap.first
+            ));
+        }
+    }
+    warnings
 }
 
 /// Every pool an advertisement names must exist; an advertisement that selects nothing
@@ -195,10 +253,13 @@ fn unknown_fields(what: &str, fields: &BTreeMap<String, Value>) -> Vec<String> {
 }
 
 /// The pool, or `None` when it has no IPv4 address.
+/// `bgp`: the input holds BGPAdvertisements, so a pool no L2Advertisement selects was
+/// probably announced by BGP.
 fn convert_pool(
     object: &Object,
     spec: &IpAddressPoolSpec,
     advertisements: &[Advertisement<'_>],
+    bgp: bool,
 ) -> Result<Option<ConvertedPool>, MigrateError> {
     let name = object.name();
     let mut warnings = unknown_fields(&format!("pool {name}"), &spec.other);
@@ -235,10 +296,17 @@ fn convert_pool(
         }
     }
     if selecting.is_empty() && !advertisements.is_empty() {
-        warnings.push(format!(
-            "pool {name}: no L2Advertisement selects it, so MetalLB did not announce it over \
-             layer 2; xdplb will announce its addresses with ARP."
-        ));
+        warnings.push(if bgp {
+            format!(
+                "pool {name}: no L2Advertisement selects it, so MetalLB announced it by BGP \
+                 (or not at all). {ARP_ONLY}"
+            )
+        } else {
+            format!(
+                "pool {name}: no L2Advertisement selects it, so MetalLB did not announce it \
+                 over layer 2; xdplb will announce its addresses with ARP."
+            )
+        });
     }
     let merged = announce::merge(name, &selecting);
     warnings.extend(merged.warnings);
