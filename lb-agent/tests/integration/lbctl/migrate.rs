@@ -141,6 +141,14 @@ fn bad_input_exits_1_and_missing_files_exit_2() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// `input` converted from stdin: the pools printed and the warnings.
+fn converted(input: &str) -> (String, String) {
+    let output = lbctl(&["migrate", "metallb", "-"], Some(input));
+    assert_eq!(output.status.code(), Some(0));
+    let text = |bytes| String::from_utf8(bytes).expect("UTF-8");
+    (text(output.stdout), text(output.stderr))
+}
+
 /// Pools MetalLB would refuse for sharing addresses convert, with a warning naming both.
 #[test]
 fn overlapping_pools_are_converted_with_a_warning() {
@@ -184,9 +192,7 @@ kind: BGPAdvertisement
 metadata: { name: uplink, namespace: metallb-system }
 spec: { ipAddressPools: [routed] }
 ";
-    let output = lbctl(&["migrate", "metallb", "-"], Some(input));
-    assert_eq!(output.status.code(), Some(0));
-    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    let (_, stderr) = converted(input);
     assert!(
         stderr.contains("MetalLB announced these pools by BGP")
             && stderr.contains("becomes an ARP-announced pool")
