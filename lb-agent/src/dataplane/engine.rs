@@ -8,58 +8,13 @@ use std::{
 
 use lb_common::maps::{BACKENDS, MAX_PEERS, SERVICES, VIPS};
 
-use super::{Dataplane, DataplaneError, MapStore};
+use super::{Dataplane, DataplaneError, MapStore, index_pool::IndexPool};
 use crate::{
     diff::{Changes, Delta},
     model::capacities::Capacities,
     model::{BackendState, Interner, PortKey, PortTarget, Rings, State, Vip},
     wire,
 };
-
-/// Free indices of an array map, lowest first.
-#[derive(Debug)]
-struct IndexPool {
-    free: BTreeSet<u32>,
-}
-
-impl IndexPool {
-    fn new(size: u32) -> Self {
-        Self {
-            free: (0..size).collect(),
-        }
-    }
-
-    fn take(&mut self) -> Option<u32> {
-        self.free.pop_first()
-    }
-
-    fn put(&mut self, index: u32) {
-        self.free.insert(index);
-    }
-
-    /// Marks `index` used; false if it is out of range or already used.
-    fn claim(&mut self, index: u32) -> bool {
-        self.free.remove(&index)
-    }
-
-    /// Claims the `index` that `owner`'s entry in `map` uses (pinned maps adopted): an
-    /// index out of range or used twice means the maps hold what this agent never wrote.
-    fn claim_found(
-        &mut self,
-        index: u32,
-        map: &'static str,
-        owner: Ipv4Addr,
-        what: &str,
-    ) -> Result<(), DataplaneError> {
-        if self.claim(index) {
-            return Ok(());
-        }
-        Err(DataplaneError::Foreign {
-            map,
-            detail: format!("{owner} uses {what} {index}, out of range or shared"),
-        })
-    }
-}
 
 /// Prefix of the names given to adopted ring slots that no desired service claims; a
 /// configured name never starts with it, so the next diff removes them.

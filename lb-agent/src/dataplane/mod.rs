@@ -6,6 +6,7 @@
 //! ([`memory::MemoryDataplane`]), so the host tests exercise the same code the agent runs.
 
 pub mod engine;
+mod index_pool;
 pub mod kernel;
 pub mod loader;
 pub mod maps;
