@@ -7,11 +7,13 @@
 
 mod carry;
 pub mod engine;
+mod index_pool;
 pub mod kernel;
 mod layout;
 pub mod loader;
 pub mod maps;
 pub mod memory;
+mod service_slots;
 pub mod store;
 pub mod sysctl;
 

@@ -412,6 +412,7 @@ fn flow_value() -> FlowValue {
         pod: u32::from(Ipv4Addr::new(10, 42, 1, 5)).to_be(),
         node_slot: 1,
         pod_slot: 2,
+        service_slot: 3,
     }
 }
 
