@@ -11,6 +11,10 @@
 
 /// The layout every map had in release 0.1.0, and the one a new map starts with.
 pub const INITIAL: u32 = 1;
+/// `FLOWS` layout 2: [`crate::types::FlowValue::service_slot`] added.
+pub const FLOWS: u32 = 2;
+/// `SERVICES` layout 2: the padding word became [`crate::types::ServiceValue::slot`].
+pub const SERVICES: u32 = 2;
 
 /// Capacity of the record: one entry per map, with room for maps of later releases.
 pub const RECORD_CAPACITY: u32 = 64;

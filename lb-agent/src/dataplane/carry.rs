@@ -55,6 +55,37 @@ pub(super) fn copier<K: Pod, V: Pod>(kind: Kind) -> Copier {
     }
 }
 
+/// A change of one hash map's layout: what an entry of layout [`Self::FROM`] becomes.
+pub(super) trait Migration {
+    /// The layout version this migration reads.
+    const FROM: u32;
+    type OldKey: Pod;
+    type OldValue: Pod;
+    type Key: Pod;
+    type Value: Pod;
+    fn convert(key: Self::OldKey, value: Self::OldValue) -> (Self::Key, Self::Value);
+}
+
+/// How a pinned map of an older layout becomes one of this release's.
+#[derive(Clone, Copy)]
+pub(super) struct Migrated {
+    /// The layout it reads.
+    pub(super) from: u32,
+    pub(super) key_size: usize,
+    pub(super) value_size: usize,
+    pub(super) copy: Copier,
+}
+
+/// The migration `M` of a hash map.
+pub(super) fn migrated<M: Migration>() -> Migrated {
+    Migrated {
+        from: M::FROM,
+        key_size: size_of::<M::OldKey>(),
+        value_size: size_of::<M::OldValue>(),
+        copy: |from, to| copy_hash_with(from, to, M::convert),
+    }
+}
+
 fn copy_hash<K: Pod, V: Pod>(from: Map, to: &mut Map) -> Result<Carried, MapError> {
     copy_hash_with::<K, V, K, V>(from, to, |key, value| (key, value))
 }
@@ -122,6 +153,8 @@ pub(super) struct Move<'a> {
     pub(super) copy: Copier,
     /// Already retired by a start that did not finish.
     pub(super) resumed: bool,
+    /// The pinned map's capacity.
+    pub(super) pinned_entries: u32,
 }
 
 /// Moves the pin of a map about to be replaced aside, to be carried once the new map

@@ -44,7 +44,7 @@ use aya::{
     },
 };
 use lb_common::{
-    maps as names, reasons,
+    layout, maps as names, reasons,
     types::{
         BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NextHop, NodeRing,
         PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceSlot, ServiceValue,
@@ -53,8 +53,9 @@ use lb_common::{
 };
 
 use super::{
-    carry::{self, Copier, Kind, Move},
+    carry::{self, Copier, Kind, Migrated, Move, migrated},
     layout::LayoutRecord,
+    migrations::{FlowsFromInitial, ServicesFromInitial},
 };
 use crate::model::capacities::Capacities;
 
@@ -137,6 +138,20 @@ pub(super) struct MapSpec {
     pub(super) layout: u32,
     /// Copies a pinned map of another capacity into this one.
     copy: Copier,
+    /// How the pinned maps of the previous layout are converted (none when the layout
+    /// has not changed).
+    migration: Option<Migrated>,
+}
+
+impl MapSpec {
+    /// This map in `layout`, which `migration` converts the previous one into.
+    fn layout(self, layout: u32, migration: Migrated) -> Self {
+        Self {
+            layout,
+            migration: Some(migration),
+            ..self
+        }
+    }
 }
 
 fn spec<K: Pod, V: Pod>(
@@ -153,6 +168,7 @@ fn spec<K: Pod, V: Pod>(
         setting,
         layout: lb_common::layout::INITIAL,
         copy: carry::copier::<K, V>(kind),
+        migration: None,
     }
 }
 
@@ -165,7 +181,8 @@ fn map_specs(capacities: &Capacities) -> [MapSpec; 17] {
             Kind::Hash,
             capacities.service_ports,
             Some("capacities.servicePorts"),
-        ),
+        )
+        .layout(layout::SERVICES, migrated::<ServicesFromInitial>()),
         spec::<u32, ServiceSlot>(
             names::SERVICE_SLOTS,
             Kind::Array,
@@ -220,7 +237,8 @@ fn map_specs(capacities: &Capacities) -> [MapSpec; 17] {
             Kind::Hash,
             capacities.flows,
             Some("capacities.flows"),
-        ),
+        )
+        .layout(layout::FLOWS, migrated::<FlowsFromInitial>()),
         spec::<ReplyKey, ReplyValue>(
             names::REPLY_FLOWS,
             Kind::Hash,
@@ -447,8 +465,8 @@ fn check_pinned<'a>(
             .map_err(|error| incompatible(spec, &path, format!("cannot be opened: {error}")))?;
         let copy = check_layout(spec, &path, from, &info)?;
         if resumed || from != spec.layout || info.max_entries() != spec.max_entries {
-            log_move(spec, from, &info);
             plan.moves.push(Move {
+                pinned_entries: info.max_entries(),
                 spec,
                 from,
                 copy,
@@ -487,17 +505,21 @@ fn check_layout(
             ),
         ));
     }
-    let (key_size, value_size, copy) = if from == spec.layout {
-        (spec.key_size, spec.value_size, spec.copy)
-    } else {
-        return Err(incompatible(
-            spec,
-            path,
-            format!(
-                "holds layout {from}, which this release cannot migrate to its layout {}",
-                spec.layout
-            ),
-        ));
+    let (key_size, value_size, copy) = match spec.migration {
+        _ if from == spec.layout => (spec.key_size, spec.value_size, spec.copy),
+        Some(migration) if migration.from == from => {
+            (migration.key_size, migration.value_size, migration.copy)
+        }
+        _ => {
+            return Err(incompatible(
+                spec,
+                path,
+                format!(
+                    "holds layout {from}, which this release cannot migrate to its layout {}",
+                    spec.layout
+                ),
+            ));
+        }
     };
     let pinned = (info.key_size() as usize, info.value_size() as usize);
     if pinned != (key_size, value_size) {
@@ -513,7 +535,8 @@ fn check_layout(
     Ok(copy)
 }
 
-fn log_move(spec: &MapSpec, from: u32, info: &MapInfo) {
+fn log_move(planned: &Move<'_>) {
+    let (spec, from) = (planned.spec, planned.from);
     if from != spec.layout {
         tracing::info!(
             map = spec.name,
@@ -521,13 +544,13 @@ fn log_move(spec: &MapSpec, from: u32, info: &MapInfo) {
             layout = spec.layout,
             "the pinned map has the previous release's layout; its entries move into a new map of this release's"
         );
-    } else if info.max_entries() != spec.max_entries {
+    } else if planned.pinned_entries != spec.max_entries {
         let setting = spec
             .setting
             .map_or(String::new(), |setting| format!(" ({setting})"));
         tracing::info!(
             map = spec.name,
-            pinned = info.max_entries(),
+            pinned = planned.pinned_entries,
             configured = spec.max_entries,
             "the pinned map holds another capacity than configured{setting}; its entries move into a new map"
         );
@@ -564,6 +587,7 @@ pub fn load_pinned(capacities: &Capacities, pins: &PinDir) -> Result<Loaded, Loa
         record.set(pins, spec.name, spec.layout, spec.max_entries)?;
     }
     for planned in &plan.moves {
+        log_move(planned);
         carry::retire(pins, planned)?;
     }
     let mut loader = configured_loader(capacities);

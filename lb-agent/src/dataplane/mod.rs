@@ -13,6 +13,7 @@ mod layout;
 pub mod loader;
 pub mod maps;
 pub mod memory;
+mod migrations;
 mod service_slots;
 pub mod store;
 pub mod sysctl;

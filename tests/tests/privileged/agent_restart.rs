@@ -28,9 +28,9 @@ use aya::{
     programs::{SchedClassifier, tc::TcAttachType},
 };
 use lb_common::{
-    layout::{INITIAL, RecordEntry, RecordKey},
+    layout::{self, RecordEntry, RecordKey},
     maps as names,
-    types::{FlowKey, FlowValue},
+    types::{FlowKey, FlowValue, NO_SLOT},
 };
 use nix::{
     mount::{MntFlags, umount2},
@@ -43,8 +43,9 @@ use testbed::{
 };
 
 const INTERFACE: &str = "eth0";
-const MAPS: [&str; 16] = [
+const MAPS: [&str; 17] = [
     names::SERVICES,
+    names::SERVICE_SLOTS,
     names::VIPS,
     names::VIP_FILTER,
     names::NODE_RINGS,
@@ -335,6 +336,28 @@ api:
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Leaves the pins as release 0.1.0 would: no layout record, and a flow table of
+    /// layout 1 (`node`, `pod`, `node_slot`, `pod_slot`) with `max_entries`, holding
+    /// `flow`.
+    fn as_release_0_1_0(
+        &self,
+        flow: &(FlowKey, FlowValue),
+        max_entries: u32,
+    ) -> anyhow::Result<()> {
+        fs::remove_file(self.pin_dir().join("layout"))?;
+        let path = self.pin_dir().join("maps").join(names::FLOWS);
+        fs::remove_file(&path)?;
+        let (key, value) = flow;
+        let mut flows = HashMap::<MapData, FlowKey, [u32; 4]>::create(max_entries, 0)?;
+        flows.insert(
+            key,
+            [value.node, value.pod, value.node_slot, value.pod_slot],
+            0,
+        )?;
+        flows.pin(&path)?;
+        Ok(())
+    }
+
     fn insert_flow(&self, (key, value): (FlowKey, FlowValue)) -> anyhow::Result<()> {
         Ok(self.pinned_flows()?.insert(key, value, 0)?)
     }
@@ -471,7 +494,7 @@ fn a_restarted_agent_adopts_the_pinned_data_path_resizes_maps_and_cleanup_remove
     ensure!(
         setup.recorded(names::FLOWS)?
             == RecordEntry {
-                version: INITIAL,
+                version: layout::FLOWS,
                 max_entries: 131_072
             },
         "the layout record does not hold the new capacity"
@@ -522,9 +545,41 @@ fn a_restarted_agent_adopts_the_pinned_data_path_resizes_maps_and_cleanup_remove
     ensure!(setup.assert_attached()? == second_program);
     ensure!(setup.map_ids()? == maps);
 
+    // The pins as release 0.1.0 leaves them: no layout record, and the flow table in
+    // layout 1 (16-byte values) holding the established flow. The next agent migrates the
+    // maps whose layout changed in place: the flow keeps its backends and names no
+    // service slot until its next packet looks its service up.
+    setup.as_release_0_1_0(&established, 131_072)?;
+    let mut migrated = setup.start(&config, "migrated")?;
+    migrated.wait_log("adopted the data path")?;
+    for map in [names::FLOWS, names::SERVICES] {
+        ensure!(
+            migrated.log().lines().any(|line| line
+                .contains("migrated the pinned map's entries to this release's layout")
+                && line.contains(&format!("map=\"{map}\""))),
+            "{map} was not migrated:\n{}",
+            migrated.log()
+        );
+    }
+    let (key, value) = established;
+    ensure!(
+        setup.flow(&key)?
+            == Some(FlowValue {
+                service_slot: NO_SLOT,
+                ..value
+            }),
+        "the migrated flow lost its backends"
+    );
+    ensure!(setup.recorded(names::FLOWS)?.version == layout::FLOWS);
+    ensure!(setup.recorded(names::SERVICES)?.version == layout::SERVICES);
+    let second_program = setup.assert_attached()?;
+    let maps = setup.map_ids()?;
+    migrated.signal(Signal::SIGTERM)?;
+    ensure!(migrated.wait_exit()?.success(), "{}", migrated.log());
+
     // A newer release's layout of the flow table, as a downgrade finds it: refused with
     // the map named and the reason in `lbctl status`, the running data path left alone.
-    setup.record_layout(names::FLOWS, INITIAL + 1)?;
+    setup.record_layout(names::FLOWS, layout::FLOWS + 1)?;
     let mut refused = setup.start(&config, "refused")?;
     refused.wait_log("refusing the pinned data path")?;
     let status = setup.lbctl_status()?;
@@ -539,7 +594,7 @@ fn a_restarted_agent_adopts_the_pinned_data_path_resizes_maps_and_cleanup_remove
         !refused.wait_exit()?.success(),
         "a refused agent must not exit as if it had run"
     );
-    setup.record_layout(names::FLOWS, INITIAL)?;
+    setup.record_layout(names::FLOWS, layout::FLOWS)?;
 
     // Sizes that contradict the recorded layout: refused the same way.
     let icmp_rate = setup.pin_dir().join("maps").join(names::ICMP_RATE);
