@@ -52,12 +52,7 @@ impl Prometheus {
         let dir = cluster.scratch().join("prometheus");
         fs::create_dir_all(dir.join("data"))?;
         fs::write(dir.join("rules.yaml"), rules)?;
-        let nodes: Vec<String> = cluster
-            .lab()
-            .nodes
-            .iter()
-            .map(|node| node.name.clone())
-            .collect();
+        let nodes = cluster.node_names();
         fs::write(dir.join("prometheus.yml"), config(&dir, &nodes))?;
         let command = format!(
             "{BINARY} --config.file={} --storage.tsdb.path={} --web.listen-address={LISTEN} \

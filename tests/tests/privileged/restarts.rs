@@ -220,12 +220,7 @@ fn a_rolling_downgrade_and_upgrade_between_releases_keeps_every_connection_and_r
 }
 
 fn rolling_scenario(cluster: &Cluster, previous: &Path) -> anyhow::Result<()> {
-    let nodes: Vec<String> = cluster
-        .lab()
-        .nodes
-        .iter()
-        .map(|node| node.name.clone())
-        .collect();
+    let nodes = cluster.node_names();
     let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
     cluster.wait_client_settled(WEB_VIP)?;
     let (rolled, reports) = echo_across(cluster, || {
