@@ -48,6 +48,10 @@ impl Prometheus {
     /// Builds the management network, writes `rules` and a configuration scraping every
     /// node of `cluster`, starts Prometheus and waits until it scrapes every agent.
     pub fn start(cluster: &Cluster, rules: &str) -> anyhow::Result<Self> {
+        ensure!(
+            std::path::Path::new(BINARY).is_file(),
+            "no {BINARY}: run `cargo xtask setup` (it installs Debian's prometheus package)"
+        );
         let netns = cluster.lab().management_network()?;
         let dir = cluster.scratch().join("prometheus");
         fs::create_dir_all(dir.join("data"))?;
