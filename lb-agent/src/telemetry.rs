@@ -17,10 +17,10 @@
 //! telemetry.observe_map_sync(started.elapsed());
 //! ```
 //!
-//!
 //! The IPAM (Kubernetes mode, on the agent holding its Lease) counts its allocations,
 //! refusals and releases here too ([`Telemetry::ipam_allocated`] and siblings), by pool
-//! and reason. In Kubernetes mode every agent also counts the Service status addresses
+//! and reason, and how many addresses each pool has left ([`Telemetry::ipam_pools`]):
+//! [`ipam`]. In Kubernetes mode every agent also counts the Service status addresses
 //! it ignores ([`Telemetry::status_address_ignored`]), and the requests that could not
 //! reach the API server ([`Telemetry::count_kubernetes_unreachable`], from
 //! [`crate::sources::kubernetes::outage`]).
@@ -55,7 +55,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
+pub use self::ipam::{IpamCounts, PoolAddresses};
 use crate::status::{AgentStatus, MemberState, VipCounters};
+
+mod ipam;
 
 /// The `Content-Type` of [`Telemetry::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -109,19 +112,6 @@ impl Component {
     }
 }
 
-/// What the IPAM did, counted since the agent started. The pool is `""` where none
-/// applies (a request naming no pool, an address no valid pool lists any more).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IpamCounts {
-    /// Addresses given to Services, by pool.
-    pub allocations: BTreeMap<String, u64>,
-    /// Requests refused, by (requested pool, reason): each refusal counted once, when it
-    /// is reported, not on every retry.
-    pub failures: BTreeMap<(String, String), u64>,
-    /// Addresses taken back from Services, by pool.
-    pub releases: BTreeMap<String, u64>,
-}
-
 /// Events counted by the runtime; shared as `Arc<Telemetry>`.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -160,38 +150,6 @@ impl Telemetry {
         let count = errors.entry((component, kind)).or_default();
         *count += 1;
         *count
-    }
-
-    fn ipam(&self) -> std::sync::MutexGuard<'_, IpamCounts> {
-        self.ipam.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The IPAM gave a Service an address from `pool`.
-    pub fn ipam_allocated(&self, pool: Option<&str>) {
-        *self
-            .ipam()
-            .allocations
-            .entry(pool.unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
-
-    /// The IPAM refused a Service's request (for `pool`, if it named one) for `reason`.
-    pub fn ipam_failed(&self, pool: Option<&str>, reason: &str) {
-        let key = (pool.unwrap_or_default().to_owned(), reason.to_owned());
-        *self.ipam().failures.entry(key).or_default() += 1;
-    }
-
-    /// The IPAM took an address of `pool` back from a Service.
-    pub fn ipam_released(&self, pool: Option<&str>) {
-        *self
-            .ipam()
-            .releases
-            .entry(pool.unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
-
-    pub fn ipam_counts(&self) -> IpamCounts {
-        self.ipam().clone()
     }
 
     /// Adds `requests` that could not reach the Kubernetes API server (0 shows the
@@ -510,45 +468,6 @@ impl Scrape {
             dropped
                 .into_iter()
                 .map(|(reason, count)| (vec![("reason", reason)], count)),
-        )
-    }
-}
-
-fn pool_label(pool: &str) -> Labels {
-    vec![("pool", pool.to_owned())]
-}
-
-impl Scrape {
-    fn encode_ipam(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
-        let ipam = &self.ipam;
-        family(
-            encoder,
-            "ipam_allocations",
-            "Addresses the IPAM gave to Services, by pool",
-            Kind::Counter,
-            ipam.allocations
-                .iter()
-                .map(|(pool, count)| (pool_label(pool), *count)),
-        )?;
-        family(
-            encoder,
-            "ipam_allocation_failures",
-            "Service requests the IPAM refused, by requested pool (empty: none named) and reason",
-            Kind::Counter,
-            ipam.failures.iter().map(|((pool, reason), count)| {
-                let mut labels = pool_label(pool);
-                labels.push(("reason", reason.clone()));
-                (labels, *count)
-            }),
-        )?;
-        family(
-            encoder,
-            "ipam_releases",
-            "Addresses the IPAM took back from Services, by pool",
-            Kind::Counter,
-            ipam.releases
-                .iter()
-                .map(|(pool, count)| (pool_label(pool), *count)),
         )
     }
 }

@@ -48,11 +48,13 @@ pub mod container;
 mod fault;
 mod flood;
 pub mod load;
+mod management;
 mod partition;
 mod pinned;
 mod port_stats;
 mod port_xdp;
 mod probe;
+pub mod prometheus;
 mod services;
 
 use std::{
@@ -78,6 +80,7 @@ pub use self::{
     },
     fault::{FaultReport, failing_until},
     flood::{Flood, FloodReport, syn_flood},
+    management::{MONITOR_ADDR, management_addr},
     partition::Partition,
     pinned::{entries, node_table_members},
     port_stats::PortStats,

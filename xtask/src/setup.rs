@@ -27,6 +27,9 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     // The forwarding benchmark's kube-proxy reference path (iptables DNAT + MASQUERADE).
     "iptables",
+    // The alerting rules' unit tests (`promtool check rules`, `promtool test rules`) and
+    // the lab's Prometheus, which scrapes the agents and evaluates those rules.
+    "prometheus",
     // `cargo xtask bench` draws its chart's text with DejaVu Sans.
     "fonts-dejavu-core",
     // `cargo xtask image`: the root filesystem from Debian's packages, the OCI image.

@@ -35,7 +35,7 @@ use crate::{
     },
     ipam::{ClassPolicy, ServiceKey},
     sources::kubernetes::{outage::watch_unreachable, source},
-    telemetry::Telemetry,
+    telemetry::{PoolAddresses, Telemetry},
 };
 
 /// Competes for the Lease until `stop` turns true and runs the IPAM while it leads,
@@ -69,6 +69,8 @@ pub async fn run(
         let _ = leading.wait_for(|leading| !*leading).await;
         work.abort();
         let _ = work.await;
+        // The next leader reports the pools; this agent's view would go stale.
+        telemetry.ipam_pools(BTreeMap::new());
         tracing::info!("no longer leading the IPAM");
     }
     let _ = election.await;
@@ -302,10 +304,25 @@ impl Ipam {
         self.publish_pools().await;
     }
 
+    /// The pools' statuses, and their addresses in the metrics (which need no write,
+    /// so they are current even while status writes fail).
     async fn publish_pools(&mut self) {
         if !self.rebuilt {
             return;
         }
+        let usage = self.ctx.allocator().usage();
+        self.ctx.telemetry.ipam_pools(
+            usage
+                .into_iter()
+                .map(|(pool, usage)| {
+                    let addresses = PoolAddresses {
+                        assigned: usage.assigned,
+                        available: usage.available,
+                    };
+                    (pool, addresses)
+                })
+                .collect(),
+        );
         let Err(errors) = self.statuses.publish(&self.pools.state(), &self.ctx).await else {
             return;
         };

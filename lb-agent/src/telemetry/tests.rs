@@ -189,6 +189,37 @@ fn ipam_counters_carry_pool_and_reason_labels() {
 }
 
 #[test]
+fn pool_addresses_are_gauges_of_the_ipam_holder_only() {
+    let telemetry = Telemetry::new();
+    telemetry.ipam_pools(BTreeMap::from([
+        (
+            "lan".to_owned(),
+            PoolAddresses {
+                assigned: 10,
+                available: 1,
+            },
+        ),
+        ("dmz".to_owned(), PoolAddresses::default()),
+    ]));
+    let text = telemetry.render(status()).expect("render");
+    for expected in [
+        "# TYPE xdplb_ipam_pool_addresses gauge",
+        r#"xdplb_ipam_pool_addresses{pool="lan",state="assigned"} 10"#,
+        r#"xdplb_ipam_pool_addresses{pool="lan",state="available"} 1"#,
+        r#"xdplb_ipam_pool_addresses{pool="dmz",state="available"} 0"#,
+    ] {
+        assert!(
+            lines(&text).contains(&expected),
+            "missing {expected:?} in\n{text}"
+        );
+    }
+    // Handing the Lease over clears them: no stale view of another agent's pools.
+    telemetry.ipam_pools(BTreeMap::new());
+    let text = telemetry.render(status()).expect("render");
+    assert!(!text.contains("xdplb_ipam_pool_addresses{"), "{text}");
+}
+
+#[test]
 fn ignored_status_addresses_are_counted() {
     let telemetry = Telemetry::new();
     let text = telemetry.render(status()).expect("render");
@@ -227,43 +258,147 @@ fn errors_are_counted_by_component_and_kind() {
     }
 }
 
-/// The metric names of docs/metrics.md's table: every `xdplb_…` name in backticks in
-/// the first column.
-fn documented_names() -> BTreeSet<String> {
+/// The metrics of docs/metrics.md's table, by name, with their label names: every
+/// `xdplb_…` name in backticks in the first column, and the backticked names of the
+/// labels column outside parentheses (which list a label's values).
+fn documented_metrics() -> BTreeMap<String, BTreeSet<String>> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
-    let page = std::fs::read_to_string(path).expect("docs/metrics.md");
-    page.lines()
-        .filter_map(|row| row.strip_prefix("| `xdplb_"))
-        .flat_map(|row| {
-            let first = row.split(" | ").next().unwrap_or_default();
-            format!("`xdplb_{first}")
-                .split('`')
-                .skip(1)
-                .step_by(2)
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    documented_in(&std::fs::read_to_string(path).expect("docs/metrics.md"))
 }
 
-/// The names of the families `text` serves, as scraped (counters with `_total`).
-fn served_names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .map(|line| match line.split_once(' ') {
-            Some((name, "counter")) => format!("{name}_total"),
-            Some((name, _)) => name.to_owned(),
-            None => line.to_owned(),
-        })
-        .collect()
+fn documented_in(page: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let backticked = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut metrics = BTreeMap::new();
+    for row in page.lines().filter(|row| row.starts_with("| `xdplb_")) {
+        let columns: Vec<&str> = row.split(" | ").collect();
+        let mut labels = String::new();
+        let mut depth = 0_u32;
+        for c in columns.get(2).copied().unwrap_or_default().chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth = depth.saturating_sub(1),
+                c if depth == 0 => labels.push(c),
+                _ => {}
+            }
+        }
+        let labels: BTreeSet<String> = backticked(&labels).into_iter().collect();
+        for name in backticked(columns[0]) {
+            metrics.insert(name, labels.clone());
+        }
+    }
+    metrics
+}
+
+/// The families `text` serves, as scraped (counters with `_total`), with the label
+/// names their samples carry (a histogram's `le` is the format's, not ours).
+fn served_metrics(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut families = BTreeMap::new();
+    let mut histograms = Vec::new();
+    for line in text.lines() {
+        if let Some(declaration) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = declaration.split_once(' ').expect("TYPE name kind");
+            let name = match kind {
+                "counter" => format!("{name}_total"),
+                "histogram" => {
+                    histograms.push(name.to_owned());
+                    name.to_owned()
+                }
+                _ => name.to_owned(),
+            };
+            families.insert(name, BTreeSet::new());
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let sample = line.split([' ', '{']).next().unwrap_or_default();
+        let family = histograms
+            .iter()
+            .find(|name| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| sample.strip_suffix(suffix) == Some(name.as_str()))
+            })
+            .map_or(sample, String::as_str)
+            .to_owned();
+        let labels = line
+            .split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(labels, _)| labels)
+            .unwrap_or_default();
+        let names = labels
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| name != "le");
+        families
+            .get_mut(&family)
+            .unwrap_or_else(|| panic!("sample {line:?} of no declared family"))
+            .extend(names);
+    }
+    families
 }
 
 #[test]
-fn the_metrics_reference_lists_exactly_the_served_metrics() {
+fn the_metrics_reference_lists_exactly_the_served_metrics_and_labels() {
     let telemetry = Telemetry::new();
-    // Kubernetes mode: every family there is.
+    // Kubernetes mode, with one sample of every family, so every label shows.
     telemetry.count_kubernetes_unreachable(0);
-    let served = served_names(&telemetry.render(status()).expect("render"));
-    assert!(served.contains("xdplb_errors_total"), "{served:?}");
-    assert_eq!(served, documented_names());
+    telemetry.count_error(Component::Dataplane, "capacity");
+    telemetry.ipam_allocated(Some("lan"));
+    telemetry.ipam_failed(Some("lan"), "PoolExhausted");
+    telemetry.ipam_released(Some("lan"));
+    telemetry.ipam_pools(BTreeMap::from([(
+        "lan".to_owned(),
+        PoolAddresses::default(),
+    )]));
+    telemetry.ownership_changed(
+        "172.16.200.20".parse().expect("vip"),
+        OwnershipChange::Acquired,
+    );
+    let mut status = status();
+    status.vips[1].counters = Some(VipCounters::default());
+    let served = served_metrics(&telemetry.render(status).expect("render"));
+    assert!(served.contains_key("xdplb_errors_total"), "{served:?}");
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        documented_metrics().keys().collect::<Vec<_>>(),
+        "metric names"
+    );
+    assert_eq!(served, documented_metrics(), "label names");
+}
+
+#[test]
+fn the_reference_reader_sees_labels_and_not_their_values() {
+    let labels = |names: &[&str]| -> BTreeSet<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    };
+    let documented = documented_in(
+        "| `xdplb_a_total`, `xdplb_b` | counter | `vip`, `change` (`acquired`, `released`) | x |\n\
+         | `xdplb_h` | histogram | | y |\n",
+    );
+    assert_eq!(
+        documented,
+        BTreeMap::from([
+            ("xdplb_a_total".to_owned(), labels(&["vip", "change"])),
+            ("xdplb_b".to_owned(), labels(&["vip", "change"])),
+            ("xdplb_h".to_owned(), labels(&[])),
+        ])
+    );
+    let served = served_metrics(
+        "# TYPE xdplb_a counter\nxdplb_a_total{vip=\"1\",change=\"acquired\"} 1\n# TYPE xdplb_h histogram\nxdplb_h_bucket{le=\"1\"} 0\nxdplb_h_count 0\n# EOF\n",
+    );
+    assert_eq!(
+        served,
+        BTreeMap::from([
+            ("xdplb_a_total".to_owned(), labels(&["vip", "change"])),
+            ("xdplb_h".to_owned(), labels(&[])),
+        ])
+    );
 }

@@ -178,7 +178,7 @@ impl Cluster {
         if let Some(kubernetes) = &self.kubernetes {
             kubernetes.publish(self)?;
         }
-        let names: Vec<String> = self.lab.nodes.iter().map(|n| n.name.clone()).collect();
+        let names = self.node_names();
         if let Some(containers) = &self.containers {
             for name in &names {
                 self.prepare_node(containers, name)?;
@@ -211,6 +211,15 @@ impl Cluster {
 
     pub fn node(&self, name: &str) -> anyhow::Result<&Node> {
         self.lab.node(name)
+    }
+
+    /// The nodes' names, `node1` first.
+    pub fn node_names(&self) -> Vec<String> {
+        self.lab
+            .nodes
+            .iter()
+            .map(|node| node.name.clone())
+            .collect()
     }
 
     /// The API socket of `node`'s agent (seen from the host).

@@ -421,33 +421,10 @@ fn forged_and_replayed_gossip_changes_nothing_and_is_counted() -> anyhow::Result
 fn gossip_scenario(cluster: &Cluster) -> anyhow::Result<()> {
     const COPIES: usize = 3;
     let owners = cluster.wait_settled()?;
-    let sender = cluster.node("node1")?;
     let receiver = cluster.node("node2")?;
-    let genuine = capture_gossip(cluster, sender.addr, receiver.addr)?;
     let members_before = members(cluster)?;
     let dropped_before = dropped(&cluster.status(&receiver.name)?);
-
-    // A real SWIM payload of node1's, re-signed as a newer run of node1: accepted, it
-    // would replace node1's identity. Once under a key of our own (wrong key), once
-    // with the cluster's key id copied in but still our key's tag (forged).
-    let payload = gossip_payload(&genuine[0])?;
-    let key_id = genuine[0][3..11].to_vec();
-    let mut sealer = Sealer::new(
-        GossipKey::new(b"an attacker's key, not the lab's".to_vec()).context("key")?,
-        &sender.name,
-        boot_epoch(),
-    );
-    let wrong_key: Vec<Vec<u8>> = (0..COPIES).map(|_| sealer.seal(payload)).collect();
-    let forged: Vec<Vec<u8>> = (0..COPIES)
-        .map(|_| {
-            let mut datagram = sealer.seal(payload);
-            datagram[3..11].copy_from_slice(&key_id);
-            datagram
-        })
-        .collect();
-    for datagrams in [&wrong_key, &forged, &genuine] {
-        spoof_gossip(cluster, sender.addr, receiver.addr, datagrams)?;
-    }
+    let replayed = send_bad_gossip(cluster, "node1", &receiver.name, COPIES)?;
     thread::sleep(Duration::from_secs(1));
 
     let dropped_after = dropped(&cluster.status(&receiver.name)?);
@@ -456,15 +433,14 @@ fn gossip_scenario(cluster: &Cluster) -> anyhow::Result<()> {
             - dropped_before.get(reason).copied().unwrap_or(0)
     };
     eprintln!(
-        "sent {COPIES} wrong-key, {COPIES} forged and {} replayed datagrams to {}; dropped \
-         before {dropped_before:?}, after {dropped_after:?}",
-        genuine.len(),
+        "sent {COPIES} wrong-key, {COPIES} forged and {replayed} replayed datagrams to {}; \
+         dropped before {dropped_before:?}, after {dropped_after:?}",
         receiver.name
     );
     for (reason, sent) in [
         ("wrong_key", COPIES),
         ("forged", COPIES),
-        ("replayed", genuine.len()),
+        ("replayed", replayed),
     ] {
         ensure!(
             delta(reason) == sent as u64,
@@ -495,6 +471,41 @@ fn gossip_scenario(cluster: &Cluster) -> anyhow::Result<()> {
         "owners changed: before {owners:?}"
     );
     Ok(())
+}
+
+/// Sends `receiver` gossip claiming to come from `sender`, all of which it must drop:
+/// `copies` datagrams under a key of our own (wrong key), `copies` with the cluster's
+/// key id copied in but still our key's tag (forged), and replays of genuine datagrams
+/// captured on the way; returns how many were replayed. Accepted, the payload (a real
+/// SWIM payload of `sender`'s, re-signed as a newer run of it) would replace `sender`'s
+/// identity.
+pub(crate) fn send_bad_gossip(
+    cluster: &Cluster,
+    sender: &str,
+    receiver: &str,
+    copies: usize,
+) -> anyhow::Result<usize> {
+    let (sender, receiver) = (cluster.node(sender)?, cluster.node(receiver)?);
+    let genuine = capture_gossip(cluster, sender.addr, receiver.addr)?;
+    let payload = gossip_payload(&genuine[0])?;
+    let key_id = genuine[0][3..11].to_vec();
+    let mut sealer = Sealer::new(
+        GossipKey::new(b"an attacker's key, not the lab's".to_vec()).context("key")?,
+        &sender.name,
+        boot_epoch(),
+    );
+    let wrong_key: Vec<Vec<u8>> = (0..copies).map(|_| sealer.seal(payload)).collect();
+    let forged: Vec<Vec<u8>> = (0..copies)
+        .map(|_| {
+            let mut datagram = sealer.seal(payload);
+            datagram[3..11].copy_from_slice(&key_id);
+            datagram
+        })
+        .collect();
+    for datagrams in [&wrong_key, &forged, &genuine] {
+        spoof_gossip(cluster, sender.addr, receiver.addr, datagrams)?;
+    }
+    Ok(genuine.len())
 }
 
 /// The first few gossip datagrams `from` sends `to`, as captured on `to`'s switch port:

@@ -22,5 +22,6 @@ mod faults;
 mod fixtures;
 mod fuzz_frames;
 mod lbctl_lab;
+mod monitoring;
 mod owner_rig;
 mod restarts;

@@ -230,12 +230,7 @@ fn a_rolling_upgrade_from_the_previous_release_keeps_every_connection_and_reques
 }
 
 fn rolling_scenario(cluster: &Cluster, previous: &Path) -> anyhow::Result<()> {
-    let nodes: Vec<String> = cluster
-        .lab()
-        .nodes
-        .iter()
-        .map(|node| node.name.clone())
-        .collect();
+    let nodes = cluster.node_names();
     let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
     cluster.wait_client_settled(WEB_VIP)?;
     for node in &nodes {

@@ -17,7 +17,7 @@ const OVERRIDE: &str = "XDPLB_HELM";
 /// guide's commands do).
 const CHART: &str = "deploy/helm/xdplb";
 
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     let path = std::env::var_os(OVERRIDE).map_or_else(|| PathBuf::from(PINNED), PathBuf::from);
     assert!(
         path.is_file(),

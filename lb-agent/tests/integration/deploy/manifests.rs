@@ -33,11 +33,11 @@ use super::{
     rbac,
 };
 
-const NAMESPACE: &str = "xdplb-system";
+pub(super) const NAMESPACE: &str = "xdplb-system";
 /// The capabilities the agent needs (see the DaemonSet's comments).
 const AGENT_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"];
 
-fn manifests() -> Vec<Document> {
+pub(super) fn manifests() -> Vec<Document> {
     read_dir(&deploy_dir().join("manifests"))
 }
 
@@ -578,10 +578,10 @@ fn first_difference(path: &str, left: &Value, right: &Value) -> Option<String> {
 }
 
 /// An object's kind and name.
-type Key = (String, String);
+pub(super) type Key = (String, String);
 
 /// Documents by kind and name.
-fn by_name(documents: &[Document]) -> BTreeMap<Key, Value> {
+pub(super) fn by_name(documents: &[Document]) -> BTreeMap<Key, Value> {
     documents
         .iter()
         .map(|d| ((d.kind().to_owned(), d.name().to_owned()), d.value.clone()))
@@ -590,7 +590,7 @@ fn by_name(documents: &[Document]) -> BTreeMap<Key, Value> {
 
 /// Where the chart rendered by `helm template` with its defaults differs from
 /// `plain`, object by object (the chart's side first).
-fn chart_difference(rendered: &[Document], plain: &[Document]) -> Option<String> {
+pub(super) fn chart_difference(rendered: &[Document], plain: &[Document]) -> Option<String> {
     let (rendered, plain) = (by_name(rendered), by_name(plain));
     if rendered.keys().ne(plain.keys()) {
         return Some(format!(
