@@ -67,7 +67,12 @@ pub fn port_key(raw: &ServiceKey) -> Result<PortKey, Foreign> {
     })
 }
 
-pub fn service_value(target: &PortTarget, ring_slot: u32, stats_index: u32) -> ServiceValue {
+pub fn service_value(
+    target: &PortTarget,
+    ring_slot: u32,
+    stats_index: u32,
+    slot: u32,
+) -> ServiceValue {
     ServiceValue {
         ring_slot,
         target_port: target.target_port.to_be(),
@@ -77,7 +82,7 @@ pub fn service_value(target: &PortTarget, ring_slot: u32, stats_index: u32) -> S
             0
         },
         stats_index,
-        _pad: 0,
+        slot,
     }
 }
 
@@ -181,8 +186,8 @@ mod tests {
             target_port: 8443,
             local_only: true,
         };
-        let value = service_value(&target, 7, 3);
-        assert_eq!((value.ring_slot, value.stats_index), (7, 3));
+        let value = service_value(&target, 7, 3, 5);
+        assert_eq!((value.ring_slot, value.stats_index, value.slot), (7, 3, 5));
         assert_eq!(value.target_port.to_ne_bytes(), 8443u16.to_be_bytes());
         assert_eq!(value.flags, SERVICE_F_LOCAL_ONLY);
         assert_eq!(port_target(&value, "web".into()), target);

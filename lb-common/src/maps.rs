@@ -5,6 +5,9 @@
 
 /// `(vip, port, proto)` -> [`crate::types::ServiceValue`].
 pub const SERVICES: &str = "SERVICES";
+/// Service slot -> [`crate::types::ServiceSlot`]: each service's `SERVICES` entry at the
+/// index its value names, so a cached flow finds its service by that index.
+pub const SERVICE_SLOTS: &str = "SERVICE_SLOTS";
 /// vip -> [`crate::types::VipValue`]: every address this cluster load-balances.
 pub const VIPS: &str = "VIPS";
 /// Slot ([`crate::vip_filter::slot`]) -> `u32` count of the VIPs folding there: XDP
@@ -55,7 +58,7 @@ pub const MAX_SERVICES_DEFAULT: u32 = 256;
 pub const RING_SPARE_SLOTS: u32 = 8;
 /// `VIP_FILTER` slots: every 16-bit fold of an address (256 KiB).
 pub const VIP_FILTER_SLOTS: u32 = 1 << 16;
-/// Default `(vip, port, proto)` entries.
+/// Default `(vip, port, proto)` entries (`SERVICES`) and service slots (`SERVICE_SLOTS`).
 pub const MAX_SERVICE_PORTS_DEFAULT: u32 = 1024;
 /// Default distinct VIP addresses.
 pub const MAX_VIPS_DEFAULT: u32 = 256;

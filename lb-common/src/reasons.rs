@@ -32,9 +32,13 @@ pub const TC_PASS_UNTRACKED: u32 = 25;
 /// A VIP (or tunnel) frame sent to another host's MAC address, seen here only because a
 /// switch flooded it or a bridge is promiscuous: the addressed node handles it.
 pub const PASS_NOT_OUR_MAC: u32 = 26;
+/// A flow-cache hit that also found the flow's service in the cache (its
+/// `SERVICE_SLOTS` slot), without the `SERVICES` lookup; [`FLOW_CACHE_HIT`] counts the
+/// hits that looked the service up.
+pub const FLOW_FAST_HIT: u32 = 27;
 
 /// Number of reasons; the size of [`crate::maps::REASON_STATS`].
-pub const COUNT: u32 = 27;
+pub const COUNT: u32 = 28;
 
 /// Stable names for metrics labels and `lbctl`, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -65,4 +69,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tc_mss_clamped",
     "tc_pass_untracked",
     "pass_not_our_mac",
+    "flow_fast_hit",
 ];

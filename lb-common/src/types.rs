@@ -29,10 +29,11 @@ pub const BACKEND_DRAINING: u32 = 2;
 /// A ring slot holding this address means "no backend".
 pub const RING_EMPTY: u32 = 0;
 
-/// A backend slot that matches nothing: a flow cached with it selects again next time.
+/// A backend or service slot that matches nothing: a flow cached with it selects its
+/// backend, or looks its service up, again next time.
 pub const NO_SLOT: u32 = u32::MAX;
 
-/// Key of [`crate::maps::SERVICES`].
+/// Key of [`crate::maps::SERVICES`]; also in [`ServiceSlot`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
@@ -55,7 +56,20 @@ pub struct ServiceValue {
     /// The VIP's [`VipValue::stats_index`], so TCP and UDP to a service port need no
     /// `VIPS` lookup.
     pub stats_index: u32,
-    pub _pad: u32,
+    /// The service's index in [`crate::maps::SERVICE_SLOTS`], which a flow's cache entry
+    /// records ([`FlowValue::service_slot`]); [`NO_SLOT`] if it has none.
+    pub slot: u32,
+}
+
+/// Value of [`crate::maps::SERVICE_SLOTS`]: a service's `SERVICES` entry, key and value
+/// as there. A cached flow names its service's slot, and the flow's next packet takes
+/// its service from the slot while the key is the packet's `(vip, port, proto)`. All
+/// zero: a free slot (no service has VIP 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSlot {
+    pub key: ServiceKey,
+    pub value: ServiceValue,
 }
 
 /// Value of [`crate::maps::VIPS`].
@@ -119,7 +133,9 @@ pub struct FlowKey {
 /// Value of [`crate::maps::FLOWS`]. Each level fills its own fields lazily: the node that
 /// receives from the LAN records the backend node, the backend node records the pod.
 /// With each address goes its backend slot, so a cache hit checks liveness with an array
-/// lookup (`BACKEND_SLOTS[slot] == address`) instead of a hash lookup.
+/// lookup (`BACKEND_SLOTS[slot] == address`) instead of a hash lookup. The service's slot
+/// does the same for the service: the flow's next packet finds it in
+/// [`crate::maps::SERVICE_SLOTS`] instead of looking `SERVICES` up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -127,6 +143,9 @@ pub struct FlowValue {
     pub pod: u32,
     pub node_slot: u32,
     pub pod_slot: u32,
+    /// [`ServiceValue::slot`] of the flow's service when it was last selected or looked
+    /// up; [`NO_SLOT`] for none.
+    pub service_slot: u32,
 }
 
 /// Key of [`crate::maps::REPLY_FLOWS`]: a reply as the pod sends it.
@@ -240,13 +259,14 @@ pub struct BenchGenSettings {
 const _: () = {
     assert!(size_of::<ServiceKey>() == 8);
     assert!(size_of::<ServiceValue>() == 16);
+    assert!(size_of::<ServiceSlot>() == 24);
     assert!(size_of::<VipValue>() == 8);
     assert!(size_of::<NodeRing>() == 4 * NODE_RING_SIZE);
     assert!(size_of::<PodRing>() == 4 * POD_RING_SIZE);
     assert!(size_of::<BackendValue>() == 8);
     assert!(size_of::<PeerValue>() == 4);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<FlowValue>() == 16);
+    assert!(size_of::<FlowValue>() == 20);
     assert!(size_of::<ReplyKey>() == 16);
     assert!(size_of::<ReplyValue>() == 12);
     assert!(size_of::<DataplaneConfig>() == 20);
@@ -272,6 +292,7 @@ mod pod {
     impl_pod!(
         ServiceKey,
         ServiceValue,
+        ServiceSlot,
         VipValue,
         NodeRing,
         PodRing,

@@ -15,8 +15,8 @@ use lb_common::{
     reasons,
     types::{
         BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NextHop, NodeRing,
-        PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats,
-        VipValue,
+        PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceSlot, ServiceValue,
+        VipStats, VipValue,
     },
 };
 
@@ -25,6 +25,12 @@ const RING_SLOTS: u32 = MAX_SERVICES_DEFAULT + RING_SPARE_SLOTS;
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::with_max_entries(MAX_SERVICE_PORTS_DEFAULT, 0);
+
+/// An array, so a cached flow's service costs an inlined bounds check and add instead of
+/// the `SERVICES` hash lookup.
+#[map]
+pub static SERVICE_SLOTS: Array<ServiceSlot> =
+    Array::with_max_entries(MAX_SERVICE_PORTS_DEFAULT, 0);
 
 #[map]
 pub static VIPS: HashMap<u32, VipValue> = HashMap::with_max_entries(MAX_VIPS_DEFAULT, 0);

@@ -21,7 +21,7 @@ use crate::{
         self, EthHdr, IP_MF_OFFSET, IPV4_HLEN, Ipv4Hdr, Ports, TCP_ACK, TCP_FLAGS_OFF, TCP_HLEN,
         TCP_SYN, UDP_HLEN,
     },
-    select::{self, Target},
+    select::{self, Entry, Target},
     stats,
     verdict::{Outcome, Verdict},
 };
@@ -58,6 +58,8 @@ enum Payload {
 struct Flow {
     key: FlowKey,
     service: ServiceValue,
+    /// The flow's `FLOWS` entry, as far as it was looked up already.
+    entry: Entry,
     node_addr: u32,
     path: Path,
     /// A TCP SYN without ACK: the client opens the connection, so no cached choice of
@@ -99,18 +101,21 @@ struct Dest {
     vip: VipValue,
     /// The service of the packet's port, when it was looked up already.
     service: Option<ServiceValue>,
+    /// The flow's `FLOWS` entry, as far as it was looked up already.
+    entry: Entry,
 }
 
 /// The destination of a packet to a VIP, `None` for any other. TCP and UDP to a service
-/// port (the bulk of VIP traffic) are found by one `SERVICES` lookup, which carries the
-/// VIP's statistics index; everything else, and any header the lookup cannot read
-/// plainly, is looked up in `VIPS` and judged in full later.
+/// port (the bulk of VIP traffic) are found through the flow's cache entry or one
+/// `SERVICES` lookup, either carrying the VIP's statistics index; everything else, and
+/// any header the lookups cannot read plainly, is looked up in `VIPS` and judged in full
+/// later.
 #[inline(always)]
 fn lookup_dest(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<Dest> {
     if !maybe_vip(ip.daddr) {
         return None;
     }
-    if let Some(service) = service_port(ctx, l3, ip) {
+    if let Some((service, entry)) = service_port(ctx, l3, ip) {
         let vip = VipValue {
             stats_index: service.stats_index,
             // Only consulted for ports without a service.
@@ -119,28 +124,67 @@ fn lookup_dest(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<Dest> {
         return Some(Dest {
             vip,
             service: Some(service),
+            entry,
         });
     }
     // SAFETY: the value is copied out at once.
     let vip = unsafe { VIPS.get(ip.daddr) }.copied()?;
-    Some(Dest { vip, service: None })
+    Some(Dest {
+        vip,
+        service: None,
+        entry: Entry::Unread,
+    })
 }
 
-/// The service of a TCP or UDP packet without IP options; `None` for others.
+/// The service of a TCP or UDP packet without IP options, with the flow's cache entry
+/// as far as it was looked up; `None` for others. Flow first: an established flow's
+/// entry names its service's slot, which spares the `SERVICES` lookup; a connection's
+/// first packet (which has no entry worth reading), a flow without an entry, and one
+/// whose slot no longer holds its service look the service up.
 #[inline(always)]
-fn service_port(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<ServiceValue> {
+fn service_port(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<(ServiceValue, Entry)> {
     if (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) || ip.version_ihl != 0x45 {
         return None;
     }
     let ports: Ports = parse::read(ctx, l3 + IPV4_HLEN)?;
-    let key = ServiceKey {
+    let key = flow_key(ip, &ports);
+    let service_key = service_key(&key);
+    let entry = if opens(ctx, l3, ip) {
+        Entry::Unread
+    } else {
+        Entry::read(&key)
+    };
+    if let Some(cached) = entry.service(&service_key) {
+        return Some(cached);
+    }
+    // SAFETY: the value is copied out at once.
+    let service = unsafe { SERVICES.get(service_key) }.copied()?;
+    Some((service, entry))
+}
+
+/// The flow-cache key of a TCP or UDP packet with the given ports.
+#[inline(always)]
+fn flow_key(ip: &Ipv4Hdr, ports: &Ports) -> FlowKey {
+    FlowKey {
+        client: ip.saddr,
         vip: ip.daddr,
-        port: ports.dst,
+        client_port: ports.src,
+        vip_port: ports.dst,
         proto: ip.proto,
         _pad: 0,
-    };
-    // SAFETY: the value is copied out at once.
-    unsafe { SERVICES.get(key) }.copied()
+        _pad2: 0,
+    }
+}
+
+/// The `SERVICES` key of a flow's service.
+#[inline(always)]
+fn service_key(flow: &FlowKey) -> ServiceKey {
+    ServiceKey {
+        vip: flow.vip,
+        port: flow.vip_port,
+        proto: flow.proto,
+        _pad: 0,
+    }
 }
 
 #[inline(always)]
@@ -177,7 +221,11 @@ fn lookup_vip(addr: u32) -> Option<Dest> {
     }
     // SAFETY: the value is copied out at once.
     let vip = unsafe { VIPS.get(addr) }.copied()?;
-    Some(Dest { vip, service: None })
+    Some(Dest {
+        vip,
+        service: None,
+        entry: Entry::Unread,
+    })
 }
 
 /// False only when no VIP folds to `addr`'s slot: then `addr` is surely no VIP.
@@ -299,30 +347,23 @@ fn transport(
     if path == Path::Lan {
         icmp::check_fits(ctx, l3, ip, config, dest.vip.stats_index)?;
     }
-    let key = FlowKey {
-        client: ip.saddr,
-        vip: ip.daddr,
-        client_port: ports.src,
-        vip_port: ports.dst,
-        proto: ip.proto,
-        _pad: 0,
-        _pad2: 0,
-    };
+    let key = flow_key(ip, &ports);
     let mut flow = match dest.service {
         // Looked up with this very key: `check_header` admitted no IP options.
-        Some(service) => known_flow(key, service, config, path),
+        Some(service) => known_flow(key, service, config, path, dest.entry),
         None => resolve(key, &dest.vip, config, path)?,
     };
-    flow.opening = ip.proto == PROTO_TCP && opens_connection(ctx, l3);
+    flow.opening = opens(ctx, l3, ip);
     forward(ctx, l3, &flow, Payload::Transport, len)
 }
 
 /// True for a TCP segment with SYN set and ACK clear: the first of a connection, or a
-/// retransmission of it. (The length checks before put the flags inside the frame.)
+/// retransmission of it. A header too short to hold the flags is judged later.
 #[inline(always)]
-fn opens_connection(ctx: &XdpContext, l3: usize) -> bool {
-    parse::read::<u8>(ctx, l3 + IPV4_HLEN + TCP_FLAGS_OFF)
-        .is_some_and(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+fn opens(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> bool {
+    ip.proto == PROTO_TCP
+        && parse::read::<u8>(ctx, l3 + IPV4_HLEN + TCP_FLAGS_OFF)
+            .is_some_and(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
 }
 
 #[inline(always)]
@@ -359,15 +400,9 @@ fn resolve(
     config: &DataplaneConfig,
     path: Path,
 ) -> Result<Flow, Verdict> {
-    let service_key = ServiceKey {
-        vip: key.vip,
-        port: key.vip_port,
-        proto: key.proto,
-        _pad: 0,
-    };
     // SAFETY: the value is copied out at once.
-    match unsafe { SERVICES.get(service_key) }.copied() {
-        Some(service) => Ok(known_flow(key, service, config, path)),
+    match unsafe { SERVICES.get(service_key(&key)) }.copied() {
+        Some(service) => Ok(known_flow(key, service, config, path, Entry::Unread)),
         // A peer tunnels only ports it knows; this node not knowing the port means the
         // two disagree for a moment, and handing the packet to the kernel would route
         // it back to the VIP owner, which could tunnel it here again.
@@ -379,10 +414,17 @@ fn resolve(
 }
 
 #[inline(always)]
-fn known_flow(key: FlowKey, service: ServiceValue, config: &DataplaneConfig, path: Path) -> Flow {
+fn known_flow(
+    key: FlowKey,
+    service: ServiceValue,
+    config: &DataplaneConfig,
+    path: Path,
+    entry: Entry,
+) -> Flow {
     Flow {
         key,
         service,
+        entry,
         node_addr: config.node_addr,
         path,
         opening: false,
@@ -394,7 +436,13 @@ fn known_flow(key: FlowKey, service: ServiceValue, config: &DataplaneConfig, pat
 #[inline(always)]
 fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload, len: usize) -> Outcome {
     let target = match flow.path {
-        Path::Lan => select::node(&flow.key, &flow.service, flow.node_addr, flow.opening)?,
+        Path::Lan => select::node(
+            &flow.key,
+            &flow.service,
+            flow.node_addr,
+            flow.opening,
+            flow.entry,
+        )?,
         // The sender already chose this node: never tunnel twice.
         Path::Tunnel => Target::Local,
     };
@@ -406,7 +454,7 @@ fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload, len: usiz
             Ok(verdict)
         }
         Target::Local => {
-            let pod = select::pod(&flow.key, &flow.service)?;
+            let pod = select::pod(&flow.key, &flow.service, flow.entry.for_pod())?;
             let port = flow.service.target_port;
             match payload {
                 Payload::Transport => {

@@ -19,8 +19,8 @@ use lb_common::{
     reasons,
     types::{
         BACKEND_ACTIVE, BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NodeRing,
-        PROTO_TCP, PROTO_UDP, PeerValue, PodRing, ReplyKey, ReplyValue, ServiceKey, ServiceValue,
-        VipStats, VipValue,
+        PROTO_TCP, PROTO_UDP, PeerValue, PodRing, ReplyKey, ReplyValue, ServiceKey, ServiceSlot,
+        ServiceValue, VipStats, VipValue,
     },
 };
 
@@ -186,6 +186,10 @@ impl Dataplane {
         Ok(self.maps.vips.insert(&wire(addr), &value)?)
     }
 
+    /// Adds the service, or changes it, in the service slot it has or else the lowest
+    /// free one: the slot first, then `SERVICES`, as the agent does (the agent also
+    /// keeps a packet from reading one write of the slot half done, which a test with
+    /// no packet in flight need not).
     pub fn add_service(
         &mut self,
         socket: SocketAddrV4,
@@ -194,21 +198,46 @@ impl Dataplane {
         ring_slot: u32,
         flags: u16,
     ) -> Result<()> {
+        let key = service_key(socket, proto);
+        let slot = match self.maps.services.get(&key)? {
+            Some(existing) => existing.slot,
+            None => self.free_service_slot()?,
+        };
         let value = ServiceValue {
             ring_slot,
             target_port: wire_port(target_port),
             flags,
             stats_index: VIP_STATS_INDEX,
-            _pad: 0,
+            slot,
         };
-        Ok(self
-            .maps
-            .services
-            .insert(&service_key(socket, proto), &value)?)
+        self.maps
+            .service_slots
+            .set(slot, &ServiceSlot { key, value })?;
+        Ok(self.maps.services.insert(&key, &value)?)
     }
 
+    /// Removes the service from `SERVICES`, then clears its slot, as the agent does.
     pub fn remove_service(&mut self, socket: SocketAddrV4, proto: u8) -> Result<()> {
-        Ok(self.maps.services.remove(&service_key(socket, proto))?)
+        let key = service_key(socket, proto);
+        let slot = self.service_slot(socket, proto)?;
+        self.maps.services.remove(&key)?;
+        Ok(self.maps.service_slots.set(slot, &ServiceSlot::default())?)
+    }
+
+    /// The service slot of a service (it must exist).
+    pub fn service_slot(&self, socket: SocketAddrV4, proto: u8) -> Result<u32> {
+        let value = self.maps.services.get(&service_key(socket, proto))?;
+        Ok(value
+            .with_context(|| format!("{socket} is no service"))?
+            .slot)
+    }
+
+    /// The lowest service slot no service holds.
+    fn free_service_slot(&self) -> Result<u32> {
+        let entries = self.maps.services.entries()?;
+        let slots = self.maps.service_slots.len();
+        lowest_free(entries.iter().map(|(_, value)| value.slot), slots)
+            .context("every service slot is in use")
     }
 
     /// Fills a node ring (equal weights) and marks its nodes active.
@@ -256,16 +285,12 @@ impl Dataplane {
 
     /// The lowest slot no backend holds.
     fn free_backend_slot(&self) -> Result<u32> {
-        let used: Vec<u32> = self
-            .maps
-            .backends
-            .entries()?
-            .iter()
-            .map(|(_, value)| value.slot)
-            .collect();
-        (0..MAX_BACKENDS_DEFAULT)
-            .find(|slot| !used.contains(slot))
-            .context("every backend slot is in use")
+        let entries = self.maps.backends.entries()?;
+        lowest_free(
+            entries.iter().map(|(_, value)| value.slot),
+            MAX_BACKENDS_DEFAULT,
+        )
+        .context("every backend slot is in use")
     }
 
     pub fn remove_backend(&mut self, addr: Ipv4Addr) -> Result<()> {
@@ -380,6 +405,12 @@ impl Dataplane {
             .run(&format!("cat /sys/class/net/{name}/address"))?;
         crate::packets::parse_mac(&text)
     }
+}
+
+/// The lowest index below `size` that is not `used`.
+fn lowest_free(used: impl Iterator<Item = u32>, size: u32) -> Option<u32> {
+    let used: Vec<u32> = used.collect();
+    (0..size).find(|index| !used.contains(index))
 }
 
 /// The Maglev table of `addrs` at equal weights, each known by its address bytes, as

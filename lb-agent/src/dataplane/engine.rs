@@ -1,14 +1,22 @@
 //! The update logic shared by every [`MapStore`]: in which order entries are written,
-//! how a service switches to new tables, and which statistics slot a VIP uses.
+//! how a service switches to new tables, which statistics slot a VIP uses and which
+//! `SERVICE_SLOTS` slot a service port has.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
-use lb_common::maps::{BACKENDS, MAX_PEERS, SERVICES, VIPS};
+use lb_common::{
+    maps::{BACKENDS, MAX_PEERS, SERVICES, VIPS},
+    types::{ServiceKey, ServiceSlot, ServiceValue},
+};
 
-use super::{Dataplane, DataplaneError, MapStore, index_pool::IndexPool};
+use super::{
+    Dataplane, DataplaneError, MapStore,
+    index_pool::IndexPool,
+    service_slots::{self, ServiceSlots},
+};
 use crate::{
     diff::{Changes, Delta},
     model::capacities::Capacities,
@@ -24,7 +32,7 @@ const ADOPTED_SLOT: &str = "~adopted-slot-";
 /// the slot's ports, if that is unambiguous and not taken yet.
 fn slot_name(
     slot: u32,
-    ports: &[(PortKey, lb_common::types::ServiceValue)],
+    ports: &[(PortKey, ServiceValue)],
     desired: &State,
     taken: &BTreeSet<String>,
 ) -> String {
@@ -52,8 +60,8 @@ fn count_after<'a, K: Ord + 'a, V>(
 }
 
 /// A dataplane over `S`. It remembers what it wrote (ports, which ring slot each service
-/// uses, which statistics slot each VIP uses, which slot each backend has) so updates
-/// never need to read the maps.
+/// uses, which statistics slot each VIP uses, which slot each backend and each service
+/// port has) so updates never need to read the maps.
 #[derive(Debug)]
 pub struct Engine<S> {
     store: S,
@@ -69,6 +77,7 @@ pub struct Engine<S> {
     /// Backend -> its slot in the per-backend arrays.
     backends: BTreeMap<Ipv4Addr, u32>,
     peers: BTreeSet<Ipv4Addr>,
+    service_slots: ServiceSlots,
 }
 
 impl<S: MapStore> Engine<S> {
@@ -79,6 +88,7 @@ impl<S: MapStore> Engine<S> {
             ring_pool: IndexPool::new(capacities.ring_slots()),
             stats_pool: IndexPool::new(capacities.vips),
             backend_pool: IndexPool::new(capacities.backends),
+            service_slots: ServiceSlots::new(capacities.service_ports),
             capacities,
             slots: BTreeMap::new(),
             stats: BTreeMap::new(),
@@ -93,7 +103,8 @@ impl<S: MapStore> Engine<S> {
     /// the maps, so [`Dataplane::read`] returns what they hold and the diff against
     /// `desired` rewrites only what changed. A slot's service name comes from `desired`
     /// (the ports pointing at it name it); slots `desired` does not explain get a
-    /// placeholder name and are replaced by the next apply.
+    /// placeholder name and are replaced by the next apply. `SERVICE_SLOTS` is rewritten
+    /// to match `SERVICES`: a previous agent may have died between two writes.
     pub fn adopt(
         store: S,
         capacities: Capacities,
@@ -107,14 +118,17 @@ impl<S: MapStore> Engine<S> {
                 .claim_found(value.stats_index, VIPS, vip, "statistics slot")?;
             engine.stats.insert(vip, value.stats_index);
         }
-        let mut by_slot: BTreeMap<u32, Vec<(PortKey, lb_common::types::ServiceValue)>> =
-            BTreeMap::new();
-        for (key, value) in engine.store.services()? {
+        let mut by_slot: BTreeMap<u32, Vec<(PortKey, ServiceValue)>> = BTreeMap::new();
+        let services = engine.store.services()?;
+        for (key, value) in &services {
+            let port = wire::port_key(key)?;
+            engine.service_slots.claim(&port, value.slot)?;
             by_slot
                 .entry(value.ring_slot)
                 .or_default()
-                .push((wire::port_key(&key)?, value));
+                .push((port, *value));
         }
+        engine.resync_service_slots(&services)?;
         let mut taken = BTreeSet::new();
         for (slot, ports) in by_slot {
             if !engine.ring_pool.claim(slot) {
@@ -168,6 +182,11 @@ impl<S: MapStore> Engine<S> {
     /// The `VIP_STATS` index of `vip`.
     pub fn stats_index(&self, vip: Ipv4Addr) -> Option<u32> {
         self.stats.get(&vip).copied()
+    }
+
+    /// The `SERVICE_SLOTS` index of `port`.
+    pub fn service_slot(&self, port: &PortKey) -> Option<u32> {
+        self.service_slots.slot(port)
     }
 
     /// Refuses changes that would overflow a map before writing any of them.
@@ -296,14 +315,18 @@ impl<S: MapStore> Engine<S> {
             return Err(error);
         }
         let previous = self.slots.insert(service.to_owned(), slot);
-        for (key, target) in self
+        let ports: Vec<(PortKey, PortTarget)> = self
             .ports
             .iter()
             .filter(|(_, target)| target.service == service)
-        {
+            .map(|(key, target)| (*key, target.clone()))
+            .collect();
+        for (key, target) in &ports {
             // On failure the previous slot stays allocated: entries may still use it.
-            let value = self.service_value(key, target, slot)?;
-            self.store.insert_service(&wire::service_key(key), &value)?;
+            let service_slot = self.service_slot(key).ok_or_else(|| {
+                DataplaneError::Hazard(format!("{key} is written but has no service slot"))
+            })?;
+            self.publish(key, target, slot, service_slot)?;
         }
         if let Some(previous) = previous {
             self.ring_pool.put(previous);
@@ -312,16 +335,38 @@ impl<S: MapStore> Engine<S> {
     }
 
     fn upsert_port(&mut self, key: &PortKey, target: &PortTarget) -> Result<(), DataplaneError> {
-        let slot =
+        let ring_slot =
             self.ring_slot(&target.service)
                 .ok_or_else(|| DataplaneError::UnknownService {
                     port: key.to_string(),
                     service: target.service.clone(),
                 })?;
-        let value = self.service_value(key, target, slot)?;
-        self.store.insert_service(&wire::service_key(key), &value)?;
+        let (service_slot, new) = self.service_slots.assign(key)?;
+        if let Err(error) = self.publish(key, target, ring_slot, service_slot) {
+            if new {
+                // `SERVICES` never named the slot; what it holds is recorded, so its next
+                // port takes it over safely.
+                self.service_slots.unassign(key);
+            }
+            return Err(error);
+        }
         self.ports.insert(*key, target.clone());
         Ok(())
+    }
+
+    /// Writes `key`'s entry into its service slot, then into `SERVICES` (which hands the
+    /// slot to the flows it serves): the same value in both.
+    fn publish(
+        &mut self,
+        key: &PortKey,
+        target: &PortTarget,
+        ring_slot: u32,
+        service_slot: u32,
+    ) -> Result<(), DataplaneError> {
+        let value = self.service_value(key, target, ring_slot, service_slot)?;
+        let raw = wire::service_key(key);
+        self.write_service_slot(service_slot, ServiceSlot { key: raw, value })?;
+        self.store.insert_service(&raw, &value)
     }
 
     /// The `SERVICES` value of `key`, with its VIP's statistics index.
@@ -330,18 +375,74 @@ impl<S: MapStore> Engine<S> {
         key: &PortKey,
         target: &PortTarget,
         ring_slot: u32,
-    ) -> Result<lb_common::types::ServiceValue, DataplaneError> {
+        service_slot: u32,
+    ) -> Result<ServiceValue, DataplaneError> {
         let stats_index = self
             .stats_index(key.vip)
             .ok_or_else(|| DataplaneError::UnknownVip {
                 port: key.to_string(),
             })?;
-        Ok(wire::service_value(target, ring_slot, stats_index))
+        Ok(wire::service_value(
+            target,
+            ring_slot,
+            stats_index,
+            service_slot,
+        ))
     }
 
+    /// Takes `slot` to `to` in writes a packet can never misread
+    /// ([`service_slots::steps`]).
+    fn write_service_slot(&mut self, slot: u32, to: ServiceSlot) -> Result<(), DataplaneError> {
+        for step in service_slots::steps(&self.service_slots.held(slot), &to) {
+            self.store.set_service_slot(slot, &step)?;
+            self.service_slots.record(slot, step);
+        }
+        Ok(())
+    }
+
+    /// Removes the port from `SERVICES`, then its slot (cleared before it is free).
     fn remove_port(&mut self, key: &PortKey) -> Result<(), DataplaneError> {
         self.store.remove_service(&wire::service_key(key))?;
         self.ports.remove(key);
+        self.service_slots.retire(key);
+        self.clear_retired_slots()
+    }
+
+    /// Clears the slots of removed ports, which frees them. A slot left uncleared by a
+    /// failed write is retried by the next apply.
+    fn clear_retired_slots(&mut self) -> Result<(), DataplaneError> {
+        for slot in self.service_slots.retired() {
+            self.write_service_slot(slot, ServiceSlot::default())?;
+            self.service_slots.cleared(slot);
+        }
+        Ok(())
+    }
+
+    /// Makes every slot hold what `services` (the `SERVICES` entries) gives it, zeroes
+    /// if nothing, reading what the slots hold first (pinned maps adopted).
+    fn resync_service_slots(
+        &mut self,
+        services: &[(ServiceKey, ServiceValue)],
+    ) -> Result<(), DataplaneError> {
+        for (slot, content) in self.store.service_slots()? {
+            self.service_slots.record(slot, content);
+        }
+        let mut wanted: BTreeMap<u32, ServiceSlot> = self
+            .service_slots
+            .written()
+            .into_iter()
+            .map(|slot| (slot, ServiceSlot::default()))
+            .collect();
+        for (key, value) in services {
+            let content = ServiceSlot {
+                key: *key,
+                value: *value,
+            };
+            wanted.insert(value.slot, content);
+        }
+        for (slot, content) in wanted {
+            self.write_service_slot(slot, content)?;
+        }
         Ok(())
     }
 
@@ -392,10 +493,12 @@ impl<S: MapStore> Engine<S> {
 
 impl<S: MapStore> Dataplane for Engine<S> {
     /// Order: node settings, peers and backends first (tables name them), VIPs (ports
-    /// count into their statistics), removed ports, tables, new ports; then what nothing
+    /// count into their statistics), removed ports (then their service slots, cleared),
+    /// tables, new ports (each written into its service slot first); then what nothing
     /// refers to any more: tables of removed services, VIPs, backends, peers.
     fn apply(&mut self, changes: &Changes) -> Result<(), DataplaneError> {
         self.check_capacities(changes)?;
+        self.clear_retired_slots()?;
         if let Some(node) = &changes.node {
             self.store.set_config(&wire::config(node))?;
         }

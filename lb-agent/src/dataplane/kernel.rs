@@ -2,7 +2,8 @@
 
 use aya::Ebpf;
 use lb_common::types::{
-    BackendValue, DataplaneConfig, NodeRing, PeerValue, PodRing, ServiceKey, ServiceValue, VipValue,
+    BackendValue, DataplaneConfig, NodeRing, PeerValue, PodRing, ServiceKey, ServiceSlot,
+    ServiceValue, VipValue,
 };
 
 use super::{DataplaneError, Engine, MapStore, maps::Maps};
@@ -112,5 +113,20 @@ impl MapStore for Maps {
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, DataplaneError> {
         Ok(self.services.entries()?)
+    }
+
+    fn set_service_slot(&mut self, slot: u32, entry: &ServiceSlot) -> Result<(), DataplaneError> {
+        Ok(self.service_slots.set(slot, entry)?)
+    }
+
+    fn service_slots(&self) -> Result<Vec<(u32, ServiceSlot)>, DataplaneError> {
+        let mut held = Vec::new();
+        for slot in 0..self.service_slots.len() {
+            let entry = self.service_slots.get(slot)?;
+            if entry != ServiceSlot::default() {
+                held.push((slot, entry));
+            }
+        }
+        Ok(held)
     }
 }

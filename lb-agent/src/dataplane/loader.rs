@@ -45,8 +45,8 @@ use lb_common::{
     maps as names, reasons,
     types::{
         BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NextHop, NodeRing,
-        PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats,
-        VipValue,
+        PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceSlot, ServiceValue,
+        VipStats, VipValue,
     },
 };
 
@@ -143,12 +143,18 @@ fn spec<K: Pod, V: Pod>(
 }
 
 /// Every map of the data path: pinned, and checked before a pinned one is reused.
-fn map_specs(capacities: &Capacities) -> [MapSpec; 16] {
+fn map_specs(capacities: &Capacities) -> [MapSpec; 17] {
     let ring_slots = capacities.ring_slots();
     [
         spec::<ServiceKey, ServiceValue>(
             names::SERVICES,
             Kind::Hash,
+            capacities.service_ports,
+            Some("capacities.servicePorts"),
+        ),
+        spec::<u32, ServiceSlot>(
+            names::SERVICE_SLOTS,
+            Kind::Array,
             capacities.service_ports,
             Some("capacities.servicePorts"),
         ),
@@ -463,6 +469,7 @@ fn configured_loader<'a>(capacities: &Capacities) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::SERVICES, capacities.service_ports)
+        .map_max_entries(names::SERVICE_SLOTS, capacities.service_ports)
         .map_max_entries(names::VIPS, capacities.vips)
         .map_max_entries(names::VIP_STATS, capacities.vips)
         .map_max_entries(names::NODE_RINGS, capacities.ring_slots())

@@ -9,7 +9,7 @@ use lb_common::{
     maps as names, reasons,
     types::{
         BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NodeRing, PeerValue,
-        PodRing, ReplyKey, ReplyValue, ServiceKey, ServiceValue, VipStats, VipValue,
+        PodRing, ReplyKey, ReplyValue, ServiceKey, ServiceSlot, ServiceValue, VipStats, VipValue,
     },
     vip_filter,
 };
@@ -355,6 +355,7 @@ impl<V: Accumulate> CounterArray<V> {
 /// Every map of the data path, typed.
 pub struct Maps {
     pub services: TypedHash<ServiceKey, ServiceValue>,
+    pub service_slots: TypedArray<ServiceSlot>,
     pub vips: Vips,
     pub node_rings: TypedArray<NodeRing>,
     pub pod_rings: TypedArray<PodRing>,
@@ -372,6 +373,7 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
             services: TypedHash::open(ebpf, names::SERVICES)?,
+            service_slots: TypedArray::open(ebpf, names::SERVICE_SLOTS)?,
             vips: Vips::open(ebpf)?,
             node_rings: TypedArray::open(ebpf, names::NODE_RINGS)?,
             pod_rings: TypedArray::open(ebpf, names::POD_RINGS)?,

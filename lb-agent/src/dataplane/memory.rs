@@ -2,16 +2,17 @@
 //!
 //! Besides storing entries, every update is checked against what a concurrently running
 //! XDP program could observe: a write that would let a packet see a table being
-//! rewritten, a table naming an unknown backend, or a port without its VIP fails with
-//! [`DataplaneError::Hazard`].
+//! rewritten, a table naming an unknown backend, a port without its VIP, a port whose
+//! service slot does not hold it, or a service slot changing key and value at once
+//! fails with [`DataplaneError::Hazard`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
-    maps::{BACKEND_SLOTS, NODE_RING_SIZE, POD_RING_SIZE, VIP_STATS},
+    maps::{BACKEND_SLOTS, NODE_RING_SIZE, POD_RING_SIZE, SERVICE_SLOTS, VIP_STATS},
     types::{
-        BackendValue, DataplaneConfig, NodeRing, PodRing, RING_EMPTY, ServiceKey, ServiceValue,
-        VipStats, VipValue,
+        BackendValue, DataplaneConfig, NodeRing, PodRing, RING_EMPTY, ServiceKey, ServiceSlot,
+        ServiceValue, VipStats, VipValue,
     },
 };
 
@@ -40,6 +41,7 @@ pub struct MemoryMaps {
     node_rings: BTreeMap<u32, Box<NodeRing>>,
     pod_rings: BTreeMap<u32, Box<PodRing>>,
     services: BTreeMap<ServiceKey, ServiceValue>,
+    service_slots: Vec<ServiceSlot>,
 }
 
 fn hazard(detail: String) -> DataplaneError {
@@ -59,6 +61,62 @@ impl MemoryMaps {
             node_rings: BTreeMap::new(),
             pod_rings: BTreeMap::new(),
             services: BTreeMap::new(),
+            service_slots: vec![ServiceSlot::default(); capacities.service_ports as usize],
+        }
+    }
+
+    /// Checks that the service slots hold exactly the `SERVICES` entries, each at the
+    /// slot its value names: what every apply leaves behind.
+    pub fn check_service_slots(&self) -> Result<(), DataplaneError> {
+        let mut expected = vec![ServiceSlot::default(); self.service_slots.len()];
+        for (key, value) in &self.services {
+            let slot = expected
+                .get_mut(value.slot as usize)
+                .ok_or(DataplaneError::OutOfRange {
+                    map: SERVICE_SLOTS,
+                    index: value.slot,
+                })?;
+            *slot = ServiceSlot {
+                key: *key,
+                value: *value,
+            };
+        }
+        match (0u32..)
+            .zip(expected.iter().zip(&self.service_slots))
+            .find(|(_, (wanted, held))| wanted != held)
+        {
+            Some((slot, (wanted, held))) => Err(hazard(format!(
+                "service slot {slot} holds {held:?}, SERVICES gives it {wanted:?}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A port entry may point at its slot only once the slot holds that very entry, and
+    /// no other port may point there.
+    fn check_slot_of(&self, key: &ServiceKey, value: &ServiceValue) -> Result<(), DataplaneError> {
+        let port = wire::port_key(key)?;
+        let entry = ServiceSlot {
+            key: *key,
+            value: *value,
+        };
+        if self.service_slots.get(value.slot as usize) != Some(&entry) {
+            return Err(hazard(format!(
+                "{port} points at service slot {} before it holds the port",
+                value.slot
+            )));
+        }
+        match self
+            .services
+            .iter()
+            .find(|(other, held)| *other != key && held.slot == value.slot)
+        {
+            Some((other, _)) => Err(hazard(format!(
+                "{port} shares service slot {} with {}",
+                value.slot,
+                wire::port_key(other)?
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -282,6 +340,7 @@ impl MapStore for MemoryMaps {
                 value.stats_index, vip.stats_index
             )));
         }
+        self.check_slot_of(key, value)?;
         self.services.insert(*key, *value);
         Ok(())
     }
@@ -293,6 +352,43 @@ impl MapStore for MemoryMaps {
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, DataplaneError> {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn set_service_slot(&mut self, slot: u32, entry: &ServiceSlot) -> Result<(), DataplaneError> {
+        let held = self
+            .service_slots
+            .get_mut(slot as usize)
+            .ok_or(DataplaneError::OutOfRange {
+                map: SERVICE_SLOTS,
+                index: slot,
+            })?;
+        if !one_sided(held, entry) {
+            return Err(hazard(format!(
+                "service slot {slot} goes from {held:?} to {entry:?} in one write: a packet may read one's key with the other's value"
+            )));
+        }
+        *held = *entry;
+        Ok(())
+    }
+
+    fn service_slots(&self) -> Result<Vec<(u32, ServiceSlot)>, DataplaneError> {
+        Ok((0u32..)
+            .zip(&self.service_slots)
+            .filter(|(_, entry)| **entry != ServiceSlot::default())
+            .map(|(slot, entry)| (slot, *entry))
+            .collect())
+    }
+}
+
+/// Whether one write from `from` to `to` is safe to read half done: it changes the value
+/// only under a zero key (which no flow matches), and the key only to or from zero over
+/// an unchanged value.
+fn one_sided(from: &ServiceSlot, to: &ServiceSlot) -> bool {
+    let cleared = ServiceKey::default();
+    if from.value == to.value {
+        from.key == to.key || from.key == cleared || to.key == cleared
+    } else {
+        from.key == cleared && to.key == cleared
     }
 }
 

@@ -12,6 +12,7 @@ pub mod loader;
 pub mod maps;
 pub mod memory;
 mod resize;
+mod service_slots;
 pub mod store;
 pub mod sysctl;
 

@@ -1,7 +1,8 @@
 //! The raw map operations the [`super::Engine`] needs, in lb-common's layouts.
 
 use lb_common::types::{
-    BackendValue, DataplaneConfig, NodeRing, PodRing, ServiceKey, ServiceValue, VipValue,
+    BackendValue, DataplaneConfig, NodeRing, PodRing, ServiceKey, ServiceSlot, ServiceValue,
+    VipValue,
 };
 
 use super::DataplaneError;
@@ -42,4 +43,9 @@ pub trait MapStore {
     ) -> Result<(), DataplaneError>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError>;
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, DataplaneError>;
+
+    /// Writes one `SERVICE_SLOTS` entry.
+    fn set_service_slot(&mut self, slot: u32, entry: &ServiceSlot) -> Result<(), DataplaneError>;
+    /// Every `SERVICE_SLOTS` entry that is not all zero.
+    fn service_slots(&self) -> Result<Vec<(u32, ServiceSlot)>, DataplaneError>;
 }

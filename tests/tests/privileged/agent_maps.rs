@@ -3,7 +3,7 @@
 //! Needs root; run with `cargo test -p testbed --test privileged agent_maps:: --
 //! --test-threads=1`.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Context as _, ensure};
 use aya::Ebpf;
@@ -17,7 +17,8 @@ use lb_common::{
     maglev::{self, Backend},
     maps::{NODE_RING_SIZE, POD_RING_SIZE},
     types::{
-        BACKEND_ACTIVE, DataplaneConfig, PROTO_TCP, PROTO_UDP, RING_EMPTY, ServiceKey, ServiceValue,
+        BACKEND_ACTIVE, DataplaneConfig, PROTO_TCP, PROTO_UDP, RING_EMPTY, ServiceKey, ServiceSlot,
+        ServiceValue,
     },
 };
 
@@ -126,6 +127,17 @@ fn example_state_lands_in_the_maps() -> anyhow::Result<()> {
     assert_ne!(web, dns);
     let mut services = maps.services.entries()?;
     services.sort_by_key(|(key, _)| *key);
+    // Every port's entry is in a service slot of its own too; compared below without it.
+    let mut slots = BTreeSet::new();
+    for (key, value) in &mut services {
+        let entry = ServiceSlot {
+            key: *key,
+            value: *value,
+        };
+        assert_eq!(maps.service_slots.get(value.slot)?, entry);
+        assert!(slots.insert(value.slot), "slot {} shared", value.slot);
+        value.slot = 0;
+    }
     let counted_as = |vip: &str| dataplane.stats_index(vip.parse().expect("VIP"));
     let (web_stats, dns_stats) = (counted_as(WEB_VIP), counted_as(DNS_VIP));
     let value = |slot, target: u16, stats: Option<u32>| ServiceValue {

@@ -42,8 +42,9 @@ use testbed::{
 };
 
 const INTERFACE: &str = "eth0";
-const MAPS: [&str; 16] = [
+const MAPS: [&str; 17] = [
     names::SERVICES,
+    names::SERVICE_SLOTS,
     names::VIPS,
     names::VIP_FILTER,
     names::NODE_RINGS,
@@ -385,6 +386,7 @@ fn flow_value() -> FlowValue {
         pod: u32::from(Ipv4Addr::new(10, 42, 1, 5)).to_be(),
         node_slot: 1,
         pod_slot: 2,
+        service_slot: 3,
     }
 }
 

@@ -3,11 +3,12 @@ use std::{
     net::Ipv4Addr,
 };
 
-use lb_common::types::{NodeRing, PodRing, ServiceValue, VipValue};
+use lb_common::types::{NodeRing, PodRing, ServiceKey, ServiceSlot, ServiceValue, VipValue};
 
 use super::*;
 use crate::{
     dataplane::Dataplane,
+    dataplane::service_slots::{ServiceSlots, steps},
     diff::{Changes, diff},
     fixtures::{endpoint, example, example_as, ip, port},
     model::{Inputs, PortKey, PortTarget, Protocol, Service, State, TrafficPolicy, desired_state},
@@ -104,6 +105,10 @@ fn every_transition_equals_a_fresh_apply() {
             dataplane
                 .apply(&diff(from, to))
                 .unwrap_or_else(|error| panic!("{from_name} -> {to_name}: {error}"));
+            dataplane
+                .store()
+                .check_service_slots()
+                .unwrap_or_else(|error| panic!("{from_name} -> {to_name}: {error}"));
             assert_eq!(
                 dataplane.read().expect("read"),
                 fresh(to).read().expect("read"),
@@ -148,6 +153,12 @@ fn a_ring_change_moves_the_service_to_another_slot() {
     assert_eq!(dataplane.ring_slot("web"), Some(web_before));
 }
 
+/// Asserts that no two owners (backends, service ports) share a slot.
+fn assert_one_slot_each<K: std::fmt::Debug>(slots: &BTreeMap<K, u32>) {
+    let distinct: BTreeSet<u32> = slots.values().copied().collect();
+    assert_eq!(distinct.len(), slots.len(), "a slot shared in {slots:?}");
+}
+
 /// Backend address -> slot, as the maps hold them.
 fn backend_slots(dataplane: &MemoryDataplane) -> BTreeMap<Ipv4Addr, u32> {
     let entries = dataplane.store().backends().expect("backends");
@@ -162,8 +173,7 @@ fn backends_keep_their_slots_and_a_freed_one_is_reused() {
     let first = desired_state(&example());
     let mut dataplane = fresh(&first);
     let before = backend_slots(&dataplane);
-    let distinct: BTreeSet<u32> = before.values().copied().collect();
-    assert_eq!(distinct.len(), before.len(), "one slot per backend");
+    assert_one_slot_each(&before);
 
     let terminating = edited(|inputs| {
         inputs.services[0].endpoints[0].ready = false;
@@ -199,8 +209,7 @@ fn backends_keep_their_slots_and_a_freed_one_is_reused() {
         freed.contains(new_slot),
         "{new_slot} is not one of {freed:?}"
     );
-    let distinct: BTreeSet<u32> = after.values().copied().collect();
-    assert_eq!(distinct.len(), after.len(), "one slot per backend");
+    assert_one_slot_each(&after);
 
     let adopted = Engine::adopt(dataplane.into_store(), small(), &replaced).expect("adopt");
     assert_eq!(backend_slots(&adopted), after, "adoption keeps every slot");
@@ -340,6 +349,19 @@ fn vip_value() -> VipValue {
     }
 }
 
+/// Writes `key` and `value` into service slot `slot` as the engine does.
+fn publish_slot(maps: &mut MemoryMaps, slot: u32, key: ServiceKey, value: ServiceValue) {
+    let held = maps
+        .service_slots()
+        .expect("slots")
+        .into_iter()
+        .find(|(index, _)| *index == slot)
+        .map_or_else(ServiceSlot::default, |(_, entry)| entry);
+    for step in steps(&held, &ServiceSlot { key, value }) {
+        maps.set_service_slot(slot, &step).expect("safe step");
+    }
+}
+
 #[test]
 fn the_memory_maps_catch_unsafe_orders() {
     let mut maps = MemoryMaps::new(&small());
@@ -355,6 +377,7 @@ fn the_memory_maps_catch_unsafe_orders() {
         .insert_service(&key, &value)
         .expect_err("unwritten slot");
     assert_eq!(early.metric_label(), "hazard");
+    publish_slot(&mut maps, 0, key, value);
 
     maps.write_rings(3, &node, &pod).expect("rings");
     let miscounted = ServiceValue {
@@ -379,14 +402,12 @@ fn the_memory_maps_catch_unsafe_orders() {
     maps.insert_backend(wire::addr(ip("10.0.0.99")), &Default::default())
         .expect("backend");
     maps.write_rings(4, &stranger, &pod).expect("rings");
-    maps.insert_service(
-        &key,
-        &ServiceValue {
-            ring_slot: 4,
-            ..value
-        },
-    )
-    .expect("flip");
+    let flipped = ServiceValue {
+        ring_slot: 4,
+        ..value
+    };
+    publish_slot(&mut maps, 0, key, flipped);
+    maps.insert_service(&key, &flipped).expect("flip");
     let in_use = maps
         .remove_backend(wire::addr(ip("10.0.0.99")))
         .expect_err("ring names it");
@@ -404,4 +425,197 @@ fn the_memory_maps_catch_unsafe_orders() {
         .insert_backend(wire::addr(ip("10.0.0.98")), &beyond)
         .expect_err("no such slot");
     assert_eq!(out_of_range.metric_label(), "out_of_range");
+}
+
+/// Port -> service slot, as `SERVICES` holds them.
+fn service_slots(dataplane: &MemoryDataplane) -> BTreeMap<PortKey, u32> {
+    let entries = dataplane.store().services().expect("services");
+    entries
+        .into_iter()
+        .map(|(key, value)| (wire::port_key(&key).expect("port"), value.slot))
+        .collect()
+}
+
+fn web_port(port: u16) -> PortKey {
+    PortKey {
+        vip: ip("172.16.200.20"),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+#[test]
+fn service_ports_keep_their_slots_and_a_freed_one_is_reused_after_it_is_cleared() {
+    let first = desired_state(&example());
+    let mut dataplane = fresh(&first);
+    let before = service_slots(&dataplane);
+    assert_one_slot_each(&before);
+    assert_eq!(
+        dataplane.service_slot(&web_port(80)),
+        before.get(&web_port(80)).copied()
+    );
+
+    // New tables and a new target port: every port keeps its slot.
+    let changed = edited(|inputs| {
+        inputs.services[0]
+            .endpoints
+            .push(endpoint("10.42.0.8", "node1"));
+        inputs.services[0].ports[1].target_port = 9443;
+    });
+    dataplane.apply(&diff(&first, &changed)).expect("change");
+    assert_eq!(service_slots(&dataplane), before, "a change keeps slots");
+    dataplane.store().check_service_slots().expect("in step");
+
+    // A removed port's slot is cleared, and only then taken by the next new port.
+    let renumbered = edited(|inputs| inputs.services[0].ports[0].port = 8000);
+    dataplane
+        .apply(&diff(&changed, &renumbered))
+        .expect("renumber");
+    let after = service_slots(&dataplane);
+    assert_eq!(after.get(&web_port(8000)), before.get(&web_port(80)));
+    assert_eq!(after.get(&web_port(443)), before.get(&web_port(443)));
+    assert_one_slot_each(&after);
+    dataplane.store().check_service_slots().expect("in step");
+
+    let adopted = Engine::adopt(dataplane.into_store(), small(), &renumbered).expect("adopt");
+    assert_eq!(service_slots(&adopted), after, "adoption keeps every slot");
+    assert_eq!(
+        adopted.service_slot(&web_port(8000)),
+        after.get(&web_port(8000)).copied()
+    );
+}
+
+#[test]
+fn service_slots_run_out_with_a_capacity_error() {
+    let mut slots = ServiceSlots::new(2);
+    assert_eq!(slots.assign(&web_port(80)).expect("first"), (0, true));
+    assert_eq!(slots.assign(&web_port(443)).expect("second"), (1, true));
+    assert_eq!(slots.assign(&web_port(80)).expect("again"), (0, false));
+    let error = slots.assign(&web_port(8080)).expect_err("full");
+    assert!(
+        matches!(
+            error,
+            DataplaneError::Capacity {
+                what: "service ports",
+                needed: 3,
+                capacity: 2
+            }
+        ),
+        "{error}"
+    );
+    // A retired slot is not free until it is cleared.
+    slots.retire(&web_port(80));
+    assert!(slots.assign(&web_port(8080)).is_err(), "not cleared yet");
+    slots.cleared(0);
+    assert_eq!(slots.assign(&web_port(8080)).expect("freed"), (0, true));
+}
+
+#[test]
+fn no_service_slot_write_changes_key_and_value_at_once() {
+    let key = web_key();
+    let other = ServiceKey {
+        port: 443u16.to_be(),
+        ..key
+    };
+    let value = |ring_slot| ServiceValue {
+        ring_slot,
+        ..Default::default()
+    };
+    let entry = |key, ring_slot| ServiceSlot {
+        key,
+        value: value(ring_slot),
+    };
+    let cleared = ServiceKey::default();
+    assert_eq!(steps(&entry(key, 1), &entry(key, 1)), []);
+    assert_eq!(
+        steps(&ServiceSlot::default(), &entry(key, 1)),
+        [entry(cleared, 1), entry(key, 1)]
+    );
+    assert_eq!(
+        steps(&entry(key, 1), &entry(key, 2)),
+        [entry(cleared, 1), entry(cleared, 2), entry(key, 2)]
+    );
+    assert_eq!(
+        steps(&entry(key, 1), &entry(other, 2)),
+        [entry(cleared, 1), entry(cleared, 2), entry(other, 2)]
+    );
+    assert_eq!(
+        steps(&entry(key, 1), &ServiceSlot::default()),
+        [entry(cleared, 1), ServiceSlot::default()]
+    );
+
+    let mut maps = MemoryMaps::new(&small());
+    let torn = maps
+        .set_service_slot(0, &entry(key, 1))
+        .expect_err("key and value in one write");
+    assert_eq!(torn.metric_label(), "hazard");
+    publish_slot(&mut maps, 0, key, value(1));
+    let changed = maps
+        .set_service_slot(0, &entry(key, 2))
+        .expect_err("value under a live key");
+    assert_eq!(changed.metric_label(), "hazard");
+    let beyond = maps
+        .set_service_slot(small().service_ports, &ServiceSlot::default())
+        .expect_err("no such slot");
+    assert_eq!(beyond.metric_label(), "out_of_range");
+}
+
+#[test]
+fn two_ports_never_share_a_service_slot() {
+    let mut maps = MemoryMaps::new(&small());
+    let (node, pod) = empty_rings();
+    maps.write_rings(0, &node, &pod).expect("rings");
+    let key = web_key();
+    maps.insert_vip(key.vip, &vip_value()).expect("vip");
+    let value = ServiceValue::default();
+    publish_slot(&mut maps, 0, key, value);
+    maps.insert_service(&key, &value).expect("web");
+    let other = ServiceKey {
+        port: 443u16.to_be(),
+        ..key
+    };
+    publish_slot(&mut maps, 0, other, value);
+    let shared = maps
+        .insert_service(&other, &value)
+        .expect_err("slot 0 is web's");
+    assert!(
+        shared.to_string().contains("shares service slot 0"),
+        "{shared}"
+    );
+}
+
+#[test]
+fn adoption_rewrites_service_slots_a_dead_agent_left_half_written() {
+    let state = desired_state(&example());
+    let dataplane = fresh(&state);
+    let slots = service_slots(&dataplane);
+    let mut maps = dataplane.into_store();
+    let web = *slots.get(&web_port(80)).expect("web slot");
+    let free = (0..small().service_ports)
+        .find(|slot| !slots.values().any(|used| used == slot))
+        .expect("a free slot");
+    // Died after writing a new value into web's slot, before SERVICES; and after
+    // removing a port from SERVICES, before clearing its slot.
+    let held = maps
+        .service_slots()
+        .expect("slots")
+        .into_iter()
+        .find(|(slot, _)| *slot == web)
+        .expect("web's slot")
+        .1;
+    let newer = ServiceValue {
+        target_port: 9999u16.to_be(),
+        ..held.value
+    };
+    publish_slot(&mut maps, web, held.key, newer);
+    let gone = ServiceKey {
+        port: 8080u16.to_be(),
+        ..held.key
+    };
+    publish_slot(&mut maps, free, gone, held.value);
+    assert!(maps.check_service_slots().is_err());
+
+    let adopted = Engine::adopt(maps, small(), &state).expect("adopt");
+    adopted.store().check_service_slots().expect("repaired");
+    assert_eq!(adopted.read().expect("read"), state);
 }
