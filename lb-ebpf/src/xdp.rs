@@ -52,8 +52,9 @@ enum Payload {
     IcmpError,
 }
 
-/// Everything a forwarding decision needs about one VIP flow. Plain values only: the
-/// verifier rejects the pointer packing LLVM does for returned structs of references.
+/// Everything a forwarding decision needs about one VIP flow. Plain values (the flow
+/// entry as a raw pointer) only: the verifier rejects the pointer packing LLVM does for
+/// returned structs of references.
 #[derive(Clone, Copy)]
 struct Flow {
     key: FlowKey,
