@@ -102,16 +102,26 @@ impl Entry {
 #[inline(always)]
 fn slot_service(slot: u32, key: &ServiceKey) -> Option<ServiceValue> {
     let held = SERVICE_SLOTS.get_ptr(slot)?;
-    // SAFETY: array values stay mapped for the program's lifetime; the reads are
-    // volatile so each happens, in this order, even though user space may write
-    // between them.
+    let wanted = key_bits(key);
+    // SAFETY: array values stay mapped for the program's lifetime and start 8-byte
+    // aligned, and the key is their first 8 bytes; the reads are volatile so each
+    // happens, in this order, even though user space may write between them.
     unsafe {
-        if ptr::read_volatile(&raw const (*held).key) != *key {
+        let held_key = (&raw const (*held).key).cast::<u64>();
+        if ptr::read_volatile(held_key) != wanted {
             return None;
         }
         let value = ptr::read_volatile(&raw const (*held).value);
-        (ptr::read_volatile(&raw const (*held).key) == *key).then_some(value)
+        (ptr::read_volatile(held_key) == wanted).then_some(value)
     }
+}
+
+/// A service key as one 64-bit word: compared in one instruction instead of four.
+#[inline(always)]
+fn key_bits(key: &ServiceKey) -> u64 {
+    // SAFETY: `ServiceKey` is 8 bytes of integers with its padding an explicit field,
+    // so its bytes are a valid `u64`; `transmute` copies them, alignment aside.
+    unsafe { core::mem::transmute::<ServiceKey, u64>(*key) }
 }
 
 /// A Maglev table: maps a flow hash to a backend address.
