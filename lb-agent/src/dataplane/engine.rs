@@ -103,8 +103,8 @@ impl<S: MapStore> Engine<S> {
     /// the maps, so [`Dataplane::read`] returns what they hold and the diff against
     /// `desired` rewrites only what changed. A slot's service name comes from `desired`
     /// (the ports pointing at it name it); slots `desired` does not explain get a
-    /// placeholder name and are replaced by the next apply. `SERVICE_SLOTS` is rewritten
-    /// to match `SERVICES`: a previous agent may have died between two writes.
+    /// placeholder name and are replaced by the next apply. Service slots are adopted
+    /// too ([`Self::adopt_service_slots`]).
     pub fn adopt(
         store: S,
         capacities: Capacities,
@@ -121,14 +121,11 @@ impl<S: MapStore> Engine<S> {
         let mut by_slot: BTreeMap<u32, Vec<(PortKey, ServiceValue)>> = BTreeMap::new();
         let services = engine.store.services()?;
         for (key, value) in &services {
-            let port = wire::port_key(key)?;
-            engine.service_slots.claim(&port, value.slot)?;
             by_slot
                 .entry(value.ring_slot)
                 .or_default()
-                .push((port, *value));
+                .push((wire::port_key(key)?, *value));
         }
-        engine.resync_service_slots(&services)?;
         let mut taken = BTreeSet::new();
         for (slot, ports) in by_slot {
             if !engine.ring_pool.claim(slot) {
@@ -155,7 +152,38 @@ impl<S: MapStore> Engine<S> {
         }
         let peers = engine.store.peers()?;
         engine.peers = peers.into_iter().map(wire::ip).collect();
+        engine.adopt_service_slots(&services)?;
         Ok(engine)
+    }
+
+    /// Takes over the service slots `services` (the adopted `SERVICES` entries) name and
+    /// makes `SERVICE_SLOTS` match them: a previous agent may have died between two
+    /// writes. An entry whose slot is out of range or already another port's (maps
+    /// carried over from a layout without service slots) gets a free slot, written
+    /// before its `SERVICES` entry is. Until then its flows look it up in `SERVICES`: the
+    /// kernel checks a slot's key, so another port's slot never serves them.
+    fn adopt_service_slots(
+        &mut self,
+        services: &[(ServiceKey, ServiceValue)],
+    ) -> Result<(), DataplaneError> {
+        let mut slotted = Vec::new();
+        let mut unslotted = Vec::new();
+        for (key, value) in services {
+            let port = wire::port_key(key)?;
+            if self.service_slots.claim(&port, value.slot) {
+                slotted.push((*key, *value));
+            } else {
+                unslotted.push((port, *key, *value));
+            }
+        }
+        self.resync_service_slots(&slotted)?;
+        for (port, key, value) in unslotted {
+            let (slot, _) = self.service_slots.assign(&port)?;
+            let value = ServiceValue { slot, ..value };
+            self.write_service_slot(slot, ServiceSlot { key, value })?;
+            self.store.insert_service(&key, &value)?;
+        }
+        Ok(())
     }
 
     /// Gives the maps back (e.g. to adopt them in another engine).

@@ -1,7 +1,7 @@
 //! Free indices of the agent's array maps (ring, statistics, backend and service
 //! slots).
 
-use std::{collections::BTreeSet, fmt::Display};
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use super::DataplaneError;
 
@@ -37,7 +37,7 @@ impl IndexPool {
         &mut self,
         index: u32,
         map: &'static str,
-        owner: impl Display,
+        owner: Ipv4Addr,
         what: &str,
     ) -> Result<(), DataplaneError> {
         if self.claim(index) {

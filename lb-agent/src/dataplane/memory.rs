@@ -65,6 +65,16 @@ impl MemoryMaps {
         }
     }
 
+    /// The maps as pins of a layout without service slots leave them: every port's slot
+    /// 0 (its former padding), `SERVICE_SLOTS` all zero (created afresh).
+    #[cfg(test)]
+    pub fn without_service_slots(&mut self) {
+        for value in self.services.values_mut() {
+            value.slot = 0;
+        }
+        self.service_slots.fill(ServiceSlot::default());
+    }
+
     /// Checks that the service slots hold exactly the `SERVICES` entries, each at the
     /// slot its value names: what every apply leaves behind.
     pub fn check_service_slots(&self) -> Result<(), DataplaneError> {

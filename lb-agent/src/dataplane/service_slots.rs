@@ -9,10 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{
-    maps::SERVICES,
-    types::{ServiceKey, ServiceSlot},
-};
+use lb_common::types::{ServiceKey, ServiceSlot};
 
 use super::{DataplaneError, index_pool::IndexPool};
 use crate::model::PortKey;
@@ -54,13 +51,14 @@ impl ServiceSlots {
         Ok((slot, true))
     }
 
-    /// Marks `slot` as `port`'s, as found in adopted maps: a slot out of range or
-    /// another port's means the maps hold what this agent never wrote.
-    pub(super) fn claim(&mut self, port: &PortKey, slot: u32) -> Result<(), DataplaneError> {
-        self.pool
-            .claim_found(slot, SERVICES, port, "service slot")?;
-        self.by_port.insert(*port, slot);
-        Ok(())
+    /// Marks `slot` as `port`'s, as found in adopted maps; false if it is out of range
+    /// ([`lb_common::types::NO_SLOT`] included) or another port's.
+    pub(super) fn claim(&mut self, port: &PortKey, slot: u32) -> bool {
+        let claimed = self.pool.claim(slot);
+        if claimed {
+            self.by_port.insert(*port, slot);
+        }
+        claimed
     }
 
     pub(super) fn slot(&self, port: &PortKey) -> Option<u32> {

@@ -619,3 +619,17 @@ fn adoption_rewrites_service_slots_a_dead_agent_left_half_written() {
     adopted.store().check_service_slots().expect("repaired");
     assert_eq!(adopted.read().expect("read"), state);
 }
+
+#[test]
+fn adoption_gives_every_port_carried_over_without_a_slot_one_of_its_own() {
+    let state = desired_state(&example());
+    let mut maps = fresh(&state).into_store();
+    maps.without_service_slots();
+    let adopted = Engine::adopt(maps, small(), &state).expect("adopt");
+    adopted
+        .store()
+        .check_service_slots()
+        .expect("every port in its slot");
+    assert_one_slot_each(&service_slots(&adopted));
+    assert_eq!(adopted.read().expect("read"), state);
+}
