@@ -348,13 +348,18 @@ mod tests {
 
     use super::{PREVIOUS_RELEASE, Totals, reproducers, workspace_root};
 
+    /// The newest release of CHANGELOG.md other than this build's version (at a release
+    /// commit, the release itself is the newest).
     #[test]
-    fn the_previous_release_is_the_changelogs_newest() {
+    fn the_previous_release_is_the_changelogs_newest_before_this_one() {
         let changelog =
             fs::read_to_string(workspace_root().join("CHANGELOG.md")).expect("CHANGELOG.md");
+        let this = format!("## {} ", env!("CARGO_PKG_VERSION"));
         let newest = changelog
             .lines()
-            .find(|line| line.starts_with("## ") && !line.contains("Unreleased"))
+            .find(|line| {
+                line.starts_with("## ") && !line.contains("Unreleased") && !line.starts_with(&this)
+            })
             .expect("a released version");
         assert!(
             newest.contains(&format!("tag {PREVIOUS_RELEASE}")),
