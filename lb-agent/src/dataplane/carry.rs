@@ -20,8 +20,9 @@ use aya::{
 };
 
 use super::{
+    adoption::MapSpec,
     layout::LayoutRecord,
-    loader::{LoadError, MapSpec, PinDir, pins_error},
+    loader::{LoadError, PinDir, pins_error},
 };
 
 /// How a map stores its entries.

@@ -5,6 +5,7 @@
 //! in-memory tables that check every update for ordering hazards
 //! ([`memory::MemoryDataplane`]), so the host tests exercise the same code the agent runs.
 
+mod adoption;
 mod carry;
 pub mod engine;
 mod index_pool;
