@@ -11,6 +11,10 @@ use libfuzzer_sys::{
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../lb-agent/src/membership/auth.rs"]
 mod auth;
+// What auth.rs reads its key file with, at the crate root as in the agent.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../lb-agent/src/files.rs"]
+mod files;
 
 use auth::{GossipKey, Opener, Reject, Sealer};
 
