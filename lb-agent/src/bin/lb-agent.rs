@@ -65,8 +65,10 @@ struct Args {
     #[arg(long, short, env = "XDPLB_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
 
-    /// Only check the file and print what each VIP would do, then exit. Exit status 2
-    /// means the file is invalid; nothing is loaded into the kernel.
+    /// Only check the file and what this host must give it (interfaces, pin directory,
+    /// API socket path, gossip key file, capacities), as a start would, and print what
+    /// each VIP would do, then exit. Exit status 2 means the agent would refuse to
+    /// start; nothing is loaded into the kernel.
     #[arg(long)]
     check: bool,
 
