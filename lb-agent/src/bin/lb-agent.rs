@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_agent::{
     config::{
-        self, Standalone,
+        self, NodeSettings, Standalone,
         host::{self, Host},
     },
     dataplane::loader::{self, PinDir},
@@ -24,8 +24,9 @@ use lb_agent::{
         Cluster, Settings,
         file::FileSource,
         kubernetes::{
-            client::agent_client,
+            client::{AGENT_USER_AGENT, agent_client, identified},
             outage::{ApiHealth, log_filter},
+            preflight::preflight,
             settings::KubernetesSettings,
             source::KubeSource,
         },
@@ -39,6 +40,8 @@ use tracing_subscriber::EnvFilter;
 const EXIT_BAD_CONFIG: u8 = 2;
 /// How long a stopping agent waits for the IPAM to release its Lease.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `kubernetes --check` waits for the API server to connect or answer.
+const CHECK_API_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// xdplb node agent: load-balances traffic to service VIPs in XDP, with direct server
 /// return.
@@ -106,6 +109,13 @@ struct KubernetesArgs {
     /// This pod's name: the agent's identity in the Lease (default: node and PID).
     #[arg(long, env = "POD_NAME")]
     pod: Option<String>,
+    /// Only check, then exit: the settings file and this host as a start would (exit
+    /// status 2 when the agent would refuse to start), then the cluster: the API server
+    /// answers, this node is a Node with an address, the AddressPool CRD is installed,
+    /// and every permission the agent needs is granted, each reported on its own line
+    /// (exit status 1 when anything is missing). Nothing is loaded or written.
+    #[arg(long)]
+    check: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -122,7 +132,11 @@ async fn main() -> ExitCode {
         Some(Command::Cleanup {
             pin_dir: Some(pin_dir),
         }) => return finish(cleanup(pin_dir)),
-        Some(Command::Kubernetes(kubernetes)) => return kubernetes_mode(kubernetes).await,
+        Some(Command::Kubernetes(mut kubernetes)) => {
+            // `lb-agent --check kubernetes ...` means the same as `kubernetes --check`.
+            kubernetes.check |= args.check;
+            return kubernetes_mode(kubernetes).await;
+        }
         Some(Command::Cleanup { pin_dir: None }) => true,
         None => false,
     };
@@ -184,6 +198,9 @@ async fn kubernetes_mode(args: KubernetesArgs) -> ExitCode {
     let checked = host::check(&args.settings, &settings.node_settings, &Host::live());
     if let Err(code) = report_host(&args.settings, checked) {
         return code;
+    }
+    if args.check {
+        return finish(check_kubernetes(&settings, &args.node, &args.namespace).await);
     }
     let identity = args
         .pod
@@ -247,21 +264,36 @@ fn cleanup(pin_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What both checks print of the node-local settings (the gossip, with its failure
+/// detection time when the number of nodes is known), and the LAN interface with its
+/// MTU.
+fn check_node_settings(
+    settings: &NodeSettings,
+    nodes: Option<usize>,
+) -> anyhow::Result<(String, u32)> {
+    let interface = runtime::interface::lan_interface(&Settings::from(settings))?;
+    let mtu = runtime::interface::mtu(settings.mtu, &interface)?;
+    if let Some(gossip) = &settings.gossip {
+        let key = GossipKey::from_file(&gossip.key_file)?.key;
+        let detection = nodes
+            .map(|nodes| {
+                let within = gossip.timing().worst_case_detection(nodes);
+                format!(", failure detection within {within:?} for {nodes} nodes")
+            })
+            .unwrap_or_default();
+        println!(
+            "ok: gossip on port {} with key {}{detection}",
+            gossip.port,
+            key.fingerprint(),
+        );
+    }
+    Ok((interface, mtu))
+}
+
 fn check(standalone: &Standalone) -> anyhow::Result<()> {
     let config = standalone.config();
     let cluster = Cluster::from_standalone(standalone);
-    let interface = runtime::interface::lan_interface(&Settings::from(&config.node_settings))?;
-    let mtu = runtime::interface::mtu(&cluster, &interface)?;
-    if let Some(gossip) = &config.node_settings.gossip {
-        let key = GossipKey::from_file(&gossip.key_file)?.key;
-        println!(
-            "ok: gossip on port {} with key {}, failure detection within {:?} for {} nodes",
-            gossip.port,
-            key.fingerprint(),
-            gossip.timing().worst_case_detection(config.peers.len()),
-            config.peers.len()
-        );
-    }
+    let (interface, mtu) = check_node_settings(&config.node_settings, Some(config.peers.len()))?;
     let node = standalone.node();
     println!(
         "ok: node {} ({}) on {interface}, MTU {mtu}, {} peers, {} services",
@@ -281,5 +313,38 @@ fn check(standalone: &Standalone) -> anyhow::Result<()> {
     for line in summary::vip_lines(&elected.inputs, &owners) {
         println!("{line}");
     }
+    Ok(())
+}
+
+/// `kubernetes --check` past the settings and host checks: the cluster as the agent
+/// would see it, one line per finding.
+async fn check_kubernetes(
+    settings: &KubernetesSettings,
+    node: &str,
+    namespace: &str,
+) -> anyhow::Result<()> {
+    let (interface, mtu) = check_node_settings(&settings.node_settings, None)?;
+    println!("ok: node {node} on {interface}, MTU {mtu}");
+    let mut config = kube::Config::infer()
+        .await
+        .context("finding the Kubernetes API (service account or kubeconfig)")?;
+    config.connect_timeout = Some(CHECK_API_TIMEOUT);
+    config.read_timeout = Some(CHECK_API_TIMEOUT);
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(identified(config, AGENT_USER_AGENT))
+        .context("connecting to the Kubernetes API")?;
+    let findings = preflight(&client, node, namespace)
+        .await
+        .with_context(|| format!("the Kubernetes API server at {server} does not answer"))?;
+    for finding in &findings {
+        let word = if finding.ok { "ok" } else { "missing" };
+        println!("{word}: {}", finding.line);
+    }
+    let missing = findings.iter().filter(|finding| !finding.ok).count();
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} of {} cluster checks failed: the agent would start, but not work as it should",
+        findings.len()
+    );
     Ok(())
 }

@@ -3,7 +3,7 @@
 use super::RuntimeError;
 use crate::{
     arp::{self, SysPaths},
-    sources::{Cluster, Settings},
+    sources::Settings,
 };
 
 /// The interface the programs attach to: the configured one, else the default route's.
@@ -14,9 +14,9 @@ pub fn lan_interface(settings: &Settings) -> Result<String, RuntimeError> {
     }
 }
 
-/// The MTU the source sets, else the interface's.
-pub fn mtu(cluster: &Cluster, interface: &str) -> Result<u32, RuntimeError> {
-    match cluster.mtu {
+/// The configured MTU, else the interface's.
+pub fn mtu(configured: Option<u32>, interface: &str) -> Result<u32, RuntimeError> {
+    match configured {
         Some(mtu) => Ok(mtu),
         None => link_mtu(interface),
     }

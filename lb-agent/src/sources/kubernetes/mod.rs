@@ -1,8 +1,10 @@
 //! The Kubernetes source: watches the API (Services, EndpointSlices, Nodes, AddressPools)
 //! and translates it into the [`Cluster`](super::Cluster) the control loop runs.
 
+pub mod access;
 pub mod client;
 pub mod outage;
+pub mod preflight;
 pub mod settings;
 pub mod settle;
 pub mod slice;

@@ -327,7 +327,7 @@ fn nodes(snapshot: &Snapshot, notes: &mut Vec<String>) -> Vec<NodeInfo> {
     nodes
 }
 
-fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
+pub(super) fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
     node.status
         .as_ref()?
         .addresses

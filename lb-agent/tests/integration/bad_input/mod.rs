@@ -1,6 +1,6 @@
 //! Bad input, table by table: the standalone file, the Kubernetes settings file,
 //! AddressPools (at admission and in the controller), Service annotations and specs, and
-//! lbctl's arguments, files that are not regular files or are far too large, and gossip
+//! lbctl's arguments, clusters that lack what `kubernetes --check` asks for, files that are not regular files or are far too large, and gossip
 //! key files. Every bad input must be refused with a message, condition or event
 //! that names the problem, and none may crash anything or lose state that existed
 //! before it (the running configuration, IPAM allocations). Each table also holds valid
@@ -10,6 +10,7 @@
 //! `BAD-INPUT <category>: N cases` line per category and the total.
 
 mod bounds;
+mod cluster;
 mod files;
 mod host;
 mod key_files;
@@ -86,6 +87,11 @@ fn the_agent_refuses_a_bad_key_file_as_a_bad_configuration() {
     key_files::run_binary();
 }
 
+#[tokio::test]
+async fn what_the_cluster_does_not_give_the_agent_is_reported_item_by_item() {
+    cluster::run().await;
+}
+
 #[test]
 fn bad_lbctl_arguments_are_refused() {
     lbctl::run();
@@ -116,6 +122,7 @@ fn at_least_sixty_bad_inputs() {
         ("gossip-key-file", key_files::counts()),
         ("host-checks", host::counts()),
         ("number-bounds", bounds::counts()),
+        ("kubernetes-check", cluster::counts()),
     ];
     let mut total = (0, 0);
     for (category, (rejected, accepted)) in categories {

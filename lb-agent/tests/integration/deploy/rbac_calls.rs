@@ -34,7 +34,6 @@ use tokio::{sync::watch, time::timeout};
 use super::{
     helm,
     objects::{Object, all_typed, deploy_dir, read_dir},
-    rbac::{Grant, granted},
 };
 use crate::support::{
     kube_api::{
@@ -43,6 +42,7 @@ use crate::support::{
     },
     kube_http::HttpApi,
     lbctl::printed,
+    rbac::{Call, Grant, Permissions, allows, call},
 };
 
 /// The cluster the double serves.
@@ -102,72 +102,6 @@ metadata: { name: xdplb-agent, namespace: xdplb-system }
 data: { settings.yaml: "defaultClass: true\n" }
 "#;
 
-/// One API request as RBAC sees it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Call {
-    verb: String,
-    group: String,
-    /// `resource` or `resource/subresource`.
-    resource: String,
-    namespace: Option<String>,
-    name: Option<String>,
-}
-
-/// The RBAC attributes of a request, as the API server derives them.
-fn call(method: &Method, uri: &str) -> Call {
-    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, rest) = match segments.as_slice() {
-        ["api", _version, rest @ ..] => ("", rest),
-        ["apis", group, _version, rest @ ..] => (*group, rest),
-        _ => panic!("not a resource path: {uri}"),
-    };
-    let (namespace, rest) = match rest {
-        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => (Some(*namespace), rest),
-        rest => (None, rest),
-    };
-    let resource = match rest {
-        [resource, _, subresource] => format!("{resource}/{subresource}"),
-        [resource, ..] => (*resource).to_owned(),
-        [] => panic!("no resource in {uri}"),
-    };
-    let name = rest.get(1).map(|name| (*name).to_owned());
-    let watching = query.split('&').any(|pair| pair == "watch=true");
-    let verb = match (method.as_str(), &name) {
-        ("GET", Some(_)) => "get",
-        ("GET", None) if watching => "watch",
-        ("GET", None) => "list",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", Some(_)) => "delete",
-        ("DELETE", None) => "deletecollection",
-        (other, _) => panic!("unexpected method {other}"),
-    };
-    Call {
-        verb: verb.to_owned(),
-        group: group.to_owned(),
-        resource,
-        namespace: namespace.map(str::to_owned),
-        name,
-    }
-}
-
-/// A ClusterRole's grants, and a Role's with its namespace.
-struct Permissions {
-    cluster: BTreeSet<Grant>,
-    namespaced: BTreeSet<Grant>,
-    namespace: String,
-}
-
-fn allows(grant: &Grant, call: &Call) -> bool {
-    let (group, resource, verb, name) = grant;
-    *group == call.group
-        && *resource == call.resource
-        && *verb == call.verb
-        && (name == "*" || call.name.as_deref() == Some(name.as_str()))
-}
-
 impl Permissions {
     fn from_objects(objects: &[Object]) -> Self {
         let mut cluster = None;
@@ -184,20 +118,6 @@ impl Permissions {
         }
         let (rules, namespace) = role.expect("a Role");
         Self::new(&cluster.expect("a ClusterRole"), &rules, namespace)
-    }
-
-    fn new(cluster: &[PolicyRule], namespaced: &[PolicyRule], namespace: String) -> Self {
-        Self {
-            cluster: granted(cluster),
-            namespaced: granted(namespaced),
-            namespace,
-        }
-    }
-
-    fn allow(&self, call: &Call) -> bool {
-        self.cluster.iter().any(|grant| allows(grant, call))
-            || (call.namespace.as_deref() == Some(&self.namespace)
-                && self.namespaced.iter().any(|grant| allows(grant, call)))
     }
 
     /// Calls not allowed, and grants no call used; `None` when both are empty.
