@@ -10,7 +10,7 @@
 //! serves it again, so watches resume from the versions the agents already have.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     convert::Infallible,
     net::SocketAddrV4,
     pin::Pin,
@@ -29,6 +29,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
+use lb_agent::sources::kubernetes::access::Permission;
 use nix::sched::{CloneFlags, setns};
 use serde_json::{Value, json};
 use tokio::{
@@ -38,6 +39,10 @@ use tokio::{
 };
 
 use crate::netns::Netns;
+
+mod access;
+
+pub use access::AGENT_NAMESPACE;
 
 /// The longest a watch stays open when the client names no timeout.
 const WATCH_DEFAULT: Duration = Duration::from_secs(290);
@@ -74,6 +79,8 @@ struct Store {
     /// Every change so far (a test's worth): any resource version can be watched from.
     log: Vec<Change>,
     changes: broadcast::Sender<Change>,
+    /// Permissions of the agents' roles that a test took away.
+    withheld: BTreeSet<Permission>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -107,6 +114,7 @@ impl ApiDouble {
             objects: BTreeMap::new(),
             log: Vec::new(),
             changes,
+            withheld: BTreeSet::new(),
         }));
         let (serving, serving_rx) = watch::channel(Serving::Yes);
         let (bound, bound_rx) = std::sync::mpsc::channel();
@@ -173,6 +181,12 @@ impl ApiDouble {
         };
         lock(&self.store).write(key, object);
         Ok(())
+    }
+
+    /// Takes `permission` away from the agents' roles (`SelfSubjectAccessReview`s
+    /// answer so), as an edited ClusterRole or Role would.
+    pub fn withhold(&self, permission: Permission) {
+        lock(&self.store).withheld.insert(permission);
     }
 
     /// The stored objects of `resource` (the plural), in every namespace, as the agents
@@ -331,6 +345,10 @@ fn query(request: &Request<Incoming>) -> BTreeMap<String, String> {
 }
 
 async fn handle(store: Shared, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if request.uri().path() == "/version" {
+        return Ok(json_response(StatusCode::OK, &access::version()));
+    }
+    let reviewing = request.uri().path() == access::ACCESS_REVIEWS;
     let Some(target) = parse_target(request.uri().path()) else {
         return Ok(status(StatusCode::NOT_FOUND, "NotFound", "no such path"));
     };
@@ -360,6 +378,13 @@ async fn handle(store: Shared, request: Request<Incoming>) -> Result<Response<Bo
         (Method::GET, Some(name)) => match lock(&store).objects.get(&key(&target, name)) {
             Some(object) => json_response(StatusCode::OK, object),
             None => not_found(name),
+        },
+        (Method::POST, None) if reviewing => match serde_json::from_slice(&body) {
+            Ok(review) => {
+                let decided = access::decide(review, &lock(&store).withheld);
+                json_response(StatusCode::CREATED, &json!(decided))
+            }
+            Err(error) => bad_request(&error),
         },
         (Method::POST, None) => match parsed() {
             Ok(object) => create(&store, &target, object),

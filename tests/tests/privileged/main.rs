@@ -21,6 +21,7 @@ mod failover;
 mod faults;
 mod fixtures;
 mod fuzz_frames;
+mod kubernetes_check;
 mod lbctl_lab;
 mod monitoring;
 mod owner_rig;

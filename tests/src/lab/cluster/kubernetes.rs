@@ -11,6 +11,8 @@ use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
+    process::Output,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -28,13 +30,16 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Cluster, Service, VIP_CIDR, node_name, shell_quote};
-use crate::lab::{LAN_IFACE, Lab, api_double::ApiDouble};
+use crate::lab::{
+    LAN_IFACE, Lab,
+    api_double::{AGENT_NAMESPACE, ApiDouble},
+};
 
 /// Where the API double listens: on the bridge, outside the nodes' addresses.
 const API_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
 const API_PORT: u16 = 6443;
-/// The agents' namespace (their IPAM Lease lives there).
-const AGENT_NAMESPACE: &str = "xdplb-system";
+/// The longest `lb-agent kubernetes --check` may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// The Services' namespace.
 const SERVICE_NAMESPACE: &str = "default";
 
@@ -109,8 +114,19 @@ impl Kubernetes {
         .context("writing the lab's kubeconfig")
     }
 
-    /// The settings file and the command line of `node`'s agent.
+    /// The command line of `node`'s agent.
     pub(super) fn agent_command(&self, cluster: &Cluster, node: &str) -> anyhow::Result<String> {
+        self.agent_command_as(cluster, node, node)
+    }
+
+    /// The command line of `node`'s agent (its settings file, written now), claiming
+    /// to be the Node `name`.
+    fn agent_command_as(
+        &self,
+        cluster: &Cluster,
+        node: &str,
+        name: &str,
+    ) -> anyhow::Result<String> {
         let settings = cluster.scratch().join(format!("{node}-settings.yaml"));
         fs::write(
             &settings,
@@ -126,7 +142,7 @@ impl Kubernetes {
             &cluster.binaries.agent,
             &settings,
             &cluster.scratch().join("kubeconfig"),
-            node,
+            name,
         )
     }
 }
@@ -222,6 +238,24 @@ impl Cluster {
             },
             scenario,
         )
+    }
+
+    /// `lb-agent kubernetes --check` as `node`'s agent would run it (its settings,
+    /// kubeconfig and namespace) in `node`'s namespace, with `--node name`; bounded by
+    /// [`CHECK_TIMEOUT`].
+    pub fn kubernetes_check(&self, node: &str, name: &str) -> anyhow::Result<Output> {
+        let kubernetes = self
+            .kubernetes
+            .as_ref()
+            .context("the cluster runs in standalone mode")?;
+        let command = format!("{} --check", kubernetes.agent_command_as(self, node, name)?);
+        self.node(node)?
+            .netns
+            .command("timeout")
+            .arg(CHECK_TIMEOUT.as_secs().to_string())
+            .args(["sh", "-c", &command])
+            .output()
+            .with_context(|| format!("running {command}"))
     }
 
     /// The API double of a Kubernetes-mode cluster.
