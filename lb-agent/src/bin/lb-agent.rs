@@ -25,6 +25,7 @@ use lb_agent::{
         file::FileSource,
         kubernetes::{
             client::{AGENT_USER_AGENT, agent_client, identified},
+            kubeconfig,
             outage::{ApiHealth, log_filter},
             preflight::preflight,
             settings::KubernetesSettings,
@@ -222,7 +223,7 @@ async fn kubernetes(
     let telemetry = Arc::new(Telemetry::new());
     // One client, so the watches, the Lease and the IPAM share one view of API outages.
     let health = ApiHealth::new(Arc::clone(&telemetry));
-    let config = kube::Config::infer()
+    let config = kubeconfig::load(None, None)
         .await
         .context("finding the Kubernetes API (service account or kubeconfig)")?;
     let client = agent_client(config, &health).context("connecting to the Kubernetes API")?;
@@ -325,7 +326,7 @@ async fn check_kubernetes(
 ) -> anyhow::Result<()> {
     let (interface, mtu) = check_node_settings(&settings.node_settings, None)?;
     println!("ok: node {node} on {interface}, MTU {mtu}");
-    let mut config = kube::Config::infer()
+    let mut config = kubeconfig::load(None, None)
         .await
         .context("finding the Kubernetes API (service account or kubeconfig)")?;
     config.connect_timeout = Some(CHECK_API_TIMEOUT);

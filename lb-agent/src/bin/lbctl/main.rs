@@ -20,11 +20,11 @@ use std::{
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use lb_agent::{
     api::socket::{Client, ClientError, DEFAULT_PATH},
     explain::Query,
     model::Protocol,
+    sources::kubernetes::kubeconfig,
 };
 use serde::Serialize;
 
@@ -335,25 +335,9 @@ async fn kube_client(args: &Args) -> Result<kube::Client, Failure> {
             ),
         )
     };
-    let config = if args.kubeconfig.is_none() && args.context.is_none() {
-        kube::Config::infer()
-            .await
-            .map_err(|error| no_config(error.to_string()))?
-    } else {
-        let options = KubeConfigOptions {
-            context: args.context.clone(),
-            ..KubeConfigOptions::default()
-        };
-        match &args.kubeconfig {
-            Some(path) => {
-                let file = Kubeconfig::read_from(path)
-                    .map_err(|error| no_config(format!("{}: {error}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(file, &options).await
-            }
-            None => kube::Config::from_kubeconfig(&options).await,
-        }
-        .map_err(|error| no_config(error.to_string()))?
-    };
+    let config = kubeconfig::load(args.kubeconfig.as_deref(), args.context.clone())
+        .await
+        .map_err(|error| no_config(error.to_string()))?;
     kube::Client::try_from(cluster::configured(config))
         .map_err(|error| no_config(error.to_string()))
 }

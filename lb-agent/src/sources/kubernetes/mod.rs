@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod client;
+pub mod kubeconfig;
 pub mod outage;
 pub mod preflight;
 pub mod settings;

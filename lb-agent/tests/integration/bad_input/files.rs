@@ -1,6 +1,8 @@
 //! Inputs that are not regular files, or are far too large, given to every program that
 //! reads a file a user names: the agent's standalone file (`--check` and a start), the
-//! Kubernetes settings file, and `lbctl migrate`'s input. Each must be refused within a
+//! Kubernetes settings file, the kubeconfig lbctl is given (`--kubeconfig`, or
+//! `$KUBECONFIG`, which `lb-agent kubernetes` reads the same way), and `lbctl migrate`'s
+//! input. Each must be refused within a
 //! second with the file named and what it is, and the process must stay within a few
 //! tens of MiB: `/dev/zero` would otherwise grow it by gigabytes in seconds, and a FIFO
 //! block it until a writer comes.
@@ -35,7 +37,7 @@ fn agent(args: &[&str], file: &Path) -> Command {
     command
 }
 
-fn readers() -> [Reader; 4] {
+fn readers() -> [Reader; 6] {
     [
         Reader {
             name: "lb-agent --check",
@@ -69,6 +71,24 @@ fn readers() -> [Reader; 4] {
                 command
             },
             code: 2,
+        },
+        Reader {
+            name: "lbctl --kubeconfig",
+            command: |file| {
+                let mut command = crate::support::lbctl::command();
+                command.arg("--kubeconfig").arg(file).arg("pools");
+                command
+            },
+            code: 3,
+        },
+        Reader {
+            name: "lbctl with $KUBECONFIG",
+            command: |file| {
+                let mut command = crate::support::lbctl::command();
+                command.env("KUBECONFIG", file).arg("pools");
+                command
+            },
+            code: 3,
         },
         Reader {
             name: "lbctl migrate metallb",
@@ -130,7 +150,7 @@ fn kinds(dir: &Path) -> Vec<FileKind> {
         FileKind {
             name: "a regular file (read, then refused for its YAML)",
             path: syntax,
-            expect: Expect::Rejected(&["syntax.yaml", "line 2"]),
+            expect: Expect::Rejected(&["syntax.yaml", "line "]),
         },
     ]
 }

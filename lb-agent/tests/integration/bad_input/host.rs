@@ -304,6 +304,59 @@ pub fn run_binary() {
     }
 }
 
+/// Kubernetes settings the host cannot run (each key's problem as above): `kubernetes
+/// --check` and a start refuse them alike, exit status 2, before any API server is
+/// asked (a start that got further would stop at the missing kubeconfig).
+pub fn run_kubernetes_binary() {
+    let settings = [
+        (
+            "interface: nosuchlink9\n",
+            "line 1, column 12: interface: nosuchlink9 does not exist",
+        ),
+        ("pinDir: /proc/xdplb\n", "line 1, column 9: pinDir: "),
+        (
+            "api: { socket: /etc/hostname/agent.sock }\n",
+            "api.socket: ",
+        ),
+        (
+            "capacities: { services: 1 }\ninterface: nosuchlink9\n",
+            "interface: nosuchlink9 does not exist",
+        ),
+    ];
+    for (text, part) in settings {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("settings.yaml");
+        std::fs::write(&path, text).expect("write");
+        let run = |check: bool| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_lb-agent"));
+            command
+                .args([
+                    "kubernetes",
+                    "--node",
+                    "node1",
+                    "--namespace",
+                    "xdplb-system",
+                    "--settings",
+                ])
+                .arg(&path)
+                .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+                .env_remove("KUBERNETES_SERVICE_HOST");
+            if check {
+                command.arg("--check");
+            }
+            let output = command.output().expect("run lb-agent");
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        };
+        let check = run(true);
+        assert_eq!(check.0, Some(2), "{text}: {}", check.1);
+        assert_eq!(check, run(false), "{text}");
+        assert!(check.1.contains(part), "{text}: {}", check.1);
+    }
+}
+
 pub fn counts() -> (usize, usize) {
     super::table::count(cases().iter().map(|case| &case.expect))
 }

@@ -78,6 +78,11 @@ fn check_and_start_refuse_alike() {
 }
 
 #[test]
+fn kubernetes_check_and_start_refuse_alike() {
+    host::run_kubernetes_binary();
+}
+
+#[test]
 fn bad_gossip_key_files_are_placed_at_their_line_and_refused() {
     key_files::run();
 }
