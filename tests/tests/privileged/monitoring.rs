@@ -97,13 +97,32 @@ fn report(fault: &str, times: &AlertTimes) {
         println!(
             "PROMETHEUS {fault}: {alert} pending after {:.1?}, firing after {firing:.1?}, with {:?}",
             times.pending.get(alert),
-            times.fired_with.get(alert).map(|sets| sets.len())
+            label_sets(times, alert)
         );
     }
     println!(
         "PROMETHEUS {fault}: every alert resolved {:.1?} after the heal; pending only: {:?}",
         times.resolved, times.stray_pending
     );
+}
+
+/// Each label set `alert` fired with, less the labels the rule itself adds.
+fn label_sets(times: &AlertTimes, alert: &str) -> Vec<String> {
+    let from_series = |name: &str| !["alertname", "severity"].contains(&name);
+    times
+        .fired_with
+        .get(alert)
+        .into_iter()
+        .flatten()
+        .map(|labels| {
+            let shown: Vec<String> = labels
+                .iter()
+                .filter(|(name, _)| from_series(name))
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            shown.join(" ")
+        })
+        .collect()
 }
 
 fn forged_gossip(cluster: &Cluster, prometheus: &Prometheus) -> anyhow::Result<()> {
