@@ -189,6 +189,27 @@ impl ApiDouble {
         lock(&self.store).withheld.insert(permission);
     }
 
+    /// Changes the stored object `name` of `resource` (the plural) with `change`, as
+    /// `kubectl edit` would: the rest of it, its status and other writers' annotations
+    /// included, stays as last written.
+    pub fn edit(
+        &self,
+        resource: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> anyhow::Result<()> {
+        let mut store = lock(&self.store);
+        let (key, mut object) = store
+            .objects
+            .iter()
+            .find(|(key, _)| key.collection.resource == resource && key.name == name)
+            .map(|(key, object)| (key.clone(), object.clone()))
+            .with_context(|| format!("no {resource} named {name} to edit"))?;
+        change(&mut object);
+        store.write(key, object);
+        Ok(())
+    }
+
     /// The stored objects of `resource` (the plural), in every namespace, as the agents
     /// last could read them.
     pub fn objects(&self, resource: &str) -> Vec<Value> {

@@ -2,22 +2,30 @@
 //! scrapes every agent over the management network and evaluates deploy/monitoring's
 //! rules with test durations (`for:` 3 s, ranges and offsets 10 s). The lab goes
 //! through a healthy spell (no alert may even go pending), a forged-gossip burst, an API
-//! server outage, an exhausted address pool, an owner failover and a partition; after
-//! each fault the alerts it should raise must go pending, then fire, no other alert may
-//! fire, and everything must resolve once the fault is healed. Last, every query of the
-//! Grafana dashboard runs against this Prometheus and must return data.
+//! server outage, an exhausted address pool, a `Local` Service whose only pod runs on a
+//! node excluded from announcing (no owner), the web pods all failing readiness under
+//! client load (drops), forwarding switched off on the web VIP's owner under client load
+//! (FIB fallback), an owner failover and a partition; after each fault the alerts it
+//! should raise must go pending, then fire, no other alert may fire, and everything must
+//! resolve once the fault is healed. Last, every query of the Grafana dashboard runs
+//! against this Prometheus and must return data.
 //!
 //! Run with `cargo test -p testbed --test privileged monitoring:: -- --nocapture` to
 //! see the `PROMETHEUS` lines (figures for RELIABILITY.md).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, ensure};
+use anyhow::{Context as _, bail, ensure};
+use lb_agent::election::EXCLUDE_LABEL;
 use serde_json::{Value, json};
 use testbed::lab::{
-    Cluster, Failure, Service, WEB_VIP,
-    prometheus::{AlertTimes, Prometheus, deployed_rules, shortened_rules},
-    workspace_root,
+    App, Cluster, DNS_VIP, Failure, Pace, Service, WEB_VIP,
+    prometheus::{AlertTimes, Expected, Prometheus, deployed_rules, shortened_rules},
+    requests_during, workspace_root,
 };
 
 use crate::failover::send_bad_gossip;
@@ -35,6 +43,13 @@ const DASHBOARD_RANGE: &str = "10m";
 /// The pool the IPAM phase exhausts: two addresses, three Services asking.
 const SMALL_POOL: &str = "small";
 const POOL_SERVICES: [&str; 3] = ["pool-a", "pool-b", "pool-c"];
+/// The client's requests to the web VIP during the data-path faults: a new connection
+/// every 100 ms, each given 500 ms (no SYN is retransmitted), for a minute at most
+/// (`requests_during`): at most 600 connections.
+const CLIENT_PACE: Pace = Pace {
+    every: Duration::from_millis(100),
+    timeout: Duration::from_millis(500),
+};
 
 #[test]
 fn prometheus_alerts_on_each_fault_and_answers_every_dashboard_query() -> anyhow::Result<()> {
@@ -64,6 +79,9 @@ fn scenario(cluster: &Cluster) -> anyhow::Result<()> {
     forged_gossip(cluster, &prometheus)?;
     api_outage(cluster, &prometheus)?;
     exhausted_pool(cluster, &prometheus)?;
+    local_policy_on_excluded_node(cluster, &prometheus)?;
+    unready_backends(cluster, &prometheus)?;
+    forwarding_off(cluster, &prometheus)?;
     owner_failover(cluster, &prometheus)?;
     split(cluster, &prometheus)?;
     dashboard_queries(&prometheus)
@@ -79,13 +97,32 @@ fn report(fault: &str, times: &AlertTimes) {
         println!(
             "PROMETHEUS {fault}: {alert} pending after {:.1?}, firing after {firing:.1?}, with {:?}",
             times.pending.get(alert),
-            times.fired_with.get(alert).map(|sets| sets.len())
+            label_sets(times, alert)
         );
     }
     println!(
         "PROMETHEUS {fault}: every alert resolved {:.1?} after the heal; pending only: {:?}",
         times.resolved, times.stray_pending
     );
+}
+
+/// Each label set `alert` fired with, less the labels the rule itself adds.
+fn label_sets(times: &AlertTimes, alert: &str) -> Vec<String> {
+    let from_series = |name: &str| !["alertname", "severity"].contains(&name);
+    times
+        .fired_with
+        .get(alert)
+        .into_iter()
+        .flatten()
+        .map(|labels| {
+            let shown: Vec<String> = labels
+                .iter()
+                .filter(|(name, _)| from_series(name))
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            shown.join(" ")
+        })
+        .collect()
 }
 
 fn forged_gossip(cluster: &Cluster, prometheus: &Prometheus) -> anyhow::Result<()> {
@@ -175,6 +212,144 @@ fn exhausted_pool(cluster: &Cluster, prometheus: &Prometheus) -> anyhow::Result<
     ensure!(
         value(&free) == Some(2.0),
         "{SMALL_POOL} not free again: {free:?}"
+    );
+    Ok(())
+}
+
+/// The DNS Service switched to `externalTrafficPolicy: Local` while its only pod runs
+/// on a node labelled to stay out of external load balancers (kubeadm labels its
+/// control-plane nodes so): only that node may announce the VIP and it must not, so
+/// nobody does, while every agent still reports the pod ready. The heal puts the policy
+/// back; the label goes afterwards.
+fn local_policy_on_excluded_node(cluster: &Cluster, prometheus: &Prometheus) -> anyhow::Result<()> {
+    let api = cluster.api_double()?;
+    let node = only_endpoint_node(cluster, "dns")?;
+    api.edit("nodes", &node, |object| {
+        object["metadata"]["labels"][EXCLUDE_LABEL] = json!("");
+    })?;
+    cluster.wait_settled()?;
+    let set_policy = |policy: &str| {
+        api.edit("services", "dns", |object| {
+            object["spec"]["externalTrafficPolicy"] = json!(policy);
+        })
+    };
+    let started = Instant::now();
+    set_policy("Local")?;
+    let vip = DNS_VIP.to_string();
+    let expected = [("XdplbVipWithoutOwner", &[("vip", vip.as_str())][..])];
+    let times =
+        prometheus.expect_alerts(started, &expected, &[], WITHIN, || set_policy("Cluster"))?;
+    report("Local policy, pod on an excluded node", &times);
+    api.edit("nodes", &node, |object| {
+        if let Some(labels) = object["metadata"]["labels"].as_object_mut() {
+            labels.remove(EXCLUDE_LABEL);
+        }
+    })?;
+    cluster.wait_settled().map(drop)
+}
+
+/// The node of every endpoint of Service `name`, which must be one node.
+fn only_endpoint_node(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
+    let slice = cluster
+        .api_double()?
+        .objects("endpointslices")
+        .into_iter()
+        .find(|slice| slice["metadata"]["name"] == name)
+        .with_context(|| format!("no EndpointSlice {name}"))?;
+    let nodes: BTreeSet<&str> = slice["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|endpoint| endpoint["nodeName"].as_str())
+        .collect();
+    match Vec::from_iter(nodes).as_slice() {
+        [node] => Ok((*node).to_owned()),
+        nodes => bail!("{name}'s endpoints are not on one node: {nodes:?}"),
+    }
+}
+
+/// Every web pod fails its readiness probe while the client keeps connecting: the owner
+/// still answers ARP for the VIP (a `Cluster` Service needs no endpoint for that) and
+/// its XDP program drops each connection's SYN for want of a backend.
+fn unready_backends(cluster: &Cluster, prometheus: &Prometheus) -> anyhow::Result<()> {
+    let api = cluster.api_double()?;
+    let set_ready = |ready: bool| {
+        api.edit("endpointslices", "web", |slice| {
+            for endpoint in slice["endpoints"].as_array_mut().into_iter().flatten() {
+                endpoint["conditions"] =
+                    json!({ "ready": ready, "serving": ready, "terminating": false });
+            }
+        })
+    };
+    let owner = cluster.owner(WEB_VIP)?;
+    let expected = [(
+        "XdplbVipTrafficDropped",
+        &[("node", owner.as_str()), ("reason", "drop_no_backend")][..],
+    )];
+    client_fault(
+        cluster,
+        prometheus,
+        "web pods unready",
+        &expected,
+        || set_ready(false),
+        || set_ready(true),
+    )
+}
+
+/// `net.ipv4.ip_forward=0` on the web VIP's owner (what a `sysctl --system` with a
+/// hardening profile does after the agent set forwarding on at start) while the client
+/// keeps connecting: the XDP program's FIB lookups answer only with forwarding on, so
+/// the owner hands every tunnelled packet to the kernel, which drops it as well.
+fn forwarding_off(cluster: &Cluster, prometheus: &Prometheus) -> anyhow::Result<()> {
+    let owner = cluster.owner(WEB_VIP)?;
+    let netns = &cluster.node(&owner)?.netns;
+    let set_forwarding = |on: u8| {
+        netns
+            .run(&format!("echo {on} > /proc/sys/net/ipv4/ip_forward"))
+            .map(drop)
+    };
+    let expected = [("XdplbFibFallbackHigh", &[("node", owner.as_str())][..])];
+    client_fault(
+        cluster,
+        prometheus,
+        "forwarding off on the owner",
+        &expected,
+        || set_forwarding(0),
+        || set_forwarding(1),
+    )
+}
+
+/// `fault` while the client connects to the web VIP at [`CLIENT_PACE`], with the
+/// alerts of `expected` and no other, healed by `heal`; the client must have lost
+/// requests to the fault and be served again by the end.
+fn client_fault(
+    cluster: &Cluster,
+    prometheus: &Prometheus,
+    name: &str,
+    expected: &[Expected<'_>],
+    fault: impl FnOnce() -> anyhow::Result<()>,
+    heal: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let target = SocketAddrV4::new(WEB_VIP, App::WEB_PORT);
+    let (times, requests) = requests_during(&cluster.lab().client, target, CLIENT_PACE, || {
+        let started = Instant::now();
+        fault()?;
+        prometheus.expect_alerts(started, expected, &[], WITHIN, heal)
+    })?;
+    report(name, &times);
+    let failed = requests.failures().len();
+    let last = requests.0.last().context("the client sent no request")?;
+    println!(
+        "PROMETHEUS {name}: {failed} of {} client requests failed",
+        requests.0.len()
+    );
+    ensure!(
+        failed > 0,
+        "{name}: the client lost no request to the fault"
+    );
+    ensure!(
+        last.result.is_ok(),
+        "{name}: the client's last request failed: {last:?}"
     );
     Ok(())
 }
