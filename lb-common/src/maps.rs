@@ -111,3 +111,32 @@ pub const BENCH_FRAME_LEN: usize = 64;
 /// flow `n` is port [`BENCH_GEN_PORT_BASE`] + n % this at address base + n / this.
 pub const BENCH_GEN_PORTS: u32 = 16384;
 pub const BENCH_GEN_PORT_BASE: u16 = 16384;
+/// Owner floor (benchmark reference): parses as [`BENCH_TX_PROGRAM`] does, then wraps
+/// the packet in an outer IPv4 header (IPIP) from [`BENCH_OWNER_ADDR`] to
+/// [`BENCH_BACKEND_ADDR`] behind an Ethernet header from [`BENCH_OWNER_MAC`] to
+/// [`BENCH_GEN_MAC`], all constants, and returns `XDP_TX`: no map access. The least
+/// any owner tunnelling to a backend node costs.
+pub const BENCH_FLOOR_ENCAP_PROGRAM: &str = "bench_floor_encap";
+/// Owner floor: [`BENCH_FLOOR_ENCAP_PROGRAM`] plus one lookup of the packet's
+/// [`crate::types::FlowKey`] in [`BENCH_FLOOR_FLOWS`], the backend node's address taken
+/// from the value: the least a flow-table owner (Katran's pattern, `xdp_lb`'s) costs.
+pub const BENCH_FLOOR_FLOW_PROGRAM: &str = "bench_floor_flow";
+/// Owner floor: [`BENCH_FLOOR_ENCAP_PROGRAM`] plus one lookup in the direct-mapped
+/// [`BENCH_FLOOR_CACHE`] at [`crate::types::BenchCacheSlot::index`], the key compared,
+/// the backend node's address taken from the slot.
+pub const BENCH_FLOOR_CACHE_PROGRAM: &str = "bench_floor_cache";
+/// [`crate::types::FlowKey`] -> [`crate::types::FlowValue`], made as `FLOWS` is (LRU
+/// hash, per-CPU LRU lists, [`MAX_FLOWS_DEFAULT`] entries); the bench fills it with
+/// the generator's flows.
+pub const BENCH_FLOOR_FLOWS: &str = "BENCH_FLOOR_FLOWS";
+/// Array of [`crate::types::BenchCacheSlot`], [`BENCH_FLOOR_CACHE_SLOTS`] long.
+pub const BENCH_FLOOR_CACHE: &str = "BENCH_FLOOR_CACHE";
+/// Slots of [`BENCH_FLOOR_CACHE`]: a power of two, as many as `FLOWS` has entries.
+pub const BENCH_FLOOR_CACHE_SLOTS: u32 = MAX_FLOWS_DEFAULT;
+/// The owner bench's fixed link-layer and node addresses, so the floors can write their
+/// outer headers from constants: the owner's LAN port, the generator's port (which
+/// stands for the backend node's MAC too), the owner node and the backend node.
+pub const BENCH_OWNER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x01];
+pub const BENCH_GEN_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x02];
+pub const BENCH_OWNER_ADDR: [u8; 4] = [10, 0, 0, 1];
+pub const BENCH_BACKEND_ADDR: [u8; 4] = [10, 0, 0, 2];

@@ -5,7 +5,10 @@
 //! Addresses and ports are stored in network byte order (the bytes as on the wire), so
 //! the kernel compares them with packet fields without conversions.
 
-use crate::maps::{NODE_RING_SIZE, POD_RING_SIZE};
+use crate::{
+    hash,
+    maps::{BENCH_FLOOR_CACHE_SLOTS, NODE_RING_SIZE, POD_RING_SIZE},
+};
 
 /// Protocol numbers as in the IPv4 header.
 pub const PROTO_ICMP: u8 = 1;
@@ -256,6 +259,32 @@ pub struct BenchGenSettings {
     pub reflect: u32,
 }
 
+/// Value of [`crate::maps::BENCH_FLOOR_CACHE`]: one slot of a direct-mapped flow cache,
+/// the flow it holds and that flow's backend node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchCacheSlot {
+    pub key: FlowKey,
+    pub node: u32,
+}
+
+impl BenchCacheSlot {
+    /// The slot of `key`: its node-level flow hash modulo the cache's size.
+    #[inline(always)]
+    pub const fn index(key: &FlowKey) -> u32 {
+        let hash = hash::flow_hash(
+            key.client,
+            key.client_port,
+            key.vip,
+            key.vip_port,
+            key.proto,
+            hash::NODE_SEED,
+        );
+        // A power of two: the mask is the modulo.
+        hash & (BENCH_FLOOR_CACHE_SLOTS - 1)
+    }
+}
+
 const _: () = {
     assert!(size_of::<ServiceKey>() == 8);
     assert!(size_of::<ServiceValue>() == 16);
@@ -275,6 +304,8 @@ const _: () = {
     assert!(size_of::<NextHop>() == 32);
     assert!(size_of::<RateState>() == 16);
     assert!(size_of::<BenchGenSettings>() == 8);
+    assert!(size_of::<BenchCacheSlot>() == 20);
+    assert!(BENCH_FLOOR_CACHE_SLOTS.is_power_of_two());
 };
 
 #[cfg(feature = "user")]
@@ -303,6 +334,7 @@ mod pod {
         ReplyKey,
         ReplyValue,
         BenchGenSettings,
+        BenchCacheSlot,
         DataplaneConfig,
         VipStats,
         BackendStats,

@@ -3,12 +3,14 @@
 //! path's cost is reported as a ratio to what parsing alone (and parsing plus bouncing
 //! the frame) costs on the same machine, in the same run. Built only with the
 //! `bench-reference` feature, into the bench's own object: the agent's object has none.
-//! [`traffic`] holds the two ends of the owner-capacity bench.
+//! [`traffic`] holds the two ends of the owner-capacity bench, [`floor`] the owner floors
+//! it measures beside the reflector and `xdp_lb`.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use crate::parse::{self, ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr};
 
+mod floor;
 mod traffic;
 
 /// Reads the Ethernet header and, when it announces IPv4, the IPv4 header: the parsing

@@ -163,9 +163,10 @@ fn service_port(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<(ServiceVal
     Some((service, entry))
 }
 
-/// The flow-cache key of a TCP or UDP packet with the given ports.
+/// The flow-cache key of a TCP or UDP packet with the given ports (the owner floors
+/// of the bench build theirs with it too).
 #[inline(always)]
-fn flow_key(ip: &Ipv4Hdr, ports: &Ports) -> FlowKey {
+pub(crate) fn flow_key(ip: &Ipv4Hdr, ports: &Ports) -> FlowKey {
     FlowKey {
         client: ip.saddr,
         vip: ip.daddr,

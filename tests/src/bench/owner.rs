@@ -12,6 +12,12 @@
 //! - **reflector**: the generator regenerates each frame (the template, the next
 //!   client flow), the owner reflects it. Minus the reflector's cost: the generator's
 //!   side, which every path below shares.
+//! - **floors**: what any owner doing what the flow hit does (IPIP to a backend node)
+//!   costs at least, each parsing as the reflector does: the encapsulation alone, with
+//!   its headers from constants and no map access; the same after one lookup in an LRU
+//!   hash keyed and made like `xdp_lb`'s flow table (Katran's pattern), filled with the
+//!   [`HIT_FLOWS`] flows, the backend node taken from the entry; and the same after one
+//!   lookup in a direct-mapped array, as a flow cache without LRU would make.
 //! - **xdplb flow hit**: the agent's `xdp_lb` as owner, [`HIT_FLOWS`] client flows
 //!   already in its flow table, encapsulated in IPIP towards a backend node on the LAN.
 //! - **xdplb new flow**: the same with every frame a new client flow (the flow table,
@@ -74,6 +80,9 @@ const FORWARD_CHAIN: &str = "KUBE-FORWARD";
 enum Path {
     TwoReflectors,
     Reflector,
+    FloorEncap,
+    FloorFlow,
+    FloorCache,
     FlowHit,
     NewFlow,
     KubeProxy,
@@ -81,17 +90,24 @@ enum Path {
 }
 
 impl Path {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 9] = [
         Self::TwoReflectors,
         Self::Reflector,
+        Self::FloorEncap,
+        Self::FloorFlow,
+        Self::FloorCache,
         Self::FlowHit,
         Self::NewFlow,
         Self::KubeProxy,
         Self::KernelForward,
     ];
+    const FLOORS: [Self; 3] = [Self::FloorEncap, Self::FloorFlow, Self::FloorCache];
     /// The paths whose owner does real work, as opposed to the calibration.
-    const OWNERS: [Self; 5] = [
+    const OWNERS: [Self; 8] = [
         Self::Reflector,
+        Self::FloorEncap,
+        Self::FloorFlow,
+        Self::FloorCache,
         Self::FlowHit,
         Self::NewFlow,
         Self::KubeProxy,
@@ -103,6 +119,9 @@ impl Path {
             Self::TwoReflectors | Self::Reflector => OwnerProgram::Reflector,
             Self::FlowHit | Self::NewFlow => OwnerProgram::XdpLb,
             Self::KubeProxy | Self::KernelForward => OwnerProgram::Pass,
+            Self::FloorEncap => OwnerProgram::FloorEncap,
+            Self::FloorFlow => OwnerProgram::FloorFlow,
+            Self::FloorCache => OwnerProgram::FloorCache,
         }
     }
 
@@ -126,6 +145,7 @@ impl Path {
         match self {
             Self::TwoReflectors | Self::Reflector | Self::KernelForward => arrivals.as_sent,
             Self::FlowHit | Self::NewFlow => arrivals.encapsulated,
+            Self::FloorEncap | Self::FloorFlow | Self::FloorCache => arrivals.encapsulated,
             Self::KubeProxy => arrivals.translated,
         }
     }
@@ -136,6 +156,9 @@ impl fmt::Display for Path {
         f.write_str(match self {
             Self::TwoReflectors => "two reflectors (calibration)",
             Self::Reflector => "reflector (MAC swap, XDP_TX)",
+            Self::FloorEncap => "floor: IPIP from constants",
+            Self::FloorFlow => "floor: IPIP + LRU flow lookup",
+            Self::FloorCache => "floor: IPIP + direct-mapped lookup",
             Self::FlowHit => "xdplb flow hit",
             Self::NewFlow => "xdplb new flow",
             Self::KubeProxy => "kube-proxy (iptables)",
@@ -180,6 +203,7 @@ pub fn run() -> Result<Vec<Measurement>> {
     let _pinned = OnOneCpu::pin()?;
     let mut rig = Rig::new()?;
     install_kube_proxy(&rig)?;
+    rig.fill_floor_tables(HIT_FLOWS)?;
     for path in Path::ALL {
         sample(&mut rig, path, WARM_UP).with_context(|| format!("warm-up over {path}"))?;
     }
@@ -259,6 +283,7 @@ fn check_path(path: Path, change: &Counters, delivered: u64) -> Result<()> {
         Path::FlowHit | Path::NewFlow => (true, false),
         Path::KubeProxy | Path::KernelForward => (false, true),
         Path::TwoReflectors | Path::Reflector => (false, false),
+        Path::FloorEncap | Path::FloorFlow | Path::FloorCache => (false, false),
     };
     let translations = if path == Path::KubeProxy {
         u64::from(HIT_FLOWS)
@@ -394,6 +419,8 @@ fn report(samples: &BTreeMap<Path, Vec<Sample>>) -> Vec<Measurement> {
         out.push(versus_kube_proxy(samples, path));
         out.push(versus_reflector(samples, path));
     }
+    out.extend(Path::FLOORS.map(|floor| versus_reflector(samples, floor)));
+    out.push(beyond_flow_floor(samples));
     out
 }
 
@@ -501,7 +528,25 @@ fn versus_kube_proxy(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Measu
     row.at_least(FLOW_HIT_VS_KUBE_PROXY, &target)
 }
 
-/// The owner's cost on `path` over the reflector's.
+/// What the flow hit costs the owner beyond the flow-lookup floor: `xdp_lb`'s work past
+/// one flow-table lookup and the encapsulation.
+fn beyond_flow_floor(samples: &BTreeMap<Path, Vec<Sample>>) -> Measurement {
+    let beyond: Vec<f64> = owner_cost(samples, Path::FlowHit)
+        .iter()
+        .zip(owner_cost(samples, Path::FloorFlow))
+        .map(|(hit, floor)| hit - floor)
+        .collect();
+    let name = format!(
+        "{}: owner ns/packet beyond {}",
+        Path::FlowHit,
+        Path::FloorFlow
+    );
+    let detail = format!("per-round differences {}", list(&beyond));
+    Measurement::new(GROUP, &name, median(&beyond), "ns", &detail)
+}
+
+/// The owner's cost on `path` over the reflector's (a floor's is labelled as one, with
+/// no target).
 fn versus_reflector(samples: &BTreeMap<Path, Vec<Sample>>, path: Path) -> Measurement {
     let row = ratio_row(
         &format!("{path}: owner cost / reflector's"),

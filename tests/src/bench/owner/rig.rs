@@ -24,24 +24,27 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{TestRun, TestRunOptions},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
     util::nr_cpus,
 };
 use lb_common::{
     maps::{
         BENCH_ARRIVED_AS_SENT, BENCH_ARRIVED_ENCAPSULATED, BENCH_ARRIVED_OTHER,
-        BENCH_ARRIVED_TRANSLATED, BENCH_FRAME_LEN, BENCH_GEN_ARRIVALS, BENCH_GEN_BUDGET,
-        BENCH_GEN_FRAME, BENCH_GEN_PORT_BASE, BENCH_GEN_SETTINGS, BENCH_GENERATE_PROGRAM,
-        BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM,
+        BENCH_ARRIVED_TRANSLATED, BENCH_BACKEND_ADDR, BENCH_FLOOR_CACHE, BENCH_FLOOR_CACHE_PROGRAM,
+        BENCH_FLOOR_ENCAP_PROGRAM, BENCH_FLOOR_FLOW_PROGRAM, BENCH_FLOOR_FLOWS, BENCH_FRAME_LEN,
+        BENCH_GEN_ARRIVALS, BENCH_GEN_BUDGET, BENCH_GEN_FRAME, BENCH_GEN_MAC, BENCH_GEN_PORT_BASE,
+        BENCH_GEN_PORTS, BENCH_GEN_SETTINGS, BENCH_GENERATE_PROGRAM, BENCH_OWNER_ADDR,
+        BENCH_OWNER_MAC, BENCH_PASS_PROGRAM, BENCH_TX_PROGRAM,
     },
-    types::{BenchGenSettings, PROTO_UDP},
+    types::{BenchCacheSlot, BenchGenSettings, FlowKey, FlowValue, PROTO_UDP},
 };
 use pnet_datalink::{Channel, Config};
 
 use crate::{
     bench::BENCH_OBJECT,
-    fixture::{Dataplane, ICMP_RATE, MTU, NODE},
+    fixture::{Dataplane, ICMP_RATE, MTU, NODE, flow_key},
     netns::Netns,
     packets::{self, L2},
 };
@@ -54,7 +57,7 @@ pub const OWNER_LAN_IFINDEX: u32 = 11;
 /// The generator's address on the owner's LAN (the clients are routed behind it).
 pub const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 /// The backend node, on the same LAN: its MAC is the generator's.
-pub const BACKEND_NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const BACKEND_NODE: Ipv4Addr = Ipv4Addr::from_octets(BENCH_BACKEND_ADDR);
 /// A pod on the backend node, whose /24 the owner routes there (the kube-proxy path).
 pub const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 const POD_RANGE: &str = "10.244.1.0/24";
@@ -80,6 +83,26 @@ pub enum OwnerProgram {
     /// Parse and `XDP_PASS`: the kernel forwards (veth takes XDP frames only when an
     /// XDP program is attached).
     Pass,
+    /// The owner floors: IPIP to [`BACKEND_NODE`] from constants, with no lookup, after
+    /// one `BENCH_FLOOR_FLOWS` (LRU hash) lookup, or after one `BENCH_FLOOR_CACHE`
+    /// (direct-mapped array) lookup. [`Rig::fill_floor_tables`] fills both tables.
+    FloorEncap,
+    FloorFlow,
+    FloorCache,
+}
+
+impl OwnerProgram {
+    /// The programs of the bench object (all but `xdp_lb`).
+    const IN_BENCH_OBJECT: [(Self, &'static str); 5] = [
+        (Self::Reflector, BENCH_TX_PROGRAM),
+        (Self::Pass, BENCH_PASS_PROGRAM),
+        (Self::FloorEncap, BENCH_FLOOR_ENCAP_PROGRAM),
+        (Self::FloorFlow, BENCH_FLOOR_FLOW_PROGRAM),
+        (Self::FloorCache, BENCH_FLOOR_CACHE_PROGRAM),
+    ];
+
+    /// The floors, which send every frame on encapsulated as `xdp_lb` does.
+    pub const FLOORS: [Self; 3] = [Self::FloorEncap, Self::FloorFlow, Self::FloorCache];
 }
 
 /// Frames that came back to the generator, by what the owner made of them.
@@ -180,7 +203,7 @@ impl Rig {
 
     /// The request every generated frame starts from: client -> `to`, UDP without
     /// checksum, [`BENCH_FRAME_LEN`] bytes, addressed from gen0 to own0.
-    fn template(&self, to: SocketAddrV4) -> Result<[u8; BENCH_FRAME_LEN]> {
+    pub fn template(&self, to: SocketAddrV4) -> Result<[u8; BENCH_FRAME_LEN]> {
         let l2 = L2 {
             src: mac_in(&self.generator, GENERATOR_PORT)?,
             dst: self.owner.mac(OWNER_LAN)?,
@@ -205,6 +228,62 @@ impl Rig {
         map.set(0, template, 0)?;
         self.destination = to;
         Ok(())
+    }
+
+    /// Puts the generator's first `flows` client flows (as `bench_generate` numbers
+    /// them) to [`VIP`] in both floor tables, with [`BACKEND_NODE`] as their backend.
+    /// Fails if two of them share a slot of the direct-mapped cache, where one would
+    /// miss.
+    pub fn fill_floor_tables(&mut self, flows: u32) -> Result<()> {
+        let node = u32::from_ne_bytes(BACKEND_NODE.octets());
+        let keys: Vec<_> = (0..flows)
+            .map(|flow| flow_key(generated_client(flow), VIP, PROTO_UDP))
+            .collect();
+        let mut table: HashMap<&mut MapData, FlowKey, FlowValue> = HashMap::try_from(
+            self.bench
+                .map_mut(BENCH_FLOOR_FLOWS)
+                .context("no floor flow table")?,
+        )?;
+        let value = FlowValue {
+            node,
+            ..FlowValue::default()
+        };
+        for key in &keys {
+            table.insert(key, value, 0)?;
+        }
+        let mut cache: Array<&mut MapData, BenchCacheSlot> = Array::try_from(
+            self.bench
+                .map_mut(BENCH_FLOOR_CACHE)
+                .context("no floor cache")?,
+        )?;
+        let mut taken = std::collections::BTreeSet::new();
+        for key in keys {
+            let index = BenchCacheSlot::index(&key);
+            ensure!(
+                taken.insert(index),
+                "two of the {flows} flows share cache slot {index}"
+            );
+            cache.set(index, BenchCacheSlot { key, node }, 0)?;
+        }
+        Ok(())
+    }
+
+    /// One BPF_PROG_TEST_RUN of `which` (not `xdp_lb`) on `frame`: the action and the
+    /// frame it leaves, to check what an owner program sends without timing it.
+    pub fn test_run(&mut self, which: OwnerProgram, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        ensure!(
+            which != OwnerProgram::XdpLb,
+            "xdp_lb has fixtures of its own"
+        );
+        let mut out = vec![0u8; 2 * BENCH_FRAME_LEN];
+        let result =
+            owner_program(&mut self.bench, &mut self.owner, which)?.test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// What the generator does with the frames that come back.
@@ -345,10 +424,19 @@ impl Rig {
     }
 }
 
-/// The bench object with the generator and the two references loaded.
+/// The client of the generator's flow `flow`: `bench_generate`'s numbering.
+fn generated_client(flow: u32) -> SocketAddrV4 {
+    let address = u32::from(CLIENT_BASE) + flow / BENCH_GEN_PORTS;
+    // Truncation intended: the remainder is below BENCH_GEN_PORTS (16384).
+    let port = BENCH_GEN_PORT_BASE + (flow % BENCH_GEN_PORTS) as u16;
+    SocketAddrV4::new(Ipv4Addr::from(address), port)
+}
+
+/// The bench object with the generator and the owner programs loaded.
 fn load_bench_object() -> Result<Ebpf> {
     let mut object = Ebpf::load(BENCH_OBJECT)?;
-    for name in [BENCH_GENERATE_PROGRAM, BENCH_TX_PROGRAM, BENCH_PASS_PROGRAM] {
+    let owners = OwnerProgram::IN_BENCH_OBJECT.map(|(_, name)| name);
+    for name in std::iter::once(BENCH_GENERATE_PROGRAM).chain(owners) {
         xdp_mut(&mut object, name)?.load()?;
     }
     Ok(object)
@@ -360,10 +448,12 @@ fn owner_program<'a>(
     owner: &'a mut Dataplane,
     which: OwnerProgram,
 ) -> Result<&'a mut Xdp> {
-    match which {
-        OwnerProgram::Reflector => xdp_mut(bench, BENCH_TX_PROGRAM),
-        OwnerProgram::Pass => xdp_mut(bench, BENCH_PASS_PROGRAM),
-        OwnerProgram::XdpLb => owner.xdp_lb_mut(),
+    let in_bench = OwnerProgram::IN_BENCH_OBJECT
+        .into_iter()
+        .find(|(program, _)| *program == which);
+    match in_bench {
+        Some((_, name)) => xdp_mut(bench, name),
+        None => owner.xdp_lb_mut(),
     }
 }
 
@@ -374,16 +464,21 @@ fn xdp_mut<'a>(object: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(program.try_into()?)
 }
 
-/// The veth pair with fixed indexes, addresses, forwarding on the owner (in and out of
-/// the same port, as a one-armed node on a flat LAN does), and permanent neighbours:
-/// the generator answers no ARP.
+/// The veth pair with fixed indexes, MACs (the floors write them from constants),
+/// addresses, forwarding on the owner (in and out of the same port, as a one-armed node
+/// on a flat LAN does), and permanent neighbours: the generator answers no ARP.
 fn link(owner: &Dataplane, generator: &Netns) -> Result<()> {
+    ensure!(
+        NODE.octets() == BENCH_OWNER_ADDR,
+        "the floors' outer source is not the owner node's address"
+    );
+    let mac = |octets: [u8; 6]| octets.map(|octet| format!("{octet:02x}")).join(":");
     let quiet = "net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1";
     generator.run(&format!("sysctl -qw {quiet}"))?;
     owner.netns.run(&format!(
         "sysctl -qw {quiet} && \
-         ip link add {OWNER_LAN} index {OWNER_LAN_IFINDEX} type veth \
-           peer name {GENERATOR_PORT} index {GEN_IFINDEX} netns {gen} && \
+         ip link add {OWNER_LAN} index {OWNER_LAN_IFINDEX} address {own_mac} type veth \
+           peer name {GENERATOR_PORT} index {GEN_IFINDEX} address {gen_mac} netns {gen} && \
          ip addr add {NODE}/24 dev {OWNER_LAN} && ip link set {OWNER_LAN} up && \
          sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
            net.ipv4.conf.{OWNER_LAN}.rp_filter=0 net.ipv4.conf.all.send_redirects=0 \
@@ -391,6 +486,8 @@ fn link(owner: &Dataplane, generator: &Netns) -> Result<()> {
          ip route add {POD_RANGE} via {BACKEND_NODE} && \
          ip route add {CLIENT_BASE}/10 via {GEN_ADDR}",
         gen = generator.name(),
+        own_mac = mac(BENCH_OWNER_MAC),
+        gen_mac = mac(BENCH_GEN_MAC),
     ))?;
     generator.run(&format!(
         "ip addr add {GEN_ADDR}/24 dev {GENERATOR_PORT} && ip link set {GENERATOR_PORT} up"
