@@ -56,17 +56,7 @@ fn readers() -> [Reader; 6] {
         Reader {
             name: "lb-agent kubernetes",
             command: |file| {
-                let mut command = agent(
-                    &[
-                        "kubernetes",
-                        "--node",
-                        "node1",
-                        "--namespace",
-                        "xdplb-system",
-                        "--settings",
-                    ],
-                    file,
-                );
+                let mut command = super::kubernetes_agent(file);
                 command.env_remove("KUBECONFIG");
                 command
             },

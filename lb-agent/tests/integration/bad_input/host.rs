@@ -328,17 +328,8 @@ pub fn run_kubernetes_binary() {
         let path = dir.path().join("settings.yaml");
         std::fs::write(&path, text).expect("write");
         let run = |check: bool| {
-            let mut command = Command::new(env!("CARGO_BIN_EXE_lb-agent"));
+            let mut command = super::kubernetes_agent(&path);
             command
-                .args([
-                    "kubernetes",
-                    "--node",
-                    "node1",
-                    "--namespace",
-                    "xdplb-system",
-                    "--settings",
-                ])
-                .arg(&path)
                 .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
                 .env_remove("KUBERNETES_SERVICE_HOST");
             if check {

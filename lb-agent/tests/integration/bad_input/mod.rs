@@ -20,7 +20,26 @@ mod services;
 mod standalone;
 mod table;
 
+use std::{path::Path, process::Command};
+
 use table::{count, summary};
+
+/// `lb-agent kubernetes` as node1's agent in `xdplb-system`, with the settings file
+/// `settings`.
+fn kubernetes_agent(settings: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lb-agent"));
+    command
+        .args([
+            "kubernetes",
+            "--node",
+            "node1",
+            "--namespace",
+            "xdplb-system",
+        ])
+        .arg("--settings")
+        .arg(settings);
+    command
+}
 
 #[tokio::test]
 async fn standalone_files_are_refused_and_the_running_one_stays() {
