@@ -223,9 +223,7 @@ async fn kubernetes(
     let telemetry = Arc::new(Telemetry::new());
     // One client, so the watches, the Lease and the IPAM share one view of API outages.
     let health = ApiHealth::new(Arc::clone(&telemetry));
-    let config = kubeconfig::load(None, None)
-        .await
-        .context("finding the Kubernetes API (service account or kubeconfig)")?;
+    let config = api_config().await?;
     let client = agent_client(config, &health).context("connecting to the Kubernetes API")?;
     let ipam = tokio::spawn(ipam_controller::run(
         client.clone(),
@@ -241,6 +239,13 @@ async fn kubernetes(
         tracing::warn!("the IPAM did not stop in time; its Lease expires on its own");
     }
     result.map_err(anyhow::Error::from)
+}
+
+/// Where the agent finds the API server: its service account, or a kubeconfig.
+async fn api_config() -> anyhow::Result<kube::Config> {
+    kubeconfig::load(None, None)
+        .await
+        .context("finding the Kubernetes API (service account or kubeconfig)")
 }
 
 fn finish(outcome: anyhow::Result<()>) -> ExitCode {
@@ -326,9 +331,7 @@ async fn check_kubernetes(
 ) -> anyhow::Result<()> {
     let (interface, mtu) = check_node_settings(&settings.node_settings, None)?;
     println!("ok: node {node} on {interface}, MTU {mtu}");
-    let mut config = kubeconfig::load(None, None)
-        .await
-        .context("finding the Kubernetes API (service account or kubeconfig)")?;
+    let mut config = api_config().await?;
     config.connect_timeout = Some(CHECK_API_TIMEOUT);
     config.read_timeout = Some(CHECK_API_TIMEOUT);
     let server = config.cluster_url.to_string();

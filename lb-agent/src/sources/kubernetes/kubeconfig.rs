@@ -24,10 +24,11 @@ pub enum KubeconfigLoadError {
         path: PathBuf,
         error: KubeconfigError,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] KubeconfigError),
+    // Not a `#[source]`: lbctl prints the message alone, the agent the whole chain.
     #[error("no kubeconfig ($KUBECONFIG, ~/.kube/config) and not in a pod: {0}")]
-    InCluster(#[from] InClusterError),
+    InCluster(InClusterError),
 }
 
 /// The client configuration: from `explicit` (`--kubeconfig`) or the files kubectl would
@@ -42,7 +43,7 @@ pub async fn load(
         None => kubectl_paths(),
     };
     if paths.is_empty() && context.is_none() {
-        return Ok(Config::incluster()?);
+        return Config::incluster().map_err(KubeconfigLoadError::InCluster);
     }
     let mut merged = Kubeconfig::default();
     for path in paths {
