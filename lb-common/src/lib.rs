@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod checksum;
+pub mod express;
 pub mod hash;
 pub mod layout;
 #[cfg(feature = "user")]

@@ -41,6 +41,14 @@ pub const BACKEND_STATS: &str = "BACKEND_STATS";
 pub const NEXT_HOPS: &str = "NEXT_HOPS";
 /// Per-CPU token bucket for ICMP replies generated in XDP.
 pub const ICMP_RATE: &str = "ICMP_RATE";
+/// Per-CPU [`crate::types::ExpressEntry`] at [`crate::express::slot`] of its flow: the
+/// owner's whole forwarding of an established flow to its backend node, taken without
+/// any other map while [`EPOCH`] and the entry's next hop are unchanged.
+pub const EXPRESS: &str = "EXPRESS";
+/// Single `u32` entry: the data path's epoch. The agent advances it after every change it
+/// writes (never to 0), which retires every [`EXPRESS`] entry made before; 0 (nothing
+/// written yet) disables the express cache.
+pub const EPOCH: &str = "EPOCH";
 
 /// Prime Maglev table size for the node level: >= 100 x nodes for clusters up to 163 nodes.
 pub const NODE_RING_SIZE: usize = 16381;
@@ -68,6 +76,8 @@ pub const MAX_BACKENDS_DEFAULT: u32 = 4096;
 pub const MAX_PEERS: u32 = 256;
 /// Default flow-cache entries (LRU: a flood evicts old flows, never fails inserts).
 pub const MAX_FLOWS_DEFAULT: u32 = 65536;
+/// [`EXPRESS`] slots per CPU (a power of two): 288 KiB of entries per CPU.
+pub const EXPRESS_SLOTS: u32 = 4096;
 /// Default reply-flow entries (LRU).
 pub const MAX_REPLY_FLOWS_DEFAULT: u32 = 65536;
 

@@ -36,9 +36,13 @@ pub const PASS_NOT_OUR_MAC: u32 = 26;
 /// `SERVICE_SLOTS` slot), without the `SERVICES` lookup; [`FLOW_CACHE_HIT`] counts the
 /// hits that looked the service up.
 pub const FLOW_FAST_HIT: u32 = 27;
+/// Tunnelled (IPIP) to its backend node from its flow's [`crate::maps::EXPRESS`] entry,
+/// without the flow table or any other lookup: an established flow's packets once its
+/// first went out as [`TX_ENCAP`].
+pub const TX_EXPRESS: u32 = 28;
 
 /// Number of reasons; the size of [`crate::maps::REASON_STATS`].
-pub const COUNT: u32 = 28;
+pub const COUNT: u32 = 29;
 
 /// Stable names for metrics labels and `lbctl`, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -70,4 +74,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tc_pass_untracked",
     "pass_not_our_mac",
     "flow_fast_hit",
+    "tx_express",
 ];

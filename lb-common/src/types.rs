@@ -239,6 +239,42 @@ pub struct NextHop {
     pub looked_up: u64,
 }
 
+/// Value of [`crate::maps::EXPRESS`] (per CPU): everything the owner needs to forward
+/// one more packet of an established flow as the full path last did, checked against
+/// the packet and the clock instead of the tables. Written by that full path, only for
+/// a TCP or UDP packet from the LAN without a VLAN tag that it encapsulated and sent
+/// back out of the interface it came in on (`XDP_TX`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpressEntry {
+    pub key: FlowKey,
+    /// The [`crate::maps::EPOCH`] read before the decision was made; 0: empty slot.
+    pub epoch: u32,
+    /// The interface the flow arrives on and leaves by.
+    pub ifindex: u32,
+    /// [`NextHop::looked_up`] of the next hop the MAC addresses came from: the entry is
+    /// used only while that answer would be (for [`crate::maps::NEXT_HOP_TTL_JIFFIES`]),
+    /// so a neighbour's new MAC address reaches express packets as fast as others.
+    pub looked_up: u64,
+    /// The MAC addresses as three 16-bit words each (the frame's bytes loaded in host
+    /// order): compared and written a word at a time instead of a byte at a time.
+    pub dst_mac: [u16; 3],
+    pub src_mac: [u16; 3],
+    /// [`DataplaneConfig::mac`] when the entry was written: the frame must be addressed
+    /// to it (all zero: to anything).
+    pub own_mac: [u16; 3],
+    /// The largest inner IPv4 total length that still fits the LAN MTU once
+    /// encapsulated (host order); longer packets take the full path and its ICMP.
+    pub max_len: u16,
+    /// Outer source (this node) and destination (the backend node).
+    pub node_addr: u32,
+    pub backend: u32,
+    /// The VIP's statistics index and the backend node's slot, for the counters.
+    pub stats_index: u32,
+    pub backend_slot: u32,
+    pub _pad: u32,
+}
+
 /// Value of [`crate::maps::ICMP_RATE`] (per CPU token bucket).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -302,6 +338,7 @@ const _: () = {
     assert!(size_of::<VipStats>() == 64);
     assert!(size_of::<BackendStats>() == 16);
     assert!(size_of::<NextHop>() == 32);
+    assert!(size_of::<ExpressEntry>() == 72);
     assert!(size_of::<RateState>() == 16);
     assert!(size_of::<BenchGenSettings>() == 8);
     assert!(size_of::<BenchCacheSlot>() == 20);
@@ -339,6 +376,7 @@ mod pod {
         VipStats,
         BackendStats,
         NextHop,
+        ExpressEntry,
         RateState,
     );
 }

@@ -38,15 +38,32 @@ pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), Verdict> {
 }
 
 /// Wraps the IPv4 packet at `l3` in an outer header from `own_addr` to `node` and picks
-/// the way out. The L2 header (with its VLAN tag) moves to the new front.
+/// the way out. The L2 header (with its VLAN tag) moves to the new front. `on_tx` gets
+/// the next hop when the frame leaves by the interface it came in on (`XDP_TX`).
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, l3: usize, own_addr: u32, node: &Backend) -> Outcome {
+pub fn encapsulate(
+    ctx: &XdpContext,
+    l3: usize,
+    own_addr: u32,
+    node: &Backend,
+    on_tx: impl FnOnce(&NextHop),
+) -> Outcome {
     let malformed = Verdict::drop(reasons::DROP_MALFORMED);
     let inner: Ipv4Hdr = parse::read(ctx, l3).ok_or(malformed)?;
     adjust_head(ctx, -(IPV4_HLEN as i32))?;
     if !parse::copy_l2(ctx, l3, IPV4_HLEN, 0, false) {
         return Err(malformed);
     }
+    let outer = outer_header(&inner, own_addr, node.addr);
+    if !parse::write(ctx, l3, outer) {
+        return Err(malformed);
+    }
+    Ok(route(ctx, &outer, node.slot, on_tx))
+}
+
+/// The IPIP header that carries `inner` from `own_addr` to `node_addr`.
+#[inline(always)]
+pub fn outer_header(inner: &Ipv4Hdr, own_addr: u32, node_addr: u32) -> Ipv4Hdr {
     let mut outer = Ipv4Hdr {
         version_ihl: 0x45,
         tos: inner.tos,
@@ -58,13 +75,23 @@ pub fn encapsulate(ctx: &XdpContext, l3: usize, own_addr: u32, node: &Backend) -
         proto: PROTO_IPIP,
         check: 0,
         saddr: own_addr,
-        daddr: node.addr,
+        daddr: node_addr,
     };
     outer.check = outer.computed_check();
-    if !parse::write(ctx, l3, outer) {
-        return Err(malformed);
-    }
-    Ok(route(ctx, &outer, node.slot))
+    outer
+}
+
+/// True while a next hop the FIB gave at `looked_up` (jiffies) may still be used `now`.
+#[inline(always)]
+pub fn fresh(looked_up: u64, now: u64) -> bool {
+    looked_up != 0 && now.wrapping_sub(looked_up) < NEXT_HOP_TTL_JIFFIES
+}
+
+/// Now, in jiffies.
+#[inline(always)]
+pub fn jiffies() -> u64 {
+    // SAFETY: reads a kernel clock, no arguments.
+    unsafe { bpf_jiffies64() }
 }
 
 /// Sends the encapsulated frame to its next hop: the cached one of backend `slot` while
@@ -73,10 +100,9 @@ pub fn encapsulate(ctx: &XdpContext, l3: usize, own_addr: u32, node: &Backend) -
 /// need `forwarding=1` on the LAN interface, and that fallback also `accept_local=1`: the
 /// outer source is this node's own address, a martian to the input path otherwise.
 #[inline(always)]
-fn route(ctx: &XdpContext, outer: &Ipv4Hdr, slot: u32) -> Verdict {
+fn route(ctx: &XdpContext, outer: &Ipv4Hdr, slot: u32, on_tx: impl FnOnce(&NextHop)) -> Verdict {
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: reads a kernel clock, no arguments.
-    let now = unsafe { bpf_jiffies64() };
+    let now = jiffies();
     let hop = match cached_hop(slot, ingress, now) {
         Some(hop) => hop,
         None => match fib(ctx, outer, ingress, now) {
@@ -99,6 +125,7 @@ fn route(ctx: &XdpContext, outer: &Ipv4Hdr, slot: u32) -> Verdict {
         (*eth).src = hop.src_mac;
     }
     if hop.ifindex == ingress {
+        on_tx(&hop);
         return Verdict::tx(reasons::TX_ENCAP);
     }
     // SAFETY: bpf_redirect only records the target interface for after the program.
@@ -114,8 +141,7 @@ fn route(ctx: &XdpContext, outer: &Ipv4Hdr, slot: u32) -> Verdict {
 #[inline(always)]
 fn cached_hop(slot: u32, ingress: u32, now: u64) -> Option<NextHop> {
     let hop = *NEXT_HOPS.get(slot)?;
-    let fresh = hop.looked_up != 0 && now.wrapping_sub(hop.looked_up) < NEXT_HOP_TTL_JIFFIES;
-    (fresh && hop.ingress == ingress).then_some(hop)
+    (fresh(hop.looked_up, now) && hop.ingress == ingress).then_some(hop)
 }
 
 /// The FIB's next hop for `outer`, stamped `now`.

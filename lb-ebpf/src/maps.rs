@@ -8,15 +8,15 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        MAX_BACKENDS_DEFAULT, MAX_FLOWS_DEFAULT, MAX_PEERS, MAX_REPLY_FLOWS_DEFAULT,
+        EXPRESS_SLOTS, MAX_BACKENDS_DEFAULT, MAX_FLOWS_DEFAULT, MAX_PEERS, MAX_REPLY_FLOWS_DEFAULT,
         MAX_SERVICE_PORTS_DEFAULT, MAX_SERVICES_DEFAULT, MAX_VIPS_DEFAULT, RING_SPARE_SLOTS,
         VIP_FILTER_SLOTS,
     },
     reasons,
     types::{
-        BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NextHop, NodeRing,
-        PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceSlot, ServiceValue,
-        VipStats, VipValue,
+        BackendStats, BackendValue, DataplaneConfig, ExpressEntry, FlowKey, FlowValue, NextHop,
+        NodeRing, PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceSlot,
+        ServiceValue, VipStats, VipValue,
     },
 };
 
@@ -85,3 +85,11 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
 
 #[map]
 pub static ICMP_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU: an express entry is written and read by the CPU its flow arrives on, so no
+/// write crosses CPUs and the lookup is inlined.
+#[map]
+pub static EXPRESS: PerCpuArray<ExpressEntry> = PerCpuArray::with_max_entries(EXPRESS_SLOTS, 0);
+
+#[map]
+pub static EPOCH: Array<u32> = Array::with_max_entries(1, 0);

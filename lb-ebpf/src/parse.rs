@@ -6,6 +6,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::{helpers::bpf_xdp_get_buff_len, programs::XdpContext};
+use lb_common::types::{FlowKey, PROTO_TCP};
 
 pub const ETH_HLEN: usize = size_of::<EthHdr>();
 pub const VLAN_HLEN: usize = size_of::<VlanHdr>();
@@ -121,6 +122,30 @@ pub struct Ports {
     pub dst: u16,
 }
 
+/// The flow key of a TCP or UDP packet with the given ports (the owner floors of the
+/// bench build theirs with it too).
+#[inline(always)]
+pub fn flow_key(ip: &Ipv4Hdr, ports: &Ports) -> FlowKey {
+    FlowKey {
+        client: ip.saddr,
+        vip: ip.daddr,
+        client_port: ports.src,
+        vip_port: ports.dst,
+        proto: ip.proto,
+        _pad: 0,
+        _pad2: 0,
+    }
+}
+
+/// True for a TCP segment with SYN set and ACK clear: the first of a connection, or a
+/// retransmission of it. A header too short to hold the flags is judged later.
+#[inline(always)]
+pub fn opens_connection(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> bool {
+    ip.proto == PROTO_TCP
+        && read::<u8>(ctx, l3 + IPV4_HLEN + TCP_FLAGS_OFF)
+            .is_some_and(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+}
+
 /// MAC addresses compared as a 4-byte and a 2-byte word: `==` on byte arrays may lower
 /// to a `bcmp` call, which a BPF program cannot make.
 #[inline(always)]
@@ -193,6 +218,34 @@ pub fn ipv4_offset(ctx: &XdpContext) -> Option<usize> {
     }
     let vlan: VlanHdr = read(ctx, ETH_HLEN)?;
     (vlan.proto == ETH_P_IP).then_some(ETH_HLEN + VLAN_HLEN)
+}
+
+/// A MAC address as three 16-bit words (its bytes in pairs, loaded in host order).
+pub type MacWords = [u16; 3];
+
+#[inline(always)]
+pub fn mac_to_words(mac: &[u8; 6]) -> MacWords {
+    let [a, b, c, d, e, f] = *mac;
+    [
+        u16::from_ne_bytes([a, b]),
+        u16::from_ne_bytes([c, d]),
+        u16::from_ne_bytes([e, f]),
+    ]
+}
+
+/// Writes a whole Ethernet header at the front of the frame; false when it is too short.
+#[inline(always)]
+pub fn write_eth(ctx: &XdpContext, dst: &MacWords, src: &MacWords, proto: u16) -> bool {
+    let Some(eth) = ptr_at::<EthWords>(ctx, 0) else {
+        return false;
+    };
+    let words = [dst[0], dst[1], dst[2], src[0], src[1], src[2], proto];
+    for (index, word) in words.into_iter().enumerate() {
+        // SAFETY: `ptr_at` checked the header lies inside the frame. Volatile, so LLVM
+        // cannot merge the words into a `memcpy` call.
+        unsafe { eth.cast::<u16>().add(index).write_volatile(word) };
+    }
+    true
 }
 
 /// The Ethernet header as 16-bit words: copied through these, not as an [`EthHdr`],

@@ -13,14 +13,11 @@ use lb_common::{
 };
 
 use crate::{
-    encap,
+    encap, express,
     icmp::{self, Message},
     maps::{CONFIG, PEERS, SERVICES, VIP_FILTER, VIPS},
     nat,
-    parse::{
-        self, EthHdr, IP_MF_OFFSET, IPV4_HLEN, Ipv4Hdr, Ports, TCP_ACK, TCP_FLAGS_OFF, TCP_HLEN,
-        TCP_SYN, UDP_HLEN,
-    },
+    parse::{self, ETH_HLEN, EthHdr, IP_MF_OFFSET, IPV4_HLEN, Ipv4Hdr, Ports, TCP_HLEN, UDP_HLEN},
     select::{self, Entry, Target},
     stats,
     verdict::{Outcome, Verdict},
@@ -61,7 +58,9 @@ struct Flow {
     service: ServiceValue,
     /// The flow's `FLOWS` entry, as far as it was looked up already.
     entry: Entry,
-    node_addr: u32,
+    /// The epoch read before the packet's first lookup, when a decision to tunnel it may
+    /// be remembered in its `EXPRESS` entry; 0 when not.
+    epoch: u32,
     path: Path,
     /// A TCP SYN without ACK: the client opens the connection, so no cached choice of
     /// an earlier one may stand for it.
@@ -90,10 +89,18 @@ fn classify(ctx: &XdpContext) -> Outcome {
     if ip.proto == PROTO_IPIP {
         return tunnel(ctx, l3, &ip, &config());
     }
+    if !maybe_vip(ip.daddr) {
+        return Err(Verdict::pass(reasons::PASS_NOT_VIP));
+    }
+    let epoch = express::epoch();
+    if let Some(hit) = express::forward(ctx, l3, &ip, epoch) {
+        count_vip(hit.stats_index, hit.len as u64, &hit.verdict);
+        return Ok(hit.verdict);
+    }
     let dest = lookup_dest(ctx, l3, &ip).ok_or(Verdict::pass(reasons::PASS_NOT_VIP))?;
     let config = config();
     addressed_here(ctx, &config)?;
-    vip_traffic(ctx, l3, &dest, &config, Path::Lan)
+    vip_traffic(ctx, l3, &dest, &config, Path::Lan, epoch)
 }
 
 /// What the maps say about a VIP packet's destination.
@@ -106,16 +113,14 @@ struct Dest {
     entry: Entry,
 }
 
-/// The destination of a packet to a VIP, `None` for any other. TCP and UDP to a service
+/// The destination of a packet to a VIP (its slot in the prefilter counts one), `None`
+/// for any other. TCP and UDP to a service
 /// port (the bulk of VIP traffic) are found through the flow's cache entry or one
 /// `SERVICES` lookup, either carrying the VIP's statistics index; everything else, and
 /// any header the lookups cannot read plainly, is looked up in `VIPS` and judged in full
 /// later.
 #[inline(always)]
 fn lookup_dest(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<Dest> {
-    if !maybe_vip(ip.daddr) {
-        return None;
-    }
     if let Some((service, entry)) = service_port(ctx, l3, ip) {
         let vip = VipValue {
             stats_index: service.stats_index,
@@ -148,9 +153,9 @@ fn service_port(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<(ServiceVal
         return None;
     }
     let ports: Ports = parse::read(ctx, l3 + IPV4_HLEN)?;
-    let key = flow_key(ip, &ports);
+    let key = parse::flow_key(ip, &ports);
     let service_key = service_key(&key);
-    let entry = if opens(ctx, l3, ip) {
+    let entry = if parse::opens_connection(ctx, l3, ip) {
         Entry::Unread
     } else {
         Entry::read(&key)
@@ -161,21 +166,6 @@ fn service_port(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Option<(ServiceVal
     // SAFETY: the value is copied out at once.
     let service = unsafe { SERVICES.get(service_key) }.copied()?;
     Some((service, entry))
-}
-
-/// The flow-cache key of a TCP or UDP packet with the given ports (the owner floors
-/// of the bench build theirs with it too).
-#[inline(always)]
-pub(crate) fn flow_key(ip: &Ipv4Hdr, ports: &Ports) -> FlowKey {
-    FlowKey {
-        client: ip.saddr,
-        vip: ip.daddr,
-        client_port: ports.src,
-        vip_port: ports.dst,
-        proto: ip.proto,
-        _pad: 0,
-        _pad2: 0,
-    }
 }
 
 /// The `SERVICES` key of a flow's service.
@@ -255,11 +245,11 @@ fn tunnel(ctx: &XdpContext, l3: usize, outer: &Ipv4Hdr, config: &DataplaneConfig
         .flatten()
         .ok_or(Verdict::drop(reasons::DROP_IPIP_NOT_VIP))?;
     encap::decapsulate(ctx, l3)?;
-    vip_traffic(ctx, l3, &dest, config, Path::Tunnel)
+    vip_traffic(ctx, l3, &dest, config, Path::Tunnel, 0)
 }
 
 /// Dispatches a VIP packet by protocol once its header passed the checks, counting the
-/// packet and its drop, if it ends in one.
+/// packet and its drop, if it ends in one. `epoch`: see [`Flow::epoch`].
 #[inline(always)]
 fn vip_traffic(
     ctx: &XdpContext,
@@ -267,6 +257,7 @@ fn vip_traffic(
     dest: &Dest,
     config: &DataplaneConfig,
     path: Path,
+    epoch: u32,
 ) -> Outcome {
     // One helper call for the length, used by every check and counter below.
     let len = parse::frame_len(ctx);
@@ -274,7 +265,7 @@ fn vip_traffic(
     // a BPF-to-BPF call on every VIP packet.
     let dispatched = match check_header(ctx, l3, len) {
         Ok(ip) => match ip.proto {
-            PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, dest, config, path, len),
+            PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, dest, config, path, epoch, len),
             PROTO_ICMP => icmp_to_vip(ctx, l3, &ip, &dest.vip, config, path, len),
             _ => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
         },
@@ -295,9 +286,11 @@ fn count_vip(stats_index: u32, bytes: u64, verdict: &Verdict) {
         stats.packets += 1;
         stats.bytes += bytes;
         match verdict.reason {
-            // Both come only from `forward`: encapsulated, then sent or handed to the
-            // kernel to route.
-            reasons::TX_ENCAP | reasons::PASS_FIB_FALLBACK => stats.encapsulated += 1,
+            // Encapsulated by the express path, or by `forward`, then sent or handed to
+            // the kernel to route.
+            reasons::TX_EXPRESS | reasons::TX_ENCAP | reasons::PASS_FIB_FALLBACK => {
+                stats.encapsulated += 1
+            }
             reasons::PASS_LOCAL_DNAT | reasons::PASS_DECAP_DNAT => stats.delivered_local += 1,
             _ if verdict.is_drop() => stats.dropped += 1,
             _ => {}
@@ -327,6 +320,7 @@ fn check_header(ctx: &XdpContext, l3: usize, frame_len: usize) -> Result<Ipv4Hdr
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn transport(
     ctx: &XdpContext,
     l3: usize,
@@ -334,6 +328,7 @@ fn transport(
     dest: &Dest,
     config: &DataplaneConfig,
     path: Path,
+    epoch: u32,
     len: usize,
 ) -> Outcome {
     let l4_len = if ip.proto == PROTO_TCP {
@@ -349,23 +344,18 @@ fn transport(
     if path == Path::Lan {
         icmp::check_fits(ctx, l3, ip, config, dest.vip.stats_index)?;
     }
-    let key = flow_key(ip, &ports);
+    let key = parse::flow_key(ip, &ports);
     let mut flow = match dest.service {
         // Looked up with this very key: `check_header` admitted no IP options.
-        Some(service) => known_flow(key, service, config, path, dest.entry),
-        None => resolve(key, &dest.vip, config, path)?,
+        Some(service) => known_flow(key, service, path, dest.entry),
+        None => resolve(key, &dest.vip, path)?,
     };
-    flow.opening = opens(ctx, l3, ip);
-    forward(ctx, l3, &flow, Payload::Transport, len)
-}
-
-/// True for a TCP segment with SYN set and ACK clear: the first of a connection, or a
-/// retransmission of it. A header too short to hold the flags is judged later.
-#[inline(always)]
-fn opens(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> bool {
-    ip.proto == PROTO_TCP
-        && parse::read::<u8>(ctx, l3 + IPV4_HLEN + TCP_FLAGS_OFF)
-            .is_some_and(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    flow.opening = parse::opens_connection(ctx, l3, ip);
+    // The express path serves only frames without a VLAN tag.
+    if l3 == ETH_HLEN {
+        flow.epoch = epoch;
+    }
+    forward(ctx, l3, &flow, config, Payload::Transport, len)
 }
 
 #[inline(always)]
@@ -385,8 +375,8 @@ fn icmp_to_vip(
         // The owner answers pings itself; a tunnelled one is not ours to answer.
         Message::EchoRequest => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
         Message::Error(key) => {
-            let flow = resolve(key, vip, config, path)?;
-            let verdict = forward(ctx, l3, &flow, Payload::IcmpError, len)?;
+            let flow = resolve(key, vip, path)?;
+            let verdict = forward(ctx, l3, &flow, config, Payload::IcmpError, len)?;
             stats::count(reasons::ICMP_ERROR_STEERED);
             Ok(verdict)
         }
@@ -396,15 +386,10 @@ fn icmp_to_vip(
 /// The service a flow addresses; unknown ports pass or drop per the VIP's flag, and
 /// always drop when tunnelled.
 #[inline(always)]
-fn resolve(
-    key: FlowKey,
-    vip: &VipValue,
-    config: &DataplaneConfig,
-    path: Path,
-) -> Result<Flow, Verdict> {
+fn resolve(key: FlowKey, vip: &VipValue, path: Path) -> Result<Flow, Verdict> {
     // SAFETY: the value is copied out at once.
     match unsafe { SERVICES.get(service_key(&key)) }.copied() {
-        Some(service) => Ok(known_flow(key, service, config, path, Entry::Unread)),
+        Some(service) => Ok(known_flow(key, service, path, Entry::Unread)),
         // A peer tunnels only ports it knows; this node not knowing the port means the
         // two disagree for a moment, and handing the packet to the kernel would route
         // it back to the VIP owner, which could tunnel it here again.
@@ -415,19 +400,14 @@ fn resolve(
     }
 }
 
+/// A flow whose packet is not remembered in the express cache (yet).
 #[inline(always)]
-fn known_flow(
-    key: FlowKey,
-    service: ServiceValue,
-    config: &DataplaneConfig,
-    path: Path,
-    entry: Entry,
-) -> Flow {
+fn known_flow(key: FlowKey, service: ServiceValue, path: Path, entry: Entry) -> Flow {
     Flow {
         key,
         service,
         entry,
-        node_addr: config.node_addr,
+        epoch: 0,
         path,
         opening: false,
     }
@@ -436,12 +416,19 @@ fn known_flow(
 /// Sends the flow's packet (a frame of `len` bytes) to its backend node, or delivers it
 /// here.
 #[inline(always)]
-fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload, len: usize) -> Outcome {
+fn forward(
+    ctx: &XdpContext,
+    l3: usize,
+    flow: &Flow,
+    config: &DataplaneConfig,
+    payload: Payload,
+    len: usize,
+) -> Outcome {
     let target = match flow.path {
         Path::Lan => select::node(
             &flow.key,
             &flow.service,
-            flow.node_addr,
+            config.node_addr,
             flow.opening,
             flow.entry,
         )?,
@@ -451,7 +438,14 @@ fn forward(ctx: &XdpContext, l3: usize, flow: &Flow, payload: Payload, len: usiz
     let bytes = len as u64;
     match target {
         Target::Remote(node) => {
-            let verdict = encap::encapsulate(ctx, l3, flow.node_addr, &node)?;
+            let decision = express::Decision {
+                key: flow.key,
+                epoch: flow.epoch,
+                stats_index: flow.service.stats_index,
+            };
+            let verdict = encap::encapsulate(ctx, l3, config.node_addr, &node, |hop| {
+                express::remember(&decision, config, &node, hop);
+            })?;
             stats::backend(node.slot, bytes);
             Ok(verdict)
         }

@@ -14,6 +14,7 @@ use lb_agent::{
     model::capacities::Capacities,
 };
 use lb_common::{
+    express::next_epoch,
     maglev::{self, Backend},
     maps::{MAX_BACKENDS_DEFAULT, NODE_RING_SIZE, POD_RING_SIZE},
     reasons,
@@ -166,7 +167,8 @@ impl Dataplane {
             mac: NODE_MAC,
             _pad: [0; 2],
         };
-        Ok(self.maps.config.set(0, &config)?)
+        self.maps.config.set(0, &config)?;
+        self.changed()
     }
 
     /// Replaces the interface MAC address of the current settings.
@@ -175,7 +177,16 @@ impl Dataplane {
             mac,
             ..self.maps.config.get(0)?
         };
-        Ok(self.maps.config.set(0, &config)?)
+        self.maps.config.set(0, &config)?;
+        self.changed()
+    }
+
+    /// Advances the epoch, as the agent does after every change it writes, so express
+    /// entries decided before stop standing. Every change below ends with it; a test
+    /// that writes a map itself calls it when the change should reach express flows.
+    pub fn changed(&mut self) -> Result<()> {
+        let next = next_epoch(self.maps.epoch.get(0)?);
+        Ok(self.maps.epoch.set(0, &next)?)
     }
 
     pub fn add_vip(&mut self, addr: Ipv4Addr, flags: u32) -> Result<()> {
@@ -183,7 +194,8 @@ impl Dataplane {
             stats_index: VIP_STATS_INDEX,
             flags,
         };
-        Ok(self.maps.vips.insert(&wire(addr), &value)?)
+        self.maps.vips.insert(&wire(addr), &value)?;
+        self.changed()
     }
 
     /// Adds the service, or changes it, in the service slot it has or else the lowest
@@ -213,7 +225,8 @@ impl Dataplane {
         self.maps
             .service_slots
             .set(slot, &ServiceSlot { key, value })?;
-        Ok(self.maps.services.insert(&key, &value)?)
+        self.maps.services.insert(&key, &value)?;
+        self.changed()
     }
 
     /// Removes the service from `SERVICES`, then clears its slot, as the agent does.
@@ -221,7 +234,8 @@ impl Dataplane {
         let key = service_key(socket, proto);
         let slot = self.service_slot(socket, proto)?;
         self.maps.services.remove(&key)?;
-        Ok(self.maps.service_slots.set(slot, &ServiceSlot::default())?)
+        self.maps.service_slots.set(slot, &ServiceSlot::default())?;
+        self.changed()
     }
 
     /// The service slot of a service (it must exist).
@@ -246,7 +260,8 @@ impl Dataplane {
         let ring = NodeRing {
             backends: table.try_into().expect("table of NODE_RING_SIZE"),
         };
-        Ok(self.maps.node_rings.set(slot, &ring)?)
+        self.maps.node_rings.set(slot, &ring)?;
+        self.changed()
     }
 
     /// Fills a pod ring (equal weights) and marks its pods active.
@@ -255,7 +270,8 @@ impl Dataplane {
         let ring = PodRing {
             backends: table.try_into().expect("table of POD_RING_SIZE"),
         };
-        Ok(self.maps.pod_rings.set(slot, &ring)?)
+        self.maps.pod_rings.set(slot, &ring)?;
+        self.changed()
     }
 
     fn ring(&mut self, addrs: &[Ipv4Addr], size: usize) -> Result<Vec<u32>> {
@@ -271,10 +287,10 @@ impl Dataplane {
             Some(existing) => existing.slot,
             None => self.free_backend_slot()?,
         };
-        Ok(self
-            .maps
+        self.maps
             .backends
-            .insert(&wire(addr), &BackendValue { state, slot })?)
+            .insert(&wire(addr), &BackendValue { state, slot })?;
+        self.changed()
     }
 
     /// The slot `addr` holds (it must be a backend).
@@ -294,14 +310,15 @@ impl Dataplane {
     }
 
     pub fn remove_backend(&mut self, addr: Ipv4Addr) -> Result<()> {
-        Ok(self.maps.backends.remove(&wire(addr))?)
+        self.maps.backends.remove(&wire(addr))?;
+        self.changed()
     }
 
     pub fn add_peer(&mut self, addr: Ipv4Addr) -> Result<()> {
-        Ok(self
-            .maps
+        self.maps
             .peers
-            .insert(&wire(addr), &PeerValue { flags: 0 })?)
+            .insert(&wire(addr), &PeerValue { flags: 0 })?;
+        self.changed()
     }
 
     pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>> {

@@ -9,9 +9,9 @@ use aya::{Pod, maps::MapInfo};
 use lb_common::{
     layout, maps as names, reasons,
     types::{
-        BackendStats, BackendValue, DataplaneConfig, FlowKey, FlowValue, NextHop, NodeRing,
-        PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceSlot, ServiceValue,
-        VipStats, VipValue,
+        BackendStats, BackendValue, DataplaneConfig, ExpressEntry, FlowKey, FlowValue, NextHop,
+        NodeRing, PeerValue, PodRing, RateState, ReplyKey, ReplyValue, ServiceKey, ServiceSlot,
+        ServiceValue, VipStats, VipValue,
     },
 };
 
@@ -70,7 +70,7 @@ fn spec<K: Pod, V: Pod>(
 }
 
 /// Every map of the data path: pinned, and checked before a pinned one is reused.
-pub(super) fn map_specs(capacities: &Capacities) -> [MapSpec; 17] {
+pub(super) fn map_specs(capacities: &Capacities) -> [MapSpec; 19] {
     let ring_slots = capacities.ring_slots();
     [
         spec::<ServiceKey, ServiceValue>(
@@ -157,6 +157,13 @@ pub(super) fn map_specs(capacities: &Capacities) -> [MapSpec; 17] {
             Some("capacities.backends"),
         ),
         spec::<u32, RateState>(names::ICMP_RATE, Kind::PerCpuArray, 1, None),
+        spec::<u32, ExpressEntry>(
+            names::EXPRESS,
+            Kind::PerCpuArray,
+            names::EXPRESS_SLOTS,
+            None,
+        ),
+        spec::<u32, u32>(names::EPOCH, Kind::Array, 1, None),
     ]
 }
 

@@ -517,14 +517,12 @@ impl<S: MapStore> Engine<S> {
         }
         Ok(rings)
     }
-}
 
-impl<S: MapStore> Dataplane for Engine<S> {
     /// Order: node settings, peers and backends first (tables name them), VIPs (ports
     /// count into their statistics), removed ports (then their service slots, cleared),
     /// tables, new ports (each written into its service slot first); then what nothing
     /// refers to any more: tables of removed services, VIPs, backends, peers.
-    fn apply(&mut self, changes: &Changes) -> Result<(), DataplaneError> {
+    fn apply_changes(&mut self, changes: &Changes) -> Result<(), DataplaneError> {
         self.check_capacities(changes)?;
         self.clear_retired_slots()?;
         if let Some(node) = &changes.node {
@@ -576,6 +574,25 @@ impl<S: MapStore> Dataplane for Engine<S> {
             self.peers.remove(peer);
         }
         Ok(())
+    }
+
+    fn advance_epoch(&mut self) -> Result<(), DataplaneError> {
+        let next = lb_common::express::next_epoch(self.store.epoch()?);
+        self.store.set_epoch(next)
+    }
+}
+
+impl<S: MapStore> Dataplane for Engine<S> {
+    /// Writes the changes ([`Engine::apply_changes`]), then advances the epoch, which
+    /// retires every express entry the kernel made before.
+    fn apply(&mut self, changes: &Changes) -> Result<(), DataplaneError> {
+        let applied = self.apply_changes(changes);
+        if changes.is_empty() {
+            return applied;
+        }
+        // Even a change written only in part retires the express entries decided before.
+        let advanced = self.advance_epoch();
+        applied.and(advanced)
     }
 
     fn read(&self) -> Result<State, DataplaneError> {

@@ -26,6 +26,8 @@ impl KernelDataplane {
 
 /// `CONFIG` holds one entry.
 const CONFIG_INDEX: u32 = 0;
+/// So does `EPOCH`.
+const EPOCH_INDEX: u32 = 0;
 
 impl MapStore for Maps {
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
@@ -34,6 +36,14 @@ impl MapStore for Maps {
 
     fn config(&self) -> Result<DataplaneConfig, DataplaneError> {
         Ok(self.config.get(CONFIG_INDEX)?)
+    }
+
+    fn epoch(&self) -> Result<u32, DataplaneError> {
+        Ok(self.epoch.get(EPOCH_INDEX)?)
+    }
+
+    fn set_epoch(&mut self, epoch: u32) -> Result<(), DataplaneError> {
+        Ok(self.epoch.set(EPOCH_INDEX, &epoch)?)
     }
 
     fn insert_peer(&mut self, address: u32) -> Result<(), DataplaneError> {

@@ -364,6 +364,7 @@ pub struct Maps {
     pub flows: TypedHash<FlowKey, FlowValue>,
     pub reply_flows: TypedHash<ReplyKey, ReplyValue>,
     pub config: TypedArray<DataplaneConfig>,
+    pub epoch: TypedArray<u32>,
     pub reason_stats: CounterArray<u64>,
     pub vip_stats: CounterArray<VipStats>,
 }
@@ -382,6 +383,7 @@ impl Maps {
             flows: TypedHash::open(ebpf, names::FLOWS)?,
             reply_flows: TypedHash::open(ebpf, names::REPLY_FLOWS)?,
             config: TypedArray::open(ebpf, names::CONFIG)?,
+            epoch: TypedArray::open(ebpf, names::EPOCH)?,
             reason_stats: CounterArray::open(ebpf, names::REASON_STATS)?,
             vip_stats: CounterArray::open(ebpf, names::VIP_STATS)?,
         })

@@ -4,12 +4,16 @@
 //! XDP program could observe: a write that would let a packet see a table being
 //! rewritten, a table naming an unknown backend, a port without its VIP, a port whose
 //! service slot does not hold it, or a service slot changing key and value at once
-//! fails with [`DataplaneError::Hazard`].
+//! fails with [`DataplaneError::Hazard`]. [`MemoryMaps::check_epoch`] finds writes the
+//! epoch did not follow, which would leave express entries deciding by the old tables.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
-    maps::{BACKEND_SLOTS, NODE_RING_SIZE, POD_RING_SIZE, SERVICE_SLOTS, VIP_STATS},
+    maps::{
+        BACKEND_SLOTS, BACKENDS, CONFIG, NODE_RING_SIZE, NODE_RINGS, PEERS, POD_RING_SIZE,
+        SERVICE_SLOTS, SERVICES, VIP_STATS, VIPS,
+    },
     types::{
         BackendValue, DataplaneConfig, NodeRing, PodRing, RING_EMPTY, ServiceKey, ServiceSlot,
         ServiceValue, VipStats, VipValue,
@@ -42,6 +46,9 @@ pub struct MemoryMaps {
     pod_rings: BTreeMap<u32, Box<PodRing>>,
     services: BTreeMap<ServiceKey, ServiceValue>,
     service_slots: Vec<ServiceSlot>,
+    epoch: u32,
+    /// A map a decision depends on, written since the epoch last advanced.
+    unretired: Option<&'static str>,
 }
 
 fn hazard(detail: String) -> DataplaneError {
@@ -62,6 +69,19 @@ impl MemoryMaps {
             pod_rings: BTreeMap::new(),
             services: BTreeMap::new(),
             service_slots: vec![ServiceSlot::default(); capacities.service_ports as usize],
+            epoch: 0,
+            unretired: None,
+        }
+    }
+
+    /// Checks that the epoch advanced after the last write of a map the kernel's
+    /// decisions depend on: what every apply that changed something leaves behind.
+    pub fn check_epoch(&self) -> Result<(), DataplaneError> {
+        match self.unretired {
+            Some(map) => Err(hazard(format!(
+                "{map} written after the epoch last advanced: express entries decided before it still stand"
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -200,6 +220,7 @@ impl MemoryMaps {
 impl MapStore for MemoryMaps {
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError> {
         self.config = *config;
+        self.unretired = Some(CONFIG);
         Ok(())
     }
 
@@ -207,13 +228,31 @@ impl MapStore for MemoryMaps {
         Ok(self.config)
     }
 
+    fn epoch(&self) -> Result<u32, DataplaneError> {
+        Ok(self.epoch)
+    }
+
+    fn set_epoch(&mut self, epoch: u32) -> Result<(), DataplaneError> {
+        if epoch == 0 || epoch == self.epoch {
+            return Err(hazard(format!(
+                "epoch {} set to {epoch}: express entries of the old epoch would stand",
+                self.epoch
+            )));
+        }
+        self.epoch = epoch;
+        self.unretired = None;
+        Ok(())
+    }
+
     fn insert_peer(&mut self, address: u32) -> Result<(), DataplaneError> {
         self.peers.insert(address);
+        self.unretired = Some(PEERS);
         Ok(())
     }
 
     fn remove_peer(&mut self, address: u32) -> Result<(), DataplaneError> {
         self.peers.remove(&address);
+        self.unretired = Some(PEERS);
         Ok(())
     }
 
@@ -241,6 +280,7 @@ impl MapStore for MemoryMaps {
             )));
         }
         self.backends.insert(address, *value);
+        self.unretired = Some(BACKENDS);
         Ok(())
     }
 
@@ -256,6 +296,7 @@ impl MapStore for MemoryMaps {
             )));
         }
         self.backends.remove(&address);
+        self.unretired = Some(BACKENDS);
         Ok(())
     }
 
@@ -271,6 +312,7 @@ impl MapStore for MemoryMaps {
             });
         }
         self.vips.insert(vip, *value);
+        self.unretired = Some(VIPS);
         Ok(())
     }
 
@@ -280,6 +322,7 @@ impl MapStore for MemoryMaps {
             return Err(hazard(format!("VIP removed while {port} still exists")));
         }
         self.vips.remove(&vip);
+        self.unretired = Some(VIPS);
         Ok(())
     }
 
@@ -310,6 +353,7 @@ impl MapStore for MemoryMaps {
         self.check_members(slot, &pod.backends)?;
         self.node_rings.insert(slot, Box::new(*node));
         self.pod_rings.insert(slot, Box::new(*pod));
+        self.unretired = Some(NODE_RINGS);
         Ok(())
     }
 
@@ -352,11 +396,13 @@ impl MapStore for MemoryMaps {
         }
         self.check_slot_of(key, value)?;
         self.services.insert(*key, *value);
+        self.unretired = Some(SERVICES);
         Ok(())
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
         self.services.remove(key);
+        self.unretired = Some(SERVICES);
         Ok(())
     }
 

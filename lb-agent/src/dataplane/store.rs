@@ -12,6 +12,10 @@ pub trait MapStore {
     fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), DataplaneError>;
     fn config(&self) -> Result<DataplaneConfig, DataplaneError>;
 
+    /// The data path's epoch ([`lb_common::maps::EPOCH`]): 0 until the first change.
+    fn epoch(&self) -> Result<u32, DataplaneError>;
+    fn set_epoch(&mut self, epoch: u32) -> Result<(), DataplaneError>;
+
     fn insert_peer(&mut self, address: u32) -> Result<(), DataplaneError>;
     fn remove_peer(&mut self, address: u32) -> Result<(), DataplaneError>;
     fn peers(&self) -> Result<Vec<u32>, DataplaneError>;

@@ -24,8 +24,8 @@ use lb_common::{
 
 use super::parse_ipv4;
 use crate::{
-    parse::{self, ETH_HLEN, ETH_P_IP, IPV4_HLEN, Ipv4Hdr, Ports},
-    xdp::flow_key,
+    express::same_flow,
+    parse::{self, ETH_HLEN, ETH_P_IP, IPV4_HLEN, Ipv4Hdr, Ports, flow_key},
 };
 
 /// `xdp_lb`'s outer TTL.
@@ -106,21 +106,6 @@ fn parse_flow(ctx: &XdpContext) -> Option<(u16, FlowKey)> {
     }
     let ports: Ports = parse::read(ctx, ETH_HLEN + IPV4_HLEN)?;
     Some((ip.total_len(), flow_key(&ip, &ports)))
-}
-
-/// Compared as four words: a derived `==` may be merged into a `bcmp` call, which a BPF
-/// program cannot make.
-#[inline(always)]
-fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
-    // SAFETY: `FlowKey` is 16 bytes of integers with explicit padding (alignment 4), so
-    // viewing it as four u32 words is sound.
-    let (a, b): (&[u32; 4], &[u32; 4]) = unsafe {
-        (
-            &*(a as *const FlowKey).cast(),
-            &*(b as *const FlowKey).cast(),
-        )
-    };
-    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
 }
 
 /// Wraps the IPv4 packet (`inner_len` bytes) in an outer IPv4 header from the owner to

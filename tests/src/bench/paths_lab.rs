@@ -101,7 +101,7 @@ impl fmt::Display for Path {
 /// Counters that prove which path traffic took.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Counters {
-    /// node1's XDP `tx_encap` verdicts.
+    /// node1's XDP `tx_encap` and `tx_express` verdicts.
     pub encapsulated: u64,
     /// node2's XDP `pass_decap_dnat` verdicts.
     pub decapsulated: u64,
@@ -301,7 +301,8 @@ impl PathsLab {
 
     pub fn counters(&self) -> anyhow::Result<Counters> {
         Ok(Counters {
-            encapsulated: self.reason(self.node(1), "tx_encap")?,
+            encapsulated: self.reason(self.node(1), "tx_encap")?
+                + self.reason(self.node(1), "tx_express")?,
             decapsulated: self.reason(self.node(2), "pass_decap_dnat")?,
             dnat: self.dnat_packets()?,
         })

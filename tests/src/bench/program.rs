@@ -256,7 +256,7 @@ const MIN_TX_CALL: &str = "minimal XDP: parse + swap MACs + TX (per call)";
 const NON_VIP_CALL: &str = "xdp_lb: non-VIP pass (per call, check of the correction)";
 const NEW_FLOW: &str = "xdp_lb: VIP new flow, SYN (Maglev + IPIP encap)";
 const MISS: &str = "xdp_lb: VIP flow-table miss, mid-connection (Maglev + IPIP encap)";
-const FLOW_HIT: &str = "xdp_lb: VIP flow-table hit (IPIP encap)";
+const FLOW_HIT: &str = "xdp_lb: VIP flow hit, express path (IPIP encap)";
 const DECAP: &str = "xdp_lb: IPIP decap + DNAT on the backend node";
 const TC_REWRITE: &str = "tc_reply: reply rewrite to the VIP";
 

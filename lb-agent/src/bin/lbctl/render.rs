@@ -12,6 +12,8 @@ use lb_agent::{
     },
 };
 
+use lb_common::reasons;
+
 pub use self::cluster::{pools, services};
 use crate::table::Table;
 
@@ -390,9 +392,20 @@ pub fn explanation(explanation: &Explanation) -> String {
     let _ = writeln!(
         out,
         "\nCounted on {receiver} as reason {} (see `lbctl status` and the xdplb_packets_total metric).",
-        explanation.reason
+        counted_as(&explanation.reason)
     );
     out
+}
+
+/// The reason an explained packet is counted under; a tunnelled flow's later packets
+/// leave by the express path, under a reason of their own.
+fn counted_as(reason: &str) -> String {
+    if reason == reasons::NAMES[reasons::TX_ENCAP as usize] {
+        let express = reasons::NAMES[reasons::TX_EXPRESS as usize];
+        format!("{reason} (the packets after it, {express})")
+    } else {
+        reason.to_owned()
+    }
 }
 
 /// `3m12s`: the two largest units.

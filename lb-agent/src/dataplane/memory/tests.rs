@@ -97,6 +97,21 @@ fn fresh_apply_reads_back_the_state() {
 }
 
 #[test]
+fn a_change_advances_the_epoch_and_no_change_keeps_it() {
+    let state = desired_state(&example());
+    let mut dataplane = fresh(&state);
+    let first = dataplane.store().epoch().expect("epoch");
+    assert_ne!(first, 0, "the first change turns the express path on");
+    dataplane
+        .apply(&diff(&state, &state))
+        .expect("nothing to apply");
+    assert_eq!(dataplane.store().epoch().expect("epoch"), first);
+    let (_, other) = &variants()[1];
+    dataplane.apply(&diff(&state, other)).expect("apply");
+    assert_ne!(dataplane.store().epoch().expect("epoch"), first);
+}
+
+#[test]
 fn every_transition_equals_a_fresh_apply() {
     let variants = variants();
     for (from_name, from) in &variants {
@@ -108,6 +123,10 @@ fn every_transition_equals_a_fresh_apply() {
             dataplane
                 .store()
                 .check_service_slots()
+                .unwrap_or_else(|error| panic!("{from_name} -> {to_name}: {error}"));
+            dataplane
+                .store()
+                .check_epoch()
                 .unwrap_or_else(|error| panic!("{from_name} -> {to_name}: {error}"));
             assert_eq!(
                 dataplane.read().expect("read"),
