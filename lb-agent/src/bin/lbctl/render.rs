@@ -402,7 +402,7 @@ pub fn explanation(explanation: &Explanation) -> String {
 fn counted_as(reason: &str) -> String {
     if reason == reasons::NAMES[reasons::TX_ENCAP as usize] {
         let express = reasons::NAMES[reasons::TX_EXPRESS as usize];
-        format!("{reason} (the packets after it, {express})")
+        format!("{reason}, the packets after it as {express}")
     } else {
         reason.to_owned()
     }
