@@ -26,8 +26,9 @@ use crate::{
 /// How a VIP packet reached this node.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Path {
-    /// From a client on the LAN: this node owns the VIP.
-    Lan,
+    /// From a client on the LAN: this node owns the VIP. With the epoch read before the
+    /// packet's first lookup, which an express entry of its decision would carry.
+    Lan(u32),
     /// Decapsulated from a peer that chose this node as the flow's backend.
     Tunnel,
 }
@@ -36,7 +37,7 @@ impl Path {
     #[inline(always)]
     const fn delivered(self) -> u32 {
         match self {
-            Path::Lan => reasons::PASS_LOCAL_DNAT,
+            Path::Lan(_) => reasons::PASS_LOCAL_DNAT,
             Path::Tunnel => reasons::PASS_DECAP_DNAT,
         }
     }
@@ -100,7 +101,7 @@ fn classify(ctx: &XdpContext) -> Outcome {
     let dest = lookup_dest(ctx, l3, &ip).ok_or(Verdict::pass(reasons::PASS_NOT_VIP))?;
     let config = config();
     addressed_here(ctx, &config)?;
-    vip_traffic(ctx, l3, &dest, &config, Path::Lan, epoch)
+    vip_traffic(ctx, l3, &dest, &config, Path::Lan(epoch))
 }
 
 /// What the maps say about a VIP packet's destination.
@@ -245,11 +246,11 @@ fn tunnel(ctx: &XdpContext, l3: usize, outer: &Ipv4Hdr, config: &DataplaneConfig
         .flatten()
         .ok_or(Verdict::drop(reasons::DROP_IPIP_NOT_VIP))?;
     encap::decapsulate(ctx, l3)?;
-    vip_traffic(ctx, l3, &dest, config, Path::Tunnel, 0)
+    vip_traffic(ctx, l3, &dest, config, Path::Tunnel)
 }
 
 /// Dispatches a VIP packet by protocol once its header passed the checks, counting the
-/// packet and its drop, if it ends in one. `epoch`: see [`Flow::epoch`].
+/// packet and its drop, if it ends in one.
 #[inline(always)]
 fn vip_traffic(
     ctx: &XdpContext,
@@ -257,7 +258,6 @@ fn vip_traffic(
     dest: &Dest,
     config: &DataplaneConfig,
     path: Path,
-    epoch: u32,
 ) -> Outcome {
     // One helper call for the length, used by every check and counter below.
     let len = parse::frame_len(ctx);
@@ -265,7 +265,7 @@ fn vip_traffic(
     // a BPF-to-BPF call on every VIP packet.
     let dispatched = match check_header(ctx, l3, len) {
         Ok(ip) => match ip.proto {
-            PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, dest, config, path, epoch, len),
+            PROTO_TCP | PROTO_UDP => transport(ctx, l3, &ip, dest, config, path, len),
             PROTO_ICMP => icmp_to_vip(ctx, l3, &ip, &dest.vip, config, path, len),
             _ => Err(Verdict::drop(reasons::DROP_UNSUPPORTED_PROTO)),
         },
@@ -320,7 +320,6 @@ fn check_header(ctx: &XdpContext, l3: usize, frame_len: usize) -> Result<Ipv4Hdr
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn transport(
     ctx: &XdpContext,
     l3: usize,
@@ -328,7 +327,6 @@ fn transport(
     dest: &Dest,
     config: &DataplaneConfig,
     path: Path,
-    epoch: u32,
     len: usize,
 ) -> Outcome {
     let l4_len = if ip.proto == PROTO_TCP {
@@ -341,7 +339,7 @@ fn transport(
         return Err(malformed());
     }
     let ports: Ports = parse::read(ctx, l3 + IPV4_HLEN).ok_or_else(malformed)?;
-    if path == Path::Lan {
+    if let Path::Lan(_) = path {
         icmp::check_fits(ctx, l3, ip, config, dest.vip.stats_index)?;
     }
     let key = parse::flow_key(ip, &ports);
@@ -352,7 +350,7 @@ fn transport(
     };
     flow.opening = parse::opens_connection(ctx, l3, ip);
     // The express path serves only frames without a VLAN tag.
-    if l3 == ETH_HLEN {
+    if let (Path::Lan(epoch), ETH_HLEN) = (path, l3) {
         flow.epoch = epoch;
     }
     forward(ctx, l3, &flow, config, Payload::Transport, len)
@@ -369,7 +367,7 @@ fn icmp_to_vip(
     len: usize,
 ) -> Outcome {
     match icmp::classify(ctx, l3, ip)? {
-        Message::EchoRequest if path == Path::Lan => {
+        Message::EchoRequest if matches!(path, Path::Lan(_)) => {
             icmp::echo_reply(ctx, l3, config, vip.stats_index)
         }
         // The owner answers pings itself; a tunnelled one is not ours to answer.
@@ -425,7 +423,7 @@ fn forward(
     len: usize,
 ) -> Outcome {
     let target = match flow.path {
-        Path::Lan => select::node(
+        Path::Lan(_) => select::node(
             &flow.key,
             &flow.service,
             config.node_addr,
