@@ -43,7 +43,7 @@ use testbed::{
 };
 
 const INTERFACE: &str = "eth0";
-const MAPS: [&str; 17] = [
+const MAPS: [&str; 19] = [
     names::SERVICES,
     names::SERVICE_SLOTS,
     names::VIPS,
@@ -61,6 +61,8 @@ const MAPS: [&str; 17] = [
     names::VIP_STATS,
     names::BACKEND_STATS,
     names::ICMP_RATE,
+    names::EXPRESS,
+    names::EPOCH,
 ];
 const START: Duration = Duration::from_secs(20);
 const STOP: Duration = Duration::from_secs(10);
