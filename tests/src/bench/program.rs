@@ -42,8 +42,8 @@ use crate::{
     cpu::OnOneCpu,
     fixture::{
         CLIENT, Dataplane, HTTPS, HTTPS_SLOT, HTTPS_TARGET, NEXT_HOP_MAC, NODE, PEER, POD, REQUEST,
-        RESPONSE, TC_ACT_OK, TO_CLIENT, XDP_PASS, XDP_TX, https_frame, https_from_peer, reply_key,
-        reply_value, vip, xdp_md,
+        RESPONSE, TC_ACT_OK, TO_CLIENT, XDP_PASS, XDP_TX, https_frame, https_from_peer,
+        https_packet, reply_key, reply_value, vip, xdp_md,
     },
     packets::{self, L2},
 };
@@ -243,6 +243,16 @@ fn cases(lan: u32) -> Vec<Case> {
             Some(lan),
             XDP_TX,
         ),
+        // The same flow with a VLAN tag, which the express path never takes: the
+        // flow-table hit it stands in front of.
+        case(
+            FLOW_TABLE_HIT,
+            Prog::Lb,
+            Input::Same,
+            &L2::LAN.tagged(7).ipv4(&https_packet(CLIENT)),
+            Some(lan),
+            XDP_TX,
+        ),
         case(DECAP, Prog::Lb, Input::Same, &tunnelled, None, XDP_PASS),
         case(TC_REWRITE, Prog::Tc, Input::Same, &reply, None, TC_ACT_OK),
     ]
@@ -257,6 +267,7 @@ const NON_VIP_CALL: &str = "xdp_lb: non-VIP pass (per call, check of the correct
 const NEW_FLOW: &str = "xdp_lb: VIP new flow, SYN (Maglev + IPIP encap)";
 const MISS: &str = "xdp_lb: VIP flow-table miss, mid-connection (Maglev + IPIP encap)";
 const FLOW_HIT: &str = "xdp_lb: VIP flow hit, express path (IPIP encap)";
+const FLOW_TABLE_HIT: &str = "xdp_lb: VIP flow-table hit, full path (VLAN-tagged, IPIP encap)";
 const DECAP: &str = "xdp_lb: IPIP decap + DNAT on the backend node";
 const TC_REWRITE: &str = "tc_reply: reply rewrite to the VIP";
 
